@@ -1,0 +1,110 @@
+"""One typed configuration object, hashed into every artifact it shapes.
+
+Only the fields that change stored voxels take part in :meth:`PipelineConfig.processing_hash`;
+changing, say, the number of Dask workers does not re-convert a store.
+
+Example:
+    >>> cfg = PipelineConfig(target_spacing=(1.0, 1.0, 1.0))
+    >>> len(cfg.processing_hash())
+    16
+    >>> cfg.processing_hash() == PipelineConfig(target_spacing=(1, 1, 1)).processing_hash()
+    True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MODALITIES = ("FLAIR", "T1", "T1POST", "T2", "PD", "MASK")
+
+
+class ModalityRule(BaseModel):
+    """Map a series/file to a modality when ``pattern`` (a case-insensitive regex) matches.
+
+    ``fields`` names the DICOM attributes searched (joined with spaces); for files on disk
+    the file name is searched. Rules are tried in order; the first match wins.
+    """
+
+    model_config = ConfigDict(frozen=True)
+    modality: str
+    pattern: str
+    fields: tuple[str, ...] = ("SeriesDescription", "ProtocolName", "SequenceName")
+
+
+DEFAULT_MODALITY_RULES: tuple[ModalityRule, ...] = (
+    ModalityRule(modality="MASK", pattern=r"(lesion|mask|seg(mentation)?\b|gold_?standard|consensus|(^|[_\-\s])gt([_\-\s.]|$)|label)"),
+    ModalityRule(modality="FLAIR", pattern=r"flair|dark[_\s-]?fluid|\bt2[_\s-]?fl"),
+    ModalityRule(modality="T1POST", pattern=r"t1.*(post|\+c\b|gd|gad|contrast|ce\b)|(post|gd|gad).*t1"),
+    ModalityRule(modality="T1", pattern=r"t1|mprage|spgr|bravo|tfl3d"),
+    ModalityRule(modality="T2", pattern=r"t2|tse|fse"),
+    ModalityRule(modality="PD", pattern=r"(^|[_\-\s])pd([_\-\s.]|$)|proton[_\s-]?density"),
+)
+
+
+class PipelineConfig(BaseModel):
+    """Every decision that shapes stored data, plus runtime knobs.
+
+    Units: spacings in mm, volumes in mm³.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    # --- processing (hashed) ---------------------------------------------------------
+    channels: tuple[str, ...] = Field(("FLAIR", "T1", "T2"), description="modalities stacked into the image array, in order")
+    reference_modality: str = Field("FLAIR", description="modality whose grid every other is resampled onto")
+    target_spacing: tuple[float, float, float] | None = Field(None, description="mm (x, y, z); None keeps the reference grid")
+    normalization: Literal["zscore", "none"] = "zscore"
+    modality_rules: tuple[ModalityRule, ...] = DEFAULT_MODALITY_RULES
+    chunk_zyx: tuple[int, int, int] = (64, 64, 64)
+
+    # --- lesion tables (hashed into tables, not into images) -------------------------
+    connectivity: Literal[6, 18, 26] = 26
+    min_lesion_mm3: float = 0.0
+
+    # --- runtime (not hashed) ---------------------------------------------------------
+    dask_address: str | None = Field(None, description="tcp://host:8786 of an existing scheduler; None = LocalCluster")
+    n_workers: int = 2
+
+    @field_validator("target_spacing")
+    @classmethod
+    def _positive_spacing(cls, v: tuple[float, float, float] | None) -> tuple[float, float, float] | None:
+        if v is not None and min(v) <= 0:
+            raise ValueError(f"target_spacing must be positive mm, got {v}")
+        return v
+
+    def processing_hash(self) -> str:
+        """16-hex digest of the fields that change stored voxels."""
+        payload = self.model_dump(
+            mode="json",
+            include={"channels", "reference_modality", "target_spacing", "normalization", "modality_rules", "chunk_zyx"},
+        )
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "PipelineConfig":
+        """Load a JSON configuration file (keys as the field names)."""
+        return cls.model_validate_json(Path(path).read_text())
+
+
+PSEUDONYM_KEY_ENV = "LESIONFLOW_PSEUDONYM_KEY"
+
+
+def pseudonym_key(explicit: str | None = None) -> bytes:
+    """The HMAC key used to pseudonymise identifiers.
+
+    Taken from ``explicit`` or the ``LESIONFLOW_PSEUDONYM_KEY`` environment variable.
+    Raises ``RuntimeError`` with what to do when neither is set.
+    """
+    key = explicit or os.environ.get(PSEUDONYM_KEY_ENV)
+    if not key:
+        raise RuntimeError(
+            f"No pseudonymisation key: set {PSEUDONYM_KEY_ENV} (e.g. `export {PSEUDONYM_KEY_ENV}=$(openssl rand -hex 32)`) "
+            "and keep it secret; the same key gives the same pseudonyms on every run."
+        )
+    return key.encode()

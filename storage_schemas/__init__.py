@@ -1,0 +1,13 @@
+"""Versioned schemas of everything lesionflow stores (see LAYOUT.md)."""
+
+from storage_schemas.models import (  # noqa: F401
+    SCHEMA_VERSION,
+    CaseMeta,
+    CaseVolumeRow,
+    CatalogRow,
+    ChannelInfo,
+    Geometry,
+    LesionRow,
+    SourceFile,
+    StoreManifest,
+)

@@ -1,0 +1,156 @@
+"""Versioned pydantic models for everything lesionflow writes.
+
+Every model carries ``schema_version``; readers validate on read and refuse a
+different major version with a message that says how to migrate (see ``LAYOUT.md``).
+No model has a field for a name, birth date, patient ID or accession number:
+identifiers are keyed-hash pseudonyms (``sub-…``/``ses-…``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+SCHEMA_VERSION = "1.0"
+"""Version of the store layout and of every model below (major.minor)."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class _Versioned(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    schema_version: str = SCHEMA_VERSION
+
+    @field_validator("schema_version")
+    @classmethod
+    def _same_major(cls, v: str) -> str:
+        if v.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
+            raise ValueError(
+                f"schema_version {v} is not readable by this lesionflow (schema {SCHEMA_VERSION}); "
+                "re-ingest into a new store or run the migration described in storage_schemas/LAYOUT.md"
+            )
+        return v
+
+
+class Geometry(BaseModel):
+    """Voxel-to-world geometry of a stored grid (LPS, mm, ITK (x, y, z) order)."""
+
+    model_config = ConfigDict(extra="forbid")
+    shape_zyx: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...] = Field(description="row-major 3x3 direction cosines; column i = voxel axis i in LPS")
+    affine_lps: tuple[float, ...] = Field(description="row-major 4x4, voxel index (x,y,z) → LPS mm")
+    affine_ras: tuple[float, ...] = Field(description="row-major 4x4, voxel index (x,y,z) → RAS mm (NIfTI convention)")
+    orientation: str = Field(description="RAS-convention axis code like nibabel's aff2axcodes, e.g. 'LPS'")
+
+
+class SourceFile(BaseModel):
+    """One input that contributed to a stored case (path relative to the ingest root)."""
+
+    model_config = ConfigDict(extra="forbid")
+    relpath: str
+    sha256: str
+    size_bytes: int
+
+
+class ChannelInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    modality: str
+    source_format: Literal["dicom", "nifti", "metaimage"]
+    source_series: str = Field(description="pseudonymised series key or file name stem")
+    series_description: str | None = None
+    native_spacing: tuple[float, float, float]
+    native_shape_zyx: tuple[int, int, int]
+    native_orientation: str
+    sources: list[SourceFile]
+    intensity_mean: float
+    intensity_std: float
+    intensity_p01: float
+    intensity_p99: float
+    present: bool = True
+
+
+class CaseMeta(_Versioned):
+    """Metadata of one stored case (one subject session), kept in the case group's attributes."""
+
+    case_id: str
+    subject: str
+    session: str
+    channels: list[str]
+    channel_info: list[ChannelInfo]
+    has_label: bool
+    label_source: SourceFile | None = None
+    geometry: Geometry
+    source_fingerprint: str = Field(description="sha256 over the sorted source digests")
+    config_hash: str
+    pipeline_version: str
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class CatalogRow(_Versioned):
+    """One row of the catalog: a case × modality, or a rejected/unused input with its reason."""
+
+    case_id: str | None
+    subject: str | None
+    session: str | None
+    modality: str | None
+    status: Literal["converted", "skipped", "rejected", "unused"]
+    reason: str | None = None
+    source_format: str | None = None
+    source_relpath: str
+    source_sha256: str | None = None
+    shape_zyx: str | None = None
+    spacing_mm: str | None = None
+    orientation: str | None = None
+    intensity_mean: float | None = None
+    intensity_std: float | None = None
+    pipeline_version: str
+    config_hash: str
+    run_id: str
+    recorded_at: datetime = Field(default_factory=utcnow)
+
+
+class LesionRow(_Versioned):
+    """One connected lesion component of a mask (predicted or reference)."""
+
+    case_id: str
+    subject: str
+    session: str
+    model_version: str
+    lesion_id: int
+    voxels: int
+    volume_mm3: float
+    centroid_x_mm: float = Field(description="LPS world x of the component centroid, mm")
+    centroid_y_mm: float
+    centroid_z_mm: float
+    bbox_min_zyx: str = Field(description="inclusive voxel bounding box, 'z,y,x'")
+    bbox_max_zyx: str
+
+
+class CaseVolumeRow(_Versioned):
+    """One row per (case, model version): the lesion load."""
+
+    case_id: str
+    subject: str
+    session: str
+    model_version: str
+    total_volume_ml: float
+    lesion_count: int
+    connectivity: int
+    min_lesion_mm3: float
+    voxel_volume_mm3: float
+    scored_at: datetime = Field(default_factory=utcnow)
+
+
+class StoreManifest(_Versioned):
+    """Store-level manifest at ``<store>/zarr.json`` attributes['lesionflow']."""
+
+    kind: Literal["lesionflow-store"] = "lesionflow-store"
+    created_at: datetime = Field(default_factory=utcnow)
+    pipeline_version: str
+    layout_doc: str = "storage_schemas/LAYOUT.md"
