@@ -38,11 +38,11 @@ class ModalityRule(BaseModel):
 
 
 DEFAULT_MODALITY_RULES: tuple[ModalityRule, ...] = (
-    ModalityRule(modality="MASK", pattern=r"(lesion|mask|seg(mentation)?\b|gold_?standard|consensus|(^|[_\-\s])gt([_\-\s.]|$)|label)"),
+    ModalityRule(modality="MASK", pattern=r"(lesion|mask|seg(mentation)?\b|gold[_\s-]?standard|consensus|(^|[_\-\s])gt([_\-\s.]|$)|label)"),
     ModalityRule(modality="FLAIR", pattern=r"flair|dark[_\s-]?fluid|\bt2[_\s-]?fl"),
-    ModalityRule(modality="T1POST", pattern=r"t1.*(post|\+c\b|gd|gad|contrast|ce\b)|(post|gd|gad).*t1"),
-    ModalityRule(modality="T1", pattern=r"t1|mprage|spgr|bravo|tfl3d"),
-    ModalityRule(modality="T2", pattern=r"t2|tse|fse"),
+    ModalityRule(modality="T1POST", pattern=r"(?<![a-z0-9])t1.*(post|\+c\b|gd|gad|contrast|ce\b)|(post|gd|gad).*(?<![a-z0-9])t1"),
+    ModalityRule(modality="T1", pattern=r"(?<![a-z0-9])t1|mprage|spgr|bravo|tfl3d"),
+    ModalityRule(modality="T2", pattern=r"(?<![a-z0-9])(t2|tse|fse)"),
     ModalityRule(modality="PD", pattern=r"(^|[_\-\s])pd([_\-\s.]|$)|proton[_\s-]?density"),
 )
 

@@ -88,12 +88,24 @@ def read_manifest(root: str | Path) -> StoreManifest:
         raise StoreError(f"{root}: {exc}") from exc
 
 
-def clean_staging(root: str | Path) -> int:
-    """Remove leftovers of interrupted writes. Returns how many entries were removed."""
+def clean_staging(root: str | Path, older_than_s: float = 6 * 3600) -> int:
+    """Remove leftovers of interrupted writes older than ``older_than_s`` seconds.
+
+    The age guard keeps a concurrent writer's work in progress alive. Returns how many
+    entries were removed.
+    """
+    import time
+
     staging = Path(root) / STAGING
     n = 0
     if staging.exists():
+        now = time.time()
         for entry in staging.iterdir():
+            try:
+                if now - entry.stat().st_mtime < older_than_s:
+                    continue
+            except FileNotFoundError:
+                continue
             shutil.rmtree(entry, ignore_errors=True)
             n += 1
     return n

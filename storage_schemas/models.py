@@ -144,6 +144,8 @@ class CaseVolumeRow(_Versioned):
     connectivity: int
     min_lesion_mm3: float
     voxel_volume_mm3: float
+    source_fingerprint: str = Field(description="lineage: the case's source fingerprint (see the catalog for its files)")
+    config_hash: str
     scored_at: datetime = Field(default_factory=utcnow)
 
 

@@ -1,0 +1,33 @@
+"""Flow ``prepare``: class-balanced patch indices for every labelled case of a store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.common import batches
+
+
+@task(name="patch-index-batch", cache_policy=NO_CACHE)
+def index_batch(store: str, case_ids: list[str], patch_size: int, n_lesion: int, n_background: int, seed: int) -> list[dict[str, Any]]:
+    from pipeline.patches import write_patch_index
+
+    out = []
+    for case_id in case_ids:
+        info = write_patch_index(store, case_id, (patch_size,) * 3, n_lesion=n_lesion, n_background=n_background, seed=seed)
+        out.append({"case_id": case_id, **{k: v for k, v in info.items() if isinstance(v, (int, float, str))}})
+    return out
+
+
+@flow(name="prepare", log_prints=True)
+def prepare(store: str, patch_size: int = 48, n_lesion: int = 512, n_background: int = 512, seed: int = 0, batch_size: int = 16) -> list[dict[str, Any]]:
+    """Precompute lesion/background patch centres (seeded) for every case with a label."""
+    from pipeline.store import list_cases, read_case_meta
+
+    cases = [c for c in list_cases(store) if read_case_meta(store, c).has_label]
+    futures = index_batch.map(store, batches(cases, batch_size), patch_size, n_lesion, n_background, seed)
+    rows = [r for batch in futures.result() for r in batch]
+    print(f"prepare: patch indices for {len(rows)} labelled cases (patch {patch_size}³, seed {seed})")
+    return rows

@@ -1,0 +1,331 @@
+"""The ``lesionflow`` command.
+
+Imports are lazy: ``lesionflow --help``, ``convert``, ``lesions`` and ``phantom`` never import
+torch or Prefect, so they start fast and work without a training stack.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+app = typer.Typer(
+    name="lesionflow",
+    help="Raw MRI/CT study folders → Zarr store → trained model → lesion-volume tables.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _print_json(payload: Any) -> None:
+    typer.echo(json.dumps(payload, indent=2, default=str))
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _ensure_key(workdir: Path | None = None) -> None:
+    """Make sure a pseudonymisation key is configured; the demo may create one and says so."""
+    from pipeline.config import PSEUDONYM_KEY_ENV
+
+    if os.environ.get(PSEUDONYM_KEY_ENV):
+        return
+    if workdir is None:
+        _fail(f"no pseudonymisation key: set {PSEUDONYM_KEY_ENV} (e.g. `export {PSEUDONYM_KEY_ENV}=$(openssl rand -hex 32)`), keep it secret and reuse it for every ingest of a study")
+    key_file = workdir / "pseudonym.key"
+    workdir.mkdir(parents=True, exist_ok=True)
+    if not key_file.exists():
+        import secrets
+
+        key_file.write_text(secrets.token_hex(32))
+        key_file.chmod(0o600)
+        _console().print(f"[yellow]demo: generated a pseudonymisation key in {key_file} (set {PSEUDONYM_KEY_ENV} for real data)[/]")
+    os.environ[PSEUDONYM_KEY_ENV] = key_file.read_text().strip()
+
+
+def _prefect_env() -> None:
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+
+
+# ------------------------------------------------------------------------------- phantom
+@app.command()
+def phantom(
+    out: Path = typer.Argument(..., help="folder to write the phantom cohort into"),
+    subjects: int = typer.Option(6, "--subjects", "-n", min=1, help="number of subjects"),
+    seed: int = typer.Option(0, help="random seed (same seed → identical files)"),
+    spacing: float = typer.Option(1.5, help="base voxel size in mm"),
+    fault: list[str] = typer.Option([], "--fault", help="plant a fault: thick_slices, missing_flair, label_offgrid, noisy"),
+    as_json: bool = typer.Option(False, "--json", help="print a JSON summary"),
+) -> None:
+    """Write a synthetic cohort (DICOM, MetaImage, NIfTI) with lesions of known volume."""
+    from pipeline.phantom import make_cohort
+
+    info = make_cohort(out, n_subjects=subjects, seed=seed, spacing_mm=spacing, faults=fault)
+    payload = {"cohort": str(info.cohort_dir), "truth_cases": str(info.truth_cases_csv), "subjects": subjects, "seed": seed}
+    if as_json:
+        _print_json(payload)
+    else:
+        typer.echo(f"phantom cohort → {info.cohort_dir}\ntruth table   → {info.truth_cases_csv}")
+
+
+# ------------------------------------------------------------------------------- convert
+@app.command()
+def convert(
+    src: Path = typer.Argument(..., exists=True, file_okay=False, help="folder with DICOM series and/or volumes"),
+    outdir: Path = typer.Argument(..., help="output folder for .nii.gz + .json sidecars"),
+    workers: int = typer.Option(2, help="parallel processes"),
+    as_json: bool = typer.Option(False, "--json", help="print a JSON summary"),
+) -> None:
+    """Convert every image series/volume under SRC to NIfTI with a JSON sidecar (geometry kept exactly)."""
+    from pipeline.convert import convert_tree
+
+    summary = convert_tree(src, outdir, workers=workers)
+    payload = {"converted": len(summary.converted), "rejected": len(summary.rejected), "outputs": summary.converted, "rejected_inputs": summary.rejected}
+    if as_json:
+        _print_json(payload)
+    else:
+        for item in summary.converted:
+            typer.echo(f"  {item.get('output', item)}")
+        for item in summary.rejected:
+            typer.echo(f"  rejected {item['path']}: {item['reason']}", err=True)
+        typer.echo(f"{len(summary.converted)} converted, {len(summary.rejected)} rejected → {outdir}")
+    if summary.rejected and not summary.converted:
+        raise typer.Exit(1)
+
+
+# ------------------------------------------------------------------------------- lesions
+@app.command()
+def lesions(
+    mask: Path = typer.Argument(..., exists=True, dir_okay=False, help="lesion mask (NIfTI or MetaImage)"),
+    connectivity: int = typer.Option(26, help="6, 18 or 26"),
+    min_size_mm3: float = typer.Option(0.0, "--min-size-mm3", help="drop components smaller than this (mm³)"),
+    out: Optional[Path] = typer.Option(None, help="write the per-lesion table to this CSV"),
+    as_json: bool = typer.Option(False, "--json", help='print {"total_volume_ml": ..., "lesion_count": ...}'),
+) -> None:
+    """Lesion table of an existing mask: total volume (mL), count, per-lesion rows."""
+    from pipeline.lesions import lesion_table
+    from pipeline.readers import read_volume
+    from pipeline.readers.errors import ReaderError
+
+    if connectivity not in (6, 18, 26):
+        _fail("--connectivity must be 6, 18 or 26")
+    try:
+        volume = read_volume(mask)
+    except ReaderError as err:
+        _fail(str(err))
+    summary, rows = lesion_table(volume, connectivity=connectivity, min_size_mm3=min_size_mm3)
+    if out is not None:
+        import pandas as pd
+
+        pd.DataFrame(rows, columns=["lesion_id", "voxels", "volume_mm3", "centroid_x_mm", "centroid_y_mm", "centroid_z_mm", "bbox_min_zyx", "bbox_max_zyx"]).to_csv(out, index=False)
+    if as_json:
+        _print_json({"total_volume_ml": summary["total_volume_ml"], "lesion_count": summary["lesion_count"]})
+        return
+    typer.echo(f"{mask}: {summary['lesion_count']} lesions, {summary['total_volume_ml']:.3f} mL (connectivity {connectivity}, min {min_size_mm3} mm³)")
+    for r in rows[:20]:
+        typer.echo(f"  #{r['lesion_id']:<3} {r['volume_mm3']:>10.2f} mm³  centroid LPS ({r['centroid_x_mm']:.1f}, {r['centroid_y_mm']:.1f}, {r['centroid_z_mm']:.1f}) mm")
+    if len(rows) > 20:
+        typer.echo(f"  … {len(rows) - 20} more (use --out)")
+
+
+# ------------------------------------------------------------------------------- ingest
+@app.command()
+def ingest(
+    source: Path = typer.Argument(..., exists=True, file_okay=False, help="cohort folder to ingest"),
+    store: Path = typer.Option(..., "--store", help="Zarr store folder (created if missing)"),
+    config: Optional[Path] = typer.Option(None, "--config", help="pipeline configuration JSON"),
+    target_spacing: Optional[str] = typer.Option(None, help="resample to this spacing, mm 'x,y,z' (default: keep the reference grid)"),
+    dask_address: Optional[str] = typer.Option(None, envvar="LESIONFLOW_DASK_ADDRESS", help="existing Dask scheduler, e.g. tcp://host:8786"),
+    workers: int = typer.Option(2, help="LocalCluster worker processes (ignored with --dask-address)"),
+    force: bool = typer.Option(False, help="re-convert even unchanged sessions"),
+    no_prefect: bool = typer.Option(False, "--no-prefect", help="run as a plain function (no Prefect flow run)"),
+    as_json: bool = typer.Option(False, "--json", help="print converted/skipped/rejected counts as JSON"),
+) -> None:
+    """Discover studies under SOURCE and convert new or changed ones into the store."""
+    _ensure_key()
+    spacing = [float(s) for s in target_spacing.split(",")] if target_spacing else None
+    if spacing is not None and len(spacing) != 3:
+        _fail("--target-spacing needs three numbers: x,y,z in mm")
+    if no_prefect:
+        from pipeline.config import PipelineConfig, pseudonym_key
+        from pipeline.ingest import run_ingest
+        from pipeline.parallel import dask_client
+
+        cfg = PipelineConfig.from_file(config) if config else PipelineConfig()
+        if spacing:
+            cfg = cfg.model_copy(update={"target_spacing": tuple(spacing)})
+        with _progress() as progress, dask_client(dask_address, workers) as client:
+            summary = run_ingest(source, store, cfg, pseudonym_key(), client=client, progress=progress, force=force).as_dict()
+    else:
+        _prefect_env()
+        from flows.ingest import ingest as ingest_flow
+
+        summary = ingest_flow(str(source), str(store), config_path=str(config) if config else None, target_spacing=spacing,
+                              dask_address=dask_address, n_workers=workers, force=force)
+    if as_json:
+        _print_json(summary)
+    else:
+        _print_ingest(summary)
+
+
+def _print_ingest(summary: dict[str, Any]) -> None:
+    typer.echo(f"{summary['converted']} converted, {summary['skipped']} up to date, {summary['rejected']} sessions rejected → {summary['store']}")
+    for r in summary["rejected_inputs"]:
+        typer.echo(f"  rejected {r['path']}: {r['reason']}")
+    for r in summary["unused_inputs"]:
+        typer.echo(f"  unused   {r['path']}: {r['reason']}")
+
+
+class _progress:
+    """Rich progress bars fed by the library's ``progress(stage, done, total)`` callbacks."""
+
+    def __enter__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=_console(), transient=False)
+        self._p.start()
+        self._tasks: dict[str, Any] = {}
+        return self
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage not in self._tasks:
+            self._tasks[stage] = self._p.add_task(stage, total=total)
+        self._p.update(self._tasks[stage], completed=done, total=total)
+
+    def __exit__(self, *exc: Any) -> None:
+        self._p.stop()
+
+
+# ------------------------------------------------------------------------------- prepare / train / score
+@app.command()
+def prepare(
+    store: Path = typer.Option(..., "--store", exists=True, file_okay=False),
+    patch_size: int = typer.Option(48, help="patch edge in voxels"),
+    seed: int = typer.Option(0),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Precompute class-balanced patch indices for every labelled case."""
+    _prefect_env()
+    from flows.prepare import prepare as prepare_flow
+
+    rows = prepare_flow(str(store), patch_size=patch_size, seed=seed)
+    _print_json(rows) if as_json else typer.echo(f"patch indices written for {len(rows)} cases")
+
+
+@app.command()
+def train(
+    store: Path = typer.Option(..., "--store", exists=True, file_okay=False),
+    iterations: int = typer.Option(300),
+    patch_size: int = typer.Option(48),
+    batch_size: int = typer.Option(2),
+    seed: int = typer.Option(0),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Train the 3-D U-Net on the store (CUDA when available); prints the model version."""
+    _prefect_env()
+    from flows.train import train as train_flow
+
+    out = train_flow(str(store), iterations=iterations, patch_size=patch_size, batch_size=batch_size, seed=seed)
+    _print_json(out) if as_json else typer.echo(f"model {out['model_version']} → {out['checkpoint']}")
+
+
+@app.command()
+def score(
+    store: Path = typer.Option(..., "--store", exists=True, file_okay=False),
+    model: str = typer.Option(..., "--model", help="model version in the store, or a model folder / model.pt"),
+    connectivity: int = typer.Option(26),
+    min_size_mm3: float = typer.Option(0.0, "--min-size-mm3"),
+    overwrite: bool = typer.Option(False, help="re-score cases already scored by this model"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Score every case with MODEL and write lesion-volume tables (Parquet + CSV)."""
+    _prefect_env()
+    from flows.score import score as score_flow
+
+    out = score_flow(str(store), model, connectivity=connectivity, min_lesion_mm3=min_size_mm3, overwrite=overwrite)
+    if as_json:
+        _print_json(out)
+    else:
+        _print_table(out["case_volumes"], ["case_id", "total_volume_ml", "lesion_count"], f"lesion volumes ({out['model_version']})")
+        typer.echo(f"tables → {out['tables']['case_volumes']['csv']}")
+
+
+@app.command()
+def report(
+    store: Path = typer.Option(..., "--store", exists=True, file_okay=False),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Write the data-quality report (HTML) of a store."""
+    from pipeline.report import build_report
+
+    result = build_report(store)
+    if as_json:
+        _print_json({"html": str(result.html_path), "summary": result.summary, "flagged": result.flagged})
+    else:
+        typer.echo(f"report → {result.html_path} ({len(result.flagged)} findings)")
+
+
+# ------------------------------------------------------------------------------- demo
+@app.command()
+def demo(
+    workdir: Path = typer.Option(Path("work/demo"), help="folder for the phantom, store, model and tables"),
+    subjects: int = typer.Option(6, min=3),
+    seed: int = typer.Option(0),
+    iterations: int = typer.Option(300),
+    workers: int = typer.Option(2),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The whole mission on a phantom cohort: ingest → prepare → train → score → evaluate."""
+    _ensure_key(workdir.resolve())
+    _prefect_env()
+    from flows.demo import demo as demo_flow
+
+    out = demo_flow(str(workdir), subjects=subjects, seed=seed, iterations=iterations, n_workers=workers)
+    if as_json:
+        _print_json(out)
+        return
+    _print_table(out["evaluation"], ["case_id", "pred_volume_ml", "truth_volume_ml", "volume_error_pct", "pred_lesions", "truth_lesions", "dice"],
+                 f"lesion volumes by {out['model_version']} vs phantom truth")
+    console = _console()
+    console.print(f"phantom cohort : {out['cohort']}\ntruth table    : {out['truth_cases']}\nstore          : {out['store']}\n"
+                  f"quality report : {out['report']}\nmodel          : {out['checkpoint']}\n"
+                  f"case table     : {out['tables']['case_volumes']['csv']}\nlesion table   : {out['tables']['lesions']['csv']}")
+
+
+def _print_table(rows: list[dict[str, Any]], columns: list[str], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c, justify="left" if c == "case_id" else "right")
+    for r in rows:
+        table.add_row(*["" if r.get(c) is None else (f"{r[c]:.3f}" if isinstance(r.get(c), float) else str(r[c])) for c in columns])
+    Console().print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Compare predictions with ground truth: Dice against the stored reference label and lesion
+volume against a truth table (e.g. the phantom's ``truth/truth_cases.csv``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipeline.lesion_tables import mask_of
+from pipeline.lesions import dice
+from pipeline.store import list_cases, read_case_meta
+
+
+def evaluate(store_root: str | Path, model_version: str, truth_cases_csv: str | Path | None = None) -> "Any":
+    """One row per scored case: Dice vs the stored label, predicted vs truth volume (mL).
+
+    Truth rows are matched to cases through lineage: a truth row's ``session_dir`` (relative to
+    the ingested source folder) is the folder that holds the case's source files.
+    """
+    import pandas as pd
+
+    truth = pd.read_csv(truth_cases_csv) if truth_cases_csv else None
+    rows = []
+    tables = Path(store_root) / "tables" / "case_volumes.parquet"
+    volumes = pd.read_parquet(tables) if tables.exists() else pd.DataFrame(columns=["case_id", "model_version", "total_volume_ml", "lesion_count"])
+    volumes = volumes[volumes["model_version"] == model_version].set_index("case_id")
+    for case_id in list_cases(store_root):
+        meta = read_case_meta(store_root, case_id)
+        pred = mask_of(store_root, case_id, model_version)
+        if pred is None:
+            continue
+        label = mask_of(store_root, case_id, None)
+        row: dict[str, Any] = {"case_id": case_id}
+        if case_id in volumes.index:
+            row["pred_volume_ml"] = float(volumes.loc[case_id, "total_volume_ml"])
+            row["pred_lesions"] = int(volumes.loc[case_id, "lesion_count"])
+        row["dice"] = round(dice(pred, label), 4) if label is not None else None
+        if truth is not None:
+            sources = [s.relpath for ch in meta.channel_info for s in ch.sources]
+            match = truth[[any(s.startswith(str(d).rstrip("/") + "/") for s in sources) for d in truth["session_dir"]]]
+            if len(match) == 1:
+                t = match.iloc[0]
+                row["truth_volume_ml"] = float(t["total_volume_ml"])
+                row["truth_lesions"] = int(t["lesion_count"])
+                if "pred_volume_ml" in row and row["truth_volume_ml"] > 0:
+                    row["volume_error_pct"] = round(100 * (row["pred_volume_ml"] - row["truth_volume_ml"]) / row["truth_volume_ml"], 1)
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,412 @@
+"""Run the data-quality expectation suites (:mod:`storage_schemas.expectations`) on a store.
+
+Tables are derived from the catalog and the case metadata (:func:`build_tables`), validated
+with Great Expectations 1.x in an ephemeral, quiet context (no data docs, no analytics, no
+progress bars), and every expectation becomes one result row::
+
+    {suite, table, id, expectation, column, kwargs, success, element_count, unexpected_count,
+     unexpected: [{case_id, modality, value, ...}], unexpected_cases, observed_value,
+     flag, explanation, error}
+
+Results are written to ``<store>/quality/expectations.json``; failing rows become report flags
+``{case_id, what, detail}`` (:func:`flags_from_results`).
+
+What the checks need from the ingest:
+
+* ``CaseMeta.channel_info[*]``: native spacing/shape/orientation, raw intensity stats, sources.
+* label on grid: a ``label_grid_ok`` catalog column when the ingest records one; otherwise it
+  is derived by comparing the catalog row of the label (modality ``MASK``: ``shape_zyx`` and
+  ``spacing_mm``) with the reference channel's native shape/spacing in ``CaseMeta``.
+* rejected / unused inputs: catalog rows with ``status`` and ``reason``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+from storage_schemas.expectations import CONSISTENCY_MIN_SERIES, SuiteSpec, build_suites  # noqa: E402
+
+QUALITY_DIR = "quality"
+EXPECTATIONS_FILE = "expectations.json"
+LABEL_MODALITIES = ("MASK", "LABEL")
+
+MODALITY_COLUMNS = [
+    "row_key", "case_id", "modality", "source_format",
+    "spacing_x_mm", "spacing_y_mm", "spacing_z_mm", "spacing_min_mm", "spacing_max_mm",
+    "shape_z", "shape_y", "shape_x", "matrix_min", "matrix_max",
+    "fov_x_mm", "fov_y_mm", "fov_z_mm", "fov_max_mm", "orientation",
+    "intensity_mean", "intensity_std", "intensity_p01", "intensity_p99", "intensity_stats_finite",
+    "median_spacing_max_mm", "median_spacing_min_mm",
+    "slice_spacing_ratio", "inplane_spacing_ratio", "coverage_ratio_min", "coverage_ratio_max",
+]
+SOURCE_COLUMNS = ["row_key", "case_id", "modality", "relpath", "sha256"]
+INPUT_COLUMNS = ["row_key", "case_id", "modality", "status", "reason", "source_relpath"]
+
+
+# ------------------------------------------------------------------------------ tables
+def _floats(text: Any) -> list[float]:
+    if text is None or (isinstance(text, float) and math.isnan(text)):
+        return []
+    if isinstance(text, (list, tuple, np.ndarray)):
+        return [float(v) for v in text]
+    return [float(v) for v in re.findall(r"[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?", str(text))]
+
+
+def _label_values(group: Any) -> str | None:
+    if "label" not in set(group.array_keys()):
+        return None
+    lab = np.asarray(group["label"][...])
+    if lab.dtype.kind in "iu" and lab.size and lab.min() >= 0:
+        vals = np.flatnonzero(np.bincount(lab.reshape(-1).astype(np.int64)))
+    else:
+        vals = np.unique(lab)
+    return ",".join(f"{v:g}" for v in vals.tolist())
+
+
+def _label_grid_from_catalog(cat_case: Any, meta: Any, reference: str) -> tuple[bool | None, str | None]:
+    """(ok, source) for one case from its catalog rows and CaseMeta; (None, None) when unknown."""
+    if cat_case is not None and len(cat_case) and "label_grid_ok" in cat_case:
+        vals = [bool(v) for v in cat_case["label_grid_ok"].tolist() if v is not None and not (isinstance(v, float) and math.isnan(v))]
+        if vals:
+            return all(vals), "catalog"
+    if cat_case is None or not len(cat_case) or meta is None:
+        return None, None
+    lab = cat_case[cat_case["modality"].isin(LABEL_MODALITIES) & (cat_case["status"] != "rejected")]
+    info = {ci.modality: ci for ci in meta.channel_info if ci.present}
+    ref = info.get(reference) or next(iter(info.values()), None)
+    if ref is None or lab.empty:
+        return None, None
+    ok_all: list[bool] = []
+    for _, r in lab.iterrows():
+        shape = [int(v) for v in _floats(r.get("shape_zyx"))]
+        spacing = _floats(r.get("spacing_mm"))
+        if len(shape) != 3 and len(spacing) != 3:
+            continue
+        ok = True
+        if len(shape) == 3:
+            ok &= tuple(shape) == tuple(ref.native_shape_zyx)
+        if len(spacing) == 3:  # compared as a multiset: robust to (x,y,z) vs (z,y,x) order
+            ok &= bool(np.allclose(sorted(spacing), sorted(ref.native_spacing), rtol=1e-3, atol=1e-3))
+        ok_all.append(bool(ok))
+    if not ok_all:
+        return None, None
+    return all(ok_all), "derived"
+
+
+def build_tables(store_root: str | Path, channels: Sequence[str] = ("FLAIR", "T1", "T2"), catalog: Any = None, reference: str | None = None) -> dict[str, Any]:
+    """Derive the ``modalities``, ``cases``, ``sources`` and ``inputs`` tables from a store."""
+    import pandas as pd
+
+    from pipeline.store import StoreError, list_cases, open_case, read_catalog, read_case_meta
+
+    root = Path(store_root)
+    reference = reference or (channels[0] if channels else "FLAIR")
+    cat = read_catalog(root) if catalog is None else catalog
+    cat_by_case = {cid: g for cid, g in cat.groupby("case_id")} if len(cat) else {}
+
+    mod_rows: list[dict[str, Any]] = []
+    case_rows: list[dict[str, Any]] = []
+    src_rows: list[dict[str, Any]] = []
+    for case_id in list_cases(root):
+        try:
+            meta = read_case_meta(root, case_id)
+        except StoreError as exc:
+            row = {"case_id": case_id, "meta_valid": False, "meta_error": str(exc)[:300], "n_channels": 0, "missing": ",".join(channels),
+                   "has_label": False, "label_values": None, "label_grid_ok": None, "label_grid_source": None}
+            row.update({f"has_{ch}": False for ch in channels})
+            case_rows.append(row)
+            continue
+        present = {ci.modality for ci in meta.channel_info if ci.present} & set(meta.channels)
+        group = open_case(root, case_id)
+        grid_ok, grid_src = (None, None)
+        if meta.has_label:
+            grid_ok, grid_src = _label_grid_from_catalog(cat_by_case.get(case_id), meta, reference)
+        row = {
+            "case_id": case_id, "meta_valid": True, "meta_error": None, "n_channels": len(meta.channels),
+            "missing": ",".join(ch for ch in channels if ch not in present),
+            "has_label": bool(meta.has_label), "label_values": _label_values(group),
+            "label_grid_ok": grid_ok, "label_grid_source": grid_src,
+        }
+        row.update({f"has_{ch}": ch in present for ch in channels})
+        case_rows.append(row)
+        for ci in meta.channel_info:
+            for s in ci.sources:
+                src_rows.append({"case_id": case_id, "modality": ci.modality, "relpath": s.relpath, "sha256": s.sha256})
+            if not ci.present:
+                continue
+            sx, sy, sz = (float(v) for v in ci.native_spacing)
+            nz, ny, nx = (int(v) for v in ci.native_shape_zyx)
+            stats = [ci.intensity_mean, ci.intensity_std, ci.intensity_p01, ci.intensity_p99]
+            mod_rows.append({
+                "case_id": case_id, "modality": ci.modality, "source_format": ci.source_format,
+                "spacing_x_mm": sx, "spacing_y_mm": sy, "spacing_z_mm": sz,
+                "spacing_min_mm": min(sx, sy, sz), "spacing_max_mm": max(sx, sy, sz),
+                "shape_z": nz, "shape_y": ny, "shape_x": nx, "matrix_min": min(nz, ny, nx), "matrix_max": max(nz, ny, nx),
+                "fov_x_mm": nx * sx, "fov_y_mm": ny * sy, "fov_z_mm": nz * sz, "fov_max_mm": max(nx * sx, ny * sy, nz * sz),
+                "orientation": ci.native_orientation,
+                "intensity_mean": ci.intensity_mean, "intensity_std": ci.intensity_std,
+                "intensity_p01": ci.intensity_p01, "intensity_p99": ci.intensity_p99,
+                "intensity_stats_finite": bool(all(math.isfinite(float(v)) for v in stats)),
+            })
+        if meta.label_source is not None:
+            src_rows.append({"case_id": case_id, "modality": "MASK", "relpath": meta.label_source.relpath, "sha256": meta.label_source.sha256})
+
+    mods = pd.DataFrame(mod_rows, columns=[c for c in MODALITY_COLUMNS if c != "row_key"])
+    _add_cohort_ratios(mods)
+    cases = pd.DataFrame(case_rows)
+    if cases.empty:
+        cases = pd.DataFrame(columns=["case_id", "meta_valid", "meta_error", "n_channels", "missing", "has_label", "label_values",
+                                      "label_grid_ok", "label_grid_source", *[f"has_{ch}" for ch in channels]])
+    sources = pd.DataFrame(src_rows, columns=SOURCE_COLUMNS[1:]).drop_duplicates(["case_id", "sha256"])
+    inputs = pd.DataFrame(
+        {c: (cat[c] if c in cat else None) for c in INPUT_COLUMNS[1:]}, columns=INPUT_COLUMNS[1:]
+    ) if len(cat) else pd.DataFrame(columns=INPUT_COLUMNS[1:])
+    tables = {"modalities": mods, "cases": cases, "sources": sources, "inputs": inputs}
+    for name, df in tables.items():
+        df = df.reset_index(drop=True)
+        df.insert(0, "row_key", np.arange(len(df), dtype=np.int64))
+        tables[name] = df
+    return tables
+
+
+def _add_cohort_ratios(mods: Any) -> None:
+    """Spacing and coverage of each series relative to its modality's median (in place)."""
+    for col in ("median_spacing_max_mm", "median_spacing_min_mm", "slice_spacing_ratio", "inplane_spacing_ratio",
+                "coverage_ratio_min", "coverage_ratio_max"):
+        mods[col] = np.nan
+    if mods.empty:
+        return
+    for _, grp in mods.groupby("modality"):
+        if len(grp) < CONSISTENCY_MIN_SERIES:
+            continue
+        idx = grp.index
+        med_max = float(grp["spacing_max_mm"].median())
+        med_min = float(grp["spacing_min_mm"].median())
+        mods.loc[idx, "median_spacing_max_mm"] = med_max
+        mods.loc[idx, "median_spacing_min_mm"] = med_min
+        mods.loc[idx, "slice_spacing_ratio"] = grp["spacing_max_mm"] / med_max
+        mods.loc[idx, "inplane_spacing_ratio"] = grp["spacing_min_mm"] / med_min
+        fov = np.sort(grp[["fov_x_mm", "fov_y_mm", "fov_z_mm"]].to_numpy(dtype=float), axis=1)
+        ratio = fov / np.median(fov, axis=0)[None, :]
+        mods.loc[idx, "coverage_ratio_min"] = ratio.min(axis=1)
+        mods.loc[idx, "coverage_ratio_max"] = ratio.max(axis=1)
+
+
+# ------------------------------------------------------------------------------ running
+@dataclass
+class ExpectationsOutcome:
+    """Result rows (one per expectation), report flags, the derived tables and the JSON path."""
+
+    results: list[dict[str, Any]]
+    flagged: list[dict[str, Any]]
+    tables: dict[str, Any] = field(repr=False)
+    path: Path | None = None
+
+    @property
+    def success(self) -> bool:
+        return all(r["success"] for r in self.results)
+
+
+def _py(v: Any) -> Any:
+    """JSON-safe python value (NaN/inf -> None, numpy -> python)."""
+    if isinstance(v, dict):
+        return {str(k): _py(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple, set)):
+        return [_py(x) for x in v]
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    try:
+        import pandas as pd
+
+        if pd.isna(v):
+            return None
+    except (TypeError, ValueError):
+        pass
+    return str(v)
+
+
+def _quiet_context() -> Any:
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    for name in ("great_expectations", "great_expectations.core", "great_expectations.data_context"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    ctx = gx.get_context(mode="ephemeral")
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    return ctx
+
+
+def validate_tables(tables: dict[str, Any], specs: Sequence[SuiteSpec]) -> list[dict[str, Any]]:
+    """Validate each suite against its table; one result row per expectation, in suite order."""
+    ctx = _quiet_context()
+    ds = ctx.data_sources.add_pandas("lesionflow_quality")
+    batch_defs: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    for spec in specs:
+        df = tables[spec.table]
+        if spec.table not in batch_defs:
+            asset = ds.add_dataframe_asset(spec.table)
+            batch_defs[spec.table] = asset.add_batch_definition_whole_dataframe(f"{spec.table}_all")
+        batch = batch_defs[spec.table].get_batch(batch_parameters={"dataframe": df})
+        index_cols = ["row_key", *[c for c in spec.index_columns if c in df.columns]]
+        suite = ctx.suites.add(spec.suite)
+        res = batch.validate(suite, result_format={"result_format": "COMPLETE", "unexpected_index_column_names": index_cols})
+        by_id = {r.expectation_config.meta.get("id"): r for r in res.results}
+        for exp in spec.suite.expectations:
+            r = by_id.get(exp.meta.get("id"))
+            rows.append(_result_row(spec, exp, r, df))
+    return rows
+
+
+def _result_row(spec: SuiteSpec, exp: Any, r: Any, df: Any) -> dict[str, Any]:
+    cfg = exp.configuration if hasattr(exp, "configuration") else exp
+    kwargs = {k: v for k, v in dict(cfg.kwargs).items() if k not in ("batch_id",)}
+    column = kwargs.get("column")
+    row: dict[str, Any] = {
+        "suite": spec.name, "table": spec.table, "id": exp.meta.get("id"), "expectation": cfg.type, "column": column,
+        "kwargs": _py(kwargs), "success": False, "element_count": len(df), "unexpected_count": 0, "unexpected": [],
+        "unexpected_cases": [], "observed_value": None, "flag": exp.meta.get("flag"), "explanation": exp.meta.get("explanation"),
+        "error": None,
+    }
+    if r is None:
+        row["error"] = "expectation was not evaluated"
+        return row
+    result = dict(r.result or {})
+    info = r.exception_info or {}
+    if isinstance(info, dict) and info.get("raised_exception"):
+        row["error"] = str(info.get("exception_message"))[:500]
+    row["success"] = bool(r.success)
+    row["element_count"] = int(result.get("element_count", len(df)) or 0)
+    row["unexpected_count"] = int(result.get("unexpected_count", 0) or 0)
+    row["observed_value"] = _py(result.get("observed_value"))
+    unexpected = []
+    for item in result.get("unexpected_index_list") or []:
+        item = dict(item)
+        key = item.pop("row_key", None)
+        value = item.pop(column, None) if column else None
+        entry = {k: _py(v) for k, v in item.items()}
+        entry["value"] = _py(value)
+        if key is not None:
+            entry["row_key"] = int(key)
+        unexpected.append(entry)
+    row["unexpected"] = unexpected
+    row["unexpected_cases"] = sorted({u["case_id"] for u in unexpected if u.get("case_id")})
+    return row
+
+
+# ------------------------------------------------------------------------------ flags
+def _fmt(v: Any, unit: str = "") -> str:
+    try:
+        return f"{float(v):.3g}{unit}"
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def _detail(result: dict[str, Any], u: dict[str, Any], tables: dict[str, Any]) -> str:
+    """A one-line human explanation of one unexpected row."""
+    df = tables.get(result["table"])
+    rec = None
+    if df is not None and u.get("row_key") is not None and len(df):
+        hit = df[df["row_key"] == u["row_key"]]
+        rec = hit.iloc[0].to_dict() if len(hit) else None
+    mod = u.get("modality") or (rec or {}).get("modality") or ""
+    rid = result["id"] or ""
+    if rec is not None:
+        if rid == "slice_spacing_consistent":
+            return (f"{mod} largest spacing {_fmt(rec['spacing_max_mm'], ' mm')} = {_fmt(rec['slice_spacing_ratio'])}x the {mod} "
+                    f"median {_fmt(rec['median_spacing_max_mm'], ' mm')}")
+        if rid == "inplane_spacing_consistent":
+            return (f"{mod} smallest spacing {_fmt(rec['spacing_min_mm'], ' mm')} = {_fmt(rec['inplane_spacing_ratio'])}x the {mod} "
+                    f"median {_fmt(rec['median_spacing_min_mm'], ' mm')}")
+        if rid.startswith("coverage"):
+            return (f"{mod} field of view {_fmt(rec['fov_x_mm'])} x {_fmt(rec['fov_y_mm'])} x {_fmt(rec['fov_z_mm'], ' mm')} "
+                    f"(ratio to median {_fmt(rec['coverage_ratio_min'])}-{_fmt(rec['coverage_ratio_max'])})")
+        if rid.startswith("spacing_"):
+            return f"{mod} native spacing {_fmt(rec['spacing_x_mm'])} x {_fmt(rec['spacing_y_mm'])} x {_fmt(rec['spacing_z_mm'], ' mm')}"
+        if rid.startswith("matrix"):
+            return f"{mod} matrix (z,y,x) {rec['shape_z']} x {rec['shape_y']} x {rec['shape_x']}"
+        if rid.startswith("has_"):
+            return f"no {rid[4:]} series (channel stored as zeros / absent)"
+        if rid == "label_on_grid":
+            src = "recorded by the ingest" if rec.get("label_grid_source") == "catalog" else "label catalog row vs. reference series"
+            return f"reference label was not on the reference image grid ({src})"
+        if rid == "label_binary":
+            return f"label values {{{rec.get('label_values')}}}"
+        if rid == "sources_unique":
+            others = df[(df["sha256"] == rec["sha256"]) & (df["case_id"] != rec["case_id"])]["case_id"].tolist()
+            return f"{rec['modality']} source {rec['relpath']} (sha256 {str(rec['sha256'])[:12]}...) also used by {', '.join(sorted(set(others)))}"
+        if rid in ("no_rejected_inputs", "reason_recorded"):
+            return f"{rec.get('source_relpath')}: {rec.get('reason') or 'no reason recorded'}"
+    value = u.get("value")
+    return f"{mod + ': ' if mod else ''}{result.get('column')}={value}"
+
+
+def flags_from_results(results: Sequence[dict[str, Any]], tables: dict[str, Any]) -> list[dict[str, Any]]:
+    """``{case_id, what, detail}`` per failing (case, flag); table-level failures get ``case_id`` None."""
+    merged: dict[tuple[Any, str], list[str]] = {}
+    for r in results:
+        if r["success"]:
+            continue
+        what = r.get("flag") or r["id"]
+        if r.get("error"):
+            merged.setdefault((None, f"check failed: {r['id']}"), []).append(r["error"])
+            continue
+        if not r["unexpected"]:
+            merged.setdefault((None, what), []).append(f"{r['expectation']} observed {r.get('observed_value')}")
+            continue
+        for u in r["unexpected"]:
+            key = (u.get("case_id"), what)
+            d = _detail(r, u, tables)
+            if d not in merged.get(key, []):
+                merged.setdefault(key, []).append(d)
+    return [{"case_id": c, "what": w, "detail": "; ".join(d)} for (c, w), d in merged.items()]
+
+
+# ------------------------------------------------------------------------------ entry point
+def run_expectations(
+    store_root: str | Path,
+    channels: Sequence[str] = ("FLAIR", "T1", "T2"),
+    tables: dict[str, Any] | None = None,
+    save: bool = True,
+    spacing_range_mm: dict[str, tuple[float, float]] | None = None,
+) -> ExpectationsOutcome:
+    """Derive the tables, run every suite, save ``<store>/quality/expectations.json``."""
+    from pipeline.store import write_json_atomic
+
+    root = Path(store_root)
+    tables = build_tables(root, channels) if tables is None else tables
+    specs = build_suites(tuple(channels), spacing_range_mm)
+    results = validate_tables(tables, specs)
+    flagged = flags_from_results(results, tables)
+    path = None
+    if save:
+        path = root / QUALITY_DIR / EXPECTATIONS_FILE
+        payload = {
+            "generated_at": datetime.now(timezone.utc).isoformat(),
+            "channels": list(channels),
+            "statistics": {
+                "evaluated": len(results),
+                "successful": sum(r["success"] for r in results),
+                "unsuccessful": sum(not r["success"] for r in results),
+            },
+            "results": _py(results),
+            "flagged": _py(flagged),
+        }
+        write_json_atomic(path, payload)
+    return ExpectationsOutcome(results=results, flagged=flagged, tables=tables, path=path)

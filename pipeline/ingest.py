@@ -1,0 +1,365 @@
+"""Convert discovered sessions into store cases: read → one grid → normalise → commit.
+
+:func:`convert_session` is the unit of parallel work (one subject session, run on a Dask
+worker). It is incremental: it hashes the session's source bytes and skips the session when
+the committed case has the same source fingerprint and configuration hash. Every input ends
+up in the catalog: converted, unused (with why) or rejected (with the file and the reason).
+A failure in one session never stops the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from pipeline import __version__
+from pipeline.config import PipelineConfig
+from pipeline.discover import Discovery, SessionPlan, SourceItem, file_sha256
+from pipeline.geometry import orientation_code
+from pipeline.normalize import foreground_mask, intensity_stats, zscore
+from pipeline.resample import grid_with_spacing, read_transform, resample_to_grid
+from pipeline.volume import Volume
+from storage_schemas.models import CaseMeta, CatalogRow, ChannelInfo, SourceFile
+
+log = logging.getLogger("lesionflow.ingest")
+
+LABEL_GRID_ORIGIN_TOL_MM = 0.05
+"""A mask is 'on the grid' of an image when origins agree within this (mm) and shape/spacing/direction match."""
+
+
+@dataclass
+class SessionResult:
+    case_id: str
+    status: str  # converted | skipped | rejected
+    seconds: float = 0.0
+    reason: str | None = None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    bytes_read: int = 0
+
+
+@dataclass
+class IngestSummary:
+    run_id: str
+    store: str
+    converted: int = 0
+    skipped: int = 0
+    rejected_sessions: int = 0
+    rejected_inputs: list[dict[str, str]] = field(default_factory=list)
+    unused_inputs: list[dict[str, str]] = field(default_factory=list)
+    cases: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    bytes_read: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "store": self.store,
+            "converted": self.converted,
+            "skipped": self.skipped,
+            "rejected": self.rejected_sessions,
+            "rejected_inputs": self.rejected_inputs,
+            "unused_inputs": self.unused_inputs,
+            "cases": self.cases,
+            "seconds": round(self.seconds, 2),
+            "bytes_read": self.bytes_read,
+        }
+
+
+# ------------------------------------------------------------------------------ helpers
+def _row(plan: SessionPlan | None, status: str, relpath: str, cfg: PipelineConfig, run_id: str, **kw: Any) -> dict[str, Any]:
+    return CatalogRow(
+        case_id=plan.case_id if plan else None,
+        subject=plan.subject if plan else None,
+        session=plan.session if plan else None,
+        status=status,
+        source_relpath=relpath,
+        pipeline_version=__version__,
+        config_hash=cfg.processing_hash(),
+        run_id=run_id,
+        **kw,
+    ).model_dump()
+
+
+def _item_relpath(item: SourceItem) -> str:
+    if item.kind == "dicom" and len(item.relpaths) > 1:
+        return str(Path(item.relpaths[0]).parent.as_posix()) + "/"
+    return item.relpaths[0]
+
+
+def _item_digest(item: SourceItem, digests: dict[str, str]) -> str:
+    if len(item.relpaths) == 1:
+        return digests[item.relpaths[0]]
+    import hashlib
+
+    h = hashlib.sha256()
+    for rel in sorted(item.relpaths):
+        h.update(digests[rel].encode())
+    return h.hexdigest()
+
+
+def read_item(item: SourceItem) -> Volume:
+    """Read one source item (DICOM series or image file) into a Volume; raises ReaderError."""
+    from pipeline.readers import read_volume
+    from pipeline.readers.dicom import read_series
+
+    if item.kind == "dicom":
+        return read_series(item.series)
+    return read_volume(item.paths[0])
+
+
+def _on_grid(mask: Volume, image: Volume) -> bool:
+    return (
+        mask.shape_zyx == image.shape_zyx
+        and np.allclose(mask.spacing, image.spacing, rtol=1e-3, atol=1e-4)
+        and np.allclose(mask.direction, image.direction, atol=1e-3)
+        and np.allclose(mask.origin, image.origin, atol=LABEL_GRID_ORIGIN_TOL_MM)
+    )
+
+
+def _grid_text(v: Volume) -> str:
+    return f"shape {v.shape_xyz}, spacing {tuple(round(s, 3) for s in v.spacing)}, origin {tuple(round(o, 2) for o in v.origin)}"
+
+
+def existing_case_meta(store_root: str | Path, case_id: str) -> CaseMeta | None:
+    from pipeline.store import StoreError, read_case_meta
+
+    try:
+        return read_case_meta(store_root, case_id)
+    except StoreError:
+        return None
+
+
+# ------------------------------------------------------------------------------ one session
+def convert_session(plan: SessionPlan, store_root: str, cfg: PipelineConfig, run_id: str, force: bool = False) -> SessionResult:
+    """Convert one session into a committed store case (or skip it when up to date).
+
+    Never raises for bad input: unreadable files become ``rejected`` rows naming the file.
+    Writes its catalog rows itself, right after the case is committed.
+    """
+    from pipeline.store import append_catalog
+
+    t0 = time.perf_counter()
+    try:
+        result = _convert_session(plan, store_root, cfg, run_id, force)
+    except Exception as exc:  # noqa: BLE001 - a bug must not stop the cohort; it is recorded
+        log.error("session %s failed: %s\n%s", plan.case_id, exc, traceback.format_exc())
+        reason = f"internal error while converting ({type(exc).__name__}: {exc}); please report it with this message"
+        result = SessionResult(plan.case_id, "rejected", reason=reason, rows=[_row(plan, "rejected", plan.root_relpath, cfg, run_id, reason=reason)])
+    result.seconds = time.perf_counter() - t0
+    if result.status != "skipped" and result.rows:
+        append_catalog(store_root, [CatalogRow.model_validate(r) for r in result.rows])
+    return result
+
+
+def _convert_session(plan: SessionPlan, store_root: str, cfg: PipelineConfig, run_id: str, force: bool) -> SessionResult:
+    from pipeline.readers.errors import ReaderError
+    from pipeline.store import geometry_of, write_case
+
+    used = [i for i in plan.items if not i.unused_reason]
+    digests: dict[str, str] = {}
+    nbytes = 0
+    for item in used:
+        for rel, path in zip(item.relpaths, item.paths):
+            digests[rel] = file_sha256(path)
+            nbytes += path.stat().st_size
+    fingerprint = plan.fingerprint(digests)
+    existing = existing_case_meta(store_root, plan.case_id)
+    if not force and existing and existing.source_fingerprint == fingerprint and existing.config_hash == cfg.processing_hash():
+        return SessionResult(plan.case_id, "skipped", bytes_read=nbytes)
+
+    rows: list[dict[str, Any]] = []
+    for item in plan.items:
+        if item.unused_reason:
+            rows.append(_row(plan, "unused", _item_relpath(item), cfg, run_id, modality=item.modality, reason=item.unused_reason, source_format=item.kind))
+
+    # ---- read every usable input; one bad file never stops the session
+    volumes: dict[str, tuple[Volume, SourceItem]] = {}
+    for item in sorted(used, key=lambda i: (i.series.series_number or 0) if i.series is not None else 0, reverse=True):
+        try:
+            vol = read_item(item)
+        except ReaderError as err:
+            rel = _relpath_of_error(err, item)
+            rows.append(_row(plan, "rejected", rel, cfg, run_id, modality=item.modality, reason=err.reason, source_format=item.kind))
+            continue
+        if vol.is_4d:
+            rows.append(_row(plan, "unused", _item_relpath(item), cfg, run_id, modality=item.modality, source_format=item.kind,
+                             reason=f"4-D image ({vol.array.shape[0]} volumes), not a structural scan"))
+            continue
+        if item.modality in volumes:
+            kept = volumes[item.modality][1]
+            rows.append(_row(plan, "unused", _item_relpath(item), cfg, run_id, modality=item.modality, source_format=item.kind,
+                             reason=f"another {item.modality} input of this session was used ({kept.name})"))
+            continue
+        volumes[item.modality] = (vol, item)  # type: ignore[index]
+
+    channels = [m for m in cfg.channels if m in volumes]
+    if not channels:
+        found = sorted({i.modality or "?" for i in plan.items})
+        reason = f"no usable image among the configured channels {list(cfg.channels)} (found: {', '.join(found) or 'nothing'})"
+        rows.append(_row(plan, "rejected", plan.root_relpath, cfg, run_id, reason=reason))
+        return SessionResult(plan.case_id, "rejected", reason=reason, rows=rows, bytes_read=nbytes)
+
+    ref_mod = cfg.reference_modality if cfg.reference_modality in volumes else channels[0]
+    ref_native = volumes[ref_mod][0]
+    grid = ref_native if cfg.target_spacing is None else grid_with_spacing(ref_native, cfg.target_spacing)
+
+    # ---- images onto the reference grid (physical space; supplied registrations applied)
+    resampled: dict[str, np.ndarray] = {}
+    for m in list(channels):
+        vol, item = volumes[m]
+        try:
+            tx = read_transform(item.transform) if item.transform is not None else None
+        except ValueError as exc:
+            rows.append(_row(plan, "rejected", _item_relpath(item), cfg, run_id, modality=m, reason=str(exc), source_format=item.kind))
+            channels.remove(m)
+            continue
+        resampled[m] = resample_to_grid(vol, grid, "linear", transform=tx).array
+    fg = foreground_mask(resampled[ref_mod if ref_mod in resampled else channels[0]])
+
+    stacked = np.zeros((len(channels), *grid.shape_zyx), np.float32)
+    infos: list[ChannelInfo] = []
+    for c, m in enumerate(channels):
+        vol, item = volumes[m]
+        raw = resampled[m]
+        stats = intensity_stats(raw, fg)
+        stacked[c] = zscore(raw, fg)[0] if cfg.normalization == "zscore" else raw
+        infos.append(
+            ChannelInfo(
+                modality=m,
+                source_format=item.kind,  # type: ignore[arg-type]
+                source_series=(f"series-{item.series.series_number}" if item.series is not None else Path(item.relpaths[0]).name),
+                series_description=item.series_description,
+                native_spacing=vol.spacing,
+                native_shape_zyx=vol.shape_zyx,
+                native_orientation=orientation_code(vol.direction, "RAS"),
+                sources=[SourceFile(relpath=r, sha256=digests[r], size_bytes=p.stat().st_size) for r, p in zip(item.relpaths, item.paths)],
+                intensity_mean=stats["mean"],
+                intensity_std=stats["std"],
+                intensity_p01=stats["p01"],
+                intensity_p99=stats["p99"],
+            )
+        )
+        rows.append(
+            _row(plan, "converted", _item_relpath(item), cfg, run_id, modality=m, source_format=item.kind,
+                 source_sha256=_item_digest(item, digests), shape_zyx="x".join(map(str, vol.shape_zyx)),
+                 spacing_mm="x".join(f"{s:.4g}" for s in vol.spacing), orientation=orientation_code(vol.direction, "RAS"),
+                 intensity_mean=stats["mean"], intensity_std=stats["std"])
+        )
+
+    # ---- label: must lie on the grid of one of the session's images
+    label = None
+    label_source = None
+    if "MASK" in volumes:
+        mask, item = volumes["MASK"]
+        natives = {m: volumes[m][0] for m in channels}
+        match = next((m for m, v in natives.items() if _on_grid(mask, v)), None)
+        values = np.unique(mask.array)
+        if match is None:
+            reason = (f"label grid does not match any image of the session: label {_grid_text(mask)}; "
+                      f"{ref_mod} {_grid_text(ref_native)}")
+            rows.append(_row(plan, "rejected", _item_relpath(item), cfg, run_id, modality="MASK", reason=reason, source_format=item.kind))
+        elif not set(values.tolist()) <= {0, 1}:
+            reason = f"label values {values[:10].tolist()} outside the allowed set {{0, 1}}"
+            rows.append(_row(plan, "rejected", _item_relpath(item), cfg, run_id, modality="MASK", reason=reason, source_format=item.kind))
+        else:
+            label = resample_to_grid(mask.with_array((mask.array > 0).astype(np.uint8)), grid, "label").array
+            label_source = SourceFile(relpath=item.relpaths[0], sha256=digests[item.relpaths[0]], size_bytes=item.paths[0].stat().st_size)
+            rows.append(_row(plan, "converted", _item_relpath(item), cfg, run_id, modality="MASK", source_format=item.kind,
+                             source_sha256=digests[item.relpaths[0]], shape_zyx="x".join(map(str, mask.shape_zyx)),
+                             spacing_mm="x".join(f"{s:.4g}" for s in mask.spacing), orientation=orientation_code(mask.direction, "RAS")))
+
+    meta = CaseMeta(
+        case_id=plan.case_id,
+        subject=plan.subject,
+        session=plan.session,
+        channels=channels,
+        channel_info=infos,
+        has_label=label is not None,
+        label_source=label_source,
+        geometry=geometry_of(grid),
+        source_fingerprint=fingerprint,
+        config_hash=cfg.processing_hash(),
+        pipeline_version=__version__,
+    )
+    write_case(store_root, meta, stacked, fg, label, chunk_zyx=cfg.chunk_zyx)
+    return SessionResult(plan.case_id, "converted", rows=rows, bytes_read=nbytes)
+
+
+def _relpath_of_error(err: Exception, item: SourceItem) -> str:
+    path = Path(getattr(err, "path", "") or "")
+    for rel, p in zip(item.relpaths, item.paths):
+        if p == path or p.name == path.name:
+            return rel
+    return _item_relpath(item)
+
+
+# ------------------------------------------------------------------------------ whole cohort
+def record_rejected(store_root: str | Path, discovery: Discovery, cfg: PipelineConfig, run_id: str) -> list[dict[str, str]]:
+    """Catalog rows for inputs rejected at discovery (unreadable, unsupported, unassignable)."""
+    from pipeline.store import append_catalog
+
+    rows = [CatalogRow.model_validate(_row(None, "rejected", r.relpath, cfg, run_id, reason=r.reason, source_format=r.kind)) for r in discovery.rejected]
+    append_catalog(store_root, rows)
+    return [{"path": r.relpath, "reason": r.reason} for r in discovery.rejected]
+
+
+def summarize(results: list[SessionResult], discovery_rejected: list[dict[str, str]], run_id: str, store: str, seconds: float) -> IngestSummary:
+    """Aggregate per-session results into the run summary."""
+    s = IngestSummary(run_id=run_id, store=str(store), seconds=seconds)
+    s.rejected_inputs = list(discovery_rejected)
+    for r in results:
+        s.bytes_read += r.bytes_read
+        if r.status == "converted":
+            s.converted += 1
+            s.cases.append(r.case_id)
+        elif r.status == "skipped":
+            s.skipped += 1
+            s.cases.append(r.case_id)
+        else:
+            s.rejected_sessions += 1
+        for row in r.rows:
+            if row["status"] == "rejected":
+                s.rejected_inputs.append({"path": row["source_relpath"], "reason": row["reason"]})
+            elif row["status"] == "unused":
+                s.unused_inputs.append({"path": row["source_relpath"], "reason": row["reason"]})
+    s.cases.sort()
+    return s
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+
+
+def run_ingest(
+    source: str | Path,
+    store_root: str | Path,
+    cfg: PipelineConfig,
+    key: bytes,
+    client: Any = None,
+    progress: Callable[[str, int, int], None] | None = None,
+    force: bool = False,
+) -> IngestSummary:
+    """Discover, convert (on ``client`` when given, else in this process) and summarise.
+
+    This is the whole ingest as one plain function; :mod:`flows.ingest` runs the same steps
+    as Prefect tasks.
+    """
+    from pipeline.discover import discover
+    from pipeline.parallel import map_sessions
+    from pipeline.store import clean_staging, init_store
+
+    t0 = time.perf_counter()
+    run_id = new_run_id()
+    init_store(store_root)
+    clean_staging(store_root)
+    disc = discover(source, cfg, key, progress=progress)
+    rejected = record_rejected(store_root, disc, cfg, run_id)
+    results = map_sessions(disc.sessions, str(store_root), cfg, run_id, client=client, progress=progress, force=force)
+    return summarize(results, rejected, run_id, str(store_root), time.perf_counter() - t0)

@@ -1,0 +1,68 @@
+import json
+
+import numpy as np
+import pytest
+import zarr
+
+from pipeline import store
+from pipeline.volume import Volume
+from storage_schemas.models import CaseMeta, CatalogRow
+
+
+def meta_for(case_id: str, vol: Volume, channels=("FLAIR",)) -> CaseMeta:
+    return CaseMeta(case_id=case_id, subject=case_id.split("_")[0], session=case_id.split("_")[1], channels=list(channels),
+                    channel_info=[], has_label=True, geometry=store.geometry_of(vol), source_fingerprint="f", config_hash="c",
+                    pipeline_version="0.1.0")
+
+
+def test_case_round_trip_with_geometry_and_ome(tmp_path):
+    root = store.init_store(tmp_path / "s.zarr")
+    d = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    vol = Volume(np.zeros((6, 7, 8), np.float32), spacing=(0.9, 1.1, 3.0), origin=(1, 2, 3), direction=d)
+    img = np.random.default_rng(0).random((1, 6, 7, 8)).astype(np.float32)
+    lab = (img[0] > 0.9).astype(np.uint8)
+    store.write_case(root, meta_for("sub-a_ses-b", vol), img, np.ones_like(lab), lab, chunk_zyx=(4, 4, 4))
+    assert store.list_cases(root) == ["sub-a_ses-b"]
+    g = zarr.open_group(str(root / "cases" / "sub-a_ses-b"), mode="r")  # plain zarr reads it
+    np.testing.assert_array_equal(g["image"][:], img)
+    np.testing.assert_array_equal(g["label"][:], lab)
+    meta = store.read_case_meta(root, "sub-a_ses-b")
+    np.testing.assert_allclose(np.reshape(meta.geometry.affine_lps, (4, 4)), vol.affine_lps)
+    ms = g.attrs["ome"]["multiscales"][0]
+    assert [a["name"] for a in ms["axes"]] == ["c", "z", "y", "x"]
+    assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 3.0, 1.1, 0.9]
+
+
+def test_shape_mismatch_is_refused_and_nothing_is_visible(tmp_path):
+    root = store.init_store(tmp_path / "s.zarr")
+    vol = Volume(np.zeros((6, 7, 8), np.float32))
+    with pytest.raises(store.StoreError, match="shape"):
+        store.write_case(root, meta_for("sub-a_ses-b", vol), np.zeros((1, 6, 7, 9), np.float32), np.ones((6, 7, 8), np.uint8))
+    assert store.list_cases(root) == []
+    assert list((root / ".staging").iterdir()) == []
+
+
+def test_newer_schema_major_is_refused_with_migration_note(tmp_path):
+    root = store.init_store(tmp_path / "s.zarr")
+    g = zarr.open_group(str(root), mode="a")
+    manifest = dict(g.attrs["lesionflow"])
+    manifest["schema_version"] = "2.0"
+    g.attrs["lesionflow"] = manifest
+    with pytest.raises(store.StoreError, match="migration"):
+        store.init_store(root)
+
+
+def test_catalog_latest_rows_and_tables(tmp_path):
+    root = store.init_store(tmp_path / "s.zarr")
+    row = dict(case_id="c", subject="s", session="t", modality="FLAIR", source_relpath="a/b", pipeline_version="0", config_hash="h", run_id="r")
+    store.append_catalog(root, [CatalogRow(status="rejected", reason="broken", **row)])
+    store.append_catalog(root, [CatalogRow(status="converted", **row)])
+    df = store.read_catalog(root)
+    assert len(df) == 1 and df.iloc[0]["status"] == "converted"
+    assert len(store.read_catalog(root, latest_only=False)) == 2
+    import pandas as pd
+
+    paths = store.write_table(root, "t", pd.DataFrame({"a": [1]}))
+    assert pd.read_csv(paths["csv"])["a"].tolist() == [1]
+    store.write_json_atomic(root / "x.json", {"k": 1})
+    assert json.loads((root / "x.json").read_text()) == {"k": 1}

@@ -1,0 +1,18 @@
+"""lesionflow's training side (the only package that imports torch).
+
+* :mod:`training.data` — class-balanced patch sampling from the store (patch index + Zarr slicing)
+* :mod:`training.model` — the 3-D U-Net, built from a recorded ``arch`` dict
+* :mod:`training.losses` — Dice + cross-entropy
+* :mod:`training.loop` — :func:`train` → :class:`TrainResult` (checkpoint + metrics)
+* :mod:`training.checkpoint` — ``<store>/models/<model_version>/{model.pt, model.json}``, :func:`load_model`
+* :mod:`training.infer` — sliding-window :func:`predict_case`, :func:`score_cases` into the store
+
+Device: CUDA when ``torch.cuda.is_available()``, else CPU, everywhere.
+"""
+
+from training.checkpoint import list_models, load_model, save_checkpoint  # noqa: F401
+from training.infer import predict_case, score_cases  # noqa: F401
+from training.loop import TrainResult, train  # noqa: F401
+from training.model import build_model, default_arch  # noqa: F401
+
+__all__ = ["TrainResult", "build_model", "default_arch", "list_models", "load_model", "predict_case", "save_checkpoint", "score_cases", "train"]

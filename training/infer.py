@@ -1,0 +1,198 @@
+"""Whole-volume inference: sliding-window prediction of lesion masks, written into the store.
+
+:func:`predict_case` runs MONAI's ``sliding_window_inference`` (Gaussian blending of softmax
+probabilities, windows of the training patch size by default) over a case's image and returns
+the argmax mask. :func:`score_cases` does that for many cases with one model and stores each
+mask at ``cases/<id>/predictions/<model_version>/mask`` (uint8 ``(Z, Y, X)``, 1 = lesion),
+atomically, skipping cases already scored by that model unless ``overwrite=True``.
+
+Example:
+    >>> results = score_cases("store", "latest")  # doctest: +SKIP
+    >>> results[0]["mask_path"]  # doctest: +SKIP
+    'cases/sub-…_ses-…/predictions/unet3d-20250101T120000-1a2b3c4d/mask'
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from pipeline import store as _store
+from training.checkpoint import load_model
+from training.data import check_case
+
+log = logging.getLogger("lesionflow.training")
+
+PREDICTIONS = "predictions"
+PREDICTION_KEY = "lesionflow_prediction"
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def mask_path(case_id: str, model_version: str) -> str:
+    """Store-relative path of a case's predicted mask."""
+    return f"{_store.CASES}/{case_id}/{PREDICTIONS}/{model_version}/mask"
+
+
+def has_prediction(store_root: str | Path, case_id: str, model_version: str) -> bool:
+    """True when the case already holds this model's mask."""
+    return (Path(store_root) / mask_path(case_id, model_version) / "zarr.json").exists()
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast("cpu", enabled=False)
+
+
+@torch.inference_mode()
+def predict_array(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    roi_zyx: Sequence[int],
+    device: str | torch.device | None = None,
+    overlap: float = 0.25,
+    sw_batch_size: int = 2,
+) -> np.ndarray:
+    """Lesion probability ``(Z, Y, X)`` float32 of an image ``(C, Z, Y, X)`` (sliding window, Gaussian blending).
+
+    The whole image stays on the CPU; only windows travel to ``device``.
+    """
+    from monai.inferers import sliding_window_inference
+
+    device = torch.device(device) if device is not None else default_device()
+    model.eval()
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+
+    def predictor(window: torch.Tensor) -> torch.Tensor:
+        with _autocast(device):
+            logits = model(window)
+        return torch.softmax(logits.float(), dim=1)
+
+    probs = sliding_window_inference(
+        x,
+        roi_size=tuple(int(r) for r in roi_zyx),
+        sw_batch_size=int(sw_batch_size),
+        predictor=predictor,
+        overlap=float(overlap),
+        mode="gaussian",
+        sw_device=device,
+        device=torch.device("cpu"),
+    )
+    return probs[0, 1].float().numpy()
+
+
+def predict_case(
+    model: torch.nn.Module,
+    info: dict[str, Any],
+    store_root: str | Path,
+    case_id: str,
+    device: str | torch.device | None = None,
+    roi_zyx: Sequence[int] | None = None,
+    overlap: float = 0.25,
+    sw_batch_size: int = 2,
+    restrict_to_foreground: bool = True,
+) -> np.ndarray:
+    """Predicted lesion mask of a stored case: uint8 ``(Z, Y, X)``, 1 = lesion.
+
+    Args:
+        model, info: from :func:`training.checkpoint.load_model` (``info`` gives the channels,
+            in order, and the training patch size).
+        roi_zyx: sliding-window size in voxels; defaults to the training patch size.
+        overlap: fraction of window overlap (0–1).
+        restrict_to_foreground: zero the mask outside the case's ``foreground`` (head) mask.
+
+    Raises:
+        pipeline.store.StoreError: the case is missing or lacks a channel the model needs.
+    """
+    channels = list(info["channels"])
+    channel_index, reason = check_case(store_root, case_id, channels, require_label=False)
+    if channel_index is None:
+        raise _store.StoreError(f"case {case_id}: cannot score with {info.get('model_version')}: {reason}")
+    group = _store.open_case(store_root, case_id)
+    image_arr = group["image"]
+    image = np.stack([np.asarray(image_arr[i], dtype=np.float32) for i in channel_index])
+    roi = tuple(int(r) for r in (roi_zyx or info.get("patch_zyx") or (48, 48, 48)))
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    prob = predict_array(model, image, roi, device=device, overlap=overlap, sw_batch_size=sw_batch_size)
+    mask = (prob > 0.5).astype(np.uint8)  # 2 classes: argmax == probability of lesion > 0.5
+    if restrict_to_foreground and "foreground" in group:
+        mask &= (np.asarray(group["foreground"][...]) != 0).astype(np.uint8)
+    return mask
+
+
+def score_cases(
+    store_root: str | Path,
+    model_dir_or_version: str | Path,
+    case_ids: Sequence[str] | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    overwrite: bool = False,
+    device: str | torch.device | None = None,
+    roi_zyx: Sequence[int] | None = None,
+    overlap: float = 0.25,
+    sw_batch_size: int = 2,
+    restrict_to_foreground: bool = True,
+) -> list[dict[str, Any]]:
+    """Predict and store a lesion mask for each case with one model.
+
+    Args:
+        model_dir_or_version: a ``model_version`` in ``<store>/models``, ``"latest"``, or a path
+            to a model directory / ``model.pt`` anywhere (re-scoring an archive with a new model).
+        case_ids: cases to score; default every case in the store.
+        progress: called with a dict after each case (``event="score"``, ``case_id``, ``index``,
+            ``total``, ``status``, ``seconds``).
+        overwrite: re-score cases that already hold this model's prediction.
+
+    Returns:
+        One dict per case: ``case_id``, ``mask_path`` (store-relative; ``None`` when not scored),
+        ``status`` (``"scored"``, ``"exists"`` or ``"skipped"``), ``model_version``,
+        ``lesion_voxels`` (when scored) and ``reason`` (when skipped).
+        Cases lacking a channel the model needs are skipped with a reason, not raised.
+    """
+    dev = torch.device(device) if device is not None else default_device()
+    model, info = load_model(model_dir_or_version, store_root=store_root, device=dev)
+    version = info["model_version"]
+    roi = tuple(int(r) for r in (roi_zyx or info.get("patch_zyx") or (48, 48, 48)))
+    ids = list(case_ids) if case_ids is not None else _store.list_cases(store_root)
+    results: list[dict[str, Any]] = []
+    for i, case_id in enumerate(ids):
+        t0 = time.perf_counter()
+        rel = mask_path(case_id, version)
+        if not overwrite and has_prediction(store_root, case_id, version):
+            row: dict[str, Any] = {"case_id": case_id, "mask_path": rel, "status": "exists", "model_version": version}
+        else:
+            try:
+                mask = predict_case(model, info, store_root, case_id, device=dev, roi_zyx=roi, overlap=overlap, sw_batch_size=sw_batch_size, restrict_to_foreground=restrict_to_foreground)
+            except _store.StoreError as exc:
+                log.warning("score: skipping %s: %s", case_id, exc)
+                row = {"case_id": case_id, "mask_path": None, "status": "skipped", "model_version": version, "reason": str(exc)}
+            else:
+                attrs = {
+                    PREDICTION_KEY: {
+                        "model_version": version,
+                        "channels": list(info["channels"]),
+                        "roi_zyx": list(roi),
+                        "overlap": float(overlap),
+                        "blending": "gaussian",
+                        "restrict_to_foreground": bool(restrict_to_foreground),
+                        "lesion_voxels": int(mask.sum()),
+                        "created_at": datetime.now(timezone.utc).isoformat(),
+                    }
+                }
+                _store.write_case_array(store_root, case_id, f"{PREDICTIONS}/{version}/mask", mask, attrs=attrs)
+                row = {"case_id": case_id, "mask_path": rel, "status": "scored", "model_version": version, "lesion_voxels": int(mask.sum())}
+        row["seconds"] = round(time.perf_counter() - t0, 3)
+        results.append(row)
+        if progress is not None:
+            progress({"event": "score", "index": i + 1, "total": len(ids), **row})
+    return results
