@@ -2,9 +2,11 @@
 
 * Images: linear interpolation (never cubic: across 4–6 mm slices a cubic kernel rings and
   invents structure), 0 outside the field of view.
-* Label maps: "one-hot linear": each label's indicator is interpolated linearly and the label
-  with the highest weight wins (for a binary mask this is linear + threshold at 0.5), which
-  keeps lesion volumes and centroids far better than nearest neighbour when spacing changes.
+* Label maps: binary masks are interpolated linearly into a partial-volume map which is then
+  thresholded at the level that preserves the mask's physical volume (a fixed 0.5 threshold
+  shrinks small convex lesions: -1.4 to -6.2 % total volume on the open_ms consensus masks
+  at 0.47→1 mm; nearest neighbour keeps volume only on average, ±1.2 %, with jagged shapes).
+  Multi-label maps use one-hot linear interpolation: the label with the highest weight wins.
 * Registration transforms (ITK transform files) map points of the *reference* space into the
   moving image, exactly as ``SimpleITK.Resample`` expects and as registration tools write
   ``moving_to_fixed`` transforms.
@@ -89,17 +91,19 @@ def resample_to_grid(
     if interpolation == "label":
         values = np.unique(moving.array)
         values = values[values != 0]
-        if values.size == 0:
-            return grid.with_array(np.zeros(grid.shape_zyx, moving.array.dtype), meta=dict(moving.meta))
-        best = np.full(grid.shape_zyx, 0.5, np.float32)  # background wins unless a label's weight exceeds 0.5... see below
         out = np.zeros(grid.shape_zyx, moving.array.dtype)
-        if values.size > 1:
-            best[:] = 0.0
-            bg = moving.with_array((moving.array == 0).astype(np.float32))
-            best = _resample_array(bg, ref_img, tx, sitk.sitkLinear, 1.0)
+        if values.size == 0:
+            return grid.with_array(out, meta=dict(moving.meta))
+        if values.size == 1:
+            ind = moving.with_array((moving.array != 0).astype(np.float32))
+            fraction = _resample_array(ind, ref_img, tx, sitk.sitkLinear, 0.0)
+            target_voxels = float(ind.array.sum()) * moving.voxel_volume_mm3 / grid.voxel_volume_mm3
+            out[fraction >= volume_preserving_threshold(fraction, target_voxels)] = values[0]
+            return grid.with_array(out, meta=dict(moving.meta))
+        bg = moving.with_array((moving.array == 0).astype(np.float32))
+        best = _resample_array(bg, ref_img, tx, sitk.sitkLinear, 1.0)
         for value in values:
-            ind = moving.with_array((moving.array == value).astype(np.float32))
-            weight = _resample_array(ind, ref_img, tx, sitk.sitkLinear, 0.0)
+            weight = _resample_array(moving.with_array((moving.array == value).astype(np.float32)), ref_img, tx, sitk.sitkLinear, 0.0)
             win = weight > best
             out[win] = value
             best = np.where(win, weight, best)
@@ -116,3 +120,19 @@ def _resample_array(moving: Volume, ref_img, transform, interpolator, default_va
 
     out = sitk.Resample(moving.to_sitk(), ref_img, transform, interpolator, float(default_value))
     return sitk.GetArrayFromImage(out)
+
+
+def volume_preserving_threshold(fraction: np.ndarray, target_voxels: float) -> float:
+    """Threshold of a partial-volume map whose super-level set has ``target_voxels`` voxels.
+
+    Clamped to [0.05, 0.95] so that a mask moved mostly outside the grid does not grow, and
+    returns +inf when nothing should be selected.
+    """
+    n = int(round(target_voxels))
+    positive = fraction[fraction > 0]
+    if n <= 0 or positive.size == 0:
+        return float("inf")
+    if n >= positive.size:
+        return float(max(0.05, positive.min()))
+    kth = np.partition(positive, positive.size - n)[positive.size - n]
+    return float(min(0.95, max(0.05, kth)))

@@ -95,10 +95,10 @@ class CaseMeta(_Versioned):
 class CatalogRow(_Versioned):
     """One row of the catalog: a case × modality, or a rejected/unused input with its reason."""
 
-    case_id: str | None
-    subject: str | None
-    session: str | None
-    modality: str | None
+    case_id: str | None = None
+    subject: str | None = None
+    session: str | None = None
+    modality: str | None = None
     status: Literal["converted", "skipped", "rejected", "unused"]
     reason: str | None = None
     source_format: str | None = None

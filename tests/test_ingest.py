@@ -1,0 +1,172 @@
+"""Ingest (discover → convert → store) on a small generated NIfTI cohort, in process."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from pipeline.config import PipelineConfig
+from pipeline.discover import discover
+from pipeline.ingest import run_ingest
+from pipeline.store import list_cases, open_case, read_case_meta, read_catalog
+from pipeline.volume import Volume
+from pipeline.writers import write_nifti
+
+KEY = b"unit-test-key"
+
+
+def rot_x(deg: float) -> np.ndarray:
+    c, s = np.cos(np.radians(deg)), np.sin(np.radians(deg))
+    return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+
+
+def blob_image(shape_zyx, spacing, origin=(0.0, 0.0, 0.0), direction=np.eye(3), seed=0) -> Volume:
+    """A bright ellipsoid 'head' with structure, defined in world space so any grid samples it."""
+    z, y, x = np.indices(shape_zyx).astype(float)
+    v = Volume(np.zeros(shape_zyx, np.float32), spacing=spacing, origin=origin, direction=direction)
+    idx = np.stack([x, y, z], -1).reshape(-1, 3)
+    w = v.index_to_world(idx).reshape(*shape_zyx, 3)
+    r = np.sqrt(((w[..., 0] - 20) / 18) ** 2 + ((w[..., 1] - 20) / 18) ** 2 + ((w[..., 2] - 15) / 12) ** 2)
+    img = np.where(r < 1, 100 + 20 * np.sin(w[..., 0] / 3.0) + 10 * np.cos(w[..., 2] / 2.0), 0).astype(np.float32)
+    img += np.random.default_rng(seed).normal(0, 1, shape_zyx).astype(np.float32)
+    return v.with_array(img)
+
+
+def lesion_mask_on(grid: Volume) -> Volume:
+    z, y, x = np.indices(grid.shape_zyx).astype(float)
+    w = grid.index_to_world(np.stack([x, y, z], -1).reshape(-1, 3)).reshape(*grid.shape_zyx, 3)
+    m = (((w[..., 0] - 22) ** 2 + (w[..., 1] - 18) ** 2 + (w[..., 2] - 15) ** 2) <= 16).astype(np.uint8)
+    return grid.with_array(m)
+
+
+def write_session(folder: Path, prefix: str, seed: int, label: bool = True) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    flair = blob_image((12, 40, 40), (1.0, 1.0, 3.0), origin=(0.5, 0.5, 0.0), seed=seed)
+    t1 = blob_image((36, 44, 44), (1.0, 1.0, 1.0), origin=(-1.0, -1.0, -1.0), direction=rot_x(10), seed=seed + 1)
+    t2 = blob_image((18, 20, 20), (2.0, 2.0, 2.0), seed=seed + 2)
+    write_nifti(flair, folder / f"{prefix}FLAIR.nii.gz")
+    write_nifti(t1, folder / f"{prefix}T1w.nii.gz")
+    write_nifti(t2, folder / f"{prefix}T2w.nii.gz")
+    if label:
+        write_nifti(lesion_mask_on(flair), folder / f"{prefix}lesion_mask.nii.gz")
+
+
+@pytest.fixture()
+def cohort(tmp_path: Path) -> Path:
+    src = tmp_path / "cohort"
+    write_session(src / "bids" / "sub-01" / "ses-01" / "anat", "sub-01_ses-01_", seed=1)
+    write_session(src / "site" / "patient02", "patient02_", seed=2)
+    # two sessions in one folder (like the longitudinal MS data) plus a mask that belongs to neither
+    write_session(src / "long" / "patient03", "study1_", seed=3, label=False)
+    write_session(src / "long" / "patient03", "study2_", seed=4, label=False)
+    write_nifti(lesion_mask_on(blob_image((12, 40, 40), (1.0, 1.0, 3.0))), src / "long" / "patient03" / "gt.nii.gz")
+    # bad inputs
+    bad = src / "site" / "patient04"
+    bad.mkdir(parents=True)
+    (bad / "patient04_FLAIR.nii.gz").write_bytes(b"this is not gzip")
+    (bad / "IM0001").write_bytes(b"")
+    return src
+
+
+def test_discovery_groups_sessions_and_records_rejects(cohort):
+    disc = discover(cohort, PipelineConfig(), KEY)
+    by_root = {s.root_relpath: s for s in disc.sessions}
+    assert set(by_root) == {"bids/sub-01/ses-01/anat", "site/patient02", "long/patient03", "site/patient04"}
+    long_sessions = [s for s in disc.sessions if s.root_relpath == "long/patient03"]
+    assert len(long_sessions) == 2 and len({s.subject for s in long_sessions}) == 1  # same subject, two sessions
+    reasons = {r.relpath: r.reason for r in disc.rejected}
+    assert reasons["site/patient04/IM0001"] == "zero-byte file"
+    assert "several sessions" in reasons["long/patient03/gt.nii.gz"]
+    # identifiers are pseudonyms, never folder names
+    assert all(s.subject.startswith("sub-") and "patient" not in s.case_id for s in disc.sessions)
+
+
+def test_ingest_geometry_resampling_and_incremental_reruns(cohort, tmp_path):
+    store = tmp_path / "store.zarr"
+    cfg = PipelineConfig()
+    s1 = run_ingest(cohort, store, cfg, KEY)
+    assert (s1.converted, s1.skipped, s1.rejected_sessions) == (4, 0, 1)
+    rejected = {r["path"]: r["reason"] for r in s1.rejected_inputs}
+    assert "not gzip" in rejected["site/patient04/patient04_FLAIR.nii.gz"].lower() or "gzip" in rejected["site/patient04/patient04_FLAIR.nii.gz"]
+    assert len(list_cases(store)) == 4
+
+    # the stored grid is the FLAIR grid, exactly
+    disc = discover(cohort, cfg, KEY)
+    plan = next(s for s in disc.sessions if s.root_relpath == "site/patient02")
+    meta = read_case_meta(store, plan.case_id)
+    flair = sitk.ReadImage(str(cohort / "site/patient02/patient02_FLAIR.nii.gz"))
+    np.testing.assert_allclose(meta.geometry.spacing, flair.GetSpacing(), atol=1e-5)
+    np.testing.assert_allclose(meta.geometry.origin, flair.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(np.reshape(meta.geometry.direction, 9), flair.GetDirection(), atol=1e-6)
+    assert meta.channels == ["FLAIR", "T1", "T2"] and meta.has_label
+
+    # T1 (oblique, other grid) equals an independent resampling onto the FLAIR grid (before z-scoring)
+    g = open_case(store, plan.case_id)
+    t1_stored = g["image"][1]
+    t1 = sitk.ReadImage(str(cohort / "site/patient02/patient02_T1w.nii.gz"), sitk.sitkFloat32)
+    expected = sitk.GetArrayFromImage(sitk.Resample(t1, flair, sitk.Transform(), sitk.sitkLinear, 0.0))
+    fg = g["foreground"][:] > 0
+    corr = np.corrcoef(t1_stored[fg], expected[fg])[0, 1]
+    assert corr > 0.9999
+    # label is the source mask (same grid → identical voxels)
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(cohort / "site/patient02/patient02_lesion_mask.nii.gz")))
+    np.testing.assert_array_equal(g["label"][:], mask)
+
+    # rerun: nothing converted
+    s2 = run_ingest(cohort, store, cfg, KEY)
+    assert (s2.converted, s2.skipped) == (0, 4)
+
+    # touch one file's bytes (same path): only that case is re-converted
+    f = cohort / "site/patient02/patient02_T2w.nii.gz"
+    data = gzip.decompress(f.read_bytes())
+    f.write_bytes(gzip.compress(data, compresslevel=1, mtime=12345))
+    s3 = run_ingest(cohort, store, cfg, KEY)
+    assert (s3.converted, s3.skipped) == (1, 3) and s3.cases == sorted(s3.cases)
+
+    # a new session converts only itself
+    write_session(cohort / "site" / "patient05", "patient05_", seed=5)
+    s4 = run_ingest(cohort, store, cfg, KEY)
+    assert (s4.converted, s4.skipped) == (1, 4)
+
+    # a processing change (target spacing) re-converts everything it affects
+    s5 = run_ingest(cohort, store, cfg.model_copy(update={"target_spacing": (2.0, 2.0, 2.0)}), KEY)
+    assert (s5.converted, s5.skipped) == (5, 0)
+    meta = read_case_meta(store, plan.case_id)
+    assert meta.geometry.spacing == (2.0, 2.0, 2.0)
+
+    cat = read_catalog(store)
+    assert {"converted", "rejected", "unused"} >= set(cat["status"]) and (cat["status"] == "rejected").any()
+    assert cat[cat["status"] == "rejected"]["reason"].notna().all()
+
+
+def test_label_off_grid_is_rejected_and_case_kept(tmp_path):
+    src = tmp_path / "c"
+    write_session(src / "p1", "p1_", seed=1, label=False)
+    flair = blob_image((12, 40, 40), (1.0, 1.0, 3.0), origin=(0.5, 0.5, 0.0))
+    shifted = lesion_mask_on(Volume(flair.array, spacing=flair.spacing, origin=(5.0, 0.5, 0.0)))
+    write_nifti(shifted, src / "p1" / "p1_lesion_mask.nii.gz")
+    s = run_ingest(src, tmp_path / "s.zarr", PipelineConfig(), KEY)
+    assert s.converted == 1
+    reason = next(r["reason"] for r in s.rejected_inputs if r["path"].endswith("p1_lesion_mask.nii.gz"))
+    assert "label grid does not match" in reason
+    assert not read_case_meta(tmp_path / "s.zarr", list_cases(tmp_path / "s.zarr")[0]).has_label
+
+
+def test_nan_voxels_reject_only_that_input(tmp_path):
+    src = tmp_path / "c"
+    write_session(src / "p1", "p1_", seed=1)
+    t2 = blob_image((18, 20, 20), (2.0, 2.0, 2.0))
+    arr = t2.array.copy()
+    arr[3, 3, 3] = np.nan
+    write_nifti(t2.with_array(arr), src / "p1" / "p1_T2w.nii.gz")
+    s = run_ingest(src, tmp_path / "s.zarr", PipelineConfig(), KEY)
+    assert s.converted == 1
+    reason = next(r["reason"] for r in s.rejected_inputs if r["path"].endswith("p1_T2w.nii.gz"))
+    assert "non-finite" in reason
+    meta = read_case_meta(tmp_path / "s.zarr", list_cases(tmp_path / "s.zarr")[0])
+    assert meta.channels == ["FLAIR", "T1"]
