@@ -44,6 +44,7 @@ from pipeline.readers.dicom_pixels import (
     DICOMDIR_SOP_CLASS,
     decode_pixels,
     dicom_time_seconds,
+    header_truncated,
     jsonable_value,
     read_dataset,
     to_float,
@@ -291,10 +292,23 @@ def _frame_slices(ds: Any, path: Path, rows: int, cols: int) -> list[_Slice]:
     return out
 
 
-def _read_header(path: Path, ds: Any | None = None) -> _Header | None:
-    """Header of one file (``None`` for DICOMDIR); ReaderError when it cannot be an image."""
+def _read_header(path: Path, ds: Any | None = None, attr_cache: dict | None = None) -> _Header | None:
+    """Header of one file (``None`` for DICOMDIR); ReaderError when it cannot be an image.
+
+    ``attr_cache`` shares the (non-identifying) attribute dict between files of one
+    acquisition (same UID, matrix, echo, image type) to keep large scans fast.
+    """
     if ds is None:
         ds = read_dataset(path, header_only=True)
+    try:
+        return _header_from_dataset(path, ds, attr_cache)
+    except ReaderError as exc:
+        if header_truncated(path):
+            raise ReaderError(path, f"truncated DICOM file: ends inside the header ({path.stat().st_size} bytes); {exc.reason}") from exc
+        raise
+
+
+def _header_from_dataset(path: Path, ds: Any, attr_cache: dict | None) -> _Header | None:
     meta = getattr(ds, "file_meta", None)
     media_class = str(meta.get("MediaStorageSOPClassUID", "")) if meta is not None else ""
     if media_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
@@ -341,6 +355,13 @@ def _read_header(path: Path, ds: Any | None = None) -> _Header | None:
         tkey = _tkey(ds.get("TemporalPositionIdentifier"), ds.get("AcquisitionNumber"), ds.get("AcquisitionTime"), ds.get("InstanceNumber"))
         slices = [_Slice(path, None, np.asarray(ipp), iop, pixel_spacing, rows, cols, slope, inter, tkey, echo_time)]
     series_number = to_int(ds.get("SeriesNumber"))
+    cache_key = (series_uid, rows, cols, echo_number, echo_time, image_type)
+    if attr_cache is not None and cache_key in attr_cache:
+        attributes = attr_cache[cache_key]
+    else:
+        attributes = _collect_attributes(ds)
+        if attr_cache is not None:
+            attr_cache[cache_key] = attributes
     return _Header(
         path=path,
         sop_uid=to_str(ds.get("SOPInstanceUID")),
@@ -363,7 +384,7 @@ def _read_header(path: Path, ds: Any | None = None) -> _Header | None:
         is_mosaic=is_mosaic,
         is_multiframe=is_multiframe,
         slices=slices,
-        attributes=_collect_attributes(ds),
+        attributes=attributes,
     )
 
 
@@ -443,14 +464,16 @@ def _plan(slices: Sequence[_Slice], fallback_dz: float | None) -> _Plan:
     warnings: list[str] = []
     if nz >= 2:
         steps = np.diff(positions)
-        median = float(np.median(steps))
+        # reference step: the median (≥ 3 steps), else the smaller step (with 2 steps the
+        # median is the mean and would hide a gap)
+        median = float(np.median(steps)) if len(steps) >= 3 else float(steps.min())
         for i, step in enumerate(steps):
             if step > GAP_FACTOR * median:
                 missing = max(1, int(round(step / median)) - 1)
                 raise ReaderError(
                     clusters[i + 1][0].path,
                     f"slice missing between positions {where(i)} and {where(i + 1)} "
-                    f"(step {_fmt(step)} mm, {_fmt(step / median)}x the median {_fmt(median)} mm; about {missing} slice(s) absent; "
+                    f"(step {_fmt(step)} mm, {_fmt(step / median)}x the typical {_fmt(median)} mm; about {missing} slice(s) absent; "
                     f"neighbours {_name(clusters[i][0])} and {_name(clusters[i + 1][0])})",
                 )
         spread_tol = max(POSITION_TOL, 1e-3 * median)
@@ -614,12 +637,19 @@ def scan_series(files: Iterable[str | os.PathLike[str]]) -> tuple[list[DicomSeri
     duplicated slices, incomplete 4-D) become :class:`ReaderError` entries; DICOMDIR index
     files are skipped silently. Series are returned sorted by (SeriesNumber, key).
     """
+    headers, errors = scan_headers(files)
+    return group_series(headers, errors)
+
+
+def scan_headers(files: Iterable[str | os.PathLike[str]]) -> tuple[list[_Header], list[ReaderError]]:
+    """First half of :func:`scan_series`: per-file headers (picklable; parallelisable by chunks)."""
     errors: list[ReaderError] = []
-    by_uid: dict[str, list[_Header]] = defaultdict(list)
+    headers: list[_Header] = []
+    cache: dict = {}
     for f in files:
         path = Path(f)
         try:
-            header = _read_header(path)
+            header = _read_header(path, attr_cache=cache)
         except ReaderError as exc:
             errors.append(exc)
             continue
@@ -627,7 +657,16 @@ def scan_series(files: Iterable[str | os.PathLike[str]]) -> tuple[list[DicomSeri
             errors.append(ReaderError(path, f"unreadable DICOM header: {type(exc).__name__}: {exc}"))
             continue
         if header is not None:
-            by_uid[header.series_uid].append(header)
+            headers.append(header)
+    return headers, errors
+
+
+def group_series(headers: list[_Header], errors: list[ReaderError] | None = None) -> tuple[list[DicomSeries], list[ReaderError]]:
+    """Second half of :func:`scan_series`: group headers into (sub-)series and check them."""
+    errors = list(errors or [])
+    by_uid: dict[str, list[_Header]] = defaultdict(list)
+    for header in headers:
+        by_uid[header.series_uid].append(header)
     out: list[DicomSeries] = []
     for uid, headers in by_uid.items():
         groups = _group_headers(headers)
@@ -732,9 +771,10 @@ def read_series(series: DicomSeries) -> Volume:
         warnings = list(series.warnings) + warns
     else:
         slices: list[_Slice] = []
+        cache: dict = {}
         for path in series.files:
             ds = _read_full(path)
-            header = _read_header(path, ds)
+            header = _read_header(path, ds, cache)
             if header is None:
                 raise ReaderError(path, "DICOMDIR index file in an image series")
             n_frames = len(header.slices) if header.is_multiframe else 1
