@@ -74,6 +74,29 @@ def _label_values(group: Any) -> str | None:
     return ",".join(f"{v:g}" for v in vals.tolist())
 
 
+_GRID_REASON = re.compile(r"\bgrid\b", re.I)
+_VALUES_REASON = re.compile(r"label values\s*\[([^\]]*)\]", re.I)
+
+
+def _rejected_label(cat_case: Any) -> tuple[bool, str | None]:
+    """(off_grid, values) from the case's rejected label rows (the ingest rejects such labels).
+
+    ``values`` is the comma-joined value list parsed from a reason like
+    ``"label values [0, 1, 2] outside the allowed set {0, 1}"``.
+    """
+    if cat_case is None or not len(cat_case):
+        return False, None
+    rej = cat_case[cat_case["modality"].isin(LABEL_MODALITIES) & (cat_case["status"] == "rejected")]
+    off_grid, values = False, None
+    for reason in rej["reason"].dropna().astype(str):
+        m = _VALUES_REASON.search(reason)
+        if m:
+            values = ",".join(f"{v:g}" for v in sorted(set(_floats(m.group(1)))))
+        elif _GRID_REASON.search(reason):
+            off_grid = True
+    return off_grid, values
+
+
 def _label_grid_from_catalog(cat_case: Any, meta: Any, reference: str) -> tuple[bool | None, str | None]:
     """(ok, source) for one case from its catalog rows and CaseMeta; (None, None) when unknown."""
     if cat_case is not None and len(cat_case) and "label_grid_ok" in cat_case:
@@ -123,19 +146,24 @@ def build_tables(store_root: str | Path, channels: Sequence[str] = ("FLAIR", "T1
             meta = read_case_meta(root, case_id)
         except StoreError as exc:
             row = {"case_id": case_id, "meta_valid": False, "meta_error": str(exc)[:300], "n_channels": 0, "missing": ",".join(channels),
-                   "has_label": False, "label_values": None, "label_grid_ok": None, "label_grid_source": None}
+                   "has_label": False, "label_values": None, "label_values_source": None, "label_grid_ok": None, "label_grid_source": None}
             row.update({f"has_{ch}": False for ch in channels})
             case_rows.append(row)
             continue
         present = {ci.modality for ci in meta.channel_info if ci.present} & set(meta.channels)
         group = open_case(root, case_id)
-        grid_ok, grid_src = (None, None)
-        if meta.has_label:
-            grid_ok, grid_src = _label_grid_from_catalog(cat_by_case.get(case_id), meta, reference)
+        cat_case = cat_by_case.get(case_id)
+        grid_ok, grid_src = _label_grid_from_catalog(cat_case, meta, reference) if meta.has_label else (None, None)
+        rej_grid, rej_values = _rejected_label(cat_case)
+        if grid_src != "catalog" and rej_grid:
+            grid_ok, grid_src = False, "rejected"
+        values, values_src = _label_values(group), "store"
+        if values is None:
+            values, values_src = rej_values, ("rejected" if rej_values is not None else None)
         row = {
             "case_id": case_id, "meta_valid": True, "meta_error": None, "n_channels": len(meta.channels),
             "missing": ",".join(ch for ch in channels if ch not in present),
-            "has_label": bool(meta.has_label), "label_values": _label_values(group),
+            "has_label": bool(meta.has_label), "label_values": values, "label_values_source": values_src,
             "label_grid_ok": grid_ok, "label_grid_source": grid_src,
         }
         row.update({f"has_{ch}": ch in present for ch in channels})
@@ -167,7 +195,7 @@ def build_tables(store_root: str | Path, channels: Sequence[str] = ("FLAIR", "T1
     cases = pd.DataFrame(case_rows)
     if cases.empty:
         cases = pd.DataFrame(columns=["case_id", "meta_valid", "meta_error", "n_channels", "missing", "has_label", "label_values",
-                                      "label_grid_ok", "label_grid_source", *[f"has_{ch}" for ch in channels]])
+                                      "label_values_source", "label_grid_ok", "label_grid_source", *[f"has_{ch}" for ch in channels]])
     sources = pd.DataFrame(src_rows, columns=SOURCE_COLUMNS[1:]).drop_duplicates(["case_id", "sha256"])
     inputs = pd.DataFrame(
         {c: (cat[c] if c in cat else None) for c in INPUT_COLUMNS[1:]}, columns=INPUT_COLUMNS[1:]
@@ -218,12 +246,12 @@ class ExpectationsOutcome:
         return all(r["success"] for r in self.results)
 
 
-def _py(v: Any) -> Any:
+def to_jsonable(v: Any) -> Any:
     """JSON-safe python value (NaN/inf -> None, numpy -> python)."""
     if isinstance(v, dict):
-        return {str(k): _py(x) for k, x in v.items()}
+        return {str(k): to_jsonable(x) for k, x in v.items()}
     if isinstance(v, (list, tuple, set)):
-        return [_py(x) for x in v]
+        return [to_jsonable(x) for x in v]
     if isinstance(v, np.generic):
         v = v.item()
     if isinstance(v, float) and not math.isfinite(v):
@@ -242,12 +270,17 @@ def _py(v: Any) -> Any:
 
 def _quiet_context() -> Any:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    gx_logger = logging.getLogger("great_expectations")
+    if gx_logger.level == logging.NOTSET:  # quiet by default; an explicit user setting wins
+        gx_logger.setLevel(logging.WARNING)
     import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
+    from great_expectations.data_context.types.base import DataContextConfig, InMemoryStoreBackendDefaults, ProgressBarsConfig
 
-    for name in ("great_expectations", "great_expectations.core", "great_expectations.data_context"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    ctx = gx.get_context(mode="ephemeral")
+    config = DataContextConfig(
+        store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),  # no data docs
+        analytics_enabled=False,
+    )
+    ctx = gx.get_context(project_config=config, mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     return ctx
 
@@ -280,7 +313,7 @@ def _result_row(spec: SuiteSpec, exp: Any, r: Any, df: Any) -> dict[str, Any]:
     column = kwargs.get("column")
     row: dict[str, Any] = {
         "suite": spec.name, "table": spec.table, "id": exp.meta.get("id"), "expectation": cfg.type, "column": column,
-        "kwargs": _py(kwargs), "success": False, "element_count": len(df), "unexpected_count": 0, "unexpected": [],
+        "kwargs": to_jsonable(kwargs), "success": False, "element_count": len(df), "unexpected_count": 0, "unexpected": [],
         "unexpected_cases": [], "observed_value": None, "flag": exp.meta.get("flag"), "explanation": exp.meta.get("explanation"),
         "error": None,
     }
@@ -294,14 +327,14 @@ def _result_row(spec: SuiteSpec, exp: Any, r: Any, df: Any) -> dict[str, Any]:
     row["success"] = bool(r.success)
     row["element_count"] = int(result.get("element_count", len(df)) or 0)
     row["unexpected_count"] = int(result.get("unexpected_count", 0) or 0)
-    row["observed_value"] = _py(result.get("observed_value"))
+    row["observed_value"] = to_jsonable(result.get("observed_value"))
     unexpected = []
     for item in result.get("unexpected_index_list") or []:
         item = dict(item)
         key = item.pop("row_key", None)
         value = item.pop(column, None) if column else None
-        entry = {k: _py(v) for k, v in item.items()}
-        entry["value"] = _py(value)
+        entry = {k: to_jsonable(v) for k, v in item.items()}
+        entry["value"] = to_jsonable(value)
         if key is not None:
             entry["row_key"] = int(key)
         unexpected.append(entry)
@@ -339,15 +372,19 @@ def _detail(result: dict[str, Any], u: dict[str, Any], tables: dict[str, Any]) -
                     f"(ratio to median {_fmt(rec['coverage_ratio_min'])}-{_fmt(rec['coverage_ratio_max'])})")
         if rid.startswith("spacing_"):
             return f"{mod} native spacing {_fmt(rec['spacing_x_mm'])} x {_fmt(rec['spacing_y_mm'])} x {_fmt(rec['spacing_z_mm'], ' mm')}"
+        if rid == "fov_plausible":
+            return f"{mod} field of view {_fmt(rec['fov_x_mm'])} x {_fmt(rec['fov_y_mm'])} x {_fmt(rec['fov_z_mm'], ' mm')}"
         if rid.startswith("matrix"):
             return f"{mod} matrix (z,y,x) {rec['shape_z']} x {rec['shape_y']} x {rec['shape_x']}"
         if rid.startswith("has_"):
             return f"no {rid[4:]} series (channel stored as zeros / absent)"
         if rid == "label_on_grid":
-            src = "recorded by the ingest" if rec.get("label_grid_source") == "catalog" else "label catalog row vs. reference series"
+            src = {"catalog": "recorded by the ingest", "rejected": "the ingest rejected the label"}.get(
+                rec.get("label_grid_source"), "label catalog row vs. reference series")
             return f"reference label was not on the reference image grid ({src})"
         if rid == "label_binary":
-            return f"label values {{{rec.get('label_values')}}}"
+            note = " (the ingest rejected the label)" if rec.get("label_values_source") == "rejected" else ""
+            return f"label values {{{rec.get('label_values')}}}{note}"
         if rid == "sources_unique":
             others = df[(df["sha256"] == rec["sha256"]) & (df["case_id"] != rec["case_id"])]["case_id"].tolist()
             return f"{rec['modality']} source {rec['relpath']} (sha256 {str(rec['sha256'])[:12]}...) also used by {', '.join(sorted(set(others)))}"
@@ -360,6 +397,12 @@ def _detail(result: dict[str, Any], u: dict[str, Any], tables: dict[str, Any]) -
 def flags_from_results(results: Sequence[dict[str, Any]], tables: dict[str, Any]) -> list[dict[str, Any]]:
     """``{case_id, what, detail}`` per failing (case, flag); table-level failures get ``case_id`` None."""
     merged: dict[tuple[Any, str], list[str]] = {}
+    cases = tables.get("cases")
+    explained: set[str] = set()  # cases whose rejected label is already flagged by a label check
+    if cases is not None and len(cases):
+        for col in ("label_grid_source", "label_values_source"):
+            if col in cases:
+                explained |= set(cases.loc[cases[col] == "rejected", "case_id"])
     for r in results:
         if r["success"]:
             continue
@@ -371,6 +414,8 @@ def flags_from_results(results: Sequence[dict[str, Any]], tables: dict[str, Any]
             merged.setdefault((None, what), []).append(f"{r['expectation']} observed {r.get('observed_value')}")
             continue
         for u in r["unexpected"]:
+            if r["id"] == "no_rejected_inputs" and u.get("case_id") in explained and u.get("modality") in LABEL_MODALITIES:
+                continue
             key = (u.get("case_id"), what)
             d = _detail(r, u, tables)
             if d not in merged.get(key, []):
@@ -405,8 +450,8 @@ def run_expectations(
                 "successful": sum(r["success"] for r in results),
                 "unsuccessful": sum(not r["success"] for r in results),
             },
-            "results": _py(results),
-            "flagged": _py(flagged),
+            "results": to_jsonable(results),
+            "flagged": to_jsonable(flagged),
         }
         write_json_atomic(path, payload)
     return ExpectationsOutcome(results=results, flagged=flagged, tables=tables, path=path)

@@ -44,7 +44,7 @@ SPACING_RANGE_MM: dict[str, tuple[float, float]] = {
 MATRIX_MIN_AXIS = (8, 2048)
 """Plausible number of voxels along the shortest axis (2-D acquisitions have few slices)."""
 
-MATRIX_MAX_AXIS = (64, 2048)
+MATRIX_MAX_AXIS = (32, 2048)
 """Plausible number of voxels along the longest axis."""
 
 FOV_MAX_EXTENT_MM = (80.0, 500.0)
@@ -97,6 +97,14 @@ def _gx() -> Any:
     return gx
 
 
+def _column() -> Any:
+    """GX's row-condition builder (``Column("x") == v``; string conditions are deprecated in 1.9+)."""
+    _gx()
+    from great_expectations.expectations.row_conditions import Column
+
+    return Column
+
+
 def _meta(id_: str, flag: str, explanation: str) -> dict[str, str]:
     return {"id": id_, "flag": flag, "explanation": explanation}
 
@@ -111,14 +119,16 @@ def modality_plausibility_suite(spacing_range_mm: dict[str, tuple[float, float]]
     exps: list[Any] = []
     specific = [m for m in ranges if m != "default"]
     # the default range applies to every modality without its own range
+    Column = _column()
     cond = None
-    if specific:
-        cond = " & ".join(f'modality != "{m}"' for m in specific)
+    for m in specific:
+        c = Column("modality") != m
+        cond = c if cond is None else cond & c
     for col, bound, label in (("spacing_min_mm", "min", "smallest"), ("spacing_max_mm", "max", "largest")):
         lo, hi = default
         kwargs: dict[str, Any] = {"column": col, "min_value": lo, "max_value": hi}
-        if cond:
-            kwargs.update(row_condition=cond, condition_parser="pandas")
+        if cond is not None:
+            kwargs["row_condition"] = cond
         exps.append(
             E.ExpectColumnValuesToBeBetween(
                 **kwargs,
@@ -138,8 +148,7 @@ def modality_plausibility_suite(spacing_range_mm: dict[str, tuple[float, float]]
                     column=col,
                     min_value=lo,
                     max_value=hi,
-                    row_condition=f'modality == "{m}"',
-                    condition_parser="pandas",
+                    row_condition=Column("modality") == m,
                     meta=_meta(f"spacing_{bound}_in_range_{m}", "spacing out of range", f"{m} voxel spacing must lie in {lo}-{hi} mm."),
                 )
             )
@@ -355,8 +364,7 @@ def inputs_suite() -> Any:
             ),
             E.ExpectColumnValuesToNotBeNull(
                 column="reason",
-                row_condition='status == "rejected" | status == "unused"',
-                condition_parser="pandas",
+                row_condition=_column()("status").is_in(["rejected", "unused"]),
                 meta=_meta(
                     "reason_recorded",
                     "rejected without reason",
