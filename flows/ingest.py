@@ -38,6 +38,13 @@ def convert_batch(plans: list[Any], store: str, cfg: PipelineConfig, run_id: str
         return map_sessions(plans, store, cfg, run_id, client=client, progress=progress_logger(25), force=force)
 
 
+@task(name="repair-catalog", cache_policy=NO_CACHE)
+def repair_catalog_task(store: str) -> int:
+    from pipeline.ingest import repair_catalog
+
+    return repair_catalog(store)
+
+
 @task(name="quality-report", cache_policy=NO_CACHE)
 def report_task(store: str, channels: tuple[str, ...]) -> dict[str, Any] | None:
     from pipeline.report import build_report, report_markdown
@@ -78,6 +85,7 @@ def ingest(
             futures = convert_batch.map(batches(sessions, batch_size), store, cfg, run_id, scheduler, force)
             for batch_result in futures.result():
                 results.extend(batch_result)
+    repair_catalog_task(store)
     summary = summarize(results, rejected, run_id, store, time.perf_counter() - t0).as_dict()
     if report:
         try:

@@ -287,8 +287,18 @@ def _convert_session(plan: SessionPlan, store_root: str, cfg: PipelineConfig, ru
         source_fingerprint=fingerprint,
         config_hash=cfg.processing_hash(),
         pipeline_version=__version__,
+        run_id=run_id,
+        catalog_rows=[CatalogRow.model_validate(r) for r in rows],
     )
-    write_case(store_root, meta, stacked, fg, label, chunk_zyx=cfg.chunk_zyx)
+    try:
+        write_case(store_root, meta, stacked, fg, label, chunk_zyx=cfg.chunk_zyx)
+    except OSError:
+        # another ingest committed this case between our check and our rename: fine if it is
+        # the same conversion (same sources, same configuration)
+        other = existing_case_meta(store_root, plan.case_id)
+        if other and other.source_fingerprint == fingerprint and other.config_hash == cfg.processing_hash():
+            return SessionResult(plan.case_id, "skipped", bytes_read=nbytes)
+        raise
     return SessionResult(plan.case_id, "converted", rows=rows, bytes_read=nbytes)
 
 
@@ -308,6 +318,28 @@ def record_rejected(store_root: str | Path, discovery: Discovery, cfg: PipelineC
     rows = [CatalogRow.model_validate(_row(None, "rejected", r.relpath, cfg, run_id, reason=r.reason, source_format=r.kind)) for r in discovery.rejected]
     append_catalog(store_root, rows)
     return [{"path": r.relpath, "reason": r.reason} for r in discovery.rejected]
+
+
+def repair_catalog(store_root: str | Path) -> int:
+    """Append the catalog rows of committed cases whose conversion is missing from the catalog.
+
+    A case commits its own catalog rows atomically (``CaseMeta.catalog_rows``); the Parquet
+    catalog is appended right after. A crash between the two leaves a case the catalog does
+    not list; this puts it back. Returns the number of cases repaired.
+    """
+    from pipeline.store import append_catalog, list_cases, read_case_meta, read_catalog
+
+    cat = read_catalog(store_root, latest_only=False)
+    known = set(zip(cat["case_id"], cat["run_id"])) if len(cat) else set()
+    repaired = 0
+    for case_id in list_cases(store_root):
+        meta = read_case_meta(store_root, case_id)
+        if meta.run_id and meta.catalog_rows and (case_id, meta.run_id) not in known:
+            append_catalog(store_root, meta.catalog_rows)
+            repaired += 1
+    if repaired:
+        log.warning("catalog: restored the rows of %d case(s) committed by an interrupted run", repaired)
+    return repaired
 
 
 def summarize(results: list[SessionResult], discovery_rejected: list[dict[str, str]], run_id: str, store: str, seconds: float) -> IngestSummary:
@@ -362,4 +394,5 @@ def run_ingest(
     disc = discover(source, cfg, key, progress=progress)
     rejected = record_rejected(store_root, disc, cfg, run_id)
     results = map_sessions(disc.sessions, str(store_root), cfg, run_id, client=client, progress=progress, force=force)
+    repair_catalog(store_root)
     return summarize(results, rejected, run_id, str(store_root), time.perf_counter() - t0)

@@ -75,23 +75,6 @@ class ChannelInfo(BaseModel):
     present: bool = True
 
 
-class CaseMeta(_Versioned):
-    """Metadata of one stored case (one subject session), kept in the case group's attributes."""
-
-    case_id: str
-    subject: str
-    session: str
-    channels: list[str]
-    channel_info: list[ChannelInfo]
-    has_label: bool
-    label_source: SourceFile | None = None
-    geometry: Geometry
-    source_fingerprint: str = Field(description="sha256 over the sorted source digests")
-    config_hash: str
-    pipeline_version: str
-    created_at: datetime = Field(default_factory=utcnow)
-
-
 class CatalogRow(_Versioned):
     """One row of the catalog: a case × modality, or a rejected/unused input with its reason."""
 
@@ -113,6 +96,25 @@ class CatalogRow(_Versioned):
     config_hash: str
     run_id: str
     recorded_at: datetime = Field(default_factory=utcnow)
+
+
+class CaseMeta(_Versioned):
+    """Metadata of one stored case (one subject session), kept in the case group's attributes."""
+
+    case_id: str
+    subject: str
+    session: str
+    channels: list[str]
+    channel_info: list[ChannelInfo]
+    has_label: bool
+    label_source: SourceFile | None = None
+    geometry: Geometry
+    source_fingerprint: str = Field(description="sha256 over the sorted source digests")
+    config_hash: str
+    pipeline_version: str
+    run_id: str | None = None
+    catalog_rows: list[CatalogRow] = Field(default_factory=list, description="the catalog rows of this conversion, committed with the case")
+    created_at: datetime = Field(default_factory=utcnow)
 
 
 class LesionRow(_Versioned):
