@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow, task, unmapped
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
@@ -82,7 +82,7 @@ def ingest(
     if sessions:
         with dask_client(cfg.dask_address, cfg.n_workers) as client:
             scheduler = client.scheduler.address
-            futures = convert_batch.map(batches(sessions, batch_size), store, cfg, run_id, scheduler, force)
+            futures = convert_batch.map(batches(sessions, batch_size), unmapped(store), unmapped(cfg), unmapped(run_id), unmapped(scheduler), unmapped(force))
             for batch_result in futures.result():
                 results.extend(batch_result)
     repair_catalog_task(store)

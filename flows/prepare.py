@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import batches
@@ -27,7 +27,7 @@ def prepare(store: str, patch_size: int = 48, n_lesion: int = 512, n_background:
     from pipeline.store import list_cases, read_case_meta
 
     cases = [c for c in list_cases(store) if read_case_meta(store, c).has_label]
-    futures = index_batch.map(store, batches(cases, batch_size), patch_size, n_lesion, n_background, seed)
+    futures = index_batch.map(unmapped(store), batches(cases, batch_size), unmapped(patch_size), unmapped(n_lesion), unmapped(n_background), unmapped(seed))
     rows = [r for batch in futures.result() for r in batch]
     print(f"prepare: patch indices for {len(rows)} labelled cases (patch {patch_size}³, seed {seed})")
     return rows

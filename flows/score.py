@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow, task, unmapped
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
@@ -38,7 +38,7 @@ def score(store: str, model: str, connectivity: int = 26, min_lesion_mm3: float 
 
     model_version = resolve_model_version(model, store)
     cases = list_cases(store)
-    done = [r for batch in predict_batch.map(store, model, batches(cases, batch_size), overwrite).result() for r in batch]
+    done = [r for batch in predict_batch.map(unmapped(store), unmapped(model), batches(cases, batch_size), unmapped(overwrite)).result() for r in batch]
     tables = tables_task(store, model_version, connectivity, min_lesion_mm3)
     rows = tables["case_volumes"]
     create_table_artifact(
