@@ -30,12 +30,13 @@ class SingleThreadedITK:
 
 
 @contextlib.contextmanager
-def dask_client(address: str | None = None, n_workers: int = 2) -> Iterator[Any]:
+def dask_client(address: str | None = None, n_workers: int = 2, connect_timeout: str = "20s") -> Iterator[Any]:
     """A connected ``dask.distributed.Client``.
 
     Args:
         address: scheduler address of an existing cluster; None starts a LocalCluster.
         n_workers: worker processes of the LocalCluster (one thread each).
+        connect_timeout: how long to try reaching ``address``.
     """
     from dask.distributed import Client, LocalCluster
     from distributed.diagnostics.plugin import WorkerPlugin
@@ -43,7 +44,7 @@ def dask_client(address: str | None = None, n_workers: int = 2) -> Iterator[Any]
     plugin_cls = type("SingleThreadedITKPlugin", (SingleThreadedITK, WorkerPlugin), {})
     if address:
         try:
-            client = Client(address, timeout="20s")
+            client = Client(address, timeout=connect_timeout)
         except OSError as exc:
             raise RuntimeError(f"cannot reach the Dask scheduler at {address} ({exc}); check the address or omit it to use a local cluster") from exc
         cluster = None
