@@ -93,18 +93,20 @@ def make_store(
     with_label: bool = True,
     chunk_zyx: tuple[int, int, int] = (32, 32, 32),
     start: int = 0,
+    noise: float = 0.15,
 ) -> list[str]:
     """Create (or add to) a store at ``root`` with ``n_cases`` synthetic cases; returns their ids.
 
     Case ids are ``sub-synthNN_ses-01``, NN counting from ``start`` (so a second call with another
     ``start`` adds cases, e.g. unlabelled ones with ``with_label=False``). Voxel spacing is ``spacing_xyz`` mm.
-    Small chunks (32³ by default) so that patch reads cross chunk borders in tests.
+    ``noise`` is the Gaussian noise level relative to the tissue signal (lesion contrast on
+    channel 0 is 1.6). Small chunks (32³ by default) so that patch reads cross chunk borders in tests.
     """
     root = init_store(root)
     rng = np.random.default_rng(seed)
     case_ids = []
     for i in range(start, start + n_cases):
-        image, foreground, label = synthetic_case(shape_zyx, n_lesions=n_lesions, channels=channels, rng=rng)
+        image, foreground, label = synthetic_case(shape_zyx, n_lesions=n_lesions, channels=channels, rng=rng, noise=noise)
         subject, session = f"sub-synth{i:02d}", "ses-01"
         case_id = f"{subject}_{session}"
         geometry = geometry_of(Volume(foreground, spacing=tuple(spacing_xyz)))

@@ -14,10 +14,10 @@ import torch
 import zarr
 
 from pipeline.patches import write_patch_index
-from training.checkpoint import CheckpointError, list_models, load_model, state_dict_sha256
+from training.checkpoint import CheckpointError, list_models, load_model, resolve_model_version, state_dict_sha256
 from training.data import PatchDataset, usable_cases
 from training.infer import mask_path, predict_case, score_cases
-from training.loop import dice_score, train
+from training.loop import dice_score, split_validation, train
 from training.model import build_model, default_arch
 
 try:
@@ -27,6 +27,15 @@ except ImportError:  # tests/ imported as a package
 
 SHAPE = (40, 56, 48)
 PATCH = (32, 32, 32)
+THREADS = 1  # on a shared 2-core CPU one busy neighbour makes 2 torch threads ~7x slower; 1 is ~1.2x slower at worst
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +64,7 @@ def trained(store):
         progress=events.append,
         log_every=10,
         config_hash="abc123",
+        num_threads=THREADS,
     )
     return result, events
 
@@ -93,6 +103,17 @@ def test_dataset_items_shapes_determinism_and_alignment(store):
     assert flipped > 0
 
 
+def test_dataset_reads_requested_channels_in_order(store):
+    ds = PatchDataset(store["root"], store["labelled"], channels=("T2", "FLAIR"), patch_zyx=PATCH, flip_prob=0.0, seed=1)
+    image, label = ds[0]
+    spec = ds.sample_spec(0)
+    g = zarr.open_group(str(store["root"] / "cases" / spec["case_id"]), mode="r")
+    z, y, x = (c - p // 2 for c, p in zip(spec["centre"], PATCH))
+    window = (slice(z, z + PATCH[0]), slice(y, y + PATCH[1]), slice(x, x + PATCH[2]))
+    np.testing.assert_array_equal(image.numpy(), g["image"][(slice(None), *window)][[2, 0]])
+    np.testing.assert_array_equal(label[0].numpy(), g["label"][window])
+
+
 def test_dataset_pads_when_volume_smaller_than_patch(store):
     ds = PatchDataset(store["root"], store["labelled"][:1], patch_zyx=(48, 64, 64), seed=0)
     image, label = ds[0]
@@ -113,6 +134,8 @@ def test_training_loss_decreases_and_reports_progress(trained, store):
     assert [e["event"] for e in events if e["event"] != "train"] == ["start", "val", "done"]
     assert 0.0 <= result.metrics["val_dice"] <= 1.0
     assert result.metrics["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    if result.metrics["device"] == "cpu":
+        assert result.metrics["cpu_threads"] == THREADS
 
 
 def test_checkpoint_written_with_model_json(trained, store):
@@ -145,6 +168,8 @@ def test_load_model_round_trips(trained, store, tmp_path):
         assert info["model_version"] == result.model_version and not model.training
         with torch.inference_mode():
             torch.testing.assert_close(model(x), expected)
+    for ref, root in ((result.model_version, store["root"]), ("latest", store["root"]), (outside, None), (outside / "model.pt", None)):
+        assert resolve_model_version(ref, root) == result.model_version
     with pytest.raises(CheckpointError):
         load_model("unet3d-19700101T000000-deadbeef", store_root=store["root"])
     # a tampered checkpoint is refused
@@ -165,11 +190,25 @@ def test_state_dict_hash_tracks_weights():
     assert state_dict_sha256(a) != state_dict_sha256(b)
 
 
+def test_validation_split(store):
+    everything = store["labelled"] + [store["unlabelled"], store["two_channel"]]
+    val = split_validation(store["root"], everything, ("FLAIR", "T1", "T2"), 0.34, seed=0)
+    assert len(val) == 1 and val[0] in store["labelled"]
+    assert val == split_validation(store["root"], None, ("FLAIR", "T1", "T2"), 0.34, seed=0)
+    assert len(split_validation(store["root"], None, ("FLAIR", "T1", "T2"), 0.9, seed=0)) == 2  # never all
+    assert split_validation(store["root"], store["labelled"][:1], ("FLAIR", "T1", "T2"), 0.5, seed=0) == []
+    result = train(store["root"], val_fraction=0.34, patch_zyx=PATCH, iterations=2, save=False, num_threads=THREADS)
+    assert result.metrics["val_case_ids"] == val
+    assert set(result.metrics["train_case_ids"]) == set(store["labelled"]) - set(val)
+    assert result.metrics["val_dice"] is not None
+
+
 def test_train_rejects_bad_inputs(store):
     with pytest.raises(ValueError, match="multiple of 8"):
         train(store["root"], case_ids=store["labelled"][:1], patch_zyx=(30, 32, 32), iterations=1)
     with pytest.raises(ValueError, match="no usable training cases"):
-        train(store["root"], case_ids=[store["unlabelled"]], patch_zyx=PATCH, iterations=1)
+        train(store["root"], case_ids=[store["unlabelled"]], patch_zyx=PATCH, iterations=1, num_threads=2)
+    assert torch.get_num_threads() == THREADS  # restored after a failed call
 
 
 # ----------------------------------------------------------------------------- inference
@@ -212,7 +251,7 @@ def test_score_cases_writes_and_skips(trained, store):
 def test_tiny_model_overfits_one_case(store):
     """Fails when images and labels are misaligned, the loss is wrong or inference is broken."""
     case = store["labelled"][0]
-    result = train(store["root"], case_ids=[case], val_case_ids=[case], patch_zyx=PATCH, iterations=100, lr=3e-3, seed=1, save=False)
+    result = train(store["root"], case_ids=[case], val_case_ids=[case], patch_zyx=PATCH, iterations=100, lr=3e-3, seed=1, save=False, num_threads=THREADS)
     assert result.metrics["val_dice"] > 0.7, result.metrics["val_dice"]
     label = zarr.open_group(str(store["root"] / "cases" / case), mode="r")["label"][...]
     mask = predict_case(result.model, {"channels": ["FLAIR", "T1", "T2"], "patch_zyx": list(PATCH)}, store["root"], case)

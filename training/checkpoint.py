@@ -151,6 +151,15 @@ def resolve_model_dir(path_or_version: str | Path, store_root: str | Path | None
     raise CheckpointError(f"{path_or_version!r} is neither a model directory nor a model file; pass store_root to look up a version")
 
 
+def resolve_model_version(path_or_version: str | Path, store_root: str | Path | None = None) -> str:
+    """The ``model_version`` of a checkpoint given as in :func:`resolve_model_dir` (read from its ``model.json``)."""
+    model_dir = resolve_model_dir(path_or_version, store_root)
+    try:
+        return str(json.loads((model_dir / INFO_FILE).read_text())["model_version"])
+    except (OSError, json.JSONDecodeError, KeyError) as exc:
+        raise CheckpointError(f"{model_dir / INFO_FILE}: no readable model_version ({exc})") from exc
+
+
 def load_model(
     path_or_version: str | Path,
     store_root: str | Path | None = None,

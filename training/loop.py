@@ -37,6 +37,7 @@ from training.model import build_model, default_arch, size_multiple
 log = logging.getLogger("lesionflow.training")
 
 Progress = Callable[[dict[str, Any]], None]
+THREADS_ENV = "LESIONFLOW_TORCH_THREADS"
 
 
 @dataclass
@@ -48,6 +49,28 @@ class TrainResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     model: torch.nn.Module | None = field(default=None, repr=False, compare=False)
     """The trained network (eval mode), for callers that go on to predict in the same process."""
+
+
+def cpu_threads(requested: int | None = None) -> int:
+    """Torch CPU threads for training: ``requested``, else ``$LESIONFLOW_TORCH_THREADS``, else ``os.cpu_count()``."""
+    if requested:
+        return max(1, int(requested))
+    env = os.environ.get(THREADS_ENV, "").strip()
+    if env:
+        return max(1, int(env))
+    return max(1, os.cpu_count() or 1)
+
+
+def split_validation(store_root: str | Path, case_ids: Sequence[str] | None, channels: Sequence[str], fraction: float, seed: int) -> list[str]:
+    """Seeded choice of ``round(fraction * n)`` (at least 1, at most n - 1) usable labelled cases; [] when n < 2."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {fraction}")
+    usable, _ = usable_cases(store_root, case_ids, channels, require_label=True)
+    if fraction == 0 or len(usable) < 2:
+        return []
+    k = min(len(usable) - 1, max(1, int(round(fraction * len(usable)))))
+    rng = np.random.default_rng([seed, 1])
+    return sorted(usable[i] for i in rng.choice(len(usable), size=k, replace=False))
 
 
 def seed_everything(seed: int) -> None:
@@ -84,6 +107,7 @@ def train(
     lesion_fraction: float = 0.5,
     seed: int = 0,
     val_case_ids: Sequence[str] | None = None,
+    val_fraction: float = 0.0,
     device: str | torch.device | None = None,
     progress: Progress | None = None,
     log_every: int = 10,
@@ -111,6 +135,8 @@ def train(
         lesion_fraction: probability that a patch is centred on a lesion (class balance).
         seed: seeds torch/numpy and the patch sampler; recorded.
         val_case_ids: cases for whole-volume validation Dice after training (optional).
+        val_fraction: when ``val_case_ids`` is not given, hold out this fraction of the usable
+            labelled cases (at least one, never all; chosen with ``seed``) for validation.
         device: ``"cuda"``/``"cpu"``; default CUDA when available.
         progress: called with a dict every ``log_every`` iterations (``event="train"``,
             ``iteration``, ``iterations``, ``loss`` (mean since the last event), ``lr``,
@@ -118,7 +144,9 @@ def train(
         arch: network description (default :func:`training.model.default_arch`).
         amp: autocast (bf16 where supported, else fp16 with gradient scaling) — CUDA only.
         num_workers: DataLoader worker processes (0 = read patches in the main process).
-        num_threads: torch CPU threads (default ``os.cpu_count()``).
+        num_threads: torch CPU threads during training (default ``$LESIONFLOW_TORCH_THREADS`` or
+            ``os.cpu_count()``); the previous setting is restored on return. On a CPU shared
+            with other busy processes, 1 thread can be several times faster than 2.
         config_hash: the pipeline configuration hash, recorded in ``model.json``.
         save: write the checkpoint (to ``<store>/models`` or ``models_dir``).
 
@@ -126,13 +154,70 @@ def train(
         :class:`TrainResult` with ``model_version``, ``checkpoint_path`` (the model directory) and
         ``metrics``: ``final_loss`` (mean of the last 10 iterations), ``first_loss`` (mean of the
         first 10), ``loss_history``, ``val_dice`` (mean, or ``None``), ``val_dice_per_case``,
-        ``seconds``, ``it_per_s``, ``device``, ``train_case_ids``, ``skipped``.
+        ``seconds``, ``it_per_s``, ``device``, ``cpu_threads``, ``train_case_ids``, ``val_case_ids``, ``skipped``.
     """
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    previous_threads = torch.get_num_threads()
+    if dev.type == "cpu":
+        torch.set_num_threads(cpu_threads(num_threads))
+    try:
+        return _train(
+            store_root,
+            case_ids=case_ids,
+            channels=channels,
+            patch_zyx=patch_zyx,
+            batch_size=batch_size,
+            iterations=iterations,
+            lr=lr,
+            weight_decay=weight_decay,
+            lesion_fraction=lesion_fraction,
+            seed=seed,
+            val_case_ids=val_case_ids,
+            val_fraction=val_fraction,
+            progress=progress,
+            log_every=log_every,
+            arch=arch,
+            amp=amp,
+            num_workers=num_workers,
+            config_hash=config_hash,
+            save=save,
+            models_dir=models_dir,
+            val_overlap=val_overlap,
+            device=dev,
+        )
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(
+    store_root: str | Path,
+    *,
+    case_ids: Sequence[str] | None = None,
+    channels: Sequence[str] = ("FLAIR", "T1", "T2"),
+    patch_zyx: Sequence[int] = (48, 48, 48),
+    batch_size: int = 2,
+    iterations: int = 300,
+    lr: float = 2e-3,
+    weight_decay: float = 1e-5,
+    lesion_fraction: float = 0.5,
+    seed: int = 0,
+    val_case_ids: Sequence[str] | None = None,
+    val_fraction: float = 0.0,
+    device: str | torch.device | None = None,
+    progress: Progress | None = None,
+    log_every: int = 10,
+    arch: dict[str, Any] | None = None,
+    amp: bool = True,
+    num_workers: int = 0,
+    config_hash: str | None = None,
+    save: bool = True,
+    models_dir: str | Path | None = None,
+    val_overlap: float = 0.25,
+) -> TrainResult:
+    """:func:`train` after the device and CPU threads are settled (same arguments)."""
     t_start = time.perf_counter()
     emit = progress or (lambda _event: None)
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if dev.type == "cpu":
-        torch.set_num_threads(int(num_threads or os.cpu_count() or 1))
     seed_everything(seed)
 
     channels = tuple(channels)
@@ -145,10 +230,12 @@ def train(
         raise ValueError(f"patch_zyx {patch} must be 3 sides, each a multiple of {mult} (product of the U-Net strides)")
 
     val_ids = list(val_case_ids or [])
+    if not val_ids and val_fraction > 0:
+        val_ids = split_validation(store_root, case_ids, channels, val_fraction, seed)
     if case_ids is None:
         candidates = [c for c in _store.list_cases(store_root) if c not in set(val_ids)]
     else:
-        candidates = list(case_ids)
+        candidates = [c for c in case_ids if c not in set(val_ids)] if val_case_ids is None else list(case_ids)
     dataset = PatchDataset(
         store_root,
         candidates,
@@ -256,7 +343,9 @@ def train(
         "train_seconds": round(train_seconds, 2),
         "it_per_s": round(it / train_seconds, 3) if train_seconds > 0 else None,
         "device": str(dev),
+        "cpu_threads": torch.get_num_threads() if dev.type == "cpu" else None,
         "train_case_ids": dataset.case_ids,
+        "val_case_ids": val_ids,
         "skipped": dataset.skipped,
     }
     info = {
