@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.lesions import lesion_table
-from pipeline.store import list_cases, open_case, read_case_meta, volume_from_geometry, write_table
+from pipeline.store import list_cases, open_case, read_case_meta, read_table, volume_from_geometry, write_table
 from storage_schemas.models import CaseVolumeRow, LesionRow
 
 PREDICTIONS = "predictions"
@@ -70,12 +70,10 @@ def write_lesion_tables(store_root: str | Path, model_version: str, case_ids: li
         lesion_rows.extend(out[1])
     new_cases = pd.DataFrame(case_rows, columns=list(CaseVolumeRow.model_fields))
     new_lesions = pd.DataFrame(lesion_rows, columns=list(LesionRow.model_fields))
-    tables = Path(store_root) / "tables"
     merged = {}
     for name, new in (("case_volumes", new_cases), ("lesions", new_lesions)):
-        old_path = tables / f"{name}.parquet"
-        if old_path.exists():
-            old = pd.read_parquet(old_path)
+        old = read_table(store_root, name)  # local path or object-store URL
+        if old is not None:
             keep = ~((old["model_version"] == model_version) & old["case_id"].isin(new_cases["case_id"]))
             new = pd.concat([old[keep], new], ignore_index=True) if len(new) else old[keep]
         merged[name] = new.sort_values([c for c in ("model_version", "case_id", "lesion_id") if c in new.columns]).reset_index(drop=True)

@@ -15,17 +15,35 @@ Layout (documented in ``storage_schemas/LAYOUT.md``)::
       models/<model_version>/        checkpoints
       .staging/                      work in progress, never read
 
-Commit protocol: a case is written completely under ``.staging/<uuid>/`` and then moved to
-``cases/<case_id>`` with one ``os.replace`` (atomic on a POSIX file system), so a reader
-never sees a half-written case; a crash leaves only staging debris, removed on the next run.
+``root`` is a local path or an fsspec URL (``s3://bucket/prefix``, ``gs://...``, ``memory://...``).
+
+Commit protocol, local file system: a case is written completely under ``.staging/<uuid>/`` and
+then moved to ``cases/<case_id>`` with one ``os.replace`` (atomic on a POSIX file system), so a
+reader never sees a half-written case; a crash leaves only staging debris, removed on the next run.
+
+Commit protocol, object store (no atomic rename): *marker last*. A Zarr node is visible only
+once its ``zarr.json`` exists, and a case only once its group ``zarr.json`` carries the
+``lesionflow_case`` metadata. Writing a case deletes an existing case's ``zarr.json`` first (the
+case becomes invisible), then the rest of its old objects, then uploads every chunk, then every
+array's ``zarr.json``, and the group's ``zarr.json`` last. Arrays added later follow the same rule
+at array level. Catalog parts and tables are single-object PUTs, which are atomic on S3.
+
+Storage options for URLs come from the ``storage_options`` argument of each function, the
+environment (``LESIONFLOW_STORAGE_OPTIONS`` as JSON, ``LESIONFLOW_S3_ENDPOINT_URL`` →
+``client_kwargs.endpoint_url``) and whatever the file-system library reads itself (s3fs/botocore:
+``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``, ...).
+Dask worker processes see only the environment, so configure remote stores there for ``ingest``.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -56,10 +74,159 @@ def _compressor(dtype: np.dtype) -> BloscCodec:
     return BloscCodec(cname="zstd", clevel=3, shuffle=shuffle)
 
 
+# ------------------------------------------------------------------------------- URL stores
+_URL_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+):/{1,2}(.*)$")
+ENV_STORAGE_OPTIONS = "LESIONFLOW_STORAGE_OPTIONS"
+ENV_S3_ENDPOINT = "LESIONFLOW_S3_ENDPOINT_URL"
+
+
+def _url_of(root: str | Path) -> str | None:
+    """The normalised URL of a remote ``root`` (``proto://rest`` without trailing slash), else None.
+
+    A ``Path`` built from a URL (``Path("s3://b/x")`` reads ``s3:/b/x``) is recognised too;
+    ``file://`` URLs are local paths.
+    """
+    m = _URL_RE.match(str(root))
+    if m is None or m.group(1).lower() == "file":
+        return None
+    return f"{m.group(1).lower()}://{m.group(2).rstrip('/')}"
+
+
+def _local(root: str | Path) -> Path:
+    text = str(root)
+    return Path(text[len("file://"):]) if text.lower().startswith("file://") else Path(root)
+
+
+def is_remote(root: str | Path) -> bool:
+    """True when ``root`` is an fsspec URL (object store) rather than a local path."""
+    return _url_of(root) is not None
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def resolve_storage_options(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """fsspec options for ``url``: environment defaults overridden by ``storage_options``."""
+    opts: dict[str, Any] = {}
+    protocol = url.split("://", 1)[0].lower()
+    endpoint = os.environ.get(ENV_S3_ENDPOINT)
+    if endpoint and protocol in ("s3", "s3a"):
+        opts = {"client_kwargs": {"endpoint_url": endpoint}}
+    env_json = os.environ.get(ENV_STORAGE_OPTIONS)
+    if env_json:
+        try:
+            opts = _merge(opts, json.loads(env_json))
+        except ValueError as exc:
+            raise StoreError(f"{ENV_STORAGE_OPTIONS} is not valid JSON ({exc})") from exc
+    return _merge(opts, storage_options or {})
+
+
+@dataclass(frozen=True)
+class _Remote:
+    """A store on an fsspec file system: a synchronous fs for plain objects, Zarr via FsspecStore."""
+
+    url: str
+    fs: Any
+    path: str
+    options: dict[str, Any]
+
+    def key(self, *parts: str) -> str:
+        return "/".join([self.path, *(p.strip("/") for p in parts if p)])
+
+    def url_of(self, *parts: str) -> str:
+        return "/".join([self.url, *(p.strip("/") for p in parts if p)])
+
+    def zarr_store(self, *parts: str, read_only: bool = False) -> Any:
+        from zarr.storage import FsspecStore
+
+        return FsspecStore.from_url(self.url_of(*parts), storage_options=self.options, read_only=read_only)
+
+    def read(self, key: str) -> bytes | None:
+        try:
+            return self.fs.cat_file(key)
+        except FileNotFoundError:
+            return None
+
+    def put(self, key: str, data: bytes) -> None:
+        self.fs.pipe_file(key, data)
+
+
+def _remote(root: str | Path, storage_options: dict[str, Any] | None = None) -> _Remote | None:
+    url = _url_of(root)
+    if url is None:
+        return None
+    from fsspec.core import url_to_fs
+
+    opts = resolve_storage_options(url, storage_options)
+    fs, path = url_to_fs(url, **opts)
+    return _Remote(url=url, fs=fs, path=path.rstrip("/"), options=opts)
+
+
+def _group_json(attrs: dict[str, Any] | None = None) -> bytes:
+    """The ``zarr.json`` bytes of a Zarr v3 group with ``attrs``, as zarr writes it."""
+    objects: dict[str, Any] = {}
+    g = zarr.open_group(zarr.storage.MemoryStore(store_dict=objects), mode="w", zarr_format=3)
+    if attrs:
+        g.attrs.update(attrs)
+    return objects["zarr.json"].to_bytes()
+
+
+def _node_attrs(blob: bytes | None) -> dict[str, Any] | None:
+    if blob is None:
+        return None
+    try:
+        doc = json.loads(blob)
+    except ValueError:
+        return None
+    return doc.get("attributes", {}) if isinstance(doc, dict) else None
+
+
+def _remove_node(r: _Remote, prefix: str) -> None:
+    """Delete a node: its ``zarr.json`` first (it becomes invisible), then everything below it."""
+    try:
+        r.fs.rm_file(f"{prefix}/zarr.json")
+    except FileNotFoundError:
+        pass
+    try:
+        r.fs.rm(prefix + "/", recursive=True)
+    except FileNotFoundError:
+        pass
+    r.fs.invalidate_cache(prefix)
+
+
+def _upload_node(r: _Remote, prefix: str, objects: dict[str, Any]) -> None:
+    """Upload a node built in memory, markers last: chunks, then array/group ``zarr.json`` files
+    from the deepest up, the node's own ``zarr.json`` last."""
+    blobs = {f"{prefix}/{k}": (v.to_bytes() if hasattr(v, "to_bytes") else bytes(v)) for k, v in objects.items()}
+    chunks = {k: v for k, v in blobs.items() if not k.endswith("/zarr.json")}
+    if chunks:
+        r.fs.pipe(chunks)
+    markers = sorted((k for k in blobs if k.endswith("/zarr.json")), key=lambda k: -k.count("/"))
+    for depth in sorted({k.count("/") for k in markers}, reverse=True):
+        r.fs.pipe({k: blobs[k] for k in markers if k.count("/") == depth})
+    r.fs.invalidate_cache(prefix)
+
+
 # ------------------------------------------------------------------------------- store
-def init_store(root: str | Path) -> Path:
-    """Create the store at ``root`` if needed and check its schema version. Returns the path."""
-    root = Path(root)
+def init_store(root: str | Path, *, storage_options: dict[str, Any] | None = None) -> Path | str:
+    """Create the store at ``root`` if needed and check its schema version.
+
+    Returns the path (local) or the normalised URL (object store).
+    """
+    r = _remote(root, storage_options)
+    if r is not None:
+        if r.read(r.key("zarr.json")) is not None:
+            read_manifest(r.url, storage_options=storage_options)
+        else:
+            r.put(r.key("zarr.json"), _group_json({MANIFEST_KEY: StoreManifest(pipeline_version=__version__).model_dump(mode="json")}))
+        if r.read(r.key(CASES, "zarr.json")) is None:
+            r.put(r.key(CASES, "zarr.json"), _group_json())
+        return r.url
+    root = _local(root)
     root.mkdir(parents=True, exist_ok=True)
     if (root / "zarr.json").exists():
         read_manifest(root)
@@ -73,13 +240,20 @@ def init_store(root: str | Path) -> Path:
     return root
 
 
-def read_manifest(root: str | Path) -> StoreManifest:
+def read_manifest(root: str | Path, *, storage_options: dict[str, Any] | None = None) -> StoreManifest:
     """Validated store manifest; raises :class:`StoreError` when absent or of another schema."""
-    root = Path(root)
-    try:
-        attrs = zarr.open_group(str(root), mode="r").attrs.asdict()
-    except Exception as exc:  # noqa: BLE001 - surfaced with the path
-        raise StoreError(f"{root}: not a lesionflow store ({exc}); create one with `lesionflow ingest`") from exc
+    r = _remote(root, storage_options)
+    if r is not None:
+        root = r.url
+        attrs = _node_attrs(r.read(r.key("zarr.json")))
+        if attrs is None:
+            raise StoreError(f"{root}: not a lesionflow store (no readable zarr.json); create one with `lesionflow ingest`")
+    else:
+        root = _local(root)
+        try:
+            attrs = zarr.open_group(str(root), mode="r").attrs.asdict()
+        except Exception as exc:  # noqa: BLE001 - surfaced with the path
+            raise StoreError(f"{root}: not a lesionflow store ({exc}); create one with `lesionflow ingest`") from exc
     if MANIFEST_KEY not in attrs:
         raise StoreError(f"{root}: a Zarr group but not a lesionflow store (no '{MANIFEST_KEY}' manifest)")
     try:
@@ -88,15 +262,18 @@ def read_manifest(root: str | Path) -> StoreManifest:
         raise StoreError(f"{root}: {exc}") from exc
 
 
-def clean_staging(root: str | Path, older_than_s: float = 6 * 3600) -> int:
+def clean_staging(root: str | Path, older_than_s: float = 6 * 3600, *, storage_options: dict[str, Any] | None = None) -> int:
     """Remove leftovers of interrupted writes older than ``older_than_s`` seconds.
 
     The age guard keeps a concurrent writer's work in progress alive. Returns how many
-    entries were removed.
+    entries were removed. A no-op (0) on object stores, which have no staging area: an
+    interrupted case write there leaves an invisible case that the next write replaces.
     """
     import time
 
-    staging = Path(root) / STAGING
+    if is_remote(root):
+        return 0
+    staging = _local(root) / STAGING
     n = 0
     if staging.exists():
         now = time.time()
@@ -174,14 +351,19 @@ def write_case(
     foreground: np.ndarray,
     label: np.ndarray | None = None,
     chunk_zyx: tuple[int, int, int] = (64, 64, 64),
-) -> Path:
-    """Write one case atomically and return its path.
+    *,
+    storage_options: dict[str, Any] | None = None,
+) -> Path | str:
+    """Write one case atomically and return its path (local) or URL (object store).
 
     ``image`` is float32 ``(C, Z, Y, X)`` with ``C == len(meta.channels)``; ``foreground`` and
-    ``label`` are ``(Z, Y, X)`` on the same grid (``meta.geometry``). An existing case with the
-    same id is replaced only after the new one is complete.
+    ``label`` are ``(Z, Y, X)`` on the same grid (``meta.geometry``). Locally, an existing case
+    with the same id is replaced only after the new one is complete; on an object store it is
+    made invisible first and the new one becomes visible when its group ``zarr.json`` (written
+    last) lands (see the module docstring).
     """
-    root = Path(root)
+    r = _remote(root, storage_options)
+    root = _local(root) if r is None else root
     meta = CaseMeta.model_validate(meta.model_dump())  # validate on write
     shape = tuple(meta.geometry.shape_zyx)
     if image.ndim != 4 or image.shape[1:] != shape or image.shape[0] != len(meta.channels):
@@ -189,6 +371,19 @@ def write_case(
     for name, arr in (("foreground", foreground), ("label", label)):
         if arr is not None and arr.shape != shape:
             raise StoreError(f"case {meta.case_id}: {name} shape {arr.shape} is not the grid {shape}")
+
+    if r is not None:
+        objects: dict[str, Any] = {}  # the case, encoded in memory, then uploaded marker last
+        g = zarr.open_group(zarr.storage.MemoryStore(store_dict=objects), mode="w", zarr_format=3)
+        _write_array(g, "image", image.astype(np.float32, copy=False), (1, *chunk_zyx), {"channels": list(meta.channels)})
+        _write_array(g, "foreground", foreground.astype(np.uint8, copy=False), chunk_zyx)
+        if label is not None:
+            _write_array(g, "label", label.astype(np.uint8, copy=False), chunk_zyx)
+        g.attrs.update({CASE_META_KEY: meta.model_dump(mode="json"), "ome": _ome_multiscales(meta.geometry, meta.case_id, list(meta.channels))})
+        case = r.key(CASES, meta.case_id)
+        _remove_node(r, case)
+        _upload_node(r, case, objects)
+        return r.url_of(CASES, meta.case_id)
 
     staging = root / STAGING / uuid.uuid4().hex
     staging.mkdir(parents=True)
@@ -213,25 +408,61 @@ def write_case(
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def list_cases(root: str | Path) -> list[str]:
-    """Ids of the committed cases, sorted."""
-    cases = Path(root) / CASES
+def _remote_case_attrs(r: _Remote, case_id: str) -> dict[str, Any] | None:
+    """Attributes of a committed case on an object store, None when absent or not committed."""
+    attrs = _node_attrs(r.read(r.key(CASES, case_id, "zarr.json")))
+    return attrs if attrs is not None and CASE_META_KEY in attrs else None
+
+
+def list_cases(root: str | Path, *, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Ids of the committed cases, sorted.
+
+    On an object store: the prefixes under ``cases/`` whose group ``zarr.json`` exists and
+    carries the ``lesionflow_case`` metadata.
+    """
+    r = _remote(root, storage_options)
+    if r is not None:
+        prefix = r.key(CASES)
+        r.fs.invalidate_cache(prefix)
+        try:
+            entries = r.fs.ls(prefix, detail=True)
+        except FileNotFoundError:
+            return []
+        names = sorted({e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory"})
+        names = [n for n in names if n and not n.startswith(".")]
+        if not names:
+            return []
+        blobs = r.fs.cat([r.key(CASES, n, "zarr.json") for n in names], on_error="omit")
+        return [n for n in names if CASE_META_KEY in (_node_attrs(blobs.get(r.key(CASES, n, "zarr.json"))) or {})]
+    cases = _local(root) / CASES
     if not cases.exists():
         return []
     return sorted(p.name for p in cases.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "zarr.json").exists())
 
 
-def open_case(root: str | Path, case_id: str, mode: str = "r") -> zarr.Group:
+def open_case(root: str | Path, case_id: str, mode: str = "r", *, storage_options: dict[str, Any] | None = None) -> zarr.Group:
     """The Zarr group of a committed case."""
-    path = Path(root) / CASES / case_id
+    r = _remote(root, storage_options)
+    if r is not None:
+        if _remote_case_attrs(r, case_id) is None:
+            raise StoreError(f"case {case_id!r} is not in store {r.url}; `lesionflow ingest` it first")
+        return zarr.open_group(r.zarr_store(CASES, case_id, read_only=mode == "r"), mode=mode, zarr_format=3)
+    path = _local(root) / CASES / case_id
     if not (path / "zarr.json").exists():
         raise StoreError(f"case {case_id!r} is not in store {root}; `lesionflow ingest` it first")
     return zarr.open_group(str(path), mode=mode)
 
 
-def read_case_meta(root: str | Path, case_id: str) -> CaseMeta:
+def read_case_meta(root: str | Path, case_id: str, *, storage_options: dict[str, Any] | None = None) -> CaseMeta:
     """Validated metadata of a committed case."""
-    attrs = open_case(root, case_id).attrs.asdict()
+    r = _remote(root, storage_options)
+    if r is not None:
+        remote_attrs = _remote_case_attrs(r, case_id)  # one GET, no Zarr round trip
+        if remote_attrs is None:
+            raise StoreError(f"case {case_id!r} is not in store {r.url}; `lesionflow ingest` it first")
+        attrs = remote_attrs
+    else:
+        attrs = open_case(root, case_id).attrs.asdict()
     try:
         return CaseMeta.model_validate(attrs[CASE_META_KEY])
     except KeyError as exc:
@@ -245,12 +476,18 @@ def volume_from_geometry(geometry: Geometry, array: np.ndarray) -> Volume:
     return Volume(array, spacing=geometry.spacing, origin=geometry.origin, direction=np.asarray(geometry.direction).reshape(3, 3))
 
 
-def write_case_array(root: str | Path, case_id: str, path: str, data: np.ndarray, chunk_zyx: tuple[int, ...] = (64, 64, 64), attrs: dict[str, Any] | None = None) -> None:
+def write_case_array(root: str | Path, case_id: str, path: str, data: np.ndarray, chunk_zyx: tuple[int, ...] = (64, 64, 64), attrs: dict[str, Any] | None = None, *, storage_options: dict[str, Any] | None = None) -> None:
     """Add or replace one array (e.g. ``predictions/<model>/mask``) inside a committed case, atomically.
 
-    The array is written to staging, then moved into place with ``os.replace``.
+    Locally the array is written to staging, then moved into place with ``os.replace``. On an
+    object store an existing array's ``zarr.json`` is deleted first (with its chunks), then the
+    new chunks are uploaded and the array's ``zarr.json`` last.
     """
-    root = Path(root)
+    r = _remote(root, storage_options)
+    if r is not None:
+        _write_case_array_remote(r, case_id, path, data, chunk_zyx, attrs)
+        return
+    root = _local(root)
     case_dir = root / CASES / case_id
     if not (case_dir / "zarr.json").exists():
         raise StoreError(f"case {case_id!r} is not in store {root}")
@@ -278,25 +515,67 @@ def write_case_array(root: str | Path, case_id: str, path: str, data: np.ndarray
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _write_case_array_remote(r: _Remote, case_id: str, path: str, data: np.ndarray, chunk_zyx: tuple[int, ...], attrs: dict[str, Any] | None) -> None:
+    if _remote_case_attrs(r, case_id) is None:
+        raise StoreError(f"case {case_id!r} is not in store {r.url}")
+    objects: dict[str, Any] = {}
+    g = zarr.open_group(zarr.storage.MemoryStore(store_dict=objects), mode="w", zarr_format=3)
+    chunks = chunk_zyx if data.ndim == len(chunk_zyx) else (*([1] * (data.ndim - len(chunk_zyx))), *chunk_zyx)
+    _write_array(g, "a", data, tuple(chunks), attrs)
+    parts = path.strip("/").split("/")
+    parent = r.key(CASES, case_id)
+    for part in parts[:-1]:  # make intermediate groups
+        parent = f"{parent}/{part}"
+        if r.read(f"{parent}/zarr.json") is None:
+            r.put(f"{parent}/zarr.json", _group_json())
+    target = f"{parent}/{parts[-1]}"
+    _remove_node(r, target)
+    _upload_node(r, target, {k[len("a/"):]: v for k, v in objects.items() if k.startswith("a/")})
+
+
+def has_node(root: str | Path, relpath: str, *, storage_options: dict[str, Any] | None = None) -> bool:
+    """True when the committed Zarr node ``relpath`` (e.g. ``cases/<id>/predictions/<v>/mask``) exists."""
+    r = _remote(root, storage_options)
+    if r is not None:
+        return r.read(r.key(relpath, "zarr.json")) is not None
+    return (_local(root) / relpath / "zarr.json").exists()
+
+
 # ------------------------------------------------------------------------------- catalog
-def append_catalog(root: str | Path, rows: Iterable[CatalogRow]) -> Path | None:
-    """Append validated rows as one new Parquet part (written to a temp name, then renamed)."""
+def _part_name(rows: list[CatalogRow]) -> str:
+    return f"part-{rows[0].recorded_at.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
+
+
+def _parquet_bytes(df: "Any") -> bytes:
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
+def append_catalog(root: str | Path, rows: Iterable[CatalogRow], *, storage_options: dict[str, Any] | None = None) -> Path | str | None:
+    """Append validated rows as one new Parquet part (written to a temp name, then renamed;
+    on an object store one PUT). Returns the part's path or URL."""
     import pandas as pd
 
     rows = [CatalogRow.model_validate(r.model_dump()) for r in rows]
     if not rows:
         return None
     df = pd.DataFrame([r.model_dump() for r in rows])
-    folder = Path(root) / CATALOG
+    r = _remote(root, storage_options)
+    if r is not None:
+        name = _part_name(rows)
+        r.put(r.key(CATALOG, name), _parquet_bytes(df))
+        return r.url_of(CATALOG, name)
+    folder = _local(root) / CATALOG
     folder.mkdir(parents=True, exist_ok=True)
-    name = f"part-{rows[0].recorded_at.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
+    name = _part_name(rows)
     tmp = folder / f".{name}.tmp"
     df.to_parquet(tmp, index=False)
     os.replace(tmp, folder / name)
     return folder / name
 
 
-def read_catalog(root: str | Path, latest_only: bool = True) -> "Any":
+def read_catalog(root: str | Path, latest_only: bool = True, *, storage_options: dict[str, Any] | None = None) -> "Any":
     """The catalog as a pandas DataFrame.
 
     With ``latest_only`` each (source, case, modality) keeps its most recent row, which is the
@@ -304,19 +583,33 @@ def read_catalog(root: str | Path, latest_only: bool = True) -> "Any":
     """
     import pandas as pd
 
-    parts = sorted((Path(root) / CATALOG).glob("part-*.parquet"))
-    if not parts:
+    r = _remote(root, storage_options)
+    if r is not None:
+        folder = r.key(CATALOG)
+        r.fs.invalidate_cache(folder)
+        keys = sorted(r.fs.glob(f"{folder}/part-*.parquet"))
+        blobs = r.fs.cat(keys) if keys else {}
+        frames = [pd.read_parquet(io.BytesIO(blobs[k])) for k in keys if k in blobs]
+    else:
+        parts = sorted((_local(root) / CATALOG).glob("part-*.parquet"))
+        frames = [pd.read_parquet(p) for p in parts]
+    if not frames:
         return pd.DataFrame(columns=list(CatalogRow.model_fields))
-    df = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    df = pd.concat(frames, ignore_index=True)
     if latest_only and len(df):
         df = df.sort_values("recorded_at").drop_duplicates(["source_relpath", "case_id", "modality"], keep="last")
     return df.reset_index(drop=True)
 
 
 # ------------------------------------------------------------------------------- tables
-def write_table(root: str | Path, name: str, df: "Any") -> dict[str, str]:
-    """Write ``tables/<name>.parquet`` and ``.csv`` atomically; returns both paths."""
-    folder = Path(root) / TABLES
+def write_table(root: str | Path, name: str, df: "Any", *, storage_options: dict[str, Any] | None = None) -> dict[str, str]:
+    """Write ``tables/<name>.parquet`` and ``.csv`` atomically; returns both paths (or URLs)."""
+    r = _remote(root, storage_options)
+    if r is not None:
+        r.put(r.key(TABLES, f"{name}.parquet"), _parquet_bytes(df))
+        r.put(r.key(TABLES, f"{name}.csv"), df.to_csv(index=False).encode())
+        return {ext: r.url_of(TABLES, f"{name}.{ext}") for ext in ("parquet", "csv")}
+    folder = _local(root) / TABLES
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
     for ext in ("parquet", "csv"):
@@ -331,9 +624,25 @@ def write_table(root: str | Path, name: str, df: "Any") -> dict[str, str]:
     return out
 
 
-def write_json_atomic(path: str | Path, payload: Any) -> None:
-    """Write JSON to ``path`` via a temporary file and rename."""
-    path = Path(path)
+def read_table(root: str | Path, name: str, *, storage_options: dict[str, Any] | None = None) -> "Any | None":
+    """``tables/<name>.parquet`` as a DataFrame, or None when the table does not exist yet."""
+    import pandas as pd
+
+    r = _remote(root, storage_options)
+    if r is not None:
+        blob = r.read(r.key(TABLES, f"{name}.parquet"))
+        return None if blob is None else pd.read_parquet(io.BytesIO(blob))
+    path = _local(root) / TABLES / f"{name}.parquet"
+    return pd.read_parquet(path) if path.exists() else None
+
+
+def write_json_atomic(path: str | Path, payload: Any, *, storage_options: dict[str, Any] | None = None) -> None:
+    """Write JSON to ``path`` via a temporary file and rename (a URL: one PUT)."""
+    r = _remote(path, storage_options)
+    if r is not None:
+        r.put(r.path, json.dumps(payload, indent=2, default=str).encode())
+        return
+    path = _local(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(payload, indent=2, default=str))
