@@ -11,6 +11,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LESIONFLOW_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 os.environ.setdefault("LESIONFLOW_PSEUDONYM_KEY", "test-key-not-secret")
+# 2 torch threads on 2 shared cores are up to 7x slower than 1 when anything else runs
+os.environ.setdefault("LESIONFLOW_TORCH_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
@@ -19,3 +21,22 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real scanner data not found at {SHARED_DATA} (set LESIONFLOW_SHARED_DATA)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One ephemeral Prefect API for the whole test session (it takes 10-20 s to start)."""
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@pytest.fixture(scope="session")
+def phantom_cohort(tmp_path_factory):
+    """A tiny phantom cohort (3 subjects: DICOM, MetaImage, BIDS NIfTI) at 3 mm, shared by tests."""
+    from pipeline.phantom import make_cohort
+
+    out = tmp_path_factory.mktemp("phantom")
+    return make_cohort(out, n_subjects=3, seed=7, spacing_mm=3.0)
