@@ -93,5 +93,6 @@ def ingest(
         except ImportError:  # report module optional until installed
             summary["report"] = None
     print(f"ingest: {summary['converted']} converted, {summary['skipped']} up to date, {summary['rejected']} sessions rejected, "
+          f"{summary['unused_sessions']} without usable images, "
           f"{len(summary['rejected_inputs'])} inputs rejected, {len(summary['unused_inputs'])} unused → {store}")
     return summary

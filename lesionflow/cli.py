@@ -184,7 +184,8 @@ def ingest(
 
 
 def _print_ingest(summary: dict[str, Any]) -> None:
-    typer.echo(f"{summary['converted']} converted, {summary['skipped']} up to date, {summary['rejected']} sessions rejected → {summary['store']}")
+    typer.echo(f"{summary['converted']} converted, {summary['skipped']} up to date, {summary['rejected']} sessions rejected, "
+               f"{summary.get('unused_sessions', 0)} without usable images → {summary['store']}")
     for r in summary["rejected_inputs"]:
         typer.echo(f"  rejected {r['path']}: {r['reason']}")
     for r in summary["unused_inputs"]:

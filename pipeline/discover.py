@@ -219,7 +219,7 @@ def discover(
             for s in sorted(series_of_study, key=lambda s: (s.series_number or 0, s.key)):
                 fields_text = {tuple(r.fields): s.header_text(r.fields) for r in config.modality_rules}
                 modality = modality_of_series(fields_text, config.modality_rules)
-                reason = unusable_reason(tuple(s.image_type), s.n_volumes, s.series_description)
+                reason = unusable_reason(tuple(s.image_type), s.n_volumes, s.series_description, s.is_mosaic)
                 if reason is None and modality is None:
                     reason = "no modality rule matched (SeriesDescription/ProtocolName/SequenceName); add a rule to the configuration"
                 elif reason is None and modality not in (*config.channels, "MASK"):

@@ -43,7 +43,7 @@ LABEL_MODALITIES = ("MASK", "LABEL")
 
 MODALITY_COLUMNS = [
     "row_key", "case_id", "modality", "source_format",
-    "spacing_x_mm", "spacing_y_mm", "spacing_z_mm", "spacing_min_mm", "spacing_max_mm",
+    "spacing_x_mm", "spacing_y_mm", "spacing_z_mm", "spacing_min_mm", "spacing_max_mm", "anisotropy",
     "shape_z", "shape_y", "shape_x", "matrix_min", "matrix_max",
     "fov_x_mm", "fov_y_mm", "fov_z_mm", "fov_max_mm", "orientation",
     "intensity_mean", "intensity_std", "intensity_p01", "intensity_p99", "intensity_stats_finite",
@@ -180,6 +180,7 @@ def build_tables(store_root: str | Path, channels: Sequence[str] = ("FLAIR", "T1
                 "case_id": case_id, "modality": ci.modality, "source_format": ci.source_format,
                 "spacing_x_mm": sx, "spacing_y_mm": sy, "spacing_z_mm": sz,
                 "spacing_min_mm": min(sx, sy, sz), "spacing_max_mm": max(sx, sy, sz),
+                "anisotropy": max(sx, sy, sz) / min(sx, sy, sz),
                 "shape_z": nz, "shape_y": ny, "shape_x": nx, "matrix_min": min(nz, ny, nx), "matrix_max": max(nz, ny, nx),
                 "fov_x_mm": nx * sx, "fov_y_mm": ny * sy, "fov_z_mm": nz * sz, "fov_max_mm": max(nx * sx, ny * sy, nz * sz),
                 "orientation": ci.native_orientation,
@@ -372,6 +373,9 @@ def _detail(result: dict[str, Any], u: dict[str, Any], tables: dict[str, Any]) -
                     f"(ratio to median {_fmt(rec['coverage_ratio_min'])}-{_fmt(rec['coverage_ratio_max'])})")
         if rid.startswith("spacing_"):
             return f"{mod} native spacing {_fmt(rec['spacing_x_mm'])} x {_fmt(rec['spacing_y_mm'])} x {_fmt(rec['spacing_z_mm'], ' mm')}"
+        if rid == "voxels_not_anisotropic":
+            return (f"{mod} {_fmt(rec['spacing_x_mm'])} x {_fmt(rec['spacing_y_mm'])} x {_fmt(rec['spacing_z_mm'], ' mm')} voxels "
+                    f"({_fmt(rec['anisotropy'])}x longer than wide)")
         if rid == "fov_plausible":
             return f"{mod} field of view {_fmt(rec['fov_x_mm'])} x {_fmt(rec['fov_y_mm'])} x {_fmt(rec['fov_z_mm'], ' mm')}"
         if rid.startswith("matrix"):
@@ -420,7 +424,10 @@ def flags_from_results(results: Sequence[dict[str, Any]], tables: dict[str, Any]
             d = _detail(r, u, tables)
             if d not in merged.get(key, []):
                 merged.setdefault(key, []).append(d)
-    return [{"case_id": c, "what": w, "detail": "; ".join(d)} for (c, w), d in merged.items()]
+    # a series with thick slices among thin ones is anisotropic by definition: name it once
+    thick = {c for (c, w) in merged if w == "thick slices"}
+    return [{"case_id": c, "what": w, "detail": "; ".join(d)} for (c, w), d in merged.items()
+            if not (w == "anisotropic voxels" and c in thick)]
 
 
 # ------------------------------------------------------------------------------ entry point

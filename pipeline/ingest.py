@@ -37,7 +37,7 @@ LABEL_GRID_ORIGIN_TOL_MM = 0.05
 @dataclass
 class SessionResult:
     case_id: str
-    status: str  # converted | skipped | rejected
+    status: str  # converted | skipped | rejected | unused
     seconds: float = 0.0
     reason: str | None = None
     rows: list[dict[str, Any]] = field(default_factory=list)
@@ -51,6 +51,7 @@ class IngestSummary:
     converted: int = 0
     skipped: int = 0
     rejected_sessions: int = 0
+    unused_sessions: int = 0
     rejected_inputs: list[dict[str, str]] = field(default_factory=list)
     unused_inputs: list[dict[str, str]] = field(default_factory=list)
     cases: list[str] = field(default_factory=list)
@@ -64,6 +65,7 @@ class IngestSummary:
             "converted": self.converted,
             "skipped": self.skipped,
             "rejected": self.rejected_sessions,
+            "unused_sessions": self.unused_sessions,
             "rejected_inputs": self.rejected_inputs,
             "unused_inputs": self.unused_inputs,
             "cases": self.cases,
@@ -201,10 +203,11 @@ def _convert_session(plan: SessionPlan, store_root: str, cfg: PipelineConfig, ru
 
     channels = [m for m in cfg.channels if m in volumes]
     if not channels:
-        found = sorted({i.modality or "?" for i in plan.items})
-        reason = f"no usable image among the configured channels {list(cfg.channels)} (found: {', '.join(found) or 'nothing'})"
-        rows.append(_row(plan, "rejected", plan.root_relpath, cfg, run_id, reason=reason))
-        return SessionResult(plan.case_id, "rejected", reason=reason, rows=rows, bytes_read=nbytes)
+        broken = any(r["status"] == "rejected" for r in rows)
+        status = "rejected" if broken else "unused"
+        reason = _nothing_usable_reason(plan, cfg, broken)
+        rows.append(_row(plan, status, plan.root_relpath, cfg, run_id, reason=reason))
+        return SessionResult(plan.case_id, status, reason=reason, rows=rows, bytes_read=nbytes)
 
     ref_mod = cfg.reference_modality if cfg.reference_modality in volumes else channels[0]
     ref_native = volumes[ref_mod][0]
@@ -302,6 +305,21 @@ def _convert_session(plan: SessionPlan, store_root: str, cfg: PipelineConfig, ru
     return SessionResult(plan.case_id, "converted", rows=rows, bytes_read=nbytes)
 
 
+def _nothing_usable_reason(plan: SessionPlan, cfg: PipelineConfig, broken: bool) -> str:
+    """Why a session yields no case, in words a study coordinator can act on."""
+    from collections import Counter
+
+    wanted = "/".join(cfg.channels)
+    if broken:
+        return f"no readable {wanted} image in this session (its image inputs were rejected, see their rows)"
+    mods = Counter(i.modality for i in plan.items if i.modality)
+    if mods and set(mods) == {"MASK"}:
+        return f"only a lesion mask, no {wanted} image in this session"
+    reasons = Counter((i.unused_reason or "").split(" (")[0] for i in plan.items if i.unused_reason)
+    detail = "; ".join(f"{n} × {r}" for r, n in reasons.most_common())
+    return f"no structural {wanted} image for lesion work in this session ({detail or 'no image inputs'})"
+
+
 def _relpath_of_error(err: Exception, item: SourceItem) -> str:
     path = Path(getattr(err, "path", "") or "")
     for rel, p in zip(item.relpaths, item.paths):
@@ -354,6 +372,8 @@ def summarize(results: list[SessionResult], discovery_rejected: list[dict[str, s
         elif r.status == "skipped":
             s.skipped += 1
             s.cases.append(r.case_id)
+        elif r.status == "unused":
+            s.unused_sessions += 1
         else:
             s.rejected_sessions += 1
         for row in r.rows:

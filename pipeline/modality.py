@@ -60,9 +60,11 @@ def modality_of_series(header_text_by_fields: dict[tuple[str, ...], str], rules:
     return None
 
 
-def unusable_reason(image_type: tuple[str, ...], n_volumes: int, description: str) -> str | None:
+def unusable_reason(image_type: tuple[str, ...], n_volumes: int, description: str, is_mosaic: bool = False) -> str | None:
     """Why a DICOM series cannot be used for lesion work, or ``None`` when it can."""
     itype = {t.upper() for t in image_type}
+    if is_mosaic or "MOSAIC" in itype:
+        return f"Siemens mosaic (EPI) series ({n_volumes} volume{'s' if n_volumes != 1 else ''}: fMRI/diffusion/field map), not a structural scan"
     if "LOCALIZER" in itype or re.search(r"locali[sz]er|scout|survey|3-?plane\s*loc", description, re.IGNORECASE):
         return "localizer/scout series"
     if n_volumes > 1:

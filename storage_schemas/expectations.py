@@ -51,6 +51,8 @@ FOV_MAX_EXTENT_MM = (80.0, 500.0)
 """Plausible field of view along the longest axis (mm) for a head scan."""
 
 CONSISTENCY_RATIO = 1.5
+ANISOTROPY_MAX = 3.0
+"""Largest voxel edge over smallest edge above which a series is flagged as anisotropic."""
 """A series whose slice spacing / in-plane spacing exceeds this multiple of its modality's median is odd."""
 
 COVERAGE_RATIO = (1 / 1.5, 1.5)
@@ -183,6 +185,17 @@ def modality_plausibility_suite(spacing_range_mm: dict[str, tuple[float, float]]
                 "implausible field of view",
                 f"The largest field-of-view extent (voxels x spacing) of a head scan should be "
                 f"{FOV_MAX_EXTENT_MM[0]:g}-{FOV_MAX_EXTENT_MM[1]:g} mm.",
+            ),
+        ),
+        E.ExpectColumnValuesToBeBetween(
+            column="anisotropy",
+            max_value=ANISOTROPY_MAX,
+            meta=_meta(
+                "voxels_not_anisotropic",
+                "anisotropic voxels",
+                f"The longest voxel edge should be at most {ANISOTROPY_MAX:g}x the shortest (e.g. 0.7x0.7x4 mm is 5.6x). "
+                "Thick 2-D slices blur small lesions across slices and bias their volumes; such series are usable "
+                "but lesion volumes from them are less precise than from 3-D acquisitions.",
             ),
         ),
         E.ExpectColumnValuesToBeInSet(

@@ -1,0 +1,142 @@
+"""Ingest speed: seconds per case, MB/s, 1 vs 2 Dask workers, incremental add of one case.
+
+Prints one JSON object. Sources:
+
+* a phantom cohort of ``--subjects`` cases (DICOM, MetaImage and NIfTI subjects), generated once;
+* real data: ``../shared/data/open_ms/cross_sectional/MNI`` (when present);
+* ``nnUNetv2_plan_and_preprocess`` on the same phantom cases side by side, when ``nnunetv2`` is
+  installed (the phantom cases are exported in nnU-Net's raw layout first; export time excluded).
+
+    python benchmarks/bench_ingest.py --subjects 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("LESIONFLOW_PSEUDONYM_KEY", "benchmark-key")
+
+
+def ingest_once(source: Path, store: Path, workers: int) -> dict:
+    from pipeline.config import PipelineConfig, pseudonym_key
+    from pipeline.ingest import run_ingest
+    from pipeline.parallel import dask_client
+
+    with dask_client(None, workers) as client:  # cluster start-up excluded from the timing
+        t0 = time.perf_counter()
+        s = run_ingest(source, store, PipelineConfig(), pseudonym_key(), client=client)
+        wall = time.perf_counter() - t0
+    n = max(1, s.converted)
+    return {
+        "workers": workers,
+        "converted": s.converted,
+        "skipped": s.skipped,
+        "wall_s": round(wall, 2),
+        "s_per_case": round(wall / n, 3),
+        "mb_read": round(s.bytes_read / 1e6, 1),
+        "mb_per_s": round(s.bytes_read / 1e6 / wall, 1) if wall > 0 else None,
+    }
+
+
+def session_dirs(cohort: Path) -> list[Path]:
+    """Top-level session folders of a phantom cohort (one per subject)."""
+    out = []
+    for fmt in ("dicom", "metaimage"):
+        out += sorted(p for p in (cohort / fmt).iterdir() if p.is_dir()) if (cohort / fmt).exists() else []
+    out += sorted((cohort / "bids").glob("sub-*")) if (cohort / "bids").exists() else []
+    return out
+
+
+def nnunet(cases_cohort: Path, store: Path, work: Path) -> dict | None:
+    """nnU-Net v2 plan+preprocess on the same cases, when installed."""
+    exe = shutil.which("nnUNetv2_plan_and_preprocess")
+    if exe is None:
+        return None
+    import nibabel as nib
+    import numpy as np
+
+    from pipeline.geometry import affine_ras
+    from pipeline.store import list_cases, open_case, read_case_meta, volume_from_geometry
+
+    raw = work / "nnUNet_raw" / "Dataset901_Phantom"
+    (raw / "imagesTr").mkdir(parents=True)
+    (raw / "labelsTr").mkdir()
+    cases = list_cases(store)
+    for i, case_id in enumerate(cases):
+        meta = read_case_meta(store, case_id)
+        g = open_case(store, case_id)
+        for c in range(len(meta.channels)):
+            v = volume_from_geometry(meta.geometry, np.asarray(g["image"][c]))
+            nib.save(nib.Nifti1Image(v.array.transpose(2, 1, 0), affine_ras(v)), raw / "imagesTr" / f"case{i:03d}_{c:04d}.nii.gz")
+        v = volume_from_geometry(meta.geometry, np.asarray(g["label"][:]))
+        nib.save(nib.Nifti1Image(v.array.transpose(2, 1, 0).astype(np.uint8), affine_ras(v)), raw / "labelsTr" / f"case{i:03d}.nii.gz")
+    (raw / "dataset.json").write_text(json.dumps({
+        "channel_names": {str(i): m for i, m in enumerate(("FLAIR", "T1", "T2"))},
+        "labels": {"background": 0, "lesion": 1}, "numTraining": len(cases), "file_ending": ".nii.gz"}))
+    env = {**os.environ, "nnUNet_raw": str(work / "nnUNet_raw"), "nnUNet_preprocessed": str(work / "pre"), "nnUNet_results": str(work / "res")}
+    t0 = time.perf_counter()
+    subprocess.run([exe, "-d", "901", "-c", "3d_fullres", "-np", "2"], env=env, check=True, capture_output=True)
+    wall = time.perf_counter() - t0
+    return {"wall_s": round(wall, 2), "s_per_case": round(wall / len(cases), 3), "cases": len(cases),
+            "note": "plan + preprocess (crop, resample, normalise, write) of already-converted NIfTI"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--subjects", type=int, default=20)
+    ap.add_argument("--spacing", type=float, default=1.5, help="phantom base voxel size, mm")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    args = ap.parse_args()
+
+    from pipeline.phantom import make_cohort
+
+    work = Path(tempfile.mkdtemp(prefix="lf-bench-ingest-"))
+    result: dict = {"machine": {"cpus": os.cpu_count()}, "subjects": args.subjects}
+    t0 = time.perf_counter()
+    info = make_cohort(work / "phantom", n_subjects=args.subjects + 1, seed=0, spacing_mm=args.spacing)
+    result["phantom_generation_s"] = round(time.perf_counter() - t0, 1)
+
+    # hold the last subject back for the incremental measurement
+    cohort = Path(info.cohort_dir)
+    sessions = session_dirs(cohort)
+    held = sessions[-1]
+    aside = work / "held" / held.relative_to(cohort)
+    aside.parent.mkdir(parents=True)
+    shutil.move(str(held), str(aside))
+
+    runs = {}
+    for workers in (1, 2):
+        runs[workers] = ingest_once(cohort, work / f"store-{workers}w.zarr", workers)
+    result["phantom"] = {"1_worker": runs[1], "2_workers": runs[2],
+                         "speedup_1_to_2": round(runs[1]["wall_s"] / runs[2]["wall_s"], 2)}
+
+    # incremental: add the held-back case to the 20-case store, vs converting that case alone
+    single = work / "single"
+    (single / held.relative_to(cohort)).parent.mkdir(parents=True)
+    shutil.copytree(aside, single / held.relative_to(cohort))
+    one = ingest_once(single, work / "store-single.zarr", 2)
+    shutil.move(str(aside), str(held))
+    add = ingest_once(cohort, work / "store-2w.zarr", 2)
+    result["incremental"] = {"add_1_to_store_s": add["wall_s"], "convert_1_alone_s": one["wall_s"],
+                             "ratio": round(add["wall_s"] / one["wall_s"], 2), "converted": add["converted"], "skipped": add["skipped"]}
+
+    mni = REPO.parent / "shared" / "data" / "open_ms" / "cross_sectional" / "MNI"
+    result["real_mni"] = ingest_once(mni, work / "store-mni.zarr", 2) if mni.is_dir() else None
+    result["nnunet"] = nnunet(cohort, work / "store-2w.zarr", work)
+    print(json.dumps(result, indent=2))
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
