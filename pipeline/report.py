@@ -337,7 +337,8 @@ th{background:#f0f2f5;font-weight:600}td.n{text-align:right;font-variant-numeric
 .grid{display:flex;flex-wrap:wrap;gap:10px}figure{margin:0;background:#111;color:#ddd;padding:4px;border-radius:4px;width:184px}
 figure img{display:block;image-rendering:pixelated}figcaption{font-size:11px;padding-top:3px;word-break:break-all}
 figure.flag{outline:3px solid #c62828}
-code,.mono{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px}
+code,.mono{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px;overflow-wrap:anywhere;word-break:break-word}
+td{overflow-wrap:anywhere}
 .muted{color:#68727d}.small{font-size:12px}
 svg{background:#fafbfc;border:1px solid #e3e6ea;margin:4px 8px 8px 0}
 svg .t{font:600 13px system-ui,sans-serif}svg .k{font:10px system-ui,sans-serif;fill:#55606b}svg .m{font:12px system-ui,sans-serif;fill:#888}
