@@ -5,7 +5,7 @@ Layout (documented in ``storage_schemas/LAYOUT.md``)::
     STORE/
       zarr.json                      root group; attributes["lesionflow"] = StoreManifest
       cases/<case_id>/               one group per subject session (committed cases only)
-          image       float32 (C, Z, Y, X)   normalised channels, names in attrs
+          image       float32 (C, Z, Y, X)   normalised channels, names in attrs; chunks (C, 64, 64, 64)
           label       uint8   (Z, Y, X)      reference lesion mask (when the source has one)
           foreground  uint8   (Z, Y, X)      head/brain mask used for normalisation and sampling
           patch_index/…                       written by `prepare`
@@ -375,7 +375,7 @@ def write_case(
     if r is not None:
         objects: dict[str, Any] = {}  # the case, encoded in memory, then uploaded marker last
         g = zarr.open_group(zarr.storage.MemoryStore(store_dict=objects), mode="w", zarr_format=3)
-        _write_array(g, "image", image.astype(np.float32, copy=False), (1, *chunk_zyx), {"channels": list(meta.channels)})
+        _write_array(g, "image", image.astype(np.float32, copy=False), (image.shape[0], *chunk_zyx), {"channels": list(meta.channels)})
         _write_array(g, "foreground", foreground.astype(np.uint8, copy=False), chunk_zyx)
         if label is not None:
             _write_array(g, "label", label.astype(np.uint8, copy=False), chunk_zyx)
@@ -389,7 +389,7 @@ def write_case(
     staging.mkdir(parents=True)
     try:
         g = zarr.open_group(str(staging), mode="w", zarr_format=3)
-        _write_array(g, "image", image.astype(np.float32, copy=False), (1, *chunk_zyx), {"channels": list(meta.channels)})
+        _write_array(g, "image", image.astype(np.float32, copy=False), (image.shape[0], *chunk_zyx), {"channels": list(meta.channels)})
         _write_array(g, "foreground", foreground.astype(np.uint8, copy=False), chunk_zyx)
         if label is not None:
             _write_array(g, "label", label.astype(np.uint8, copy=False), chunk_zyx)
