@@ -6,6 +6,7 @@ import os
 from typing import Any, Callable
 
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from prefect import get_run_logger  # noqa: E402
 

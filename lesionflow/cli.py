@@ -59,6 +59,7 @@ def _ensure_key(workdir: Path | None = None) -> None:
 
 def _prefect_env() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry from hospital networks
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 
 
@@ -285,7 +286,7 @@ def report(
 @app.command()
 def demo(
     workdir: Path = typer.Option(Path("work/demo"), help="folder for the phantom, store, model and tables"),
-    subjects: int = typer.Option(6, min=3),
+    subjects: int = typer.Option(6, min=3, help="phantom subjects (a third are held out of training)"),
     seed: int = typer.Option(0),
     iterations: int = typer.Option(300),
     workers: int = typer.Option(2),
@@ -300,24 +301,36 @@ def demo(
     if as_json:
         _print_json(out)
         return
-    _print_table(out["evaluation"], ["case_id", "pred_volume_ml", "truth_volume_ml", "volume_error_pct", "pred_lesions", "truth_lesions", "dice"],
-                 f"lesion volumes by {out['model_version']} vs phantom truth")
+    _print_table(out["evaluation"], ["case_id", "split", "pred_volume_ml", "truth_volume_ml", "volume_error_pct", "pred_lesions", "truth_lesions", "dice"],
+                 f"lesion volumes by {out['model_version']} vs phantom truth",
+                 headers={"pred_volume_ml": "pred mL", "truth_volume_ml": "truth mL", "volume_error_pct": "vol err %",
+                          "pred_lesions": "pred n", "truth_lesions": "truth n"})
     console = _console()
     console.print(f"phantom cohort : {out['cohort']}\ntruth table    : {out['truth_cases']}\nstore          : {out['store']}\n"
                   f"quality report : {out['report']}\nmodel          : {out['checkpoint']}\n"
                   f"case table     : {out['tables']['case_volumes']['csv']}\nlesion table   : {out['tables']['lesions']['csv']}")
 
 
-def _print_table(rows: list[dict[str, Any]], columns: list[str], title: str) -> None:
+def _print_table(rows: list[dict[str, Any]], columns: list[str], title: str, headers: dict[str, str] | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title)
     for c in columns:
-        table.add_column(c, justify="left" if c == "case_id" else "right")
+        table.add_column((headers or {}).get(c, c), justify="left" if c in ("case_id", "split") else "right", no_wrap=c == "case_id")
+    def cell(c: str, v: Any) -> str:
+        if v is None or (isinstance(v, float) and v != v):
+            return ""
+        if isinstance(v, float):
+            return f"{v:.1f}" if c.endswith("_pct") else f"{v:.3f}"
+        return str(v)
+
     for r in rows:
-        table.add_row(*["" if r.get(c) is None else (f"{r[c]:.3f}" if isinstance(r.get(c), float) else str(r[c])) for c in columns])
-    Console().print(table)
+        table.add_row(*[cell(c, r.get(c)) for c in columns])
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=max(console.width, 120))
+    console.print(table)
 
 
 def main() -> None:

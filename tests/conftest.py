@@ -27,6 +27,7 @@ def shared_data() -> Path:
 def prefect_harness():
     """One ephemeral Prefect API for the whole test session (it takes 10-20 s to start)."""
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=180):
