@@ -107,21 +107,26 @@ def _label_grid_from_catalog(cat_case: Any, meta: Any, reference: str) -> tuple[
         return None, None
     lab = cat_case[cat_case["modality"].isin(LABEL_MODALITIES) & (cat_case["status"] != "rejected")]
     info = {ci.modality: ci for ci in meta.channel_info if ci.present}
-    ref = info.get(reference) or next(iter(info.values()), None)
-    if ref is None or lab.empty:
+    if not info or lab.empty:
         return None, None
+    # the ingest's rule: a label is on the grid when it lies on the native grid of one of the
+    # session's images (the reference first; another when the reference is missing)
+    candidates = sorted(info.values(), key=lambda ci: ci.modality != reference)
     ok_all: list[bool] = []
     for _, r in lab.iterrows():
         shape = [int(v) for v in _floats(r.get("shape_zyx"))]
         spacing = _floats(r.get("spacing_mm"))
         if len(shape) != 3 and len(spacing) != 3:
             continue
-        ok = True
-        if len(shape) == 3:
-            ok &= tuple(shape) == tuple(ref.native_shape_zyx)
-        if len(spacing) == 3:  # compared as a multiset: robust to (x,y,z) vs (z,y,x) order
-            ok &= bool(np.allclose(sorted(spacing), sorted(ref.native_spacing), rtol=1e-3, atol=1e-3))
-        ok_all.append(bool(ok))
+        ok_any = False
+        for ref in candidates:
+            ok = True
+            if len(shape) == 3:
+                ok &= tuple(shape) == tuple(ref.native_shape_zyx)
+            if len(spacing) == 3:  # compared as a multiset: robust to (x,y,z) vs (z,y,x) order
+                ok &= bool(np.allclose(sorted(spacing), sorted(ref.native_spacing), rtol=1e-3, atol=1e-3))
+            ok_any |= bool(ok)
+        ok_all.append(ok_any)
     if not ok_all:
         return None, None
     return all(ok_all), "derived"

@@ -81,6 +81,11 @@ class MetricSpec:
     implied_by: str | None = None  # an outlier of this metric is explained by an outlier of that one
 
 
+ABSOLUTE_FLOORS: dict[str, float] = {"snr_noise": 2.0}
+"""Values below these flag a series whatever the cohort: with an SNR (foreground spread over noise
+sigma) under 2 lesions of a few voxels are not separable from noise. Clean phantom and real
+scans measured here lie at 2.9-17."""
+
 METRIC_SPECS: dict[str, MetricSpec] = {
     "snr": MetricSpec("none", "", "mean/std of the raw foreground intensity (MRIQC snr); tissue-contrast dominated, shown only"),
     "snr_noise": MetricSpec("low", "noisy", "foreground std / noise sigma (MAD of neighbour differences); low = noisy"),
@@ -444,6 +449,19 @@ def cohort_outliers(
             vals = grp[["case_id", metric]].copy()
             vals = vals[np.isfinite(vals[metric].astype(float))]
             key = f"{modality}/{metric}"
+            floor = ABSOLUTE_FLOORS.get(metric)
+            flagged_abs: set[str] = set()
+            if floor is not None:  # bad in any cohort, however few cases or however spread
+                for _, r in vals[vals[metric].astype(float) < floor].iterrows():
+                    flagged_abs.add(r["case_id"])
+                    outliers.append(
+                        {
+                            "case_id": r["case_id"], "modality": modality, "metric": metric, "value": float(r[metric]),
+                            "lower": floor, "upper": float("inf"), "median": float(vals[metric].median()),
+                            "method": f"absolute (< {floor:g})", "direction": "low", "flag": spec.flag, "score": float("-inf"),
+                        }
+                    )
+            vals = vals[~vals["case_id"].isin(flagged_abs)] if flagged_abs else vals
             if len(vals) < min_cases:
                 methods[key] = {"method": f"none (n<{min_cases})", "n": int(len(vals))}
                 continue

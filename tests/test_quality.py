@@ -124,8 +124,13 @@ def _cohort(values, metric="snr_noise", modality="FLAIR"):
 
 
 def test_no_outliers_below_four_cases():
-    out, methods = q.cohort_outliers(_cohort([10.0, 10.5, 1.0]))
+    out, methods = q.cohort_outliers(_cohort([10.0, 10.5, 3.0]))
     assert out == [] and methods["FLAIR/snr_noise"]["method"].startswith("none")
+
+
+def test_absolute_noise_floor_applies_to_any_cohort():
+    out, _ = q.cohort_outliers(_cohort([10.0, 10.5, 1.0]))
+    assert [(o["case_id"], o["flag"], o["method"]) for o in out] == [("c2", "noisy", "absolute (< 2)")]
 
 
 def test_tukey_small_cohort_and_direction():
