@@ -308,7 +308,7 @@ def demo(
     console = _console()
     console.print(f"phantom cohort : {out['cohort']}\ntruth table    : {out['truth_cases']}\nstore          : {out['store']}\n"
                   f"quality report : {out['report']}\nmodel          : {out['checkpoint']}\n"
-                  f"case table     : {out['tables']['case_volumes']['csv']}\nlesion table   : {out['tables']['lesions']['csv']}")
+                  f"case table     : {out['tables']['case_volumes']['csv']}\nlesion table   : {out['tables']['lesions']['csv']}", soft_wrap=True)
 
 
 def _print_table(rows: list[dict[str, Any]], columns: list[str], title: str, headers: dict[str, str] | None = None) -> None:
