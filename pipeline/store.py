@@ -601,6 +601,27 @@ def read_catalog(root: str | Path, latest_only: bool = True, *, storage_options:
     return df.reset_index(drop=True)
 
 
+def query_catalog(root: str | Path, sql: str) -> "Any":
+    """Run DuckDB SQL over a local store's catalog; the current rows are the view ``catalog``.
+
+    Example: ``query_catalog(store, "SELECT status, count(*) FROM catalog GROUP BY status")``.
+    The full history (every run's rows) is the view ``catalog_history``.
+    """
+    import duckdb
+
+    parts = str(_local(root) / CATALOG / "part-*.parquet")
+    con = duckdb.connect()
+    try:
+        con.execute(f"CREATE VIEW catalog_history AS SELECT * FROM read_parquet('{parts}', union_by_name=true)")
+        con.execute(
+            "CREATE VIEW catalog AS SELECT * EXCLUDE (rn) FROM (SELECT *, row_number() OVER ("
+            "PARTITION BY source_relpath, case_id, modality ORDER BY recorded_at DESC) AS rn FROM catalog_history) WHERE rn = 1"
+        )
+        return con.execute(sql).df()
+    finally:
+        con.close()
+
+
 # ------------------------------------------------------------------------------- tables
 def write_table(root: str | Path, name: str, df: "Any", *, storage_options: dict[str, Any] | None = None) -> dict[str, str]:
     """Write ``tables/<name>.parquet`` and ``.csv`` atomically; returns both paths (or URLs)."""

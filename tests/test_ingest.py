@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from pipeline.config import PipelineConfig
 from pipeline.discover import discover
 from pipeline.ingest import run_ingest
-from pipeline.store import list_cases, open_case, read_case_meta, read_catalog
+from pipeline.store import list_cases, open_case, query_catalog, read_case_meta, read_catalog
 from pipeline.volume import Volume
 from pipeline.writers import write_nifti
 
@@ -142,6 +142,11 @@ def test_ingest_geometry_resampling_and_incremental_reruns(cohort, tmp_path):
     cat = read_catalog(store)
     assert {"converted", "rejected", "unused"} >= set(cat["status"]) and (cat["status"] == "rejected").any()
     assert cat[cat["status"] == "rejected"]["reason"].notna().all()
+    # the same current state through DuckDB
+    counts = query_catalog(store, "SELECT status, count(*) AS n FROM catalog GROUP BY status ORDER BY status")
+    assert dict(zip(counts["status"], counts["n"])) == cat["status"].value_counts().to_dict()
+    history = query_catalog(store, "SELECT count(DISTINCT run_id) AS runs FROM catalog_history")
+    assert int(history["runs"][0]) >= 5
 
 
 def test_label_off_grid_is_rejected_and_case_kept(tmp_path):
