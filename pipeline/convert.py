@@ -75,6 +75,21 @@ def _rel(path: Path, root: Path) -> Path:
         return Path(path.name)
 
 
+class _Resolver:
+    """``Path.resolve()`` with the folders cached (one realpath per folder, not per file)."""
+
+    def __init__(self) -> None:
+        self._dirs: dict[Path, Path] = {}
+
+    def __call__(self, path: Path) -> Path:
+        if path.is_symlink():
+            return path.resolve()
+        parent = self._dirs.get(path.parent)
+        if parent is None:
+            parent = self._dirs[path.parent] = path.parent.resolve()
+        return parent / path.name
+
+
 def _claim(directory: Path, base: str, claimed: set[Path]) -> Path:
     """``directory/base.nii.gz`` or the first free ``base_2``, ``base_3``…"""
     candidate = directory / f"{base}.nii.gz"
@@ -91,18 +106,55 @@ def _sidecar_path(nifti: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- tasks
+_IN_WORKER = False
+PARALLEL_MIN_BYTES = 32 * 1024 * 1024
+"""Conversions go to the worker processes only when the inputs add up to this much: below it
+one process is faster (starting workers and shipping work to them costs ~0.1 s)."""
+PARALLEL_SCAN_MIN_FILES = 4000
+"""Header scans of at least this many files are split over the pool; smaller ones are faster
+in one process (the light parser reads ~3-6k headers/s; shipping headers back costs too)."""
+
+
 def _init_worker() -> None:
+    """Runs in each worker process as it starts: imports what the conversions need (while the
+    parent scans headers, when the pool is started early)."""
+    global _IN_WORKER
+    _IN_WORKER = True  # SimpleITK is limited to one thread when (and only if) a task needs it
+    import nibabel  # noqa: F401
+
+    import pipeline.writers  # noqa: F401
+    from pipeline.readers import dicom
+
+    dicom._lite_tables()
+
+
+def _single_threaded_sitk() -> None:
     import SimpleITK as sitk
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
 
 
-def _run_task(task: tuple[str, Any, str, str]) -> dict:
-    """Convert one item; returns {"ok": True, ...} or {"ok": False, "path", "reason"}."""
+def _size_of(paths: list[Path]) -> int:
+    total = 0
+    for f in paths:
+        try:
+            total += os.stat(f).st_size
+        except OSError:
+            pass
+    return total
+
+
+def _run_task(task: tuple[str, Any, str, str], threads: int = 1) -> dict:
+    """Convert one item; returns {"ok": True, ...} or {"ok": False, "path", "reason"}.
+
+    ``threads`` > 1 compresses the .nii.gz with that many threads (a lone item, idle workers).
+    """
     kind, item, output, source = task
     t0 = time.perf_counter()
     out = Path(output)
     try:
+        if kind != "dicom" and _IN_WORKER:
+            _single_threaded_sitk()
         from pipeline.writers import write_nifti, write_sidecar
 
         if kind == "dicom":
@@ -125,7 +177,7 @@ def _run_task(task: tuple[str, Any, str, str]) -> dict:
                 "ConversionSoftwareVersion": __version__,
             }
             info = {"series_number": None, "series_description": None, "n_files": 1}
-        write_nifti(volume, out)
+        write_nifti(volume, out, threads=threads)
         write_sidecar(payload, _sidecar_path(out))
         return {
             "ok": True,
@@ -153,8 +205,9 @@ def convert_tree(src: str | os.PathLike[str], outdir: str | os.PathLike[str], *,
     Args:
         src: folder (searched recursively; hidden entries skipped) or a single file.
         outdir: output folder (created).
-        workers: processes; > 1 uses a ``ProcessPoolExecutor`` (SimpleITK single-threaded
-            in each worker).
+        workers: processes; > 1 uses a ``ProcessPoolExecutor`` for the conversions when there
+            are several items (SimpleITK single-threaded in each worker) and for the header
+            scan of very large trees (:data:`PARALLEL_SCAN_MIN_FILES`).
 
     Returns:
         :class:`ConvertSummary`; never raises for bad input files.
@@ -173,8 +226,9 @@ def convert_tree(src: str | os.PathLike[str], outdir: str | os.PathLike[str], *,
 
     dicom_files: list[Path] = []
     volume_files: list[Path] = []
+    resolve = _Resolver()
     for path in files:
-        if path.resolve().is_relative_to(out_root):
+        if resolve(path).is_relative_to(out_root):
             continue  # never re-convert our own output when outdir is inside src
         if is_volume_file(path):
             volume_files.append(path)
@@ -191,9 +245,18 @@ def convert_tree(src: str | os.PathLike[str], outdir: str | os.PathLike[str], *,
             reason = "empty file (0 bytes)" if size == 0 else "not a DICOM file (no DICM preamble and pydicom cannot parse it)"
             summary.rejected.append({"path": str(path), "reason": reason})
 
-    pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) if workers > 1 else None
+    # Worker processes start at the pool's first submit, and only when the inputs are big
+    # enough (PARALLEL_MIN_BYTES). With several folders/files there will be several items to
+    # convert: start them right away, so that they import their modules during the scan.
+    pool, input_bytes = None, 0
+    if workers > 1:
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker)
+        input_bytes = _size_of(dicom_files + volume_files)
+        if input_bytes >= PARALLEL_MIN_BYTES and len({p.parent for p in dicom_files}) + len(volume_files) > 1:
+            pool.submit(int)
     try:
-        _plan_and_run(summary, root, out_root, dicom_files, volume_files, pool, workers, scan_headers, group_series)
+        _plan_and_run(summary, root, out_root, dicom_files, volume_files, pool, workers, scan_headers, group_series, resolve,
+                      input_bytes)
     finally:
         if pool is not None:
             pool.shutdown()
@@ -201,11 +264,13 @@ def convert_tree(src: str | os.PathLike[str], outdir: str | os.PathLike[str], *,
 
 
 def _plan_and_run(summary: ConvertSummary, root: Path, out_root: Path, dicom_files: list[Path], volume_files: list[Path],
-                  pool: ProcessPoolExecutor | None, workers: int, scan_headers: Any, group_series: Any) -> None:
+                  pool: ProcessPoolExecutor | None, workers: int, scan_headers: Any, group_series: Any,
+                  resolve: _Resolver | None = None, input_bytes: int = 0) -> None:
+    resolve = resolve or _Resolver()
     tasks: list[tuple[str, Any, str, str]] = []
     claimed: set[Path] = set()
     if dicom_files:
-        if pool is not None and len(dicom_files) >= 64:
+        if pool is not None and len(dicom_files) >= PARALLEL_SCAN_MIN_FILES:
             size = -(-len(dicom_files) // (workers * 2))
             chunks = [dicom_files[i : i + size] for i in range(0, len(dicom_files), size)]
             headers, scan_errors = [], []
@@ -217,7 +282,7 @@ def _plan_and_run(summary: ConvertSummary, root: Path, out_root: Path, dicom_fil
         series_list, errors = group_series(headers, scan_errors)
         summary.rejected.extend({"path": e.path, "reason": e.reason} for e in errors)
         for s in series_list:  # sorted by (SeriesNumber, key): deterministic names
-            folder = Path(os.path.commonpath([str(Path(f).resolve().parent) for f in s.files]))
+            folder = Path(os.path.commonpath(list({str(resolve(Path(f)).parent) for f in s.files})))
             rel_folder = _rel(folder, root) if folder != root else Path()
             desc = sanitise(s.series_description or s.protocol_name or "series")
             number = s.series_number if s.series_number is not None else 0
@@ -229,13 +294,14 @@ def _plan_and_run(summary: ConvertSummary, root: Path, out_root: Path, dicom_fil
         target = _claim(out_root / rel.parent, sanitise(_stem(path), 200) or "image", claimed)
         tasks.append(("file", path, str(target), str(rel)))
 
-    if pool is not None and len(tasks) > 1:
+    if pool is not None and len(tasks) > 1 and input_bytes >= PARALLEL_MIN_BYTES:
         # biggest series first so that one large series does not finish last alone
         order = sorted(range(len(tasks)), key=lambda i: -(len(tasks[i][1].files) if tasks[i][0] == "dicom" else 1))
         results_by_index = dict(zip(order, pool.map(_run_task, [tasks[i] for i in order], chunksize=1)))
         results = [results_by_index[i] for i in range(len(tasks))]
-    else:
-        results = [_run_task(t) for t in tasks]
+    else:  # one process; a single item may still use the cores for compression
+        threads = workers if len(tasks) == 1 else 1
+        results = [_run_task(t, threads) for t in tasks]
     for res in results:
         if res.pop("ok"):
             summary.converted.append(res)

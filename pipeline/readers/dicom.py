@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,11 +43,16 @@ import numpy as np
 from pipeline.geometry import decompose_affine
 from pipeline.readers.dicom_pixels import (
     DICOMDIR_SOP_CLASS,
+    RawPixels,
     decode_pixels,
     dicom_time_seconds,
     header_truncated,
     jsonable_value,
+    raw_pixels,
     read_dataset,
+    read_header_dataset,
+    read_lite_header,
+    read_raw_pixels,
     to_float,
     to_floats,
     to_int,
@@ -75,6 +81,122 @@ ATTRIBUTE_KEYWORDS = (
     "ImageOrientationPatient", "ContrastBolusAgent", "KVP", "ConvolutionKernel", "StudyDescription",
     "AcquisitionMatrix", "NumberOfTemporalPositions", "PulseSequenceName",
 )
+
+# Every top-level attribute the header scan reads (:func:`_header_from_dataset`,
+# :func:`_collect_attributes`, :func:`pipeline.readers.dicom_pixels.raw_pixels`): the scan
+# parses only these (pydicom ``specific_tags``; sequences are read whole), which keeps large
+# trees fast. A keyword read from a scanned header but missing here reads as absent.
+HEADER_KEYWORDS = ATTRIBUTE_KEYWORDS + (
+    "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "PatientID",
+    "SeriesNumber", "SeriesDescription", "ProtocolName", "SequenceName", "Modality", "ImageType",
+    "Rows", "Columns", "NumberOfFrames", "ImagePositionPatient", "PixelSpacing",
+    "RescaleSlope", "RescaleIntercept", "TemporalPositionIdentifier", "AcquisitionNumber",
+    "AcquisitionTime", "InstanceNumber", "DirectoryRecordSequence",
+    "PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence",
+    "SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated", "BitsStored",
+    "PixelRepresentation",
+)
+# What the header scan reads per file for a plain single-frame image: the light parser
+# (pipeline.readers.dicom_pixels.parse_lite) extracts only these top-level attributes, with
+# their tags and dictionary VRs (DICOM PS3.6) listed here so that the scan does not need to
+# import pydicom; the table is checked against pydicom's dictionary whenever pydicom is
+# loaded. The sequences in _LITE_BAIL_KEYWORDS send a file to pydicom.
+_LITE_KEYWORDS = (
+    "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "PatientID",
+    "SeriesNumber", "SeriesDescription", "ProtocolName", "SequenceName", "PulseSequenceName",
+    "Modality", "ImageType", "Rows", "Columns", "NumberOfFrames", "EchoNumbers", "EchoTime",
+    "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "RescaleSlope",
+    "RescaleIntercept", "TemporalPositionIdentifier", "AcquisitionNumber", "AcquisitionTime",
+    "InstanceNumber", "SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated",
+    "BitsStored", "PixelRepresentation",
+) + ATTRIBUTE_KEYWORDS
+_LITE_BAIL_KEYWORDS = ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence", "DirectoryRecordSequence")
+_LITE_TAGS: dict[str, tuple[int, str]] = {
+    "SOPClassUID": (0x00080016, "UI"),
+    "SOPInstanceUID": (0x00080018, "UI"),
+    "SeriesInstanceUID": (0x0020000E, "UI"),
+    "StudyInstanceUID": (0x0020000D, "UI"),
+    "PatientID": (0x00100020, "LO"),
+    "SeriesNumber": (0x00200011, "IS"),
+    "SeriesDescription": (0x0008103E, "LO"),
+    "ProtocolName": (0x00181030, "LO"),
+    "SequenceName": (0x00180024, "SH"),
+    "PulseSequenceName": (0x00189005, "SH"),
+    "Modality": (0x00080060, "CS"),
+    "ImageType": (0x00080008, "CS"),
+    "Rows": (0x00280010, "US"),
+    "Columns": (0x00280011, "US"),
+    "NumberOfFrames": (0x00280008, "IS"),
+    "EchoNumbers": (0x00180086, "IS"),
+    "EchoTime": (0x00180081, "DS"),
+    "ImagePositionPatient": (0x00200032, "DS"),
+    "ImageOrientationPatient": (0x00200037, "DS"),
+    "PixelSpacing": (0x00280030, "DS"),
+    "RescaleSlope": (0x00281053, "DS"),
+    "RescaleIntercept": (0x00281052, "DS"),
+    "TemporalPositionIdentifier": (0x00200100, "IS"),
+    "AcquisitionNumber": (0x00200012, "IS"),
+    "AcquisitionTime": (0x00080032, "TM"),
+    "InstanceNumber": (0x00200013, "IS"),
+    "SamplesPerPixel": (0x00280002, "US"),
+    "PhotometricInterpretation": (0x00280004, "CS"),
+    "BitsAllocated": (0x00280100, "US"),
+    "BitsStored": (0x00280101, "US"),
+    "PixelRepresentation": (0x00280103, "US"),
+    "Manufacturer": (0x00080070, "LO"),
+    "ManufacturerModelName": (0x00081090, "LO"),
+    "SoftwareVersions": (0x00181020, "LO"),
+    "MagneticFieldStrength": (0x00180087, "DS"),
+    "ImagingFrequency": (0x00180084, "DS"),
+    "BodyPartExamined": (0x00180015, "CS"),
+    "PatientPosition": (0x00185100, "CS"),
+    "MRAcquisitionType": (0x00180023, "CS"),
+    "ScanningSequence": (0x00180020, "CS"),
+    "SequenceVariant": (0x00180021, "CS"),
+    "ScanOptions": (0x00180022, "CS"),
+    "SliceThickness": (0x00180050, "DS"),
+    "SpacingBetweenSlices": (0x00180088, "DS"),
+    "RepetitionTime": (0x00180080, "DS"),
+    "InversionTime": (0x00180082, "DS"),
+    "FlipAngle": (0x00181314, "DS"),
+    "EchoTrainLength": (0x00180091, "IS"),
+    "PixelBandwidth": (0x00180095, "DS"),
+    "PercentPhaseFieldOfView": (0x00180094, "DS"),
+    "PercentSampling": (0x00180093, "DS"),
+    "InPlanePhaseEncodingDirection": (0x00181312, "CS"),
+    "ContrastBolusAgent": (0x00180010, "LO"),
+    "KVP": (0x00180060, "DS"),
+    "ConvolutionKernel": (0x00181210, "SH"),
+    "StudyDescription": (0x00081030, "LO"),
+    "AcquisitionMatrix": (0x00181310, "US"),
+    "NumberOfTemporalPositions": (0x00200105, "IS"),
+    "PerFrameFunctionalGroupsSequence": (0x52009230, "SQ"),
+    "SharedFunctionalGroupsSequence": (0x52009229, "SQ"),
+    "DirectoryRecordSequence": (0x00041220, "SQ"),
+}
+_tag_tables: dict[str, Any] = {}
+
+
+def _header_tag_list() -> list[int]:
+    """Tags for pydicom's ``specific_tags`` when a header is parsed by pydicom."""
+    if "tags" not in _tag_tables:
+        _tag_tables["tags"] = sorted({_LITE_TAGS[k][0] for k in HEADER_KEYWORDS})
+    return _tag_tables["tags"]
+
+
+def _lite_tables() -> tuple[dict[int, tuple[str, str]], frozenset[int]]:
+    """(tag → (keyword, VR) to extract, tags that need pydicom) for the light parser."""
+    if "lite" not in _tag_tables:
+        datadict = sys.modules.get("pydicom.datadict")
+        if datadict is not None:  # pydicom already loaded (tests, slow paths): check the table
+            for keyword, (tag, vr) in _LITE_TAGS.items():
+                if (datadict.tag_for_keyword(keyword), datadict.dictionary_VR(keyword)) != (tag, vr):
+                    raise RuntimeError(f"_LITE_TAGS[{keyword!r}] = ({tag:#010x}, {vr}) disagrees with the DICOM dictionary")
+        wanted = {_LITE_TAGS[k][0]: (k, _LITE_TAGS[k][1]) for k in dict.fromkeys(_LITE_KEYWORDS)}
+        bail = frozenset(_LITE_TAGS[k][0] for k in _LITE_BAIL_KEYWORDS)
+        _tag_tables["lite"] = (wanted, bail)
+    return _tag_tables["lite"]
+
 
 # DICOM keyword → DicomSeries attribute, for header_text
 _FIELD_ATTRS = {
@@ -111,6 +233,9 @@ class DicomSeries:
     is_multiframe: bool
     warnings: list[str] = field(default_factory=list)
     attributes: dict[str, Any] = field(default_factory=dict, repr=False)
+    # Per-file headers from the scan (geometry + where the pixels are): lets read_series skip
+    # a second header parse. Not an init field, so ``dataclasses.replace`` drops it.
+    _headers: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def __repr__(self) -> str:  # short, and without identifiers: safe to log
         return (
@@ -196,6 +321,7 @@ class _Header:
     is_multiframe: bool
     slices: list[_Slice]
     attributes: dict[str, Any]
+    pixels: RawPixels | None = None  # set by the scan for plain native pixel data
 
 
 def _tkey(tpi: Any, acq_number: Any, acq_time: Any, instance: Any) -> tuple[float, float, float, float]:
@@ -298,10 +424,24 @@ def _read_header(path: Path, ds: Any | None = None, attr_cache: dict | None = No
     ``attr_cache`` shares the (non-identifying) attribute dict between files of one
     acquisition (same UID, matrix, echo, image type) to keep large scans fast.
     """
+    loc = None
     if ds is None:
-        ds = read_dataset(path, header_only=True)
+        lite = read_lite_header(path, *_lite_tables())
+        if lite is not None:
+            try:
+                header = _header_from_dataset(path, lite, attr_cache)
+            except Exception:  # pydicom below reproduces the exact error
+                header = None
+            else:
+                if header is not None:
+                    header.pixels = raw_pixels(lite, lite.location)
+                return header
+        ds, loc = read_header_dataset(path, _header_tag_list())
     try:
-        return _header_from_dataset(path, ds, attr_cache)
+        header = _header_from_dataset(path, ds, attr_cache)
+        if header is not None and loc is not None:
+            header.pixels = raw_pixels(ds, loc)
+        return header
     except ReaderError as exc:
         if header_truncated(path):
             raise ReaderError(path, f"truncated DICOM file: ends inside the header ({path.stat().st_size} bytes); {exc.reason}") from exc
@@ -410,7 +550,10 @@ def _plan(slices: Sequence[_Slice], fallback_dz: float | None) -> _Plan:
     if not slices:
         raise ReaderError("<empty series>", "series has no images")
     first = slices[0]
+    first_iop, first_ps = first.iop.tobytes(), first.pixel_spacing
     for s in slices[1:]:
+        if s.iop.tobytes() == first_iop and (s.rows, s.cols) == (first.rows, first.cols) and s.pixel_spacing == first_ps:
+            continue  # identical: the common case, without the tolerance checks below
         if not np.allclose(s.iop, first.iop, atol=IOP_TOL):
             raise ReaderError(s.path, f"mixed orientations in one series: ImageOrientationPatient {np.round(s.iop, 4).tolist()} differs from {np.round(first.iop, 4).tolist()} ({first.path.name})")
         if (s.rows, s.cols) != (first.rows, first.cols):
@@ -542,6 +685,9 @@ def _group_headers(headers: list[_Header]) -> list[list[_Header]]:
         for gkey, giop, gps, members in groups:
             if gkey != key:
                 continue
+            if giop is not None and h.iop is not None and h.pixel_spacing == gps and giop.tobytes() == h.iop.tobytes():
+                members.append(h)  # identical orientation and spacing: the common case
+                break
             if (giop is None) != (h.iop is None) or (giop is not None and not np.allclose(giop, h.iop, atol=IOP_TOL)):
                 continue
             if gps is not None and h.pixel_spacing is not None and not np.allclose(gps, h.pixel_spacing, atol=1e-3):
@@ -610,7 +756,7 @@ def _series_from(headers: list[_Header], key: str, warnings: list[str]) -> Dicom
         plan = _plan([s for h in headers for s in h.slices], _fallback_dz(attrs))
         n_volumes = len(plan.grid)
         warnings.extend(w for w in plan.warnings if not w.startswith("single slice"))
-    return DicomSeries(
+    series = DicomSeries(
         key=key,
         files=[h.path for h in headers],
         study_uid=h0.study_uid,
@@ -628,6 +774,8 @@ def _series_from(headers: list[_Header], key: str, warnings: list[str]) -> Dicom
         warnings=warnings,
         attributes=attrs,
     )
+    series._headers = tuple(headers)
+    return series
 
 
 def scan_series(files: Iterable[str | os.PathLike[str]]) -> tuple[list[DicomSeries], list[ReaderError]]:
@@ -753,6 +901,71 @@ def _read_mosaic(series: DicomSeries) -> tuple[np.ndarray, np.ndarray, list[str]
     return array, aff, sorted(set(warnings))
 
 
+def _read_parsed(series: DicomSeries) -> tuple[np.ndarray, _Plan, list[_Slice]]:
+    """Parse every file again with pydicom (headers + pixels): ``[t, z, y, x]`` stack."""
+    slices: list[_Slice] = []
+    cache: dict = {}
+    for path in series.files:
+        ds = _read_full(path)
+        header = _read_header(path, ds, cache)
+        if header is None:
+            raise ReaderError(path, "DICOMDIR index file in an image series")
+        n_frames = len(header.slices) if header.is_multiframe else 1
+        pixels = decode_pixels(ds, path, n_frames=n_frames)
+        if header.is_multiframe:
+            if pixels.ndim == 2:
+                pixels = pixels[None]
+            for s in header.slices:
+                s.array = pixels[s.frame]
+        else:
+            header.slices[0].array = pixels
+        slices.extend(header.slices)
+    plan = _plan(slices, _fallback_dz(series.attributes))
+    dtypes = {s.array.dtype for s in slices}  # type: ignore[union-attr]
+    if len(dtypes) > 1:
+        raise ReaderError(series.files[-1], f"mixed pixel types in one series: {sorted(map(str, dtypes))}")
+    stack = np.stack([np.stack([s.array for s in vol]) for vol in plan.grid])  # [t, z, y, x]
+    return stack, plan, slices
+
+
+def _read_scanned(series: DicomSeries) -> tuple[np.ndarray, _Plan, list[_Slice]] | None:
+    """The stack from the scan's headers, reading only pixel bytes (no second header parse).
+
+    ``None`` (→ :func:`_read_parsed`) unless the series comes straight from a scan, every
+    file holds plain native pixels and no file changed since the scan; so errors and
+    results are those of the full parse.
+    """
+    headers = series._headers
+    if not headers or [h.path for h in headers] != list(series.files):
+        return None
+    raws = [h.pixels for h in headers]
+    if any(r is None for r in raws) or len({r.dtype for r in raws}) != 1:  # type: ignore[union-attr]
+        return None
+    if not all(r.unchanged(h.path) for h, r in zip(headers, raws)):  # type: ignore[union-attr]
+        return None
+    for h, r in zip(headers, raws):
+        if r.frames != len(h.slices) or (r.rows, r.cols) != (h.rows, h.cols):  # type: ignore[union-attr]
+            return None
+    slices = [s for h in headers for s in h.slices]
+    plan = _plan(slices, _fallback_dz(series.attributes))
+    where = {id(s): (t, z) for t, vol in enumerate(plan.grid) for z, s in enumerate(vol)}
+    first = raws[0]
+    stack = np.empty((len(plan.grid), len(plan.grid[0]), first.rows, first.cols), np.dtype(first.dtype))  # type: ignore[union-attr]
+    for h, raw in zip(headers, raws):
+        if raw.frames == 1 and not h.is_multiframe:  # type: ignore[union-attr]
+            t, z = where[id(h.slices[0])]
+            if read_raw_pixels(h.path, raw, out=stack[t, z]) is None:  # type: ignore[arg-type]
+                return None
+            continue
+        frames = read_raw_pixels(h.path, raw)  # type: ignore[arg-type]
+        if frames is None:
+            return None
+        for s in h.slices:
+            t, z = where[id(s)]
+            stack[t, z] = frames[s.frame if s.frame is not None else 0]
+    return stack, plan, slices
+
+
 def read_series(series: DicomSeries) -> Volume:
     """Assemble a series into a 3-D (``[z, y, x]``) or 4-D (``[t, z, y, x]``) Volume.
 
@@ -770,28 +983,11 @@ def read_series(series: DicomSeries) -> Volume:
             raise ReaderError(series.files[0], f"mosaic affine unusable: {exc}") from exc
         warnings = list(series.warnings) + warns
     else:
-        slices: list[_Slice] = []
-        cache: dict = {}
-        for path in series.files:
-            ds = _read_full(path)
-            header = _read_header(path, ds, cache)
-            if header is None:
-                raise ReaderError(path, "DICOMDIR index file in an image series")
-            n_frames = len(header.slices) if header.is_multiframe else 1
-            pixels = decode_pixels(ds, path, n_frames=n_frames)
-            if header.is_multiframe:
-                if pixels.ndim == 2:
-                    pixels = pixels[None]
-                for s in header.slices:
-                    s.array = pixels[s.frame]
-            else:
-                header.slices[0].array = pixels
-            slices.extend(header.slices)
-        plan = _plan(slices, _fallback_dz(series.attributes))
-        dtypes = {s.array.dtype for s in slices}  # type: ignore[union-attr]
-        if len(dtypes) > 1:
-            raise ReaderError(series.files[-1], f"mixed pixel types in one series: {sorted(map(str, dtypes))}")
-        stack = np.stack([np.stack([s.array for s in vol]) for vol in plan.grid])  # [t, z, y, x]
+        fast = _read_scanned(series)
+        if fast is not None:
+            stack, plan, slices = fast
+        else:
+            stack, plan, slices = _read_parsed(series)
         slopes = np.array([[s.slope for s in vol] for vol in plan.grid], float)
         inters = np.array([[s.intercept for s in vol] for vol in plan.grid], float)
         array = _apply_rescale(stack, slopes, inters)
