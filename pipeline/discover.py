@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -244,11 +244,7 @@ def discover(
         by_dir[path.parent.resolve()].append(path)
     for folder, paths in sorted(by_dir.items()):
         mods = {p: _modality_of_file(p, config) for p in paths}
-        counts = defaultdict(int)
-        for m in mods.values():
-            if m is not None:
-                counts[m] += 1
-        split = any(c > 1 for c in counts.values())
+        split = any(n > 1 for m, n in Counter(mods.values()).items() if m is not None)  # e.g. study1_FLAIR + study2_FLAIR
         groups: dict[str, list[Path]] = defaultdict(list)
         for p in paths:
             groups[_prefix_before_modality(p) if split else ""].append(p)
@@ -260,10 +256,8 @@ def discover(
             if folder in study_roots and not split:
                 plan = sessions[study_roots[folder]]
             elif split and prefix == "":
-                for p in group:
-                    rejected_reason = "cannot be assigned to one session: its folder holds several sessions and the file name has no session prefix"
-                    sessions_placeholder = Rejected(_rel(p, root), rejected_reason, _volume_kind(p))
-                    rejected.append(sessions_placeholder)
+                reason = "cannot be assigned to one session: its folder holds several sessions and the file name has no session prefix"
+                rejected.extend(Rejected(_rel(p, root), reason, _volume_kind(p)) for p in group)
                 continue
             else:
                 session_raw = bids_ses or prefix or "ses-01"
