@@ -10,6 +10,7 @@ A failure in one session never stops the others.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import traceback
 import uuid
@@ -41,7 +42,7 @@ class SessionResult:
     seconds: float = 0.0
     reason: str | None = None
     rows: list[dict[str, Any]] = field(default_factory=list)
-    bytes_read: int = 0
+    bytes_read: int = 0  # source bytes read to hash them (0 when every digest was reused)
 
 
 @dataclass
@@ -165,14 +166,21 @@ def _convert_session(plan: SessionPlan, store_root: str, cfg: PipelineConfig, ru
     from pipeline.store import geometry_of, write_case
 
     used = [i for i in plan.items if not i.unused_reason]
+    existing = existing_case_meta(store_root, plan.case_id)
+    known = _known_sources(existing) if existing is not None and not force else {}
     digests: dict[str, str] = {}
+    file_stats: dict[str, os.stat_result] = {}
     nbytes = 0
     for item in used:
         for rel, path in zip(item.relpaths, item.paths):
-            digests[rel] = file_sha256(path)
-            nbytes += path.stat().st_size
+            st = file_stats[rel] = path.stat()
+            cached = known.get(rel)
+            if cached is not None and cached.size_bytes == st.st_size and cached.mtime_ns == st.st_mtime_ns:
+                digests[rel] = cached.sha256  # unchanged since it was hashed: no need to read it again
+            else:
+                digests[rel] = file_sha256(path)
+                nbytes += st.st_size
     fingerprint = plan.fingerprint(digests)
-    existing = existing_case_meta(store_root, plan.case_id)
     if not force and existing and existing.source_fingerprint == fingerprint and existing.config_hash == cfg.processing_hash():
         return SessionResult(plan.case_id, "skipped", bytes_read=nbytes)
 
@@ -242,7 +250,7 @@ def _convert_session(plan: SessionPlan, store_root: str, cfg: PipelineConfig, ru
                 native_spacing=vol.spacing,
                 native_shape_zyx=vol.shape_zyx,
                 native_orientation=orientation_code(vol.direction, "RAS"),
-                sources=[SourceFile(relpath=r, sha256=digests[r], size_bytes=p.stat().st_size) for r, p in zip(item.relpaths, item.paths)],
+                sources=[_source(r, digests, file_stats) for r in item.relpaths],
                 intensity_mean=stats["mean"],
                 intensity_std=stats["std"],
                 intensity_p01=stats["p01"],
@@ -273,7 +281,7 @@ def _convert_session(plan: SessionPlan, store_root: str, cfg: PipelineConfig, ru
             rows.append(_row(plan, "rejected", _item_relpath(item), cfg, run_id, modality="MASK", reason=reason, source_format=item.kind))
         else:
             label = resample_to_grid(mask.with_array((mask.array > 0).astype(np.uint8)), grid, "label").array
-            label_source = SourceFile(relpath=item.relpaths[0], sha256=digests[item.relpaths[0]], size_bytes=item.paths[0].stat().st_size)
+            label_source = _source(item.relpaths[0], digests, file_stats)
             rows.append(_row(plan, "converted", _item_relpath(item), cfg, run_id, modality="MASK", source_format=item.kind,
                              source_sha256=digests[item.relpaths[0]], shape_zyx="x".join(map(str, mask.shape_zyx)),
                              spacing_mm="x".join(f"{s:.4g}" for s in mask.spacing), orientation=orientation_code(mask.direction, "RAS")))
@@ -318,6 +326,19 @@ def _nothing_usable_reason(plan: SessionPlan, cfg: PipelineConfig, broken: bool)
     reasons = Counter((i.unused_reason or "").split(" (")[0] for i in plan.items if i.unused_reason)
     detail = "; ".join(f"{n} × {r}" for r, n in reasons.most_common())
     return f"no structural {wanted} image for lesion work in this session ({detail or 'no image inputs'})"
+
+
+def _known_sources(meta: CaseMeta) -> dict[str, SourceFile]:
+    """The committed case's source records by relpath (a digest cache keyed by size + mtime)."""
+    known = {s.relpath: s for ch in meta.channel_info for s in ch.sources}
+    if meta.label_source is not None:
+        known[meta.label_source.relpath] = meta.label_source
+    return {k: v for k, v in known.items() if v.mtime_ns is not None}
+
+
+def _source(relpath: str, digests: dict[str, str], file_stats: dict[str, os.stat_result]) -> SourceFile:
+    st = file_stats[relpath]
+    return SourceFile(relpath=relpath, sha256=digests[relpath], size_bytes=st.st_size, mtime_ns=st.st_mtime_ns)
 
 
 def _relpath_of_error(err: Exception, item: SourceItem) -> str:

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 """Version of the store layout and of every model below (major.minor)."""
 
 
@@ -56,6 +56,7 @@ class SourceFile(BaseModel):
     relpath: str
     sha256: str
     size_bytes: int
+    mtime_ns: int | None = Field(None, description="modification time when hashed; unchanged size+mtime lets a rerun reuse sha256 (schema 1.1)")
 
 
 class ChannelInfo(BaseModel):

@@ -117,9 +117,11 @@ def test_ingest_geometry_resampling_and_incremental_reruns(cohort, tmp_path):
     mask = sitk.GetArrayFromImage(sitk.ReadImage(str(cohort / "site/patient02/patient02_lesion_mask.nii.gz")))
     np.testing.assert_array_equal(g["label"][:], mask)
 
-    # rerun: nothing converted
+    # rerun: nothing converted, and nothing of the stored cases re-read (unchanged size + mtime reuse
+    # the stored digests); only the rejected session's broken file is tried again
     s2 = run_ingest(cohort, store, cfg, KEY)
     assert (s2.converted, s2.skipped) == (0, 4)
+    assert s2.bytes_read == (cohort / "site/patient04/patient04_FLAIR.nii.gz").stat().st_size
 
     # touch one file's bytes (same path): only that case is re-converted
     f = cohort / "site/patient02/patient02_T2w.nii.gz"
@@ -127,6 +129,7 @@ def test_ingest_geometry_resampling_and_incremental_reruns(cohort, tmp_path):
     f.write_bytes(gzip.compress(data, compresslevel=1, mtime=12345))
     s3 = run_ingest(cohort, store, cfg, KEY)
     assert (s3.converted, s3.skipped) == (1, 3) and s3.cases == sorted(s3.cases)
+    assert s3.bytes_read == f.stat().st_size + s2.bytes_read  # only the changed file was hashed again
 
     # a new session converts only itself
     write_session(cohort / "site" / "patient05", "patient05_", seed=5)
