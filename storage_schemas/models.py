@@ -27,12 +27,16 @@ class _Versioned(BaseModel):
 
     @field_validator("schema_version")
     @classmethod
-    def _same_major(cls, v: str) -> str:
-        if v.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
+    def _readable(cls, v: str) -> str:
+        major, minor = (int(x) for x in v.split("."))
+        code_major, code_minor = (int(x) for x in SCHEMA_VERSION.split("."))
+        if major != code_major:
             raise ValueError(
                 f"schema_version {v} is not readable by this lesionflow (schema {SCHEMA_VERSION}); "
                 "re-ingest into a new store or run the migration described in storage_schemas/LAYOUT.md"
             )
+        if minor > code_minor:
+            raise ValueError(f"schema_version {v} was written by a newer lesionflow (this one reads up to {SCHEMA_VERSION}); upgrade lesionflow")
         return v
 
 

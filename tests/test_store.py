@@ -66,3 +66,12 @@ def test_catalog_latest_rows_and_tables(tmp_path):
     assert pd.read_csv(paths["csv"])["a"].tolist() == [1]
     store.write_json_atomic(root / "x.json", {"k": 1})
     assert json.loads((root / "x.json").read_text()) == {"k": 1}
+
+
+def test_older_minor_is_read_newer_minor_asks_for_an_upgrade(tmp_path):
+    from storage_schemas.models import SCHEMA_VERSION, StoreManifest
+
+    major, minor = SCHEMA_VERSION.split(".")
+    StoreManifest(pipeline_version="0", schema_version=f"{major}.0")
+    with pytest.raises(ValueError, match="upgrade lesionflow"):
+        StoreManifest(pipeline_version="0", schema_version=f"{major}.{int(minor) + 1}")
