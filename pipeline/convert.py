@@ -110,9 +110,9 @@ _IN_WORKER = False
 PARALLEL_MIN_BYTES = 32 * 1024 * 1024
 """Conversions go to the worker processes only when the inputs add up to this much: below it
 one process is faster (starting workers and shipping work to them costs ~0.1 s)."""
-PARALLEL_SCAN_MIN_FILES = 4000
-"""Header scans of at least this many files are split over the pool; smaller ones are faster
-in one process (the light parser reads ~3-6k headers/s; shipping headers back costs too)."""
+PARALLEL_SCAN_MIN_FILES = 400
+"""Header scans of at least this many files are split over the pool (pydicom parses ~1-1.3k
+headers/s per process; starting workers and shipping headers back costs too)."""
 
 
 def _init_worker() -> None:
@@ -122,10 +122,8 @@ def _init_worker() -> None:
     _IN_WORKER = True  # SimpleITK is limited to one thread when (and only if) a task needs it
     import nibabel  # noqa: F401
 
+    import pipeline.readers.dicom  # noqa: F401
     import pipeline.writers  # noqa: F401
-    from pipeline.readers import dicom
-
-    dicom._lite_tables()
 
 
 def _single_threaded_sitk() -> None:

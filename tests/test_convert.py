@@ -100,7 +100,11 @@ def _tree(root: Path) -> None:
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_convert_tree_synthetic(tmp_path, workers):
+def test_convert_tree_synthetic(tmp_path, monkeypatch, workers):
+    # the tree is far below the sizes at which the pool is used: lower them so that 2 workers
+    # scan headers and convert in the pool
+    monkeypatch.setattr("pipeline.convert.PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr("pipeline.convert.PARALLEL_SCAN_MIN_FILES", 0)
     src, out = tmp_path / "src", tmp_path / "out"
     _tree(src)
     summary = convert_tree(src, out, workers=workers)

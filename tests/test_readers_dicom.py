@@ -14,7 +14,7 @@ import pydicom
 import pytest
 
 from pipeline.readers import ReaderError, is_dicom_file
-from pipeline.readers.dicom import DicomSeries, find_dicom_files, read_series, scan_series, sidecar
+from pipeline.readers.dicom import DicomSeries, _read_scanned, find_dicom_files, read_series, scan_series, sidecar
 from pipeline.writers import write_nifti
 try:
     import dicom_factory as fac
@@ -186,6 +186,39 @@ def test_enhanced_multiframe_4d(tmp_path):
     vol = read_series(s)
     np.testing.assert_array_equal(vol.array, arr)
     _assert_geometry(vol, SPACING, ORIGIN, fac.CORONAL)
+
+
+# ----------------------------------------------------------------------------- scan fast path
+def _implicit_vr(folder: Path) -> None:
+    """Rewrite every file of ``folder`` as Implicit VR Little Endian."""
+    for f in find_dicom_files(folder):
+        d = pydicom.dcmread(f)
+        d.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+        d.save_as(f, enforce_file_format=True)
+
+
+FAST_PATH_SERIES = {
+    "axial_int16": lambda p: fac.write_series(p, _array(), spacing=SPACING, origin=ORIGIN),
+    "implicit_vr": lambda p: (fac.write_series(p, _array(), spacing=SPACING, direction=OBLIQUE), _implicit_vr(p)),
+    "rescaled_uint16": lambda p: fac.write_series(p, _array(dtype=np.uint16), spacing=SPACING, slope=np.linspace(0.5, 2.0, SHAPE[0]), intercept=3.0),
+    "12_bits_stored": lambda p: fac.write_series(p, _array(dtype=np.uint16) | 0xF000, spacing=SPACING, extra={"BitsStored": 12, "HighBit": 11}),
+    "4d": lambda p: fac.write_series(p, _array((3, 5, 6, 8)), spacing=SPACING, direction=OBLIQUE, shuffle=True),
+    "enhanced_multiframe": lambda p: fac.write_enhanced(p, _array((2, 4, 6, 5)), spacing=SPACING, direction=fac.CORONAL, frame_order=[3, 0, 7, 1, 6, 2, 5, 4]),
+}
+
+
+@pytest.mark.parametrize("write", FAST_PATH_SERIES.values(), ids=FAST_PATH_SERIES.keys())
+def test_direct_pixel_reads_equal_pydicom_decoding(tmp_path, write):
+    """read_series on a scanned series reads pixel bytes at pydicom's offsets; a copy of the
+    series (``replace`` drops the scan's headers) parses and decodes every file with pydicom."""
+    write(tmp_path)
+    s = _scan_one(tmp_path)
+    assert _read_scanned(s) is not None  # the fast path is taken (no file falls back)
+    fast, parsed = read_series(s), read_series(replace(s))
+    assert fast.array.dtype == parsed.array.dtype
+    np.testing.assert_array_equal(fast.array, parsed.array)
+    assert (fast.spacing, fast.origin, fast.meta) == (parsed.spacing, parsed.origin, parsed.meta)
+    np.testing.assert_array_equal(fast.direction, parsed.direction)
 
 
 # ----------------------------------------------------------------------------- warnings and splits

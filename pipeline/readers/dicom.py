@@ -30,9 +30,9 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 import os
-import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +51,6 @@ from pipeline.readers.dicom_pixels import (
     raw_pixels,
     read_dataset,
     read_header_dataset,
-    read_lite_header,
     read_raw_pixels,
     to_float,
     to_floats,
@@ -96,106 +95,14 @@ HEADER_KEYWORDS = ATTRIBUTE_KEYWORDS + (
     "SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated", "BitsStored",
     "PixelRepresentation",
 )
-# What the header scan reads per file for a plain single-frame image: the light parser
-# (pipeline.readers.dicom_pixels.parse_lite) extracts only these top-level attributes, with
-# their tags and dictionary VRs (DICOM PS3.6) listed here so that the scan does not need to
-# import pydicom; the table is checked against pydicom's dictionary whenever pydicom is
-# loaded. The sequences in _LITE_BAIL_KEYWORDS send a file to pydicom.
-_LITE_KEYWORDS = (
-    "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "PatientID",
-    "SeriesNumber", "SeriesDescription", "ProtocolName", "SequenceName", "PulseSequenceName",
-    "Modality", "ImageType", "Rows", "Columns", "NumberOfFrames", "EchoNumbers", "EchoTime",
-    "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "RescaleSlope",
-    "RescaleIntercept", "TemporalPositionIdentifier", "AcquisitionNumber", "AcquisitionTime",
-    "InstanceNumber", "SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated",
-    "BitsStored", "PixelRepresentation",
-) + ATTRIBUTE_KEYWORDS
-_LITE_BAIL_KEYWORDS = ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence", "DirectoryRecordSequence")
-_LITE_TAGS: dict[str, tuple[int, str]] = {
-    "SOPClassUID": (0x00080016, "UI"),
-    "SOPInstanceUID": (0x00080018, "UI"),
-    "SeriesInstanceUID": (0x0020000E, "UI"),
-    "StudyInstanceUID": (0x0020000D, "UI"),
-    "PatientID": (0x00100020, "LO"),
-    "SeriesNumber": (0x00200011, "IS"),
-    "SeriesDescription": (0x0008103E, "LO"),
-    "ProtocolName": (0x00181030, "LO"),
-    "SequenceName": (0x00180024, "SH"),
-    "PulseSequenceName": (0x00189005, "SH"),
-    "Modality": (0x00080060, "CS"),
-    "ImageType": (0x00080008, "CS"),
-    "Rows": (0x00280010, "US"),
-    "Columns": (0x00280011, "US"),
-    "NumberOfFrames": (0x00280008, "IS"),
-    "EchoNumbers": (0x00180086, "IS"),
-    "EchoTime": (0x00180081, "DS"),
-    "ImagePositionPatient": (0x00200032, "DS"),
-    "ImageOrientationPatient": (0x00200037, "DS"),
-    "PixelSpacing": (0x00280030, "DS"),
-    "RescaleSlope": (0x00281053, "DS"),
-    "RescaleIntercept": (0x00281052, "DS"),
-    "TemporalPositionIdentifier": (0x00200100, "IS"),
-    "AcquisitionNumber": (0x00200012, "IS"),
-    "AcquisitionTime": (0x00080032, "TM"),
-    "InstanceNumber": (0x00200013, "IS"),
-    "SamplesPerPixel": (0x00280002, "US"),
-    "PhotometricInterpretation": (0x00280004, "CS"),
-    "BitsAllocated": (0x00280100, "US"),
-    "BitsStored": (0x00280101, "US"),
-    "PixelRepresentation": (0x00280103, "US"),
-    "Manufacturer": (0x00080070, "LO"),
-    "ManufacturerModelName": (0x00081090, "LO"),
-    "SoftwareVersions": (0x00181020, "LO"),
-    "MagneticFieldStrength": (0x00180087, "DS"),
-    "ImagingFrequency": (0x00180084, "DS"),
-    "BodyPartExamined": (0x00180015, "CS"),
-    "PatientPosition": (0x00185100, "CS"),
-    "MRAcquisitionType": (0x00180023, "CS"),
-    "ScanningSequence": (0x00180020, "CS"),
-    "SequenceVariant": (0x00180021, "CS"),
-    "ScanOptions": (0x00180022, "CS"),
-    "SliceThickness": (0x00180050, "DS"),
-    "SpacingBetweenSlices": (0x00180088, "DS"),
-    "RepetitionTime": (0x00180080, "DS"),
-    "InversionTime": (0x00180082, "DS"),
-    "FlipAngle": (0x00181314, "DS"),
-    "EchoTrainLength": (0x00180091, "IS"),
-    "PixelBandwidth": (0x00180095, "DS"),
-    "PercentPhaseFieldOfView": (0x00180094, "DS"),
-    "PercentSampling": (0x00180093, "DS"),
-    "InPlanePhaseEncodingDirection": (0x00181312, "CS"),
-    "ContrastBolusAgent": (0x00180010, "LO"),
-    "KVP": (0x00180060, "DS"),
-    "ConvolutionKernel": (0x00181210, "SH"),
-    "StudyDescription": (0x00081030, "LO"),
-    "AcquisitionMatrix": (0x00181310, "US"),
-    "NumberOfTemporalPositions": (0x00200105, "IS"),
-    "PerFrameFunctionalGroupsSequence": (0x52009230, "SQ"),
-    "SharedFunctionalGroupsSequence": (0x52009229, "SQ"),
-    "DirectoryRecordSequence": (0x00041220, "SQ"),
-}
-_tag_tables: dict[str, Any] = {}
 
 
-def _header_tag_list() -> list[int]:
-    """Tags for pydicom's ``specific_tags`` when a header is parsed by pydicom."""
-    if "tags" not in _tag_tables:
-        _tag_tables["tags"] = sorted({_LITE_TAGS[k][0] for k in HEADER_KEYWORDS})
-    return _tag_tables["tags"]
+@functools.cache
+def _header_tags() -> tuple[int, ...]:
+    """:data:`HEADER_KEYWORDS` as tags, for pydicom's ``specific_tags``."""
+    from pydicom.datadict import tag_for_keyword
 
-
-def _lite_tables() -> tuple[dict[int, tuple[str, str]], frozenset[int]]:
-    """(tag → (keyword, VR) to extract, tags that need pydicom) for the light parser."""
-    if "lite" not in _tag_tables:
-        datadict = sys.modules.get("pydicom.datadict")
-        if datadict is not None:  # pydicom already loaded (tests, slow paths): check the table
-            for keyword, (tag, vr) in _LITE_TAGS.items():
-                if (datadict.tag_for_keyword(keyword), datadict.dictionary_VR(keyword)) != (tag, vr):
-                    raise RuntimeError(f"_LITE_TAGS[{keyword!r}] = ({tag:#010x}, {vr}) disagrees with the DICOM dictionary")
-        wanted = {_LITE_TAGS[k][0]: (k, _LITE_TAGS[k][1]) for k in dict.fromkeys(_LITE_KEYWORDS)}
-        bail = frozenset(_LITE_TAGS[k][0] for k in _LITE_BAIL_KEYWORDS)
-        _tag_tables["lite"] = (wanted, bail)
-    return _tag_tables["lite"]
+    return tuple(sorted({tag_for_keyword(k) for k in HEADER_KEYWORDS}))
 
 
 # DICOM keyword → DicomSeries attribute, for header_text
@@ -426,17 +333,7 @@ def _read_header(path: Path, ds: Any | None = None, attr_cache: dict | None = No
     """
     loc = None
     if ds is None:
-        lite = read_lite_header(path, *_lite_tables())
-        if lite is not None:
-            try:
-                header = _header_from_dataset(path, lite, attr_cache)
-            except Exception:  # pydicom below reproduces the exact error
-                header = None
-            else:
-                if header is not None:
-                    header.pixels = raw_pixels(lite, lite.location)
-                return header
-        ds, loc = read_header_dataset(path, _header_tag_list())
+        ds, loc = read_header_dataset(path, _header_tags())
     try:
         header = _header_from_dataset(path, ds, attr_cache)
         if header is not None and loc is not None:

@@ -3,8 +3,8 @@
 Everything here raises :class:`~pipeline.readers.errors.ReaderError` naming the file and a
 specific reason (truncated, no pixel data, missing decoder with the package to install, …).
 
-Fast path for large trees: :func:`read_header_dataset` parses a header from one in-memory
-read of the file's head (only the requested tags) and notes where the pixel data starts;
+Fast path for large trees: :func:`read_header_dataset` has pydicom parse a header (only the
+requested tags, pixel data skipped) and notes where pydicom found the pixel data value;
 :class:`RawPixels` / :func:`read_raw_pixels` then read uncompressed little-endian pixels
 straight from the file, bit for bit what pydicom's ``pixel_array`` gives, without parsing
 the header a second time. Anything unusual (compressed, big-endian, colour, odd lengths,
@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import io
 import os
-import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -97,24 +96,15 @@ def dicom_time_seconds(value: Any) -> float | None:
     return hh * 3600.0 + mm * 60.0 + ss
 
 
-class LiteDS(float):
-    """A DS value from the light header parser (a float that remembers it was a DS)."""
-
-    __slots__ = ()
-
-
 def jsonable_value(elem_value: Any) -> Any:
     """pydicom value → JSON-friendly python (DS → float, IS → int, MultiValue → list)."""
-    if isinstance(elem_value, LiteDS):
+    from pydicom.valuerep import DSdecimal, DSfloat, IS
+
+    if isinstance(elem_value, IS):
+        return int(elem_value)
+    if isinstance(elem_value, (DSfloat, DSdecimal)):
         f = float(elem_value)
         return int(f) if f.is_integer() and abs(f) < 1e15 else f
-    valuerep = sys.modules.get("pydicom.valuerep")  # pydicom types only exist once it is loaded
-    if valuerep is not None:
-        if isinstance(elem_value, valuerep.IS):
-            return int(elem_value)
-        if isinstance(elem_value, (valuerep.DSfloat, valuerep.DSdecimal)):
-            f = float(elem_value)
-            return int(f) if f.is_integer() and abs(f) < 1e15 else f
     if isinstance(elem_value, (list, tuple)) or type(elem_value).__name__ == "MultiValue":
         return [jsonable_value(v) for v in elem_value]
     if isinstance(elem_value, bytes):
@@ -179,12 +169,13 @@ def read_dataset(path: Path, *, header_only: bool) -> Any:
 
 
 # --------------------------------------------------------------------------- fast path
-HEAD_BYTES = 256 * 1024
-"""Bytes read at once for a header; a header that does not fit is re-read from the file."""
+WHOLE_READ_BYTES = 256 * 1024
+"""Files up to this size are read at once and parsed from memory (faster); larger ones from the file."""
+DEFER_BYTES = 1024
+"""pydicom's ``defer_size``: longer values (the pixel data) are skipped, not read, at scan time."""
 
-_IMPLICIT_LE = "1.2.840.10008.1.2"
-_EXPLICIT_LE = "1.2.840.10008.1.2.1"
-_PIXEL_TAG_LE = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
+_PIXEL_DATA = 0x7FE00010
+_NATIVE_LE = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")  # Implicit / Explicit VR Little Endian
 
 
 @dataclass(frozen=True)
@@ -223,52 +214,36 @@ class RawPixels:
         return st.st_size == self.size and st.st_mtime_ns == self.mtime_ns
 
 
-def read_header_dataset(path: Path, specific_tags: list[int] | None = None) -> tuple[Any, PixelLocation | None]:
-    """Header dataset (``stop_before_pixels``) parsed from one read of the file's head.
+def read_header_dataset(path: Path, specific_tags: Sequence[int]) -> tuple[Any, PixelLocation | None]:
+    """Header dataset parsed by pydicom (only ``specific_tags``; file meta always complete),
+    and where its pixel data lies when they are native little endian.
 
-    Same result and the same ReaderErrors as ``read_dataset(path, header_only=True)``
-    restricted to ``specific_tags`` (file meta always complete), plus the location of the
-    pixel data when the transfer syntax is uncompressed little endian.
+    The same ReaderErrors as ``read_dataset(path, header_only=True)``. The dataset also holds
+    PixelData as a deferred raw element: pydicom records the position of its value in the file
+    (``value_tell``) and its length and skips the bytes (``defer_size``).
     """
     import pydicom
 
     st = _stat(path)
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(HEAD_BYTES)
+        if st.st_size <= WHOLE_READ_BYTES:
+            with open(path, "rb") as fh:
+                source: Any = io.BytesIO(fh.read())
+        else:
+            source = str(path)
+        ds = pydicom.dcmread(source, defer_size=DEFER_BYTES, force=True, specific_tags=[*specific_tags, _PIXEL_DATA])
+        elem = ds.get_item(_PIXEL_DATA, keep_deferred=True)
     except OSError as exc:
         raise ReaderError(path, f"cannot open: {exc.strerror}") from exc
-    whole = len(head) >= st.st_size
-    bio = io.BytesIO(head)
-    try:
-        ds = pydicom.dcmread(bio, stop_before_pixels=True, force=True, specific_tags=specific_tags)
-    except Exception as exc:
-        if not whole:  # maybe cut by our read: parse the file itself
-            return _read_header_from_file(path, st, specific_tags), None
+    except Exception as exc:  # InvalidDicomError, EOFError, struct.error, ValueError, ...
         raise _read_error(path, st.st_size, exc) from exc
-    pos = bio.tell()
-    if head[pos : pos + 4] != _PIXEL_TAG_LE:
-        if not whole:
-            return _read_header_from_file(path, st, specific_tags), None
-        return ds, None  # no pixel data (or not where expected): pydicom decides later
     meta = getattr(ds, "file_meta", None)
     ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
-    if ts == _EXPLICIT_LE and head[pos + 4 : pos + 6] in (b"OW", b"OB") and len(head) >= pos + 12:
-        length, offset = int.from_bytes(head[pos + 8 : pos + 12], "little"), pos + 12
-    elif ts == _IMPLICIT_LE and len(head) >= pos + 8:
-        length, offset = int.from_bytes(head[pos + 4 : pos + 8], "little"), pos + 8
-    else:
+    if elem is None or getattr(elem, "value_tell", None) is None or ts not in _NATIVE_LE:
         return ds, None
-    return ds, PixelLocation(offset, length, st.st_size, st.st_mtime_ns)
-
-
-def _read_header_from_file(path: Path, st: os.stat_result, specific_tags: list[int] | None) -> Any:
-    import pydicom
-
-    try:
-        return pydicom.dcmread(str(path), stop_before_pixels=True, force=True, specific_tags=specific_tags)
-    except Exception as exc:
-        raise _read_error(path, st.st_size, exc) from exc
+    if not elem.is_little_endian or elem.VR not in (None, "OB", "OW") or elem.value_tell + elem.length > st.st_size:
+        return ds, None  # implicit VR: VR None; encapsulated (length 0xFFFFFFFF) or cut short: pydicom decides
+    return ds, PixelLocation(elem.value_tell, elem.length, st.st_size, st.st_mtime_ns)
 
 
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
@@ -387,256 +362,3 @@ def decode_pixels(ds: Any, path: Path, *, n_frames: int = 1) -> np.ndarray:
     if arr.shape != expected_shape:
         raise ReaderError(path, f"decoded pixel array has shape {arr.shape}, expected {expected_shape}")
     return arr
-
-
-# --------------------------------------------------------------------------- light header parser
-_LONG_VRS = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"))
-_VALID_VRS = frozenset(
-    v.encode() for v in (
-        "AE AS AT CS DA DS DT FL FD IS LO LT OB OD OF OL OW OV PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV".split()
-    )
-)
-_INT_VRS = {"US": "H", "SS": "h", "UL": "L", "SL": "l"}
-_SPLIT_VRS = frozenset(("AE", "AS", "CS", "DA", "DT", "TM", "UI"))  # pydicom multi_string
-_TEXT_VRS = frozenset(("LO", "SH", "UC"))  # pydicom convert_text: split, rstrip each
-_PIXEL_DATA, _FLOAT_PIXELS = 0x7FE00010, (0x7FE00008, 0x7FE00009)
-_EXPLICIT_HEAD = struct.Struct("<HH2sH")  # group, element, VR, 16-bit length
-_IMPLICIT_HEAD = struct.Struct("<HHL")  # group, element, 32-bit length
-_ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
-
-
-_MISSING = object()
-
-
-class _Incomplete(Exception):
-    """The header goes on past the bytes read."""
-
-
-class _Unsupported(Exception):
-    """Anything the light parser does not reproduce exactly: use pydicom instead."""
-
-
-def _number_re() -> tuple[Any, Any]:
-    import re
-
-    return re.compile(r" *[+-]?\d+ *"), re.compile(r" *[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)? *")
-
-
-_IS_RE, _DS_RE = _number_re()
-
-
-class LiteDataset:
-    """Top-level header values as the header scan consumes them (``get``, ``in``, ``file_meta``).
-
-    Values are converted on first access (an unusual value raises then: callers fall back
-    to pydicom) and follow pydicom's conversions where consumers could tell them apart: strings
-    stripped and split on ``\\`` like pydicom (lists for several values), IS → int,
-    DS → float, US/SS/UL/SL → int; an empty numeric value reads ``None`` (pydicom: ``''``;
-    both are "absent" for :func:`to_float`/:func:`to_str`). Only ASCII text is accepted.
-    """
-
-    __slots__ = ("values", "file_meta", "location", "path")
-
-    def __init__(self, values: dict[str, Any], file_meta: dict[str, str], location: PixelLocation, path: Path):
-        self.values, self.file_meta, self.location, self.path = values, file_meta, location, path
-
-    def get(self, keyword: str, default: Any = None) -> Any:
-        value = self.values.get(keyword, _MISSING)
-        if value is _MISSING:
-            return default
-        if type(value) is tuple:  # (VR, raw bytes): converted on first use
-            value = self.values[keyword] = _convert(*value)
-        return value
-
-    def __contains__(self, keyword: object) -> bool:
-        return keyword in self.values
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_") or name not in self.values:
-            raise AttributeError(name)
-        return self.get(name)
-
-
-def _text(raw: bytes) -> str:
-    if not raw.isascii() or b"\x1b" in raw:
-        raise _Unsupported("non-ASCII text")
-    return raw.decode("ascii")
-
-
-def _convert(vr: str, raw: bytes) -> Any:
-    if vr in _INT_VRS:
-        size = 2 if vr in ("US", "SS") else 4
-        if len(raw) % size:
-            raise _Unsupported("odd binary length")
-        n = len(raw) // size
-        if n == 0:
-            return None
-        vals = struct.unpack(f"<{n}{_INT_VRS[vr]}", raw)
-        return vals[0] if n == 1 else list(vals)
-    text = _text(raw)
-    if vr in ("IS", "DS"):
-        text = text.strip() if vr == "DS" else text
-        items = text.rstrip(" \x00").split("\\")
-        if len(items) == 1 and items[0].strip() == "":
-            return None
-        pattern, cast = (_IS_RE, int) if vr == "IS" else (_DS_RE, LiteDS)
-        out = []
-        for item in items:
-            if not pattern.fullmatch(item):
-                raise _Unsupported(f"unusual {vr} value")
-            out.append(cast(item))
-        return out[0] if len(out) == 1 else out
-    if vr in _SPLIT_VRS:
-        items = text.rstrip(" \x00").split("\\")
-        return items[0] if len(items) == 1 else items
-    if vr in _TEXT_VRS:
-        items = [v.rstrip("\x00 ") for v in text.split("\\")]
-        return items[0] if len(items) == 1 else items
-    raise _Unsupported(f"VR {vr}")
-
-
-def _skip_items(head: bytes, pos: int, implicit: bool) -> int:
-    """Position after an undefined-length sequence (or encapsulated value) starting at ``pos``."""
-    n = len(head)
-    while pos + 8 <= n:
-        group, elem, length = struct.unpack_from("<HHL", head, pos)
-        tag = group << 16 | elem
-        pos += 8
-        if tag == _SEQ_END:
-            return pos
-        if tag != _ITEM:
-            raise _Unsupported("malformed sequence")
-        pos = _skip_dataset(head, pos, implicit) if length == 0xFFFFFFFF else pos + length
-    raise _Incomplete
-
-
-def _skip_dataset(head: bytes, pos: int, implicit: bool) -> int:
-    """Position after an undefined-length item (its elements, then the item delimiter)."""
-    n = len(head)
-    while pos + 8 <= n:
-        group, elem = struct.unpack_from("<HH", head, pos)
-        if (group << 16 | elem) == _ITEM_END:
-            return pos + 8
-        pos, length, vr = _element_header(head, pos, implicit)
-        if length == 0xFFFFFFFF:
-            pos = _skip_items(head, pos, implicit or vr == b"UN")
-        else:
-            pos += length
-    raise _Incomplete
-
-
-def _element_header(head: bytes, pos: int, implicit: bool) -> tuple[int, int, bytes | None]:
-    """(value position, length, VR bytes or None) of the element at ``pos``."""
-    if implicit:
-        return pos + 8, struct.unpack_from("<L", head, pos + 4)[0], None
-    vr = head[pos + 4 : pos + 6]
-    if vr not in _VALID_VRS:
-        raise _Unsupported("VR switch / unknown VR")
-    if vr in _LONG_VRS:
-        if pos + 12 > len(head):
-            raise _Incomplete
-        return pos + 12, struct.unpack_from("<L", head, pos + 8)[0], vr
-    return pos + 8, struct.unpack_from("<H", head, pos + 6)[0], vr
-
-
-INCOMPLETE: Any = object()
-"""parse_lite: the header goes on past ``head`` (read more of the file)."""
-LITE_READS = (64 * 1024, 1024 * 1024)
-"""Bytes read for a light parse: a first read, then one larger read for long headers."""
-
-
-def parse_lite(path: Path, head: bytes, st: os.stat_result, wanted: dict[int, tuple[str, str]], bail: frozenset[int]) -> Any:
-    """Light parse of a Part-10 header held in ``head`` (the file's first bytes).
-
-    ``wanted``: tag → (keyword, dictionary VR) of the top-level elements to keep; ``bail``:
-    tags whose presence needs pydicom (sequences that are read). ``None`` whenever the file
-    is not plain: no preamble, file meta not Explicit VR LE, a transfer syntax other than
-    uncompressed little endian, a VR that differs from the dictionary, non-ASCII text,
-    unusual numbers, no PixelData, ... — the caller then parses with pydicom, which
-    reproduces every documented error. :data:`INCOMPLETE` when ``head`` ends inside the
-    header but the file goes on.
-    """
-    n = len(head)
-    if n < 140 or head[128:132] != b"DICM":
-        return None
-    try:
-        pos, meta = 132, {}
-        while pos + 8 <= n:
-            group, elem = struct.unpack_from("<HH", head, pos)
-            if group != 2:
-                break
-            vpos, length, _ = _element_header(head, pos, False)
-            if length == 0xFFFFFFFF:
-                return None
-            if vpos + length > n:
-                raise _Incomplete
-            if elem in (0x0002, 0x0010):
-                meta["MediaStorageSOPClassUID" if elem == 2 else "TransferSyntaxUID"] = _text(head[vpos : vpos + length]).rstrip("\x00 ")
-            pos = vpos + length
-        ts = meta.get("TransferSyntaxUID")
-        if ts not in (_IMPLICIT_LE, _EXPLICIT_LE):
-            return None
-        implicit = ts == _IMPLICIT_LE
-        if implicit and pos + 6 <= n and head[pos + 4 : pos + 6] in _VALID_VRS:
-            return None  # looks explicit after all: pydicom guesses
-        values: dict[str, Any] = {}
-        location = None
-        unpack = _IMPLICIT_HEAD.unpack_from if implicit else _EXPLICIT_HEAD.unpack_from
-        long_vrs, valid_vrs = _LONG_VRS, _VALID_VRS
-        while pos + 8 <= n:
-            if implicit:
-                group, elem, length = unpack(head, pos)
-                vr, vpos = None, pos + 8
-            else:  # inlined _element_header (hot loop: hundreds of elements per file)
-                group, elem, vr, length = unpack(head, pos)
-                if vr in long_vrs:
-                    if pos + 12 > n:
-                        raise _Incomplete
-                    length, vpos = struct.unpack_from("<L", head, pos + 8)[0], pos + 12
-                elif vr in valid_vrs:
-                    vpos = pos + 8
-                else:
-                    return None
-            tag = group << 16 | elem
-            if tag == _PIXEL_DATA:
-                location = PixelLocation(vpos, length, st.st_size, st.st_mtime_ns)
-                break
-            if tag in _FLOAT_PIXELS or tag in bail:
-                return None
-            if length == 0xFFFFFFFF:
-                pos = _skip_items(head, vpos, implicit or vr == b"UN")
-                continue
-            end = vpos + length
-            if end > n:
-                raise _Incomplete
-            hit = wanted.get(tag)
-            if hit is not None:
-                keyword, dict_vr = hit
-                if vr is not None and vr.decode() != dict_vr:
-                    return None
-                values[keyword] = (dict_vr, head[vpos:end])
-            pos = end
-        if location is None:
-            raise _Incomplete
-    except _Incomplete:
-        return INCOMPLETE if n < st.st_size else None
-    except (_Unsupported, struct.error, UnicodeDecodeError):
-        return None
-    return LiteDataset(values, meta, location, path)
-
-
-def read_lite_header(path: Path, wanted: dict[int, tuple[str, str]], bail: frozenset[int]) -> LiteDataset | None:
-    """:func:`parse_lite` on the file's head (:data:`LITE_READS`); ``None`` for anything unusual."""
-    try:
-        st = path.stat()
-        if st.st_size == 0:
-            return None
-        with open(path, "rb") as fh:
-            for size in LITE_READS:
-                fh.seek(0)
-                result = parse_lite(path, fh.read(size), st, wanted, bail)
-                if result is not INCOMPLETE:
-                    return result
-    except OSError:
-        return None
-    return None
