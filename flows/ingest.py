@@ -14,14 +14,17 @@ from pipeline.config import PipelineConfig, pseudonym_key
 
 
 @task(name="discover", cache_policy=NO_CACHE)
-def discover_task(source: str, store: str, cfg: PipelineConfig, run_id: str) -> tuple[list[Any], list[dict[str, str]]]:
+def discover_task(source: str, store: str, cfg: PipelineConfig, run_id: str, scheduler: str) -> tuple[list[Any], list[dict[str, str]]]:
+    from dask.distributed import Client
+
     from pipeline.discover import discover
     from pipeline.ingest import record_rejected
     from pipeline.store import clean_staging, init_store
 
     init_store(store)
     clean_staging(store)
-    disc = discover(source, cfg, pseudonym_key(), progress=progress_logger())
+    with Client(scheduler, timeout="30s") as client:
+        disc = discover(source, cfg, pseudonym_key(), progress=progress_logger(), client=client)
     rejected = record_rejected(store, disc, cfg, run_id)
     return disc.sessions, rejected
 
@@ -77,11 +80,11 @@ def ingest(
     cfg = load_config(config_path, target_spacing=tuple(target_spacing) if target_spacing else None, dask_address=dask_address, n_workers=n_workers)
     t0 = time.perf_counter()
     run_id = new_run_id()
-    sessions, rejected = discover_task(source, store, cfg, run_id)
     results: list[Any] = []
-    if sessions:
-        with dask_client(cfg.dask_address, cfg.n_workers) as client:
-            scheduler = client.scheduler.address
+    with dask_client(cfg.dask_address, cfg.n_workers) as client:
+        scheduler = client.scheduler.address
+        sessions, rejected = discover_task(source, store, cfg, run_id, scheduler)
+        if sessions:
             futures = convert_batch.map(batches(sessions, batch_size), unmapped(store), unmapped(cfg), unmapped(run_id), unmapped(scheduler), unmapped(force))
             for batch_result in futures.result():
                 results.extend(batch_result)

@@ -144,11 +144,33 @@ def _find_transform(image: Path, reference_modality: str) -> Path | None:
     return None
 
 
+PARALLEL_SCAN_MIN_FILES = 400
+"""With a Dask client, DICOM header scans of at least this many files run on the workers."""
+
+
+def _scan_dicom(files: list[Path], client: Any = None) -> tuple[list[Any], list[Any]]:
+    """Series and errors of ``files``; headers are read on the Dask workers when it pays off."""
+    from pipeline.readers.dicom import group_series, scan_headers, scan_series
+
+    if client is None or len(files) < PARALLEL_SCAN_MIN_FILES:
+        return scan_series(files)
+    n_chunks = max(1, 4 * len(client.scheduler_info().get("workers", {}) or [1]))
+    size = -(-len(files) // n_chunks)
+    chunks = [files[i : i + size] for i in range(0, len(files), size)]
+    headers: list[Any] = []
+    errors: list[Any] = []
+    for h, e in client.gather(client.map(scan_headers, chunks, pure=False)):
+        headers.extend(h)
+        errors.extend(e)
+    return group_series(headers, errors)
+
+
 def discover(
     source: str | Path,
     config: PipelineConfig,
     key: bytes,
     progress: Callable[[str, int, int], None] | None = None,
+    client: Any = None,
 ) -> Discovery:
     """Walk ``source`` and plan every session found in it (see module docstring).
 
@@ -157,9 +179,9 @@ def discover(
         config: modality rules and reference modality.
         key: HMAC key for pseudonyms (:func:`pipeline.config.pseudonym_key`).
         progress: optional ``callback(stage, done, total)``.
+        client: optional Dask client; large DICOM header scans then run on its workers.
     """
     from pipeline.readers import is_dicom_file, is_volume_file
-    from pipeline.readers.dicom import scan_series
 
     root = Path(source).resolve()
     if not root.is_dir():
@@ -202,7 +224,7 @@ def discover(
 
     # ---------------------------------------------------------------- DICOM
     if dicom_files:
-        series_list, errors = scan_series(dicom_files)
+        series_list, errors = _scan_dicom(dicom_files, client)
         for err in errors:
             rejected.append(Rejected(_rel(Path(err.path), root), err.reason, "dicom"))
         by_study: dict[str, list[Any]] = defaultdict(list)

@@ -432,7 +432,7 @@ def run_ingest(
     run_id = new_run_id()
     init_store(store_root)
     clean_staging(store_root)
-    disc = discover(source, cfg, key, progress=progress)
+    disc = discover(source, cfg, key, progress=progress, client=client)
     rejected = record_rejected(store_root, disc, cfg, run_id)
     results = map_sessions(disc.sessions, str(store_root), cfg, run_id, client=client, progress=progress, force=force)
     repair_catalog(store_root)

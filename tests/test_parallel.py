@@ -37,3 +37,21 @@ def test_unreachable_scheduler_says_what_to_do():
     with pytest.raises(RuntimeError, match="cannot reach the Dask scheduler"):
         with dask_client("tcp://127.0.0.1:1", connect_timeout="2s"):
             pass
+
+
+def test_parallel_header_scan_equals_serial(tmp_path, monkeypatch):
+    import pipeline.discover as d
+    from pipeline.discover import discover
+
+    import dicom_factory as fac
+    import numpy as np
+
+    for k in range(3):
+        fac.write_series(tmp_path / f"s{k}", np.zeros((12, 8, 8), np.int16), spacing=(1, 1, 2), series_number=k + 1,
+                         description=f"AX FLAIR {k}", study_uid=f"1.2.3.{k}")
+    serial = discover(tmp_path, PipelineConfig(), b"k")
+    monkeypatch.setattr(d, "PARALLEL_SCAN_MIN_FILES", 0)
+    with dask_client(None, 2) as client:
+        parallel = discover(tmp_path, PipelineConfig(), b"k", client=client)
+    key = lambda disc: sorted((s.case_id, tuple(tuple(i.relpaths) for i in s.items)) for s in disc.sessions)  # noqa: E731
+    assert key(parallel) == key(serial) and len(serial.sessions) == 3
