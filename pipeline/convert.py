@@ -211,7 +211,8 @@ def convert_tree(src: str | os.PathLike[str], outdir: str | os.PathLike[str], *,
         :class:`ConvertSummary`; never raises for bad input files.
     """
     from pipeline.readers import is_dicom_file, is_volume_file
-    from pipeline.readers.dicom import _walk, group_series, scan_headers
+    from pipeline.readers import walk_files
+    from pipeline.readers.dicom import group_series, scan_headers
 
     summary = ConvertSummary()
     src_path = Path(src)
@@ -220,7 +221,7 @@ def convert_tree(src: str | os.PathLike[str], outdir: str | os.PathLike[str], *,
         summary.rejected.append({"path": str(src_path), "reason": "source does not exist"})
         return summary
     root = src_path.resolve() if src_path.is_dir() else src_path.resolve().parent
-    files = _walk(src_path) if src_path.is_dir() else [src_path]
+    files = walk_files(src_path) if src_path.is_dir() else [src_path]
 
     dicom_files: list[Path] = []
     volume_files: list[Path] = []

@@ -111,16 +111,6 @@ def _volume_kind(path: Path) -> str:
     return "nifti" if name.endswith((".nii", ".nii.gz")) else "metaimage"
 
 
-def _walk(root: Path) -> list[Path]:
-    files: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if not name.startswith("."):
-                files.append(Path(dirpath) / name)
-    return files
-
-
 _REGISTRATION_SUFFIX = re.compile(r"(reg_?to_?[a-z0-9]+|_to_[a-z0-9]+|space-[a-z0-9]+)", re.IGNORECASE)
 
 
@@ -181,7 +171,7 @@ def discover(
         progress: optional ``callback(stage, done, total)``.
         client: optional Dask client; large DICOM header scans then run on its workers.
     """
-    from pipeline.readers import is_dicom_file, is_volume_file
+    from pipeline.readers import is_dicom_file, is_volume_file, walk_files
 
     root = Path(source).resolve()
     if not root.is_dir():
@@ -189,7 +179,7 @@ def discover(
     rejected: list[Rejected] = []
     volume_files: list[Path] = []
     dicom_files: list[Path] = []
-    all_files = _walk(root)
+    all_files = walk_files(root)
     for i, path in enumerate(all_files):
         if progress and i % 500 == 0:
             progress("scan", i, len(all_files))

@@ -78,3 +78,14 @@ def is_dicom_file(path: str | Path) -> bool:
         return "SOPClassUID" in ds or "SeriesInstanceUID" in ds or ("Rows" in ds and "Columns" in ds)
     except Exception:
         return False
+
+
+def walk_files(root: str | Path) -> list[Path]:
+    """Every file under ``root``, recursively, in sorted order; hidden files and folders skipped."""
+    import os
+
+    out: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out.extend(Path(dirpath) / name for name in sorted(filenames) if not name.startswith("."))
+    return out

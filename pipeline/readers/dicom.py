@@ -547,24 +547,14 @@ def _fallback_dz(attrs: dict[str, Any]) -> float | None:
 
 
 # =========================================================================== discovery
-def _walk(root: Path) -> list[Path]:
-    out: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if not name.startswith("."):
-                out.append(Path(dirpath) / name)
-    return out
-
-
 def find_dicom_files(root: str | os.PathLike[str]) -> list[Path]:
     """Every DICOM file under ``root`` (recursively, hidden entries skipped), by content."""
-    from pipeline.readers import is_dicom_file
+    from pipeline.readers import is_dicom_file, walk_files
 
     root = Path(root)
     if root.is_file():
         return [root] if is_dicom_file(root) else []
-    return [p for p in _walk(root) if is_dicom_file(p)]
+    return [p for p in walk_files(root) if is_dicom_file(p)]
 
 
 def _plane(iop: np.ndarray | None) -> str:
