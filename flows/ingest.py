@@ -14,19 +14,20 @@ from pipeline.config import PipelineConfig, pseudonym_key
 
 
 @task(name="discover", cache_policy=NO_CACHE)
-def discover_task(source: str, store: str, cfg: PipelineConfig, run_id: str, scheduler: str) -> tuple[list[Any], list[dict[str, str]]]:
+def discover_task(source: str, store: str, cfg: PipelineConfig, run_id: str, scheduler: str, force: bool) -> tuple[list[Any], list[dict[str, str]], list[str]]:
     from dask.distributed import Client
 
     from pipeline.discover import discover
-    from pipeline.ingest import record_rejected
+    from pipeline.ingest import known_cases, record_rejected
     from pipeline.store import clean_staging, init_store
 
     init_store(store)
     clean_staging(store)
+    known = [] if force else known_cases(store, cfg)
     with Client(scheduler, timeout="30s") as client:
-        disc = discover(source, cfg, pseudonym_key(), progress=progress_logger(), client=client)
+        disc = discover(source, cfg, pseudonym_key(), progress=progress_logger(), client=client, known=known)
     rejected = record_rejected(store, disc, cfg, run_id)
-    return disc.sessions, rejected
+    return disc.sessions, rejected, disc.unchanged
 
 
 @task(name="convert-batch", cache_policy=NO_CACHE)
@@ -83,13 +84,13 @@ def ingest(
     results: list[Any] = []
     with dask_client(cfg.dask_address, cfg.n_workers) as client:
         scheduler = client.scheduler.address
-        sessions, rejected = discover_task(source, store, cfg, run_id, scheduler)
+        sessions, rejected, unchanged = discover_task(source, store, cfg, run_id, scheduler, force)
         if sessions:
             futures = convert_batch.map(batches(sessions, batch_size), unmapped(store), unmapped(cfg), unmapped(run_id), unmapped(scheduler), unmapped(force))
             for batch_result in futures.result():
                 results.extend(batch_result)
     repair_catalog_task(store)
-    summary = summarize(results, rejected, run_id, store, time.perf_counter() - t0).as_dict()
+    summary = summarize(results, rejected, run_id, store, time.perf_counter() - t0, unchanged).as_dict()
     if report:
         try:
             summary["report"] = report_task(store, cfg.channels)

@@ -27,7 +27,7 @@ import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from pipeline.config import PipelineConfig
 from pipeline.modality import modality_of_filename, modality_of_series, strip_extension, unusable_reason
@@ -91,6 +91,24 @@ class Discovery:
     root: Path
     sessions: list[SessionPlan]
     rejected: list[Rejected]
+    unchanged: list[str] = field(default_factory=list)  # committed DICOM cases whose files are all unchanged
+
+
+@dataclass
+class KnownCase:
+    """A committed case as discovery needs it, to skip re-reading headers of unchanged studies.
+
+    Attributes:
+        case_id: the case.
+        root: folder (relative to the ingest root) holding all its DICOM files.
+        sources: relpath → (size in bytes, mtime in ns) of every file it was converted from.
+        accounted: relpaths (files) or folder prefixes (ending in "/") of its unused/rejected inputs.
+    """
+
+    case_id: str
+    root: str
+    sources: dict[str, tuple[int, int]]
+    accounted: tuple[str, ...] = ()
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -155,12 +173,110 @@ def _scan_dicom(files: list[Path], client: Any = None) -> tuple[list[Any], list[
     return group_series(headers, errors)
 
 
+def _plan_dicom(root: Path, files: list[Path], config: PipelineConfig, key: bytes, client: Any) -> tuple[dict[tuple[str, str], SessionPlan], dict[Path, tuple[str, str]], list[Rejected]]:
+    """Sessions (one per study) of the DICOM ``files``, their study folders, and unreadable files."""
+    sessions: dict[tuple[str, str], SessionPlan] = {}
+    study_roots: dict[Path, tuple[str, str]] = {}
+    rejected: list[Rejected] = []
+    if not files:
+        return sessions, study_roots, rejected
+    series_list, errors = _scan_dicom(files, client)
+    for err in errors:
+        rejected.append(Rejected(_rel(Path(err.path), root), err.reason, "dicom"))
+    by_study: dict[str, list[Any]] = defaultdict(list)
+    for s in series_list:
+        by_study[s.study_uid].append(s)
+    for study_uid, series_of_study in by_study.items():
+        patient = series_of_study[0].patient_id or "unknown-patient"
+        subject = pseudonymise(patient, key, "sub-")
+        session = pseudonymise(f"{patient}/{study_uid}", key, "ses-", 8)
+        files = [f for s in series_of_study for f in s.files]
+        study_root = Path(os.path.commonpath([str(Path(f).resolve().parent) for f in files]))
+        plan = sessions.setdefault((subject, session), SessionPlan(subject, session, _rel(study_root, root)))
+        study_roots[study_root] = (subject, session)
+        for s in sorted(series_of_study, key=lambda s: (s.series_number or 0, s.key)):
+            fields_text = {tuple(r.fields): s.header_text(r.fields) for r in config.modality_rules}
+            modality = modality_of_series(fields_text, config.modality_rules)
+            reason = unusable_reason(tuple(s.image_type), s.n_volumes, s.series_description, s.is_mosaic)
+            if reason is None and modality is None:
+                reason = "no modality rule matched (SeriesDescription/ProtocolName/SequenceName); add a rule to the configuration"
+            elif reason is None and modality not in (*config.channels, "MASK"):
+                reason = f"modality {modality} is not among the configured channels {list(config.channels)}"
+            desc = s.series_description or s.protocol_name or ""
+            plan.items.append(
+                SourceItem(
+                    kind="dicom",
+                    name=f"series {s.series_number} {desc}".strip(),
+                    relpaths=[_rel(Path(f), root) for f in s.files],
+                    paths=[Path(f) for f in s.files],
+                    modality=modality,
+                    unused_reason=reason,
+                    series=s,
+                    series_description=desc,
+                )
+            )
+    return sessions, study_roots, rejected
+
+
+def _unchanged_cases(root: Path, known: Sequence[KnownCase], dicom_files: list[Path], volume_files: list[Path]) -> dict[str, KnownCase]:
+    """Known DICOM cases whose every source file is present with the size and mtime it was hashed at,
+    and whose folder holds no file the case does not account for."""
+    if not known:
+        return {}
+    present = {_rel(p, root): p for p in (*dicom_files, *volume_files)}
+    fresh: dict[str, KnownCase] = {}
+    for kc in known:
+        for rel, (size, mtime) in kc.sources.items():
+            p = present.get(rel)
+            if p is None:
+                break
+            st = p.stat()
+            if (st.st_size, st.st_mtime_ns) != (size, mtime):
+                break
+        else:
+            fresh[kc.case_id] = kc
+    by_root = {kc.root: kc for kc in fresh.values()}
+    for rel in present:
+        kc = _owner(rel, by_root)
+        if kc is not None and kc.case_id in fresh and not _accounts_for(kc, rel):
+            del fresh[kc.case_id]  # a new file in the study: plan it again
+    return fresh
+
+
+def _owner(rel: str, by_root: dict[str, KnownCase]) -> KnownCase | None:
+    parts = rel.split("/")
+    for i in range(len(parts) - 1, -1, -1):
+        kc = by_root.get("/".join(parts[:i]))
+        if kc is not None:
+            return kc
+    return None
+
+
+def _accounts_for(kc: KnownCase, rel: str) -> bool:
+    return rel in kc.sources or any(rel == a or (a.endswith("/") and rel.startswith(a)) for a in kc.accounted)
+
+
+def _claimed_files(root: Path, fresh: dict[str, KnownCase], files: list[Path]) -> set[Path]:
+    """The files that belong to unchanged cases (their headers need not be read again)."""
+    if not fresh:
+        return set()
+    by_root = {kc.root: kc for kc in fresh.values()}
+    out = set()
+    for p in files:
+        rel = _rel(p, root)
+        kc = _owner(rel, by_root)
+        if kc is not None and _accounts_for(kc, rel):
+            out.add(p)
+    return out
+
+
 def discover(
     source: str | Path,
     config: PipelineConfig,
     key: bytes,
     progress: Callable[[str, int, int], None] | None = None,
     client: Any = None,
+    known: Sequence[KnownCase] = (),
 ) -> Discovery:
     """Walk ``source`` and plan every session found in it (see module docstring).
 
@@ -170,6 +286,8 @@ def discover(
         key: HMAC key for pseudonyms (:func:`pipeline.config.pseudonym_key`).
         progress: optional ``callback(stage, done, total)``.
         client: optional Dask client; large DICOM header scans then run on its workers.
+        known: committed cases (:func:`pipeline.ingest.known_cases`); a DICOM case whose files are
+            all unchanged is listed in ``Discovery.unchanged`` without re-reading its headers.
     """
     from pipeline.readers import is_dicom_file, is_volume_file, walk_files
 
@@ -213,42 +331,21 @@ def discover(
     study_roots: dict[Path, tuple[str, str]] = {}
 
     # ---------------------------------------------------------------- DICOM
+    fresh = _unchanged_cases(root, known, dicom_files, volume_files)
+    claimed = _claimed_files(root, fresh, dicom_files + volume_files)
+    dicom_errors: list[Rejected] = []
     if dicom_files:
-        series_list, errors = _scan_dicom(dicom_files, client)
-        for err in errors:
-            rejected.append(Rejected(_rel(Path(err.path), root), err.reason, "dicom"))
-        by_study: dict[str, list[Any]] = defaultdict(list)
-        for s in series_list:
-            by_study[s.study_uid].append(s)
-        for study_uid, series_of_study in by_study.items():
-            patient = series_of_study[0].patient_id or "unknown-patient"
-            subject = pseudonymise(patient, key, "sub-")
-            session = pseudonymise(f"{patient}/{study_uid}", key, "ses-", 8)
-            files = [f for s in series_of_study for f in s.files]
-            study_root = Path(os.path.commonpath([str(Path(f).resolve().parent) for f in files]))
-            plan = sessions.setdefault((subject, session), SessionPlan(subject, session, _rel(study_root, root)))
-            study_roots[study_root] = (subject, session)
-            for s in sorted(series_of_study, key=lambda s: (s.series_number or 0, s.key)):
-                fields_text = {tuple(r.fields): s.header_text(r.fields) for r in config.modality_rules}
-                modality = modality_of_series(fields_text, config.modality_rules)
-                reason = unusable_reason(tuple(s.image_type), s.n_volumes, s.series_description, s.is_mosaic)
-                if reason is None and modality is None:
-                    reason = "no modality rule matched (SeriesDescription/ProtocolName/SequenceName); add a rule to the configuration"
-                elif reason is None and modality not in (*config.channels, "MASK"):
-                    reason = f"modality {modality} is not among the configured channels {list(config.channels)}"
-                desc = s.series_description or s.protocol_name or ""
-                plan.items.append(
-                    SourceItem(
-                        kind="dicom",
-                        name=f"series {s.series_number} {desc}".strip(),
-                        relpaths=[_rel(Path(f), root) for f in s.files],
-                        paths=[Path(f) for f in s.files],
-                        modality=modality,
-                        unused_reason=reason,
-                        series=s,
-                        series_description=desc,
-                    )
-                )
+        todo = [f for f in dicom_files if f not in claimed]
+        sessions, study_roots, dicom_errors = _plan_dicom(root, todo, config, key, client)
+        collided = {c for c in (p.case_id for p in sessions.values()) if c in fresh}
+        if collided:  # a new series of a study taken for unchanged: plan those studies in full
+            for c in collided:
+                del fresh[c]
+            claimed = _claimed_files(root, fresh, dicom_files + volume_files)
+            todo = [f for f in dicom_files if f not in claimed]
+            sessions, study_roots, dicom_errors = _plan_dicom(root, todo, config, key, client)
+    rejected.extend(dicom_errors)
+    volume_files = [f for f in volume_files if f not in claimed]
 
     # ---------------------------------------------------------------- NIfTI / MetaImage
     by_dir: dict[Path, list[Path]] = defaultdict(list)
@@ -303,7 +400,7 @@ def discover(
                 )
 
     ordered = sorted(sessions.values(), key=lambda s: (s.root_relpath, s.case_id))
-    return Discovery(root=root, sessions=ordered, rejected=rejected)
+    return Discovery(root=root, sessions=ordered, rejected=rejected, unchanged=sorted(fresh))
 
 
 def _mhd_data_file(mhd: Path) -> Path | None:

@@ -381,10 +381,36 @@ def repair_catalog(store_root: str | Path) -> int:
     return repaired
 
 
-def summarize(results: list[SessionResult], discovery_rejected: list[dict[str, str]], run_id: str, store: str, seconds: float) -> IngestSummary:
-    """Aggregate per-session results into the run summary."""
+def known_cases(store_root: str | Path, cfg: PipelineConfig) -> list[Any]:
+    """Committed DICOM cases converted with this configuration, with their source files' size and
+    mtime, so that discovery can skip re-reading the headers of unchanged studies."""
+    from pipeline.discover import KnownCase
+    from pipeline.store import list_cases
+
+    out = []
+    for case_id in list_cases(store_root):
+        meta = existing_case_meta(store_root, case_id)
+        if meta is None or meta.config_hash != cfg.processing_hash():
+            continue
+        files = [s for ch in meta.channel_info for s in ch.sources]
+        dicom = [s.relpath for ch in meta.channel_info if ch.source_format == "dicom" for s in ch.sources]
+        if meta.label_source is not None:
+            files.append(meta.label_source)
+        if not dicom or any(f.mtime_ns is None for f in files):
+            continue
+        root = os.path.commonpath([str(Path(r).parent) for r in dicom])
+        accounted = tuple(r.source_relpath for r in meta.catalog_rows if r.status in ("unused", "rejected") and r.case_id == case_id)
+        out.append(KnownCase(case_id, "" if root == "." else Path(root).as_posix(), {f.relpath: (f.size_bytes, f.mtime_ns) for f in files}, accounted))
+    return out
+
+
+def summarize(results: list[SessionResult], discovery_rejected: list[dict[str, str]], run_id: str, store: str, seconds: float,
+              unchanged: list[str] | None = None) -> IngestSummary:
+    """Aggregate per-session results (and the cases discovery found unchanged) into the run summary."""
     s = IngestSummary(run_id=run_id, store=str(store), seconds=seconds)
     s.rejected_inputs = list(discovery_rejected)
+    s.skipped = len(unchanged or [])
+    s.cases = list(unchanged or [])
     for r in results:
         s.bytes_read += r.bytes_read
         if r.status == "converted":
@@ -432,8 +458,9 @@ def run_ingest(
     run_id = new_run_id()
     init_store(store_root)
     clean_staging(store_root)
-    disc = discover(source, cfg, key, progress=progress, client=client)
+    known = [] if force else known_cases(store_root, cfg)
+    disc = discover(source, cfg, key, progress=progress, client=client, known=known)
     rejected = record_rejected(store_root, disc, cfg, run_id)
     results = map_sessions(disc.sessions, str(store_root), cfg, run_id, client=client, progress=progress, force=force)
     repair_catalog(store_root)
-    return summarize(results, rejected, run_id, str(store_root), time.perf_counter() - t0)
+    return summarize(results, rejected, run_id, str(store_root), time.perf_counter() - t0, disc.unchanged)
