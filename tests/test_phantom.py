@@ -6,6 +6,7 @@ import hashlib
 import json
 
 import cc3d
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import pydicom
@@ -38,6 +39,14 @@ def test_layout_dicom_tags_and_geometry(tmp_path):
     for tag in ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber"):
         assert str(getattr(ds, tag))  # fake identifiers are present in the source
     assert (session / "s300_loc").is_dir() and (session / "lesion_mask.nii.gz").exists()
+    loc = pydicom.dcmread(next((session / "s300_loc").iterdir()), stop_before_pixels=True)
+    assert "LOCALIZER" in loc.ImageType
+    # file names do not follow slice position: a reader has to sort by ImagePositionPatient
+    normal = np.cross(np.asarray(ds.ImageOrientationPatient[:3], float), np.asarray(ds.ImageOrientationPatient[3:], float))
+    proj = [float(np.dot(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient, normal)) for f in flair_files]
+    assert proj != sorted(proj) and proj != sorted(proj, reverse=True)
+    nii = nib.load(session / "lesion_mask.nii.gz")
+    assert int(nii.header["sform_code"]) == 1 and int(nii.header["qform_code"]) == 1
     assert (info.cohort_dir / "metaimage/PH001/PH001_FLAIR.raw").exists()
     assert (info.cohort_dir / "bids/sub-PH002/ses-01/anat/sub-PH002_ses-01_T1w.nii.gz").exists()
     # the FLAIR series read by ITK/GDCM has exactly the grid we sampled

@@ -55,7 +55,8 @@ def write_dicom_series(
 
     Intensities are stored as int16 with a ``RescaleSlope`` so that ``stored * slope`` equals the
     quantised image (the reader applies the slope). Files are written in shuffled order when
-    ``shuffle_seed`` is given (readers must sort by position, not by name or time).
+    ``shuffle_seed`` is given: file ``IM<n>`` holds the n-th slice of a seeded permutation, so
+    neither file names nor write times follow position (readers must sort by position).
     """
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -74,7 +75,7 @@ def write_dicom_series(
     if shuffle_seed is not None:
         random.Random(shuffle_seed).shuffle(order)
     files = []
-    for k in order:
+    for n, k in enumerate(order):  # file n holds slice k: names do not follow position
         ipp = np.asarray(volume.origin) + normal * volume.spacing[2] * k
         sop = uid(series_uid, "slice", k)
         meta = FileMetaDataset()
@@ -128,7 +129,7 @@ def write_dicom_series(
         ds.RescaleIntercept = _ds(0.0)
         ds.RescaleType = "US"
         ds.PixelData = np.ascontiguousarray(stored[k]).tobytes()
-        path = folder / f"IM{k + 1:05d}{extension}"
+        path = folder / f"IM{n + 1:05d}{extension}"
         pydicom.dcmwrite(path, ds, enforce_file_format=True)
         files.append(path)
     return files
