@@ -37,7 +37,6 @@ import numpy as np
 
 from pipeline.phantom import anatomy as A
 from pipeline.phantom.writers import uid, write_dicom_series, write_metaimage
-from pipeline.volume import Volume
 
 PHANTOM_VERSION = "1"
 FAULTS = ("thick_slices", "missing_flair", "label_offgrid", "noisy")

@@ -711,7 +711,7 @@ def group_series(headers: list[_Header], errors: list[ReaderError] | None = None
             suffixes, reasons = _split_tokens(groups)
             note = f"SeriesInstanceUID holds {len(groups)} sub-series differing in {', '.join(reasons) or 'header'}: split"
             if "orientation" in reasons:
-                note = f"mixed orientations under one SeriesInstanceUID: " + note
+                note = "mixed orientations under one SeriesInstanceUID: " + note
             keyed = [(f"{uid}_{sfx}", g, [note]) for sfx, g in zip(suffixes, groups)]
         for key, group, warns in keyed:
             try:
