@@ -31,13 +31,11 @@ def discover_task(source: str, store: str, cfg: PipelineConfig, run_id: str, sch
 
 
 @task(name="convert-batch", cache_policy=NO_CACHE)
-def convert_batch(plans: list[Any], store: str, cfg: PipelineConfig, run_id: str, scheduler: str | None, force: bool) -> list[Any]:
+def convert_batch(plans: list[Any], store: str, cfg: PipelineConfig, run_id: str, scheduler: str, force: bool) -> list[Any]:
     from dask.distributed import Client
 
     from pipeline.parallel import map_sessions
 
-    if scheduler is None:
-        return map_sessions(plans, store, cfg, run_id, client=None, force=force)
     with Client(scheduler, timeout="30s") as client:
         return map_sessions(plans, store, cfg, run_id, client=client, progress=progress_logger(25), force=force)
 
@@ -91,11 +89,7 @@ def ingest(
                 results.extend(batch_result)
     repair_catalog_task(store)
     summary = summarize(results, rejected, run_id, store, time.perf_counter() - t0, unchanged).as_dict()
-    if report:
-        try:
-            summary["report"] = report_task(store, cfg.channels)
-        except ImportError:  # report module optional until installed
-            summary["report"] = None
+    summary["report"] = report_task(store, cfg.channels) if report else None
     print(f"ingest: {summary['converted']} converted, {summary['skipped']} up to date, {summary['rejected']} sessions rejected, "
           f"{summary['unused_sessions']} without usable images, "
           f"{len(summary['rejected_inputs'])} inputs rejected, {len(summary['unused_inputs'])} unused → {store}")
