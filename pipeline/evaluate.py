@@ -8,7 +8,7 @@ from typing import Any
 
 from pipeline.lesion_tables import mask_of
 from pipeline.lesions import dice
-from pipeline.store import list_cases, read_case_meta
+from pipeline.store import list_cases, read_case_meta, read_table
 
 
 def evaluate(store_root: str | Path, model_version: str, truth_cases_csv: str | Path | None = None) -> "Any":
@@ -21,8 +21,9 @@ def evaluate(store_root: str | Path, model_version: str, truth_cases_csv: str | 
 
     truth = pd.read_csv(truth_cases_csv) if truth_cases_csv else None
     rows = []
-    tables = Path(store_root) / "tables" / "case_volumes.parquet"
-    volumes = pd.read_parquet(tables) if tables.exists() else pd.DataFrame(columns=["case_id", "model_version", "total_volume_ml", "lesion_count"])
+    volumes = read_table(store_root, "case_volumes")
+    if volumes is None:
+        volumes = pd.DataFrame(columns=["case_id", "model_version", "total_volume_ml", "lesion_count"])
     volumes = volumes[volumes["model_version"] == model_version].set_index("case_id")
     for case_id in list_cases(store_root):
         meta = read_case_meta(store_root, case_id)

@@ -18,10 +18,9 @@ from typing import Any
 import numpy as np
 
 from pipeline.lesions import lesion_table
-from pipeline.store import list_cases, open_case, read_case_meta, read_table, volume_from_geometry, write_table
+from pipeline.store import PREDICTIONS, list_cases, open_case, read_case_meta, read_table, volume_from_geometry, write_table
 from storage_schemas.models import CaseVolumeRow, LesionRow
 
-PREDICTIONS = "predictions"
 
 
 def mask_of(store_root: str | Path, case_id: str, model_version: str | None) -> np.ndarray | None:

@@ -227,8 +227,7 @@ def write_patch_index(
 
 def has_patch_index(root: str | Path, case_id: str) -> bool:
     """True when both centre arrays of the case exist."""
-    base = Path(root) / _store.CASES / case_id / PATCH_INDEX
-    return all((base / kind / "zarr.json").exists() for kind in KINDS)
+    return all(_store.has_node(root, f"{_store.CASES}/{case_id}/{PATCH_INDEX}/{kind}") for kind in KINDS)
 
 
 def read_patch_index_attrs(root: str | Path, case_id: str) -> dict[str, Any]:

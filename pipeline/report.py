@@ -110,8 +110,10 @@ def overlay_png(slice2d: np.ndarray, label: np.ndarray | None = None, prediction
 
 def _latest_prediction(group: Any) -> tuple[str | None, np.ndarray | None]:
     """(model_version, mask) of the most recent ``predictions/<model>/mask``; (None, None) if none."""
+    from pipeline.store import PREDICTIONS
+
     try:
-        preds = group["predictions"]
+        preds = group[PREDICTIONS]
     except KeyError:
         return None, None
     best: tuple[str, str] | None = None

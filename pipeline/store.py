@@ -57,6 +57,7 @@ from pipeline.volume import Volume
 from storage_schemas.models import CaseMeta, CatalogRow, Geometry, StoreManifest
 
 CASES = "cases"
+PREDICTIONS = "predictions"  # cases/<id>/predictions/<model_version>/mask
 CATALOG = "catalog"
 TABLES = "tables"
 MODELS = "models"

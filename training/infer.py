@@ -29,7 +29,6 @@ from training.data import check_case
 
 log = logging.getLogger("lesionflow.training")
 
-PREDICTIONS = "predictions"
 PREDICTION_KEY = "lesionflow_prediction"
 
 
@@ -40,12 +39,12 @@ def default_device() -> torch.device:
 
 def mask_path(case_id: str, model_version: str) -> str:
     """Store-relative path of a case's predicted mask."""
-    return f"{_store.CASES}/{case_id}/{PREDICTIONS}/{model_version}/mask"
+    return f"{_store.CASES}/{case_id}/{_store.PREDICTIONS}/{model_version}/mask"
 
 
 def has_prediction(store_root: str | Path, case_id: str, model_version: str) -> bool:
     """True when the case already holds this model's mask."""
-    return (Path(store_root) / mask_path(case_id, model_version) / "zarr.json").exists()
+    return _store.has_node(store_root, mask_path(case_id, model_version))
 
 
 def _autocast(device: torch.device):
@@ -189,7 +188,7 @@ def score_cases(
                         "created_at": datetime.now(timezone.utc).isoformat(),
                     }
                 }
-                _store.write_case_array(store_root, case_id, f"{PREDICTIONS}/{version}/mask", mask, attrs=attrs)
+                _store.write_case_array(store_root, case_id, f"{_store.PREDICTIONS}/{version}/mask", mask, attrs=attrs)
                 row = {"case_id": case_id, "mask_path": rel, "status": "scored", "model_version": version, "lesion_voxels": int(mask.sum())}
         row["seconds"] = round(time.perf_counter() - t0, 3)
         results.append(row)
