@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable
 
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+from prefect import get_run_logger
 
-from prefect import get_run_logger  # noqa: E402
-
-from pipeline.config import PipelineConfig  # noqa: E402
+from pipeline.config import PipelineConfig
 
 
 def load_config(config_path: str | None = None, **overrides: Any) -> PipelineConfig:

@@ -57,12 +57,6 @@ def _ensure_key(workdir: Path | None = None) -> None:
     os.environ[PSEUDONYM_KEY_ENV] = key_file.read_text().strip()
 
 
-def _prefect_env() -> None:
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry from hospital networks
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
-
-
 # ------------------------------------------------------------------------------- phantom
 @app.command()
 def phantom(
@@ -173,7 +167,6 @@ def ingest(
         with _progress() as progress, dask_client(dask_address, workers) as client:
             summary = run_ingest(source, store, cfg, pseudonym_key(), client=client, progress=progress, force=force).as_dict()
     else:
-        _prefect_env()
         from flows.ingest import ingest as ingest_flow
 
         summary = ingest_flow(str(source), str(store), config_path=str(config) if config else None, target_spacing=spacing,
@@ -222,7 +215,6 @@ def prepare(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Precompute class-balanced patch indices for every labelled case."""
-    _prefect_env()
     from flows.prepare import prepare as prepare_flow
 
     rows = prepare_flow(str(store), patch_size=patch_size, seed=seed)
@@ -239,7 +231,6 @@ def train(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Train the 3-D U-Net on the store (CUDA when available); prints the model version."""
-    _prefect_env()
     from flows.train import train as train_flow
 
     out = train_flow(str(store), iterations=iterations, patch_size=patch_size, batch_size=batch_size, seed=seed)
@@ -256,7 +247,6 @@ def score(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Score every case with MODEL and write lesion-volume tables (Parquet + CSV)."""
-    _prefect_env()
     from flows.score import score as score_flow
 
     out = score_flow(str(store), model, connectivity=connectivity, min_lesion_mm3=min_size_mm3, overwrite=overwrite)
@@ -294,7 +284,6 @@ def demo(
 ) -> None:
     """The whole mission on a phantom cohort: ingest → prepare → train → score → evaluate."""
     _ensure_key(workdir.resolve())
-    _prefect_env()
     from flows.demo import demo as demo_flow
 
     out = demo_flow(str(workdir), subjects=subjects, seed=seed, iterations=iterations, n_workers=workers)
