@@ -345,6 +345,15 @@ def _write_array(group: zarr.Group, name: str, data: np.ndarray, chunks: tuple[i
         arr.attrs.update(attrs)
 
 
+def _fill_case_group(g: zarr.Group, meta: CaseMeta, image: np.ndarray, foreground: np.ndarray, label: np.ndarray | None, chunk_zyx: tuple[int, int, int]) -> None:
+    """Write a case's arrays and attributes into an empty group (local staging or in memory)."""
+    _write_array(g, "image", image.astype(np.float32, copy=False), (image.shape[0], *chunk_zyx), {"channels": list(meta.channels)})
+    _write_array(g, "foreground", foreground.astype(np.uint8, copy=False), chunk_zyx)
+    if label is not None:
+        _write_array(g, "label", label.astype(np.uint8, copy=False), chunk_zyx)
+    g.attrs.update({CASE_META_KEY: meta.model_dump(mode="json"), "ome": _ome_multiscales(meta.geometry, meta.case_id, list(meta.channels))})
+
+
 def write_case(
     root: str | Path,
     meta: CaseMeta,
@@ -376,11 +385,7 @@ def write_case(
     if r is not None:
         objects: dict[str, Any] = {}  # the case, encoded in memory, then uploaded marker last
         g = zarr.open_group(zarr.storage.MemoryStore(store_dict=objects), mode="w", zarr_format=3)
-        _write_array(g, "image", image.astype(np.float32, copy=False), (image.shape[0], *chunk_zyx), {"channels": list(meta.channels)})
-        _write_array(g, "foreground", foreground.astype(np.uint8, copy=False), chunk_zyx)
-        if label is not None:
-            _write_array(g, "label", label.astype(np.uint8, copy=False), chunk_zyx)
-        g.attrs.update({CASE_META_KEY: meta.model_dump(mode="json"), "ome": _ome_multiscales(meta.geometry, meta.case_id, list(meta.channels))})
+        _fill_case_group(g, meta, image, foreground, label, chunk_zyx)
         case = r.key(CASES, meta.case_id)
         _remove_node(r, case)
         _upload_node(r, case, objects)
@@ -390,11 +395,7 @@ def write_case(
     staging.mkdir(parents=True)
     try:
         g = zarr.open_group(str(staging), mode="w", zarr_format=3)
-        _write_array(g, "image", image.astype(np.float32, copy=False), (image.shape[0], *chunk_zyx), {"channels": list(meta.channels)})
-        _write_array(g, "foreground", foreground.astype(np.uint8, copy=False), chunk_zyx)
-        if label is not None:
-            _write_array(g, "label", label.astype(np.uint8, copy=False), chunk_zyx)
-        g.attrs.update({CASE_META_KEY: meta.model_dump(mode="json"), "ome": _ome_multiscales(meta.geometry, meta.case_id, list(meta.channels))})
+        _fill_case_group(g, meta, image, foreground, label, chunk_zyx)
         final = root / CASES / meta.case_id
         if final.exists():
             trash = root / STAGING / f"old-{uuid.uuid4().hex}"
