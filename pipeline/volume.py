@@ -29,6 +29,17 @@ from typing import Any
 import numpy as np
 
 
+def affine_lps_of(spacing: Any, origin: Any, direction: Any) -> np.ndarray:
+    """4x4 voxel-index (x, y, z) → LPS mm matrix of a grid: ``[direction * spacing | origin]``.
+
+    The one place the voxel-to-world formula is written; every grid type uses it.
+    """
+    aff = np.eye(4)
+    aff[:3, :3] = np.asarray(direction, float).reshape(3, 3) * np.asarray(spacing, float)[None, :]
+    aff[:3, 3] = np.asarray(origin, float)
+    return aff
+
+
 def _as_tuple3(values: Any, name: str) -> tuple[float, float, float]:
     arr = np.asarray(values, dtype=float).reshape(-1)
     if arr.shape != (3,):
@@ -93,10 +104,7 @@ class Volume:
     @property
     def affine_lps(self) -> np.ndarray:
         """4x4 matrix mapping voxel index ``(i, j, k, 1)`` (x, y, z order) to LPS mm."""
-        aff = np.eye(4)
-        aff[:3, :3] = self.direction * np.asarray(self.spacing)[None, :]
-        aff[:3, 3] = self.origin
-        return aff
+        return affine_lps_of(self.spacing, self.origin, self.direction)
 
     def index_to_world(self, ijk: Any) -> np.ndarray:
         """LPS world coordinates (mm) of voxel indices ``(..., 3)`` given in (x, y, z) order."""

@@ -41,7 +41,7 @@ import cc3d
 import numpy as np
 from scipy import ndimage
 
-from pipeline.volume import Volume
+from pipeline.volume import Volume, affine_lps_of
 
 # ------------------------------------------------------------------------------ tissues
 BACKGROUND, SCALP, SKULL, CSF, GM, WM, LESION = range(7)
@@ -97,10 +97,7 @@ class Grid(NamedTuple):
 
     @property
     def affine_lps(self) -> np.ndarray:
-        aff = np.eye(4)
-        aff[:3, :3] = np.asarray(self.direction, float) * np.asarray(self.spacing, float)[None, :]
-        aff[:3, 3] = self.origin
-        return aff
+        return affine_lps_of(self.spacing, self.origin, self.direction)
 
     def index_to_world(self, ijk: Any) -> np.ndarray:
         """LPS mm of voxel indices ``(..., 3)`` in (x, y, z) order."""
