@@ -18,12 +18,9 @@ def discover_task(source: str, store: str, cfg: PipelineConfig, run_id: str, sch
     from dask.distributed import Client
 
     from pipeline.discover import discover
-    from pipeline.ingest import known_cases, record_rejected
-    from pipeline.store import clean_staging, init_store
+    from pipeline.ingest import open_store_for_ingest, record_rejected
 
-    init_store(store)
-    clean_staging(store)
-    known = [] if force else known_cases(store, cfg)
+    known = open_store_for_ingest(store, cfg, force)
     with Client(scheduler, timeout="30s") as client:
         disc = discover(source, cfg, pseudonym_key(), progress=progress_logger(), client=client, known=known)
     rejected = record_rejected(store, disc, cfg, run_id)
@@ -38,13 +35,6 @@ def convert_batch(plans: list[Any], store: str, cfg: PipelineConfig, run_id: str
 
     with Client(scheduler, timeout="30s") as client:
         return map_sessions(plans, store, cfg, run_id, client=client, progress=progress_logger(25), force=force)
-
-
-@task(name="repair-catalog", cache_policy=NO_CACHE)
-def repair_catalog_task(store: str) -> int:
-    from pipeline.ingest import repair_catalog
-
-    return repair_catalog(store)
 
 
 @task(name="quality-report", cache_policy=NO_CACHE)
@@ -87,7 +77,6 @@ def ingest(
             futures = convert_batch.map(batches(sessions, batch_size), unmapped(store), unmapped(cfg), unmapped(run_id), unmapped(scheduler), unmapped(force))
             for batch_result in futures.result():
                 results.extend(batch_result)
-    repair_catalog_task(store)
     summary = summarize(results, rejected, run_id, store, time.perf_counter() - t0, unchanged).as_dict()
     summary["report"] = report_task(store, cfg.channels) if report else None
     print(f"ingest: {summary['converted']} converted, {summary['skipped']} up to date, {summary['rejected']} sessions rejected, "

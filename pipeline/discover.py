@@ -66,6 +66,21 @@ class SessionPlan:
     def case_id(self) -> str:
         return f"{self.subject}_{self.session}"
 
+    def work_estimate(self) -> int:
+        """Rough size of the conversion work: bytes of the used inputs, gzip files counted 3x
+        (their typical compression ratio). Used to start the largest sessions first."""
+        total = 0
+        for item in self.items:
+            if item.unused_reason:
+                continue
+            for path in item.paths:
+                try:
+                    size = path.stat().st_size
+                except OSError:
+                    continue
+                total += 3 * size if path.name.lower().endswith(".gz") else size
+        return total
+
     def fingerprint(self, digests: dict[str, str]) -> str:
         """sha256 over (relpath, digest) of every used input, sorted."""
         h = hashlib.sha256()
@@ -121,7 +136,9 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def _rel(path: Path, root: Path) -> str:
-    return path.resolve().relative_to(root).as_posix() if path.resolve().is_relative_to(root) else str(path)
+    """``path`` relative to ``root`` as the source tree names it (lexically: a symlink keeps
+    its own name in the tree). Paths come from walking ``root``, so they lie under it."""
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
 
 
 def _volume_kind(path: Path) -> str:
@@ -191,7 +208,7 @@ def _plan_dicom(root: Path, files: list[Path], config: PipelineConfig, key: byte
         subject = pseudonymise(patient, key, "sub-")
         session = pseudonymise(f"{patient}/{study_uid}", key, "ses-", 8)
         files = [f for s in series_of_study for f in s.files]
-        study_root = Path(os.path.commonpath([str(Path(f).resolve().parent) for f in files]))
+        study_root = Path(os.path.commonpath([os.path.dirname(f) for f in files]))
         plan = sessions.setdefault((subject, session), SessionPlan(subject, session, _rel(study_root, root)))
         study_roots[study_root] = (subject, session)
         for s in sorted(series_of_study, key=lambda s: (s.series_number or 0, s.key)):
@@ -350,7 +367,7 @@ def discover(
     # ---------------------------------------------------------------- NIfTI / MetaImage
     by_dir: dict[Path, list[Path]] = defaultdict(list)
     for path in volume_files:
-        by_dir[path.parent.resolve()].append(path)
+        by_dir[path.parent].append(path)
     for folder, paths in sorted(by_dir.items()):
         mods = {p: _modality_of_file(p, config) for p in paths}
         split = any(n > 1 for m, n in Counter(mods.values()).items() if m is not None)  # e.g. study1_FLAIR + study2_FLAIR

@@ -240,7 +240,7 @@ def _convert_session(plan: SessionPlan, store_root: str, cfg: PipelineConfig, ru
         vol, item = volumes[m]
         raw = resampled[m]
         stats = intensity_stats(raw, fg)
-        stacked[c] = zscore(raw, fg)[0] if cfg.normalization == "zscore" else raw
+        stacked[c] = zscore(raw, fg, stats)[0] if cfg.normalization == "zscore" else raw
         infos.append(
             ChannelInfo(
                 modality=m,
@@ -359,21 +359,30 @@ def record_rejected(store_root: str | Path, discovery: Discovery, cfg: PipelineC
     return [{"path": r.relpath, "reason": r.reason} for r in discovery.rejected]
 
 
-def repair_catalog(store_root: str | Path) -> int:
+def committed_metas(store_root: str | Path) -> list[CaseMeta]:
+    """The metadata of every committed case, read once per run (unreadable cases left out)."""
+    from pipeline.store import list_cases
+
+    metas = (existing_case_meta(store_root, case_id) for case_id in list_cases(store_root))
+    return [m for m in metas if m is not None]
+
+
+def repair_catalog(store_root: str | Path, metas: list[CaseMeta] | None = None) -> int:
     """Append the catalog rows of committed cases whose conversion is missing from the catalog.
 
     A case commits its own catalog rows atomically (``CaseMeta.catalog_rows``); the Parquet
     catalog is appended right after. A crash between the two leaves a case the catalog does
-    not list; this puts it back. Returns the number of cases repaired.
+    not list; this puts it back (every ingest does it when it starts). ``metas``: the
+    :func:`committed_metas` when the caller has read them already. Returns the number of cases
+    repaired.
     """
-    from pipeline.store import append_catalog, list_cases, read_case_meta, read_catalog
+    from pipeline.store import append_catalog, read_catalog
 
     cat = read_catalog(store_root, latest_only=False)
     known = set(zip(cat["case_id"], cat["run_id"])) if len(cat) else set()
     repaired = 0
-    for case_id in list_cases(store_root):
-        meta = read_case_meta(store_root, case_id)
-        if meta.run_id and meta.catalog_rows and (case_id, meta.run_id) not in known:
+    for meta in committed_metas(store_root) if metas is None else metas:
+        if meta.run_id and meta.catalog_rows and (meta.case_id, meta.run_id) not in known:
             append_catalog(store_root, meta.catalog_rows)
             repaired += 1
     if repaired:
@@ -381,16 +390,14 @@ def repair_catalog(store_root: str | Path) -> int:
     return repaired
 
 
-def known_cases(store_root: str | Path, cfg: PipelineConfig) -> list[Any]:
+def known_cases(store_root: str | Path, cfg: PipelineConfig, metas: list[CaseMeta] | None = None) -> list[Any]:
     """Committed DICOM cases converted with this configuration, with their source files' size and
     mtime, so that discovery can skip re-reading the headers of unchanged studies."""
     from pipeline.discover import KnownCase
-    from pipeline.store import list_cases
 
     out = []
-    for case_id in list_cases(store_root):
-        meta = existing_case_meta(store_root, case_id)
-        if meta is None or meta.config_hash != cfg.processing_hash():
+    for meta in committed_metas(store_root) if metas is None else metas:
+        if meta.config_hash != cfg.processing_hash():
             continue
         files = [s for ch in meta.channel_info for s in ch.sources]
         dicom = [s.relpath for ch in meta.channel_info if ch.source_format == "dicom" for s in ch.sources]
@@ -399,9 +406,24 @@ def known_cases(store_root: str | Path, cfg: PipelineConfig) -> list[Any]:
         if not dicom or any(f.mtime_ns is None for f in files):
             continue
         root = os.path.commonpath([str(Path(r).parent) for r in dicom])
-        accounted = tuple(r.source_relpath for r in meta.catalog_rows if r.status in ("unused", "rejected") and r.case_id == case_id)
-        out.append(KnownCase(case_id, "" if root == "." else Path(root).as_posix(), {f.relpath: (f.size_bytes, f.mtime_ns) for f in files}, accounted))
+        accounted = tuple(r.source_relpath for r in meta.catalog_rows if r.status in ("unused", "rejected") and r.case_id == meta.case_id)
+        out.append(KnownCase(meta.case_id, "" if root == "." else Path(root).as_posix(), {f.relpath: (f.size_bytes, f.mtime_ns) for f in files}, accounted))
     return out
+
+
+def open_store_for_ingest(store_root: str | Path, cfg: PipelineConfig, force: bool = False) -> list[Any]:
+    """Create the store if needed, clear what crashed runs left in staging, restore catalog rows
+    a crash lost, and return the :func:`known_cases` for discovery (none with ``force``).
+
+    Reads every committed case's metadata once for both.
+    """
+    from pipeline.store import clean_staging, init_store
+
+    init_store(store_root)
+    clean_staging(store_root)
+    metas = committed_metas(store_root)
+    repair_catalog(store_root, metas)
+    return [] if force else known_cases(store_root, cfg, metas)
 
 
 def summarize(results: list[SessionResult], discovery_rejected: list[dict[str, str]], run_id: str, store: str, seconds: float,
@@ -452,15 +474,11 @@ def run_ingest(
     """
     from pipeline.discover import discover
     from pipeline.parallel import map_sessions
-    from pipeline.store import clean_staging, init_store
 
     t0 = time.perf_counter()
     run_id = new_run_id()
-    init_store(store_root)
-    clean_staging(store_root)
-    known = [] if force else known_cases(store_root, cfg)
+    known = open_store_for_ingest(store_root, cfg, force)
     disc = discover(source, cfg, key, progress=progress, client=client, known=known)
     rejected = record_rejected(store_root, disc, cfg, run_id)
     results = map_sessions(disc.sessions, str(store_root), cfg, run_id, client=client, progress=progress, force=force)
-    repair_catalog(store_root)
     return summarize(results, rejected, run_id, str(store_root), time.perf_counter() - t0, disc.unchanged)

@@ -177,3 +177,20 @@ def test_nan_voxels_reject_only_that_input(tmp_path):
     assert "non-finite" in reason
     meta = read_case_meta(tmp_path / "s.zarr", list_cases(tmp_path / "s.zarr")[0])
     assert meta.channels == ["FLAIR", "T1"]
+
+
+def test_symlinked_inputs_keep_their_names_in_the_source_tree(tmp_path):
+    """Sources are named as the tree the user points at names them, also when a file is a
+    symlink to storage elsewhere (no absolute outside path in the catalog)."""
+    elsewhere = tmp_path / "archive" / "x"
+    write_session(elsewhere, "p_", seed=5)
+    src = tmp_path / "cohort" / "patient05"
+    src.mkdir(parents=True)
+    for f in elsewhere.iterdir():
+        (src / f.name).symlink_to(f)
+    disc = discover(tmp_path / "cohort", PipelineConfig(), b"k")
+    (plan,) = disc.sessions
+    assert sorted(r for i in plan.items for r in i.relpaths) == sorted(f"patient05/{f.name}" for f in elsewhere.iterdir())
+    summary = run_ingest(tmp_path / "cohort", tmp_path / "s.zarr", PipelineConfig(), b"k")
+    assert summary.converted == 1
+    assert all(p.startswith("patient05/") for p in read_catalog(tmp_path / "s.zarr")["source_relpath"])

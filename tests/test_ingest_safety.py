@@ -89,6 +89,16 @@ def test_crash_between_commit_and_catalog_is_repaired(cohort, tmp_path):
     assert_valid_store(store, N_SESSIONS)
 
 
+def test_rerun_restores_catalog_rows_lost_in_a_crash(cohort, tmp_path):
+    store = tmp_path / "store.zarr"
+    run_ingest(cohort, store, PipelineConfig(), b"k")
+    shutil.rmtree(store / "catalog")
+    (store / "catalog").mkdir()
+    summary = run_ingest(cohort, store, PipelineConfig(), b"k")
+    assert summary.converted == 0  # nothing re-converted: the cases are complete
+    assert_valid_store(store, N_SESSIONS)  # and the catalog lists each of them once again
+
+
 def test_two_concurrent_ingests_leave_a_valid_store(cohort, tmp_path):
     store = tmp_path / "store.zarr"
     procs = [subprocess.Popen(ingest_cmd(cohort, store), env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]

@@ -31,3 +31,41 @@ def test_constant_image_and_nan_stats():
     assert foreground_mask(np.ones((4, 4, 4))).all()
     s = intensity_stats(np.array([np.nan, 1.0, 3.0]))
     assert s["mean"] == 2.0
+
+
+def _scipy_fill_holes_3d_then_slices(mask: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    filled = ndimage.binary_fill_holes(mask)
+    for z in range(filled.shape[0]):
+        filled[z] = ndimage.binary_fill_holes(filled[z])
+    return filled
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fill_holes_equals_scipy_reference(seed):
+    from scipy import ndimage
+
+    from pipeline.normalize import fill_holes
+
+    rng = np.random.default_rng(seed)
+    # a random blobby mask: many cavities, cavities open to one slice's border, tunnels through z
+    mask = ndimage.gaussian_filter(rng.random((24, 40, 36)), 1.5) > 0.5
+    mask[:, :, 0] = False
+    mask[5] = mask[5] | (np.indices(mask.shape[1:])[0] % 7 == 0)
+    assert mask.any() and (~mask).any()
+    assert np.array_equal(fill_holes(mask), _scipy_fill_holes_3d_then_slices(mask))
+
+
+def test_otsu_threshold_matches_simpleitk():
+    import SimpleITK as sitk
+
+    from pipeline.normalize import otsu_threshold
+
+    rng = np.random.default_rng(0)
+    a = np.concatenate([rng.normal(10, 3, 20000), rng.normal(60, 8, 8000)]).astype(np.float32).reshape(28, 25, 40)
+    f = sitk.OtsuThresholdImageFilter()
+    f.SetNumberOfHistogramBins(128)
+    f.Execute(sitk.GetImageFromArray(a))
+    bin_width = (a.max() - a.min()) / 128
+    assert abs(otsu_threshold(a, bins=128) - f.GetThreshold()) <= bin_width

@@ -55,3 +55,50 @@ def test_parallel_header_scan_equals_serial(tmp_path, monkeypatch):
         parallel = discover(tmp_path, PipelineConfig(), b"k", client=client)
     key = lambda disc: sorted((s.case_id, tuple(tuple(i.relpaths) for i in s.items)) for s in disc.sessions)  # noqa: E731
     assert key(parallel) == key(serial) and len(serial.sessions) == 3
+
+
+def _worker_settings() -> dict:
+    import os
+
+    import SimpleITK as sitk
+    import zarr
+
+    return {"sitk": sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(), "zarr": zarr.config.get("threading.max_workers"),
+            "malloc_trim": os.environ.get("MALLOC_TRIM_THRESHOLD_")}
+
+
+def test_local_cluster_workers_use_one_core_and_glibc_default_malloc():
+    with dask_client(None, 2) as client:
+        settings = list(client.run(_worker_settings).values())
+    assert settings == [{"sitk": 1, "zarr": 1, "malloc_trim": None}] * 2
+
+
+def test_deploy_dask_config_removes_malloc_trim_for_hand_started_workers():
+    from pathlib import Path
+
+    import dask.config
+
+    (cfg,) = dask.config.collect_yaml([str(Path(__file__).parents[1] / "deploy" / "dask.yaml")])
+    merged = dask.config.merge(dask.config.config, cfg)
+    assert "MALLOC_TRIM_THRESHOLD_" in dask.config.config["distributed"]["nanny"]["pre-spawn-environ"]  # Dask's default
+    assert merged["distributed"]["nanny"]["pre-spawn-environ"]["MALLOC_TRIM_THRESHOLD_"] is None
+
+
+def test_largest_sessions_are_converted_first(tmp_path):
+    """Longest-first order: no big session is left running alone while the other workers idle."""
+    from test_ingest import blob_image, write_nifti
+
+    from pipeline.discover import discover
+    from pipeline.parallel import map_sessions
+    from pipeline.store import read_catalog
+
+    src = tmp_path / "c"
+    for name, size in (("small", 16), ("large", 48), ("medium", 32)):
+        write_nifti(blob_image((size, size, size), (1.0, 1.0, 1.0), seed=size), src / name / f"{name}_FLAIR.nii.gz")
+    plans = discover(src, PipelineConfig(), b"k").sessions
+    with dask_client(None, 1) as client:  # one worker: sessions run one after another, in priority order
+        results = map_sessions(plans, str(tmp_path / "s.zarr"), PipelineConfig(), "r", client=client)
+    assert [r.case_id for r in results] == [p.case_id for p in plans]  # results come back in input order
+    cat = read_catalog(tmp_path / "s.zarr").sort_values("recorded_at")
+    ran = [p.root_relpath for case in cat["case_id"] for p in plans if p.case_id == case]
+    assert ran == ["large", "medium", "small"]
