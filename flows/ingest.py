@@ -20,11 +20,12 @@ def discover_task(source: str, store: str, cfg: PipelineConfig, run_id: str, sch
     from pipeline.discover import discover
     from pipeline.ingest import open_store_for_ingest, record_rejected
 
-    known = open_store_for_ingest(store, cfg, force)
+    state = open_store_for_ingest(store, cfg, force)
     with Client(scheduler, timeout="30s") as client:
-        disc = discover(source, cfg, pseudonym_key(), progress=progress_logger(), client=client, known=known)
+        disc = discover(source, cfg, pseudonym_key(), progress=progress_logger(), client=client, known=state.known)
     rejected = record_rejected(store, disc, cfg, run_id)
-    return disc.sessions, rejected, disc.unchanged
+    todo, unchanged = state.pending(disc.sessions, cfg, force)
+    return todo, rejected, disc.unchanged + unchanged
 
 
 @task(name="convert-batch", cache_policy=NO_CACHE)

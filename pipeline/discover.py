@@ -137,8 +137,14 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
 
 def _rel(path: Path, root: Path) -> str:
     """``path`` relative to ``root`` as the source tree names it (lexically: a symlink keeps
-    its own name in the tree). Paths come from walking ``root``, so they lie under it."""
-    return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+    its own name in the tree). Paths come from walking ``root``, so they lie under it.
+    String operations: this runs for every file of every rerun."""
+    p, r = str(path), str(root)
+    if p == r:
+        return "."
+    if p.startswith(r.rstrip(os.sep) + os.sep):
+        return p[len(r.rstrip(os.sep)) + 1 :].replace(os.sep, "/")
+    return p
 
 
 def _volume_kind(path: Path) -> str:
@@ -235,9 +241,10 @@ def _plan_dicom(root: Path, files: list[Path], config: PipelineConfig, key: byte
     return sessions, study_roots, rejected
 
 
-def _unchanged_cases(root: Path, known: Sequence[KnownCase], dicom_files: list[Path], volume_files: list[Path]) -> dict[str, KnownCase]:
+def _unchanged_cases(root: Path, known: Sequence[KnownCase], dicom_files: list[Path], volume_files: list[Path],
+                     stats: dict[Path, os.stat_result]) -> dict[str, KnownCase]:
     """Known DICOM cases whose every source file is present with the size and mtime it was hashed at,
-    and whose folder holds no file the case does not account for."""
+    and whose folder holds no file the case does not account for. ``stats``: files already stat'ed."""
     if not known:
         return {}
     present = {_rel(p, root): p for p in (*dicom_files, *volume_files)}
@@ -247,7 +254,7 @@ def _unchanged_cases(root: Path, known: Sequence[KnownCase], dicom_files: list[P
             p = present.get(rel)
             if p is None:
                 break
-            st = p.stat()
+            st = stats.get(p) or p.stat()
             if (st.st_size, st.st_mtime_ns) != (size, mtime):
                 break
         else:
@@ -315,6 +322,10 @@ def discover(
     volume_files: list[Path] = []
     dicom_files: list[Path] = []
     all_files = walk_files(root)
+    # files a committed case was converted from, with their size and mtime then: when unchanged,
+    # they are DICOM without opening them again
+    known_files = {rel: st for kc in known for rel, st in kc.sources.items()}
+    stats: dict[Path, os.stat_result] = {}
     for i, path in enumerate(all_files):
         if progress and i % 500 == 0:
             progress("scan", i, len(all_files))
@@ -327,17 +338,18 @@ def discover(
         if suffix in IGNORED_SUFFIXES:
             continue
         try:
-            size = path.stat().st_size
+            st = stats[path] = path.stat()
         except OSError as exc:
             rejected.append(Rejected(_rel(path, root), f"cannot read: {exc.strerror}"))
             continue
+        size = st.st_size
         if size == 0:
             rejected.append(Rejected(_rel(path, root), "zero-byte file"))
             continue
         if suffix in UNSUPPORTED_IMAGE_SUFFIXES:
             rejected.append(Rejected(_rel(path, root), f"unsupported image format '{suffix}' (supported: DICOM, .nii, .nii.gz, .mhd/.raw, .mha)"))
             continue
-        if is_dicom_file(path):
+        if known_files.get(_rel(path, root)) == (size, st.st_mtime_ns) or is_dicom_file(path):
             dicom_files.append(path)
         elif suffix in (".dcm", ".ima", ""):
             rejected.append(Rejected(_rel(path, root), "not a readable DICOM file (no DICM preamble and not parseable)", "dicom"))
@@ -348,7 +360,7 @@ def discover(
     study_roots: dict[Path, tuple[str, str]] = {}
 
     # ---------------------------------------------------------------- DICOM
-    fresh = _unchanged_cases(root, known, dicom_files, volume_files)
+    fresh = _unchanged_cases(root, known, dicom_files, volume_files, stats)
     claimed = _claimed_files(root, fresh, dicom_files + volume_files)
     dicom_errors: list[Rejected] = []
     if dicom_files:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import time
 import traceback
 import uuid
@@ -167,19 +168,11 @@ def _convert_session(plan: SessionPlan, store_root: str, cfg: PipelineConfig, ru
 
     used = [i for i in plan.items if not i.unused_reason]
     existing = existing_case_meta(store_root, plan.case_id)
-    known = _known_sources(existing) if existing is not None and not force else {}
-    digests: dict[str, str] = {}
-    file_stats: dict[str, os.stat_result] = {}
+    digests, file_stats, to_hash = _cached_digests(plan, existing if not force else None)
     nbytes = 0
-    for item in used:
-        for rel, path in zip(item.relpaths, item.paths):
-            st = file_stats[rel] = path.stat()
-            cached = known.get(rel)
-            if cached is not None and cached.size_bytes == st.st_size and cached.mtime_ns == st.st_mtime_ns:
-                digests[rel] = cached.sha256  # unchanged since it was hashed: no need to read it again
-            else:
-                digests[rel] = file_sha256(path)
-                nbytes += st.st_size
+    for rel, path in to_hash:
+        digests[rel] = file_sha256(path)
+        nbytes += file_stats[rel].st_size
     fingerprint = plan.fingerprint(digests)
     if not force and existing and existing.source_fingerprint == fingerprint and existing.config_hash == cfg.processing_hash():
         return SessionResult(plan.case_id, "skipped", bytes_read=nbytes)
@@ -328,6 +321,43 @@ def _nothing_usable_reason(plan: SessionPlan, cfg: PipelineConfig, broken: bool)
     return f"no structural {wanted} image for lesion work in this session ({detail or 'no image inputs'})"
 
 
+def _cached_digests(plan: SessionPlan, existing: CaseMeta | None) -> tuple[dict[str, str], dict[str, os.stat_result], list[tuple[str, Path]]]:
+    """Digests of the plan's used input files that are unchanged (same size and mtime) since the
+    committed case ``existing`` hashed them, the stat of every used file, and the files that still
+    need hashing."""
+    known = _known_sources(existing) if existing is not None else {}
+    digests: dict[str, str] = {}
+    file_stats: dict[str, os.stat_result] = {}
+    to_hash: list[tuple[str, Path]] = []
+    for item in plan.items:
+        if item.unused_reason:
+            continue
+        for rel, path in zip(item.relpaths, item.paths):
+            st = file_stats[rel] = path.stat()
+            cached = known.get(rel)
+            if cached is not None and cached.size_bytes == st.st_size and cached.mtime_ns == st.st_mtime_ns:
+                digests[rel] = cached.sha256  # unchanged since it was hashed: no need to read it again
+            else:
+                to_hash.append((rel, path))
+    return digests, file_stats, to_hash
+
+
+def is_up_to_date(plan: SessionPlan, existing: CaseMeta | None, cfg: PipelineConfig) -> bool:
+    """True when the committed case ``existing`` was converted from exactly the plan's inputs
+    (every file unchanged in size and mtime since it was hashed) with this configuration.
+
+    Reads no image data: the driver uses it to leave unchanged sessions out of the work sent to
+    the cluster. ``False`` means "convert_session decides" (it hashes what changed).
+    """
+    if existing is None or existing.config_hash != cfg.processing_hash():
+        return False
+    try:
+        digests, _, to_hash = _cached_digests(plan, existing)
+        return not to_hash and existing.source_fingerprint == plan.fingerprint(digests)
+    except OSError:
+        return False
+
+
 def _known_sources(meta: CaseMeta) -> dict[str, SourceFile]:
     """The committed case's source records by relpath (a digest cache keyed by size + mtime)."""
     known = {s.relpath: s for ch in meta.channel_info for s in ch.sources}
@@ -378,8 +408,8 @@ def repair_catalog(store_root: str | Path, metas: list[CaseMeta] | None = None) 
     """
     from pipeline.store import append_catalog, read_catalog
 
-    cat = read_catalog(store_root, latest_only=False)
-    known = set(zip(cat["case_id"], cat["run_id"])) if len(cat) else set()
+    cat = read_catalog(store_root, latest_only=False, columns=["case_id", "run_id"])
+    known = set(zip(cat["case_id"], cat["run_id"]))
     repaired = 0
     for meta in committed_metas(store_root) if metas is None else metas:
         if meta.run_id and meta.catalog_rows and (meta.case_id, meta.run_id) not in known:
@@ -405,17 +435,39 @@ def known_cases(store_root: str | Path, cfg: PipelineConfig, metas: list[CaseMet
             files.append(meta.label_source)
         if not dicom or any(f.mtime_ns is None for f in files):
             continue
-        root = os.path.commonpath([str(Path(r).parent) for r in dicom])
+        root = os.path.commonpath([posixpath.dirname(r) or "." for r in dicom])  # relpaths are POSIX
         accounted = tuple(r.source_relpath for r in meta.catalog_rows if r.status in ("unused", "rejected") and r.case_id == meta.case_id)
-        out.append(KnownCase(meta.case_id, "" if root == "." else Path(root).as_posix(), {f.relpath: (f.size_bytes, f.mtime_ns) for f in files}, accounted))
+        out.append(KnownCase(meta.case_id, "" if root == "." else root, {f.relpath: (f.size_bytes, f.mtime_ns) for f in files}, accounted))
     return out
 
 
-def open_store_for_ingest(store_root: str | Path, cfg: PipelineConfig, force: bool = False) -> list[Any]:
-    """Create the store if needed, clear what crashed runs left in staging, restore catalog rows
-    a crash lost, and return the :func:`known_cases` for discovery (none with ``force``).
+@dataclass
+class StoreState:
+    """What an ingest knows of its store before it starts: committed cases and the discovery
+    shortcut derived from them."""
 
-    Reads every committed case's metadata once for both.
+    metas: dict[str, CaseMeta]
+    known: list[Any]
+
+    def pending(self, plans: list[SessionPlan], cfg: PipelineConfig, force: bool = False) -> tuple[list[SessionPlan], list[str]]:
+        """``plans`` split into those to send to the workers and the case ids already up to date."""
+        if force:
+            return list(plans), []
+        todo, unchanged = [], []
+        for plan in plans:
+            if is_up_to_date(plan, self.metas.get(plan.case_id), cfg):
+                unchanged.append(plan.case_id)
+            else:
+                todo.append(plan)
+        return todo, unchanged
+
+
+def open_store_for_ingest(store_root: str | Path, cfg: PipelineConfig, force: bool = False) -> StoreState:
+    """Create the store if needed, clear what crashed runs left in staging, restore catalog rows
+    a crash lost, and return the committed cases' metadata with the :func:`known_cases` for
+    discovery (none with ``force``).
+
+    Reads every committed case's metadata once for all of that.
     """
     from pipeline.store import clean_staging, init_store
 
@@ -423,7 +475,7 @@ def open_store_for_ingest(store_root: str | Path, cfg: PipelineConfig, force: bo
     clean_staging(store_root)
     metas = committed_metas(store_root)
     repair_catalog(store_root, metas)
-    return [] if force else known_cases(store_root, cfg, metas)
+    return StoreState({m.case_id: m for m in metas}, [] if force else known_cases(store_root, cfg, metas))
 
 
 def summarize(results: list[SessionResult], discovery_rejected: list[dict[str, str]], run_id: str, store: str, seconds: float,
@@ -477,8 +529,9 @@ def run_ingest(
 
     t0 = time.perf_counter()
     run_id = new_run_id()
-    known = open_store_for_ingest(store_root, cfg, force)
-    disc = discover(source, cfg, key, progress=progress, client=client, known=known)
+    state = open_store_for_ingest(store_root, cfg, force)
+    disc = discover(source, cfg, key, progress=progress, client=client, known=state.known)
     rejected = record_rejected(store_root, disc, cfg, run_id)
-    results = map_sessions(disc.sessions, str(store_root), cfg, run_id, client=client, progress=progress, force=force)
-    return summarize(results, rejected, run_id, str(store_root), time.perf_counter() - t0, disc.unchanged)
+    todo, unchanged = state.pending(disc.sessions, cfg, force)
+    results = map_sessions(todo, str(store_root), cfg, run_id, client=client, progress=progress, force=force)
+    return summarize(results, rejected, run_id, str(store_root), time.perf_counter() - t0, disc.unchanged + unchanged)

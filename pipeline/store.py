@@ -560,52 +560,80 @@ def _parquet_bytes(df: "Any") -> bytes:
     return buf.getvalue()
 
 
+def catalog_arrow_schema() -> "Any":
+    """The Arrow schema of catalog parts, from :class:`CatalogRow` (same column types in every
+    part, whatever values a part holds, so any Parquet reader can read them as one dataset)."""
+    import datetime as _dt
+    import types
+    import typing
+
+    import pyarrow as pa
+
+    arrow = {str: pa.string(), float: pa.float64(), int: pa.int64(), bool: pa.bool_(), _dt.datetime: pa.timestamp("us", tz="UTC")}
+    fields = []
+    for name, info in CatalogRow.model_fields.items():
+        ann = info.annotation
+        optional = typing.get_origin(ann) in (typing.Union, types.UnionType) and type(None) in typing.get_args(ann)
+        if optional:
+            ann = next(a for a in typing.get_args(ann) if a is not type(None))
+        kind = str if typing.get_origin(ann) is typing.Literal else ann
+        fields.append(pa.field(name, arrow[kind], nullable=optional))
+    return pa.schema(fields)
+
+
 def append_catalog(root: str | Path, rows: Iterable[CatalogRow], *, storage_options: dict[str, Any] | None = None) -> Path | str | None:
     """Append validated rows as one new Parquet part (written to a temp name, then renamed;
     on an object store one PUT). Returns the part's path or URL."""
-    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     rows = [CatalogRow.model_validate(r.model_dump()) for r in rows]
     if not rows:
         return None
-    df = pd.DataFrame([r.model_dump() for r in rows])
+    table = pa.Table.from_pylist([r.model_dump() for r in rows], schema=catalog_arrow_schema())
+    name = _part_name(rows)
     r = _remote(root, storage_options)
     if r is not None:
-        name = _part_name(rows)
-        r.put(r.key(CATALOG, name), _parquet_bytes(df))
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        r.put(r.key(CATALOG, name), buf.getvalue())
         return r.url_of(CATALOG, name)
     folder = _local(root) / CATALOG
     folder.mkdir(parents=True, exist_ok=True)
-    name = _part_name(rows)
     tmp = folder / f".{name}.tmp"
-    df.to_parquet(tmp, index=False)
+    pq.write_table(table, tmp)
     os.replace(tmp, folder / name)
     return folder / name
 
 
-def read_catalog(root: str | Path, latest_only: bool = True, *, storage_options: dict[str, Any] | None = None) -> "Any":
-    """The catalog as a pandas DataFrame.
+def read_catalog(root: str | Path, latest_only: bool = True, *, columns: list[str] | None = None,
+                 storage_options: dict[str, Any] | None = None) -> "Any":
+    """The catalog as a pandas DataFrame (``columns``: only these).
 
     With ``latest_only`` each (source, case, modality) keeps its most recent row, which is the
-    current state; otherwise the full history is returned.
+    current state; otherwise the full history is returned. Parts written by older versions
+    (whose column types pandas inferred) are read into today's schema.
     """
-    import pandas as pd
+    import pyarrow.dataset as pads
 
+    schema = catalog_arrow_schema()
+    wanted = list(schema.names) if columns is None else list(columns)
+    if latest_only:
+        wanted += [c for c in ("recorded_at", "source_relpath", "case_id", "modality") if c not in wanted]
     r = _remote(root, storage_options)
     if r is not None:
         folder = r.key(CATALOG)
         r.fs.invalidate_cache(folder)
-        keys = sorted(r.fs.glob(f"{folder}/part-*.parquet"))
-        blobs = r.fs.cat(keys) if keys else {}
-        frames = [pd.read_parquet(io.BytesIO(blobs[k])) for k in keys if k in blobs]
+        parts, fs = sorted(r.fs.glob(f"{folder}/part-*.parquet")), r.fs
     else:
-        parts = sorted((_local(root) / CATALOG).glob("part-*.parquet"))
-        frames = [pd.read_parquet(p) for p in parts]
-    if not frames:
-        return pd.DataFrame(columns=list(CatalogRow.model_fields))
-    df = pd.concat(frames, ignore_index=True)
+        parts, fs = [str(p) for p in sorted((_local(root) / CATALOG).glob("part-*.parquet"))], None
+    if not parts:
+        return schema.empty_table().select(wanted).to_pandas()
+    df = pads.dataset(parts, schema=schema, format="parquet", filesystem=fs).to_table(columns=wanted).to_pandas()
     if latest_only and len(df):
         df = df.sort_values("recorded_at").drop_duplicates(["source_relpath", "case_id", "modality"], keep="last")
+    if columns is not None:
+        df = df[list(columns)]
     return df.reset_index(drop=True)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 from pathlib import Path
 
 import numpy as np
@@ -194,3 +195,26 @@ def test_symlinked_inputs_keep_their_names_in_the_source_tree(tmp_path):
     summary = run_ingest(tmp_path / "cohort", tmp_path / "s.zarr", PipelineConfig(), b"k")
     assert summary.converted == 1
     assert all(p.startswith("patient05/") for p in read_catalog(tmp_path / "s.zarr")["source_relpath"])
+
+
+def test_driver_sends_only_changed_sessions_to_the_workers(cohort, tmp_path):
+    from pipeline.ingest import open_store_for_ingest
+
+    store = tmp_path / "s.zarr"
+    run_ingest(cohort, store, PipelineConfig(), b"k")
+    state = open_store_for_ingest(store, PipelineConfig())
+    plans = discover(cohort, PipelineConfig(), b"k", known=state.known).sessions
+    todo, unchanged = state.pending(plans, PipelineConfig())
+    # only the session whose FLAIR was rejected (no committed case) is tried again
+    assert [p.root_relpath for p in todo] == ["site/patient04"]
+    assert sorted(unchanged) == sorted(state.metas)
+    # a file whose mtime moved is sent to a worker, which hashes it and finds the same bytes
+    flair = cohort / "site" / "patient02" / "patient02_FLAIR.nii.gz"
+    os.utime(flair, ns=(flair.stat().st_atime_ns, flair.stat().st_mtime_ns + 10**9))
+    todo, _ = state.pending(plans, PipelineConfig())
+    assert [p.root_relpath for p in todo] == ["site/patient02", "site/patient04"]
+    summary = run_ingest(cohort, store, PipelineConfig(), b"k")
+    assert summary.converted == 0 and summary.skipped == len(state.metas)
+    # another processing configuration: everything is pending, and force sends everything
+    assert len(state.pending(plans, PipelineConfig(target_spacing=(2.0, 2.0, 2.0)))[0]) == len(plans)
+    assert len(state.pending(plans, PipelineConfig(), force=True)[0]) == len(plans)

@@ -75,3 +75,29 @@ def test_older_minor_is_read_newer_minor_asks_for_an_upgrade(tmp_path):
     StoreManifest(pipeline_version="0", schema_version=f"{major}.0")
     with pytest.raises(ValueError, match="upgrade lesionflow"):
         StoreManifest(pipeline_version="0", schema_version=f"{major}.{int(minor) + 1}")
+
+
+def test_catalog_parts_share_one_schema_and_older_parts_are_read(tmp_path):
+    """Every part has the CatalogRow column types even when a column is all empty, so any Parquet
+    reader (pyarrow datasets, DuckDB, Spark) reads the parts as one table; parts written by
+    earlier versions (types inferred by pandas, all-null columns typed null) are read too."""
+    import pandas as pd
+    import pyarrow.dataset as pads
+    import pyarrow.parquet as pq
+
+    root = store.init_store(tmp_path / "s.zarr")
+    base = dict(case_id="c", subject="s", session="t", source_relpath="a/b", pipeline_version="0", config_hash="h", run_id="r")
+    store.append_catalog(root, [CatalogRow(status="rejected", reason="broken", **base)])  # no modality, no statistics
+    store.append_catalog(root, [CatalogRow(status="converted", modality="FLAIR", intensity_mean=1.5, **base)])
+    parts = sorted((root / "catalog").glob("part-*.parquet"))
+    assert all(pq.read_schema(p).remove_metadata() == store.catalog_arrow_schema() for p in parts)
+    assert pads.dataset([str(p) for p in parts]).to_table().num_rows == 2  # no type conflict between parts
+    # a part as lesionflow <= 2026-11-20 wrote it: pandas-inferred types, an all-null column typed null
+    old = pd.DataFrame([CatalogRow(status="unused", reason="old", modality="T2", **base).model_dump()])
+    old["intensity_mean"] = None
+    old.to_parquet(root / "catalog" / "part-00000000T000000-old.parquet", index=False)
+    df = store.read_catalog(root, latest_only=False)
+    assert len(df) == 3 and sorted(df["status"]) == ["converted", "rejected", "unused"]
+    assert df["intensity_mean"].dtype == "float64"
+    assert store.read_catalog(root, latest_only=False, columns=["case_id", "run_id"]).columns.tolist() == ["case_id", "run_id"]
+    assert store.query_catalog(root, "SELECT count(*) AS n FROM catalog_history")["n"].iloc[0] == 3

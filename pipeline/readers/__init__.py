@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pipeline.readers.errors import ReaderError
@@ -24,7 +25,7 @@ _DICOM_SUFFIXES = (".dcm",)
 
 
 def _ending(path: str | Path) -> str | None:
-    name = Path(path).name.lower()
+    name = os.path.basename(os.fspath(path)).lower()
     for suffix in VOLUME_SUFFIXES:
         if name.endswith(suffix) and len(name) > len(suffix):
             return suffix
