@@ -88,3 +88,18 @@ def test_planted_faults(tmp_path):
     assert not list((info.cohort_dir / missing["session_dir"]).glob("*FLAIR*"))
     with pytest.raises(ValueError, match="unknown phantom fault"):
         make_cohort(tmp_path / "x", n_subjects=3, faults=["bad"])
+
+
+def test_rewriting_a_phantom_folder_leaves_no_stale_subjects_and_other_folders_are_refused(tmp_path):
+    out = tmp_path / "ph"
+    make_cohort(out, n_subjects=4, seed=1, spacing_mm=4.0)
+    small = make_cohort(out, n_subjects=2, seed=1, spacing_mm=4.0)
+    labels = sorted({p.name.split("_")[0].removeprefix("sub-") for fmt in ("dicom", "metaimage", "bids")
+                     for p in (small.cohort_dir / fmt).glob("*")})
+    assert labels == ["PH000", "PH001"] and len(small.truth) == 2
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not an earlier phantom output"):
+        make_cohort(mine, n_subjects=1, spacing_mm=4.0)
+    assert (mine / "notes.txt").read_text() == "keep me"

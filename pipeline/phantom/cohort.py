@@ -29,6 +29,7 @@ thin ones), ``missing_flair``, ``label_offgrid`` (mask written on a shifted grid
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -92,11 +93,35 @@ def _truth_rows(label: str, params: A.SubjectParams, grid: A.Grid) -> tuple[np.n
     return (ids > 0).astype(np.uint8), rows
 
 
+_OUTPUTS = ("phantom.json", "cohort", "truth")
+
+
+def _clear_output(out: Path) -> None:
+    """Empty ``out`` of an earlier phantom; refuse a folder holding anything else."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise NotADirectoryError(f"{out} is a file; give a folder for the phantom cohort")
+    entries = [e for e in out.iterdir() if not e.name.startswith(".")]
+    if not entries:
+        return
+    others = sorted(e.name for e in entries if e.name not in _OUTPUTS)
+    if others or not (out / "phantom.json").is_file():
+        shown = ", ".join(others[:5]) or ", ".join(sorted(e.name for e in entries)[:5])
+        raise FileExistsError(f"{out} is not empty and is not an earlier phantom output (it holds {shown}); "
+                              "give a new or empty folder, so that nothing of yours is overwritten")
+    for name in ("cohort", "truth"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    (out / "phantom.json").unlink()
+
+
 def make_cohort(out: str | Path, n_subjects: int = 6, seed: int = 0, spacing_mm: float = 1.5, faults: Sequence[str] = ()) -> CohortInfo:
     """Write a phantom cohort of ``n_subjects`` into ``out`` (see the module docstring).
 
     Args:
-        out: output folder (created; existing files of the same names are overwritten).
+        out: output folder: new, empty, or an earlier phantom output (whose ``cohort/`` and
+            ``truth/`` are then replaced, so a smaller cohort leaves no stale subjects behind).
+            Any other non-empty folder is refused.
         n_subjects: subjects, cycling through DICOM, MetaImage and BIDS-NIfTI.
         seed: random seed; the same seed writes identical files.
         spacing_mm: base voxel size (mm); thick FLAIRs use twice this.
@@ -109,6 +134,7 @@ def make_cohort(out: str | Path, n_subjects: int = 6, seed: int = 0, spacing_mm:
     out = Path(out)
     cohort = out / "cohort"
     truth_dir = out / "truth"
+    _clear_output(out)
     truth_dir.mkdir(parents=True, exist_ok=True)
     fault_of = {v: k for k, v in _fault_subjects(n_subjects, faults).items()}
     cases: list[dict[str, Any]] = []
