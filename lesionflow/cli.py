@@ -142,7 +142,7 @@ def lesions(
 @app.command()
 def ingest(
     source: Path = typer.Argument(..., exists=True, file_okay=False, help="cohort folder to ingest"),
-    store: Path = typer.Option(..., "--store", help="Zarr store folder (created if missing)"),
+    store: str = typer.Option(..., "--store", help="Zarr store folder (created if missing) or URL (s3://bucket/store)"),
     config: Optional[Path] = typer.Option(None, "--config", help="pipeline configuration JSON"),
     target_spacing: Optional[str] = typer.Option(None, help="resample to this spacing, mm 'x,y,z' (default: keep the reference grid)"),
     dask_address: Optional[str] = typer.Option(None, envvar="LESIONFLOW_DASK_ADDRESS", help="existing Dask scheduler, e.g. tcp://host:8786"),
@@ -207,9 +207,22 @@ class _progress:
 
 
 # ------------------------------------------------------------------------------- prepare / train / score
+def _existing_store(value: str) -> str:
+    """``--store`` of the commands that read a store: a URL (``s3://bucket/store``) or an existing folder."""
+    from pipeline.store import is_remote
+
+    if not is_remote(value) and not Path(value).is_dir():
+        raise typer.BadParameter(f"store {value} does not exist; create it with `lesionflow ingest SOURCE --store {value}`")
+    return value
+
+
+def _store_option(help_text: str = "store folder or URL (s3://bucket/store)") -> Any:
+    return typer.Option(..., "--store", callback=_existing_store, help=help_text)
+
+
 @app.command()
 def prepare(
-    store: Path = typer.Option(..., "--store", exists=True, file_okay=False),
+    store: str = _store_option(),
     patch_size: int = typer.Option(48, help="patch edge in voxels"),
     seed: int = typer.Option(0),
     as_json: bool = typer.Option(False, "--json"),
@@ -223,7 +236,7 @@ def prepare(
 
 @app.command()
 def train(
-    store: Path = typer.Option(..., "--store", exists=True, file_okay=False),
+    store: str = _store_option(),
     iterations: int = typer.Option(300),
     patch_size: int = typer.Option(48),
     batch_size: int = typer.Option(2),
@@ -239,7 +252,7 @@ def train(
 
 @app.command()
 def score(
-    store: Path = typer.Option(..., "--store", exists=True, file_okay=False),
+    store: str = _store_option(),
     model: str = typer.Option(..., "--model", help="model version in the store, or a model folder / model.pt"),
     connectivity: int = typer.Option(26),
     min_size_mm3: float = typer.Option(0.0, "--min-size-mm3"),
@@ -259,7 +272,7 @@ def score(
 
 @app.command()
 def report(
-    store: Path = typer.Option(..., "--store", exists=True, file_okay=False),
+    store: str = _store_option(),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Write the data-quality report (HTML) of a store."""

@@ -1,14 +1,30 @@
 """Compare predictions with ground truth: Dice against the stored reference label and lesion
-volume against a truth table (e.g. the phantom's ``truth/truth_cases.csv``)."""
+volume against a truth table (e.g. the phantom's ``truth/truth_cases.csv``).
+
+The store and the truth table may be local paths or fsspec URLs (``s3://...``); everything is
+read through :mod:`pipeline.store`.
+"""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
 from pipeline.lesion_tables import mask_of
 from pipeline.lesions import dice
-from pipeline.store import list_cases, read_case_meta, read_table
+from pipeline.store import list_cases, location, read_bytes, read_case_meta, read_table
+
+
+def read_truth(truth_cases_csv: str | Path) -> "Any":
+    """The truth table (CSV with ``session_dir``, ``total_volume_ml``, ``lesion_count``) from a path or URL."""
+    import pandas as pd
+
+    blob = read_bytes(truth_cases_csv)
+    if blob is None:
+        raise FileNotFoundError(f"truth table {location(truth_cases_csv)} not found; give the truth_cases.csv written "
+                                "with the phantom cohort (truth/truth_cases.csv), or no truth table")
+    return pd.read_csv(io.BytesIO(blob))
 
 
 def evaluate(store_root: str | Path, model_version: str, truth_cases_csv: str | Path | None = None) -> "Any":
@@ -19,7 +35,7 @@ def evaluate(store_root: str | Path, model_version: str, truth_cases_csv: str | 
     """
     import pandas as pd
 
-    truth = pd.read_csv(truth_cases_csv) if truth_cases_csv else None
+    truth = read_truth(truth_cases_csv) if truth_cases_csv else None
     rows = []
     volumes = read_table(store_root, "case_volumes")
     if volumes is None:

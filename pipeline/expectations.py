@@ -8,8 +8,10 @@ progress bars), and every expectation becomes one result row::
      unexpected: [{case_id, modality, value, ...}], unexpected_cases, observed_value,
      flag, explanation, error}
 
-Results are written to ``<store>/quality/expectations.json``; failing rows become report flags
-``{case_id, what, detail}`` (:func:`flags_from_results`).
+Results are written to ``<store>/quality/expectations.json`` (locally via a temporary file and
+rename, on an object store with one PUT); failing rows become report flags
+``{case_id, what, detail}`` (:func:`flags_from_results`). Great Expectations runs in memory on the
+pandas tables, so a store on object storage (``s3://...``) needs no local folder.
 
 What the checks need from the ingest:
 
@@ -136,9 +138,9 @@ def build_tables(store_root: str | Path, channels: Sequence[str] = ("FLAIR", "T1
     """Derive the ``modalities``, ``cases``, ``sources`` and ``inputs`` tables from a store."""
     import pandas as pd
 
-    from pipeline.store import StoreError, list_cases, open_case, read_catalog, read_case_meta
+    from pipeline.store import StoreError, list_cases, location, open_case, read_catalog, read_case_meta
 
-    root = Path(store_root)
+    root = location(store_root)  # a local Path or the store's URL
     reference = reference or (channels[0] if channels else "FLAIR")
     cat = read_catalog(root) if catalog is None else catalog
     cat_by_case = {cid: g for cid, g in cat.groupby("case_id")} if len(cat) else {}
@@ -245,7 +247,8 @@ class ExpectationsOutcome:
     results: list[dict[str, Any]]
     flagged: list[dict[str, Any]]
     tables: dict[str, Any] = field(repr=False)
-    path: Path | None = None
+    path: Path | str | None = None
+    """Where ``expectations.json`` went: a local path, or its URL on an object store."""
 
     @property
     def success(self) -> bool:
@@ -443,17 +446,17 @@ def run_expectations(
     save: bool = True,
     spacing_range_mm: dict[str, tuple[float, float]] | None = None,
 ) -> ExpectationsOutcome:
-    """Derive the tables, run every suite, save ``<store>/quality/expectations.json``."""
-    from pipeline.store import write_json_atomic
+    """Derive the tables, run every suite, save ``<store>/quality/expectations.json`` (one PUT on an object store)."""
+    from pipeline.store import location, write_json_atomic
 
-    root = Path(store_root)
+    root = location(store_root)  # a local Path or the store's URL
     tables = build_tables(root, channels) if tables is None else tables
     specs = build_suites(tuple(channels), spacing_range_mm)
     results = validate_tables(tables, specs)
     flagged = flags_from_results(results, tables)
     path = None
     if save:
-        path = root / QUALITY_DIR / EXPECTATIONS_FILE
+        path = location(root, f"{QUALITY_DIR}/{EXPECTATIONS_FILE}")
         payload = {
             "generated_at": datetime.now(timezone.utc).isoformat(),
             "channels": list(channels),

@@ -9,6 +9,10 @@
 ``summary.json``       the ``summary`` dict (also returned) - counts, reasons, flags.
 ``expectations.json``  written by :func:`pipeline.expectations.run_expectations`.
 
+Each file is written whole: locally to a temporary name and renamed, on an object store
+(``store_root`` an fsspec URL such as ``s3://bucket/store``) with one PUT, through
+:func:`pipeline.store.put_bytes`; the result then holds URLs instead of paths.
+
 Only what the store holds is shown (pseudonymised ids, relative source paths, digests).
 
 Example (a store with no cases still gets a report)::
@@ -20,6 +24,7 @@ Example (a store with no cases still gets a report)::
 from __future__ import annotations
 
 import base64
+import io
 import math
 import struct
 import zlib
@@ -33,6 +38,7 @@ import numpy as np
 from pipeline import __version__
 from pipeline.expectations import QUALITY_DIR, to_jsonable, build_tables, run_expectations
 from pipeline.quality import METRIC_NAMES, METRIC_SPECS, case_metrics, cohort_outliers, flags_from_outliers
+from pipeline.store import store_name
 
 REPORT_FILE = "report.html"
 METRICS_FILE = "metrics.parquet"
@@ -42,14 +48,17 @@ THUMB_PX = 176
 
 @dataclass
 class ReportResult:
-    """Where the report went, its summary, and the flagged findings ``{case_id, what, detail}``."""
+    """Where the report went, its summary, and the flagged findings ``{case_id, what, detail}``.
 
-    html_path: Path
+    Locations are local paths, or URLs when the store (or ``out_html``) is on object storage.
+    """
+
+    html_path: Path | str
     summary: dict[str, Any]
     flagged: list[dict[str, Any]]
-    metrics_path: Path | None = None
-    summary_path: Path | None = None
-    expectations_path: Path | None = None
+    metrics_path: Path | str | None = None
+    summary_path: Path | str | None = None
+    expectations_path: Path | str | None = None
     expectations: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
 
@@ -228,7 +237,7 @@ def strip_plot_svg(metric: str, df: Any, outliers: Sequence[dict[str, Any]], met
 
 
 # ----------------------------------------------------------------------------- summary
-def _summary(root: Path, catalog: Any, cases: list[str], channels: Sequence[str], exp_results: list[dict[str, Any]],
+def _summary(root: Path | str, catalog: Any, cases: list[str], channels: Sequence[str], exp_results: list[dict[str, Any]],
              flagged: list[dict[str, Any]], methods: dict[str, dict[str, Any]]) -> dict[str, Any]:
     def rows(status: str) -> list[dict[str, Any]]:
         if not len(catalog):
@@ -256,7 +265,7 @@ def _summary(root: Path, catalog: Any, cases: list[str], channels: Sequence[str]
         mod_methods.setdefault(mod, info["method"])
     failed = [r for r in exp_results if not r["success"]]
     return to_jsonable({
-        "store": root.name,
+        "store": store_name(root),
         "generated_at": datetime.now(timezone.utc).isoformat(),
         "report_version": __version__,
         "channels": list(channels),
@@ -419,7 +428,7 @@ Outliers per modality: {% for m, meth in s.outlier_method.items() %}{{ m }}: {{ 
 """
 
 
-def _lineage(root: Path, cases: list[str]) -> list[dict[str, Any]]:
+def _lineage(root: Path | str, cases: list[str]) -> list[dict[str, Any]]:
     from pipeline.store import StoreError, read_case_meta
 
     out = []
@@ -447,18 +456,19 @@ def _fmt_cell(v: Any) -> str:
 
 def build_report(store_root: str | Path, out_html: str | Path | None = None, channels: Sequence[str] = ("FLAIR", "T1", "T2"),
                  reference: str | None = None) -> ReportResult:
-    """Run the expectations and metrics on a store and write the HTML report + metrics + summary."""
+    """Run the expectations and metrics on a store and write the HTML report + metrics + summary.
+
+    ``store_root`` and ``out_html`` may be local paths or fsspec URLs (``s3://...``).
+    """
     import jinja2
     import pandas as pd
 
-    from pipeline.store import StoreError, list_cases, read_catalog, write_json_atomic
+    from pipeline.store import StoreError, list_cases, location, put_bytes, read_catalog, write_bytes_atomic, write_json_atomic
 
-    root = Path(store_root)
+    root = location(store_root)  # a local Path or the store's URL
     channels = tuple(channels)
     reference = reference or channels[0]
-    qdir = root / QUALITY_DIR
-    qdir.mkdir(parents=True, exist_ok=True)
-    html_path = Path(out_html) if out_html is not None else qdir / REPORT_FILE
+    html_path = location(out_html) if out_html is not None else location(root, f"{QUALITY_DIR}/{REPORT_FILE}")
 
     catalog = read_catalog(root)
     cases = list_cases(root)
@@ -480,10 +490,9 @@ def build_report(store_root: str | Path, out_html: str | Path | None = None, cha
             metrics[c] = np.nan if c in METRIC_NAMES else None
     metrics = metrics[[*cols, *[c for c in metrics.columns if c not in cols]]]
     metrics["present"] = metrics["present"].fillna(False).astype(bool)
-    metrics_path = qdir / METRICS_FILE
-    tmp = qdir / f".{METRICS_FILE}.tmp"
-    metrics.to_parquet(tmp, index=False)
-    tmp.replace(metrics_path)
+    buf = io.BytesIO()
+    metrics.to_parquet(buf, index=False)
+    metrics_path = put_bytes(root, f"{QUALITY_DIR}/{METRICS_FILE}", buf.getvalue())
 
     outliers, methods = cohort_outliers(metrics)
     flagged = exp.flagged + flags_from_outliers(outliers)
@@ -502,11 +511,8 @@ def build_report(store_root: str | Path, out_html: str | Path | None = None, cha
         metric_rows=metric_rows, thumbs=thumbs, reference=reference, lineage=_lineage(root, cases),
         flagged_cases={f["case_id"] for f in flagged},
     )
-    html_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_html = html_path.with_name(f".{html_path.name}.tmp")
-    tmp_html.write_text(html, encoding="utf-8")
-    tmp_html.replace(html_path)
-    summary_path = qdir / SUMMARY_FILE
+    write_bytes_atomic(html_path, html.encode("utf-8"))
+    summary_path = location(root, f"{QUALITY_DIR}/{SUMMARY_FILE}")
     write_json_atomic(summary_path, to_jsonable(summary))
     return ReportResult(html_path=html_path, summary=summary, flagged=flagged, metrics_path=metrics_path,
                         summary_path=summary_path, expectations_path=exp.path, expectations=exp.results)

@@ -26,7 +26,10 @@ once its ``zarr.json`` exists, and a case only once its group ``zarr.json`` carr
 ``lesionflow_case`` metadata. Writing a case deletes an existing case's ``zarr.json`` first (the
 case becomes invisible), then the rest of its old objects, then uploads every chunk, then every
 array's ``zarr.json``, and the group's ``zarr.json`` last. Arrays added later follow the same rule
-at array level. Catalog parts and tables are single-object PUTs, which are atomic on S3.
+at array level. Catalog parts, tables and other single files (report, checkpoints: see
+:func:`put_bytes`, :func:`read_bytes`, :func:`has_file`, :func:`list_dir`, :func:`location`)
+are single-object PUTs, which are atomic on S3. Every module reaches the store through these
+functions, so each works the same on a local path and on a URL.
 
 Storage options for URLs come from the ``storage_options`` argument of each function, the
 environment (``LESIONFLOW_STORAGE_OPTIONS`` as JSON, ``LESIONFLOW_S3_ENDPOINT_URL`` →
@@ -146,7 +149,10 @@ class _Remote:
     def zarr_store(self, *parts: str, read_only: bool = False) -> Any:
         from zarr.storage import FsspecStore
 
-        return FsspecStore.from_url(self.url_of(*parts), storage_options=self.options, read_only=read_only)
+        # no listing cache: zarr's file system instance is shared per thread and our writes go
+        # through another one, so a cached listing would hide arrays added later (new predictions)
+        options = {"use_listings_cache": False, **self.options}
+        return FsspecStore.from_url(self.url_of(*parts), storage_options=options, read_only=read_only)
 
     def read(self, key: str) -> bytes | None:
         try:
@@ -606,20 +612,11 @@ def append_catalog(root: str | Path, rows: Iterable[CatalogRow], *, storage_opti
     return folder / name
 
 
-def read_catalog(root: str | Path, latest_only: bool = True, *, columns: list[str] | None = None,
-                 storage_options: dict[str, Any] | None = None) -> "Any":
-    """The catalog as a pandas DataFrame (``columns``: only these).
-
-    With ``latest_only`` each (source, case, modality) keeps its most recent row, which is the
-    current state; otherwise the full history is returned. Parts written by older versions
-    (whose column types pandas inferred) are read into today's schema.
-    """
+def _catalog_table(root: str | Path, columns: list[str] | None = None, storage_options: dict[str, Any] | None = None) -> "Any":
+    """Every catalog part as one Arrow table in :func:`catalog_arrow_schema` (``columns``: only these)."""
     import pyarrow.dataset as pads
 
     schema = catalog_arrow_schema()
-    wanted = list(schema.names) if columns is None else list(columns)
-    if latest_only:
-        wanted += [c for c in ("recorded_at", "source_relpath", "case_id", "modality") if c not in wanted]
     r = _remote(root, storage_options)
     if r is not None:
         folder = r.key(CATALOG)
@@ -628,8 +625,24 @@ def read_catalog(root: str | Path, latest_only: bool = True, *, columns: list[st
     else:
         parts, fs = [str(p) for p in sorted((_local(root) / CATALOG).glob("part-*.parquet"))], None
     if not parts:
-        return schema.empty_table().select(wanted).to_pandas()
-    df = pads.dataset(parts, schema=schema, format="parquet", filesystem=fs).to_table(columns=wanted).to_pandas()
+        return schema.empty_table().select(columns or schema.names)
+    return pads.dataset(parts, schema=schema, format="parquet", filesystem=fs).to_table(columns=columns)
+
+
+def read_catalog(root: str | Path, latest_only: bool = True, *, columns: list[str] | None = None,
+                 storage_options: dict[str, Any] | None = None) -> "Any":
+    """The catalog as a pandas DataFrame (``columns``: only these).
+
+    With ``latest_only`` each (source, case, modality) keeps its most recent row, which is the
+    current state; otherwise the full history is returned. Parts written by older versions
+    (whose column types pandas inferred) are read into today's schema.
+    """
+    wanted = None
+    if columns is not None:
+        wanted = list(columns)
+        if latest_only:
+            wanted += [c for c in ("recorded_at", "source_relpath", "case_id", "modality") if c not in wanted]
+    df = _catalog_table(root, wanted, storage_options).to_pandas()
     if latest_only and len(df):
         df = df.sort_values("recorded_at").drop_duplicates(["source_relpath", "case_id", "modality"], keep="last")
     if columns is not None:
@@ -637,18 +650,19 @@ def read_catalog(root: str | Path, latest_only: bool = True, *, columns: list[st
     return df.reset_index(drop=True)
 
 
-def query_catalog(root: str | Path, sql: str) -> "Any":
-    """Run DuckDB SQL over a local store's catalog; the current rows are the view ``catalog``.
+def query_catalog(root: str | Path, sql: str, *, storage_options: dict[str, Any] | None = None) -> "Any":
+    """Run DuckDB SQL over a store's catalog (local or URL); the current rows are the view ``catalog``.
 
     Example: ``query_catalog(store, "SELECT status, count(*) FROM catalog GROUP BY status")``.
-    The full history (every run's rows) is the view ``catalog_history``.
+    The full history (every run's rows) is ``catalog_history``. For a local store DuckDB can
+    also read the parts directly: ``read_parquet('STORE/catalog/part-*.parquet', union_by_name=true)``.
     """
     import duckdb
 
-    parts = str(_local(root) / CATALOG / "part-*.parquet")
+    history = _catalog_table(root, None, storage_options)
     con = duckdb.connect()
     try:
-        con.execute(f"CREATE VIEW catalog_history AS SELECT * FROM read_parquet('{parts}', union_by_name=true)")
+        con.register("catalog_history", history)
         con.execute(
             "CREATE VIEW catalog AS SELECT * EXCLUDE (rn) FROM (SELECT *, row_number() OVER ("
             "PARTITION BY source_relpath, case_id, modality ORDER BY recorded_at DESC) AS rn FROM catalog_history) WHERE rn = 1"
@@ -695,12 +709,96 @@ def read_table(root: str | Path, name: str, *, storage_options: dict[str, Any] |
 
 def write_json_atomic(path: str | Path, payload: Any, *, storage_options: dict[str, Any] | None = None) -> None:
     """Write JSON to ``path`` via a temporary file and rename (a URL: one PUT)."""
+    write_bytes_atomic(path, json.dumps(payload, indent=2, default=str).encode(), storage_options=storage_options)
+
+
+# ------------------------------------------------------------------------------- plain files
+# Reports, checkpoints and other single files kept in the store: each is written whole, locally
+# to a temporary name then renamed, on an object store with one PUT (atomic there), so a reader
+# sees the old file or the new one. ``relpath`` is store-relative with "/" separators.
+def location(root: str | Path, relpath: str = "") -> Path | str:
+    """``relpath`` inside ``root``: a local ``Path``, or the URL on an object store."""
+    url = _url_of(root)
+    if url is not None:
+        return "/".join([url, *(p for p in relpath.strip("/").split("/") if p)])
+    relpath = relpath.strip("/")
+    return _local(root) / relpath if relpath else _local(root)
+
+
+def split_location(path: str | Path) -> tuple[Path | str, str]:
+    """``(parent, name)`` of a local path or a URL (``s3://b/x/model.pt`` → ``("s3://b/x", "model.pt")``)."""
+    url = _url_of(path)
+    if url is None:
+        p = _local(path)
+        return p.parent, p.name
+    parent, _, name = url.rpartition("/")
+    if parent.endswith(":/"):  # the bucket itself
+        return url, ""
+    return parent, name
+
+
+def store_name(root: str | Path) -> str:
+    """The last component of a store's path or URL (for titles)."""
+    return split_location(root)[1] or str(location(root))
+
+
+def write_bytes_atomic(path: str | Path, data: bytes, *, storage_options: dict[str, Any] | None = None) -> None:
+    """Write ``data`` to ``path`` via a temporary file and rename (a URL: one PUT)."""
     r = _remote(path, storage_options)
     if r is not None:
-        r.put(r.path, json.dumps(payload, indent=2, default=str).encode())
+        r.put(r.path, bytes(data))
         return
     path = _local(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def put_bytes(root: str | Path, relpath: str, data: bytes, *, storage_options: dict[str, Any] | None = None) -> Path | str:
+    """Write the file ``relpath`` of the store whole (see :func:`write_bytes_atomic`); returns its location."""
+    target = location(root, relpath)
+    write_bytes_atomic(target, data, storage_options=storage_options)
+    return target
+
+
+def read_bytes(root: str | Path, relpath: str = "", *, storage_options: dict[str, Any] | None = None) -> bytes | None:
+    """Content of the file ``relpath`` of the store, or None when there is no such file."""
+    r = _remote(root, storage_options)
+    if r is not None:
+        return r.read(r.key(relpath))
+    try:
+        return Path(location(root, relpath)).read_bytes()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None
+
+
+def has_file(root: str | Path, relpath: str = "", *, storage_options: dict[str, Any] | None = None) -> bool:
+    """True when the file (object) ``relpath`` exists; a folder (prefix) is not a file."""
+    r = _remote(root, storage_options)
+    if r is not None:
+        key = r.key(relpath)
+        r.fs.invalidate_cache(key)  # ask the server, not a listing cached before a write
+        try:
+            return bool(r.fs.isfile(key))
+        except FileNotFoundError:
+            return False
+    return Path(location(root, relpath)).is_file()
+
+
+def list_dir(root: str | Path, relpath: str = "", *, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Sorted names of the entries (files and folders/prefixes) directly under ``relpath``; [] when absent."""
+    r = _remote(root, storage_options)
+    if r is not None:
+        prefix = r.key(relpath)
+        r.fs.invalidate_cache(prefix)
+        try:
+            entries = r.fs.ls(prefix, detail=False)
+        except FileNotFoundError:
+            return []
+        below = [str(e).rstrip("/") for e in entries]
+        return sorted({e.rsplit("/", 1)[-1] for e in below if e != prefix.rstrip("/")} - {""})
+    try:
+        return sorted(p.name for p in Path(location(root, relpath)).iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []

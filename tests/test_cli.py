@@ -50,3 +50,14 @@ def test_lesions_writes_per_lesion_csv_and_rejects_bad_input(phantom_cohort, tmp
     broken.write_bytes(b"not gzip at all")
     out = run_cli("lesions", str(broken))
     assert out.returncode == 2 and "broken.nii.gz" in out.stderr
+
+
+def test_store_commands_say_how_to_create_a_missing_store(tmp_path):
+    from typer.testing import CliRunner
+
+    from lesionflow.cli import app
+
+    for cmd in (["report"], ["prepare"], ["score", "--model", "latest"]):
+        out = CliRunner().invoke(app, [*cmd, "--store", str(tmp_path / "nope.zarr")])
+        assert out.exit_code == 2
+        assert "does not exist" in out.output and "lesionflow ingest" in out.output

@@ -322,3 +322,136 @@ def test_case_without_group_marker_is_invisible_and_rewritten(s3_endpoint, bucke
     g = store.open_case(url, victim)
     meta = store.read_case_meta(url, victim)
     assert g["image"].shape == (3, *meta.geometry.shape_zyx) and np.isfinite(g["image"][:]).all()
+
+
+@pytest.mark.slow
+def test_prepare_train_score_report_evaluate_on_s3(s3_endpoint, bucket, tmp_path, monkeypatch, request_log):
+    """The chain after ingest on an object store: patch index, training with the checkpoint in the
+    bucket, scoring, lesion tables, the data-quality report and evaluation; then read back with
+    plain s3fs / zarr / torch. (The same chain on a local store: test_training, test_report,
+    test_patches, test_flows_integration.)"""
+    import io
+    import json
+
+    import s3fs
+    import torch
+
+    from pipeline.evaluate import evaluate
+    from pipeline.lesion_tables import write_lesion_tables
+    from pipeline.patches import has_patch_index, read_patch_index, write_patch_index
+    from pipeline.report import build_report, case_thumbnail
+    from training.checkpoint import CheckpointError, list_models, load_model, resolve_model_version, save_checkpoint
+    from training.data import PatchDataset
+    from training.infer import score_cases
+    from training.loop import train
+
+    monkeypatch.chdir(tmp_path)  # a URL taken for a local path would leave ./s3: here
+    src = _cohort(tmp_path / "cohort", 3)  # patient00 and patient02 have a label
+    url = f"s3://{bucket}/store.zarr"
+    ingested = run_ingest(src, url, PipelineConfig(), KEY)
+    cases = ingested.cases
+    labelled = [c for c in cases if store.read_case_meta(url, c).has_label]
+    assert len(cases) == 3 and len(labelled) == 2
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint})
+    so = {"client_kwargs": {"endpoint_url": s3_endpoint}}
+    base = f"{bucket}/store.zarr"
+    patch = (16, 16, 16)
+
+    # prepare: patch index arrays inside the cases
+    for case_id in labelled:
+        write_patch_index(url, case_id, patch, n_lesion=32, n_background=32, seed=0)
+        assert has_patch_index(url, case_id)
+        g = plain_group(s3_endpoint, f"{url}/cases/{case_id}")
+        np.testing.assert_array_equal(g["patch_index/lesion"][:], read_patch_index(url, case_id)["lesion"])
+        assert g["patch_index/lesion"].shape == (32, 3) and g["patch_index/lesion"].attrs["lesionflow_patch_index"]["patch_zyx"] == list(patch)
+    ds = PatchDataset(url, cases, patch_zyx=patch, samples_per_epoch=4)
+    assert ds.store_root == url and ds.case_ids == labelled and {c.index_source for c in ds.cases} == {"store"}
+    image, label = ds[0]
+    assert image.shape == (3, *patch) and label.shape == (1, *patch)
+
+    # train: the checkpoint goes to the bucket, model.pt then model.json (the marker), one PUT each
+    puts = request_log("store.zarr/models/")
+    result = train(url, patch_zyx=patch, batch_size=2, iterations=4, seed=0, num_threads=1, device="cpu", log_every=2)
+    version = result.model_version
+    assert result.checkpoint_path == f"{url}/models/{version}" and result.metrics["train_case_ids"] == labelled
+    assert puts.puts() == [f"{version}/model.pt", f"{version}/model.json"]
+    info = json.loads(fs.cat_file(f"{base}/models/{version}/model.json"))
+    assert info["model_version"] == version and info["store"] == url and info["patch_zyx"] == list(patch)
+    state = torch.load(io.BytesIO(fs.cat_file(f"{base}/models/{version}/model.pt")), weights_only=True)
+    assert state.keys() == result.model.state_dict().keys()
+    # a checkpoint without its model.json (a crash between the two PUTs) is never listed or loaded
+    fs.pipe_file(f"{base}/models/unet3d-19700101T000000-deadbeef/model.pt", b"partial")
+    assert [m["model_version"] for m in list_models(url)] == [version]
+    with pytest.raises(CheckpointError, match="not found"):
+        load_model("unet3d-19700101T000000-deadbeef", store_root=url)
+    x = torch.randn(1, 3, *patch)
+    with torch.inference_mode():
+        expected = result.model.cpu()(x)
+    for ref in (version, "latest", result.checkpoint_path, f"{result.checkpoint_path}/model.pt"):
+        model, loaded = load_model(ref, store_root=url, device="cpu")
+        assert loaded["model_version"] == version and loaded["path"] == result.checkpoint_path
+        with torch.inference_mode():
+            torch.testing.assert_close(model(x), expected)
+    assert resolve_model_version("latest", url) == version
+
+    # score: predictions/<version>/mask in every case; a second run finds them
+    scored = score_cases(url, version, device="cpu")
+    assert [r["status"] for r in scored] == ["scored"] * 3
+    for case_id in cases:
+        g = plain_group(s3_endpoint, f"{url}/cases/{case_id}")
+        mask = g[f"predictions/{version}/mask"]
+        assert mask.shape == g["image"].shape[1:] and mask.dtype == np.uint8
+        assert mask.attrs["lesionflow_prediction"]["lesion_voxels"] == int(mask[:].sum())
+    assert {r["status"] for r in score_cases(url, "latest", device="cpu")} == {"exists"}
+
+    # lesion tables
+    write_lesion_tables(url, version)
+    volumes = pd.read_parquet(f"{url}/tables/case_volumes.parquet", storage_options=so)
+    assert sorted(volumes["case_id"]) == cases and set(volumes["model_version"]) == {version}
+
+    # data-quality report: HTML, metrics, summary and expectations are objects in the bucket
+    report = build_report(url)
+    assert report.html_path == f"{url}/quality/report.html"
+    assert (report.metrics_path, report.summary_path, report.expectations_path) == tuple(
+        f"{url}/quality/{n}" for n in ("metrics.parquet", "summary.json", "expectations.json"))
+    html = fs.cat_file(f"{base}/quality/report.html").decode()
+    assert "Data-quality report: store.zarr" in html and all(c in html for c in cases) and f"pred {version}" in html
+    summary = json.loads(fs.cat_file(f"{base}/quality/summary.json"))
+    assert summary["n_cases"] == 3 and summary["report_html"] == report.html_path
+    assert len(json.loads(fs.cat_file(f"{base}/quality/expectations.json"))["results"]) == len(report.expectations) > 0
+    assert set(pd.read_parquet(f"{url}/quality/metrics.parquet", storage_options=so)["case_id"]) == set(cases)
+
+    # a newer model scored afterwards is seen (no stale listing of predictions/)
+    tweaked = result.model
+    with torch.no_grad():
+        next(tweaked.parameters()).add_(0.01)
+    v2, _ = save_checkpoint(tweaked, {k: v for k, v in loaded.items() if k != "path"}, store_root=url)
+    assert v2 != version and resolve_model_version("latest", url) == v2
+    assert [r["status"] for r in score_cases(url, "latest", case_ids=labelled[:1], device="cpu")] == ["scored"]
+    assert case_thumbnail(url, labelled[0])["model_version"] == v2
+
+    # evaluate, with the truth table in the bucket too; rows matched through source lineage
+    truth = pd.DataFrame({"session_dir": [f"site/patient{i:02d}" for i in range(3)], "total_volume_ml": [1.5, 0.0, 2.5],
+                          "lesion_count": [1, 0, 2]})
+    fs.pipe_file(f"{base}/truth_cases.csv", truth.to_csv(index=False).encode())
+    ev = evaluate(url, version, f"{url}/truth_cases.csv").set_index("case_id")
+    assert sorted(ev.index) == cases and ev.loc[labelled, "dice"].notna().all()
+    by_dir = {store.read_case_meta(url, c).channel_info[0].sources[0].relpath.split("/")[1]: c for c in cases}
+    assert ev.loc[by_dir["patient02"], "truth_volume_ml"] == 2.5 and ev.loc[by_dir["patient01"], "truth_lesions"] == 0
+    np.testing.assert_allclose(ev["pred_volume_ml"], volumes.set_index("case_id").loc[ev.index, "total_volume_ml"])
+
+    # the catalog through DuckDB, and the CLI, on the URL as on a folder
+    counts = store.query_catalog(url, "SELECT status, count(*) AS n FROM catalog WHERE modality = 'FLAIR' GROUP BY status")
+    assert dict(zip(counts["status"], counts["n"])) == {"converted": 3}
+    from typer.testing import CliRunner
+
+    from lesionflow.cli import app
+
+    out = CliRunner().invoke(app, ["report", "--store", url, "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["html"] == f"{url}/quality/report.html"
+
+    # nothing went to the local disk, nothing staged or temporary in the bucket
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cohort"]
+    fs.invalidate_cache()
+    assert not [k for k in fs.find(base) if ".staging" in k or k.endswith(".tmp") or "/.tmp-" in k]

@@ -8,8 +8,12 @@
 
 ``model_version`` is ``unet3d-<UTC yyyymmddTHHMMSS>-<8 hex>``, the hex being the start of
 :func:`state_dict_sha256` — so two different weight sets never share a version and a copied
-checkpoint can be verified on load. A checkpoint directory is written under a temporary name
-and moved into place with one ``os.replace``.
+checkpoint can be verified on load. Locally a checkpoint directory is written under a temporary
+name and moved into place with one ``os.replace``. On an object store (``store_root`` an fsspec
+URL such as ``s3://bucket/store``) each file is one PUT, ``model.pt`` first and ``model.json``
+last: a model is listed and loadable only once its ``model.json`` exists, so a half-written
+one is never used. All file access goes through :mod:`pipeline.store` (``put_bytes``,
+``read_bytes``, ``has_file``, ``list_dir``).
 
 Example:
     >>> from training.model import build_model, default_arch  # doctest: +SKIP
@@ -20,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -30,6 +35,7 @@ from typing import Any
 
 import torch
 
+from pipeline import store as _store
 from pipeline.store import MODELS, STAGING
 from training.model import build_model
 
@@ -68,22 +74,21 @@ def _versions() -> dict[str, str]:
     return {"torch": torch.__version__, "monai": monai.__version__}
 
 
-def save_checkpoint(model: torch.nn.Module, info: dict[str, Any], store_root: str | Path | None = None, models_dir: str | Path | None = None) -> tuple[str, Path]:
-    """Write a checkpoint; returns ``(model_version, model directory)``.
+def save_checkpoint(model: torch.nn.Module, info: dict[str, Any], store_root: str | Path | None = None, models_dir: str | Path | None = None) -> tuple[str, Path | str]:
+    """Write a checkpoint; returns ``(model_version, model directory)`` (a URL on an object store).
 
     Args:
         model: the trained network (its ``state_dict`` is saved on CPU).
         info: fields for ``model.json`` (at least ``arch``); ``model_version``, ``created_at``,
             ``weights_sha256`` and library versions are filled in here.
-        store_root: the store; the checkpoint goes to ``<store>/models/<model_version>/``.
-        models_dir: alternatively, a folder to hold ``<model_version>/`` (outside any store).
+        store_root: the store (path or URL); the checkpoint goes to ``<store>/models/<model_version>/``.
+        models_dir: alternatively, a folder (path or URL) to hold ``<model_version>/`` (outside any store).
     """
     if "arch" not in info:
         raise ValueError("checkpoint info needs the 'arch' dict to rebuild the model")
     if (store_root is None) == (models_dir is None):
         raise ValueError("give exactly one of store_root or models_dir")
-    parent = Path(store_root) / MODELS if store_root is not None else Path(models_dir)  # type: ignore[arg-type]
-    parent.mkdir(parents=True, exist_ok=True)
+    parent = _store.location(store_root, MODELS) if store_root is not None else _store.location(models_dir)  # type: ignore[arg-type]
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     now = datetime.now(timezone.utc)
     version = make_model_version(state, now)
@@ -95,13 +100,24 @@ def save_checkpoint(model: torch.nn.Module, info: dict[str, Any], store_root: st
         **{f"{k}_version": v for k, v in _versions().items()},
     }
     payload.setdefault("normalization", "zscore")
+    info_bytes = json.dumps(payload, indent=2, default=str).encode()
 
-    staging_root = Path(store_root) / STAGING if store_root is not None and (Path(store_root) / STAGING).is_dir() else parent
+    if _store.is_remote(parent):  # one PUT per file, model.json (the marker) last
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        _store.put_bytes(parent, f"{version}/{MODEL_FILE}", buf.getvalue())
+        _store.put_bytes(parent, f"{version}/{INFO_FILE}", info_bytes)
+        return version, _store.location(parent, version)
+
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(_store.location(store_root, STAGING)) if store_root is not None else None
+    staging_root = staging if staging is not None and staging.is_dir() else parent
     tmp = staging_root / f".tmp-model-{uuid.uuid4().hex}"
     tmp.mkdir(parents=True)
     try:
         torch.save(state, tmp / MODEL_FILE)
-        (tmp / INFO_FILE).write_text(json.dumps(payload, indent=2, default=str))
+        (tmp / INFO_FILE).write_bytes(info_bytes)
         final = parent / version
         if final.exists():  # same weights saved twice within one second: identical content
             shutil.rmtree(final)
@@ -112,25 +128,64 @@ def save_checkpoint(model: torch.nn.Module, info: dict[str, Any], store_root: st
     return version, final
 
 
+def _read_info(model_dir: Path | str) -> dict[str, Any]:
+    """``model.json`` of a model directory (path or URL) as a dict."""
+    where = _store.location(model_dir, INFO_FILE)
+    try:
+        blob = _store.read_bytes(model_dir, INFO_FILE)
+    except OSError as exc:
+        raise CheckpointError(f"{where}: unreadable ({exc}); check its permissions") from exc
+    if blob is None:
+        raise CheckpointError(f"{where}: missing; the checkpoint is incomplete (save it again) or the path is wrong")
+    try:
+        info = json.loads(blob)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{where}: unreadable ({exc}); save the checkpoint again") from exc
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{where}: not a JSON object; save the checkpoint again")
+    return info
+
+
 def list_models(store_root: str | Path) -> list[dict[str, Any]]:
-    """``model.json`` contents of every checkpoint in the store, oldest first (with ``path``)."""
-    folder = Path(store_root) / MODELS
+    """``model.json`` contents of every checkpoint in the store, oldest first (with ``path``).
+
+    A checkpoint counts once both ``model.json`` and ``model.pt`` exist (on an object store
+    ``model.json`` is written last, so a half-written model is never listed).
+    """
     out = []
-    if folder.is_dir():
-        for d in folder.iterdir():
-            if d.is_dir() and not d.name.startswith(".") and (d / INFO_FILE).exists() and (d / MODEL_FILE).exists():
-                try:
-                    info = json.loads((d / INFO_FILE).read_text())
-                except json.JSONDecodeError:
-                    continue
-                info["path"] = str(d)
-                out.append(info)
+    for name in _store.list_dir(store_root, MODELS):
+        if name.startswith("."):
+            continue
+        rel = f"{MODELS}/{name}"
+        blob = _store.read_bytes(store_root, f"{rel}/{INFO_FILE}")
+        if blob is None or not _store.has_file(store_root, f"{rel}/{MODEL_FILE}"):
+            continue
+        try:
+            info = json.loads(blob)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        info["path"] = str(_store.location(store_root, rel))
+        out.append(info)
     return sorted(out, key=lambda i: (str(i.get("created_at", "")), i.get("model_version", "")))
 
 
-def resolve_model_dir(path_or_version: str | Path, store_root: str | Path | None = None) -> Path:
+def resolve_model_dir(path_or_version: str | Path, store_root: str | Path | None = None) -> Path | str:
     """The checkpoint directory for a model directory, a ``model.pt``/``model.json`` path, a
-    ``model_version`` in ``<store>/models/`` or ``"latest"`` (newest in the store)."""
+    ``model_version`` in ``<store>/models/`` or ``"latest"`` (newest in the store).
+
+    Directories and files may be local paths or URLs (``s3://...``); a URL result stays a URL.
+    """
+    if _store.is_remote(path_or_version):
+        loc = _store.location(path_or_version)
+        if _store.has_file(loc, INFO_FILE):
+            return loc
+        parent, name = _store.split_location(loc)
+        if name in (MODEL_FILE, INFO_FILE) and _store.has_file(loc):
+            if not _store.has_file(parent, INFO_FILE):
+                raise CheckpointError(f"{loc}: no {INFO_FILE} beside it; cannot rebuild the architecture")
+            return parent
+        raise CheckpointError(f"{loc}: neither a model folder (with {INFO_FILE}) nor a {MODEL_FILE}/{INFO_FILE} object; "
+                              "check the URL, or pass a model version with store_root")
     p = Path(path_or_version)
     if p.is_dir() and (p / INFO_FILE).exists():
         return p
@@ -139,15 +194,17 @@ def resolve_model_dir(path_or_version: str | Path, store_root: str | Path | None
             raise CheckpointError(f"{p}: no {INFO_FILE} beside it; cannot rebuild the architecture")
         return p.parent
     if store_root is not None:
+        models_loc = _store.location(store_root, MODELS)
         if str(path_or_version) == "latest":
             models = list_models(store_root)
             if not models:
-                raise CheckpointError(f"no models in {Path(store_root) / MODELS}; train one first")
-            return Path(models[-1]["path"])
-        d = Path(store_root) / MODELS / str(path_or_version)
-        if (d / INFO_FILE).exists():
-            return d
-        raise CheckpointError(f"model {path_or_version!r} not found in {Path(store_root) / MODELS}")
+                raise CheckpointError(f"no models in {models_loc}; train one first")
+            return _store.location(models[-1]["path"])
+        rel = f"{MODELS}/{path_or_version}"
+        if _store.has_file(store_root, f"{rel}/{INFO_FILE}"):
+            return _store.location(store_root, rel)
+        raise CheckpointError(f"model {path_or_version!r} not found in {models_loc}; "
+                              "see the versions there (or use 'latest'), or train one first")
     raise CheckpointError(f"{path_or_version!r} is neither a model directory nor a model file; pass store_root to look up a version")
 
 
@@ -155,9 +212,9 @@ def resolve_model_version(path_or_version: str | Path, store_root: str | Path | 
     """The ``model_version`` of a checkpoint given as in :func:`resolve_model_dir` (read from its ``model.json``)."""
     model_dir = resolve_model_dir(path_or_version, store_root)
     try:
-        return str(json.loads((model_dir / INFO_FILE).read_text())["model_version"])
-    except (OSError, json.JSONDecodeError, KeyError) as exc:
-        raise CheckpointError(f"{model_dir / INFO_FILE}: no readable model_version ({exc})") from exc
+        return str(_read_info(model_dir)["model_version"])
+    except KeyError as exc:
+        raise CheckpointError(f"{_store.location(model_dir, INFO_FILE)}: no model_version; save the checkpoint again") from exc
 
 
 def load_model(
@@ -170,17 +227,17 @@ def load_model(
 
     ``path_or_version`` is a model directory, a ``model.pt`` path (with ``model.json`` beside it;
     may lie outside any store), a ``model_version`` looked up in ``<store_root>/models/``, or
-    ``"latest"``. ``info`` is ``model.json`` plus ``path`` (the directory). With ``verify`` the
-    weights' SHA-256 must match the recorded one. ``device`` defaults to CUDA when available.
+    ``"latest"``; directories and files may be URLs. ``info`` is ``model.json`` plus ``path``
+    (the directory). With ``verify`` the weights' SHA-256 must match the recorded one.
+    ``device`` defaults to CUDA when available. The weights are read whole and loaded with
+    ``torch.load(..., weights_only=True)``.
     """
     model_dir = resolve_model_dir(path_or_version, store_root)
-    try:
-        info = json.loads((model_dir / INFO_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{model_dir / INFO_FILE}: unreadable ({exc})") from exc
-    if not (model_dir / MODEL_FILE).exists():
-        raise CheckpointError(f"{model_dir}: no {MODEL_FILE}")
-    state = torch.load(model_dir / MODEL_FILE, map_location="cpu", weights_only=True)
+    info = _read_info(model_dir)
+    weights = _store.read_bytes(model_dir, MODEL_FILE)
+    if weights is None:
+        raise CheckpointError(f"{model_dir}: no {MODEL_FILE}; the checkpoint is incomplete, save it again")
+    state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
     if verify and info.get("weights_sha256") and state_dict_sha256(state) != info["weights_sha256"]:
         raise CheckpointError(f"{model_dir}: weights do not match the SHA-256 recorded in {INFO_FILE} (corrupted or replaced)")
     model = build_model(info["arch"])

@@ -76,7 +76,7 @@ class PatchDataset(Dataset):
     """Class-balanced random patches from stored cases.
 
     Args:
-        store_root: the lesionflow store.
+        store_root: the lesionflow store (a local path or an fsspec URL such as ``s3://bucket/store``).
         case_ids: cases to sample from; unusable ones are skipped (see :attr:`skipped`).
         channels: modalities fed to the network, in this order.
         patch_zyx: patch size in voxels ``(z, y, x)``.
@@ -105,7 +105,7 @@ class PatchDataset(Dataset):
     ) -> None:
         if not 0.0 <= lesion_fraction <= 1.0:
             raise ValueError(f"lesion_fraction must be in [0, 1], got {lesion_fraction}")
-        self.store_root = Path(store_root)
+        self.store_root = _store.location(store_root)  # a local Path or the store's URL
         self.channels = tuple(channels)
         self.patch_zyx = tuple(int(p) for p in patch_zyx)
         self.lesion_fraction = float(lesion_fraction)

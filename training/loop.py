@@ -46,7 +46,8 @@ class TrainResult:
     """What :func:`train` produced."""
 
     model_version: str
-    checkpoint_path: Path
+    checkpoint_path: Path | str
+    """The model directory: a local path, or its URL when the store is on object storage."""
     metrics: dict[str, Any] = field(default_factory=dict)
     model: torch.nn.Module | None = field(default=None, repr=False, compare=False)
     """The trained network (eval mode), for callers that go on to predict in the same process."""
@@ -303,6 +304,7 @@ def train(
             "val_case_ids": val_ids,
             "skipped": dataset.skipped,
         }
+        root = _store.location(store_root)
         info = {
             "arch": arch,
             "channels": list(channels),
@@ -323,9 +325,9 @@ def train(
             "device": str(dev),
             "amp": str(amp_dtype).replace("torch.", "") if amp_dtype is not None else None,
             "config_hash": config_hash,
-            "store": str(Path(store_root).resolve()),
+            "store": str(root.resolve() if isinstance(root, Path) else root),  # local: absolute; object store: URL
         }
-        version, path = ("", Path())
+        version, path = "", Path()
         if save:
             if models_dir is not None:
                 version, path = save_checkpoint(model, info, models_dir=models_dir)
