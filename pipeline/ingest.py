@@ -464,17 +464,18 @@ class StoreState:
 
 def open_store_for_ingest(store_root: str | Path, cfg: PipelineConfig, force: bool = False) -> StoreState:
     """Create the store if needed, clear what crashed runs left in staging, restore catalog rows
-    a crash lost, and return the committed cases' metadata with the :func:`known_cases` for
-    discovery (none with ``force``).
+    a crash lost, merge the catalog's parts when there are many, and return the committed cases'
+    metadata with the :func:`known_cases` for discovery (none with ``force``).
 
     Reads every committed case's metadata once for all of that.
     """
-    from pipeline.store import clean_staging, init_store
+    from pipeline.store import clean_staging, compact_catalog, init_store
 
     init_store(store_root)
     clean_staging(store_root)
     metas = committed_metas(store_root)
     repair_catalog(store_root, metas)
+    compact_catalog(store_root)
     return StoreState({m.case_id: m for m in metas}, [] if force else known_cases(store_root, cfg, metas))
 
 

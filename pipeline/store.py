@@ -10,7 +10,7 @@ Layout (documented in ``storage_schemas/LAYOUT.md``)::
           foreground  uint8   (Z, Y, X)      head/brain mask used for normalisation and sampling
           patch_index/…                       written by `prepare`
           predictions/<model_version>/mask  uint8 (Z, Y, X)   written by `score`
-      catalog/part-*.parquet         append-only catalog rows (CatalogRow)
+      catalog/part-*.parquet         append-only catalog rows (CatalogRow), merged when many
       tables/                        lesion-volume tables (Parquet + CSV)
       models/<model_version>/        checkpoints
       .staging/                      work in progress, never read
@@ -556,8 +556,8 @@ def has_node(root: str | Path, relpath: str, *, storage_options: dict[str, Any] 
 
 
 # ------------------------------------------------------------------------------- catalog
-def _part_name(rows: list[CatalogRow]) -> str:
-    return f"part-{rows[0].recorded_at.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
+def _part_name(when: Any, kind: str = "") -> str:
+    return f"part-{when.strftime('%Y%m%dT%H%M%S')}-{kind + '-' if kind else ''}{uuid.uuid4().hex[:8]}.parquet"
 
 
 def _parquet_bytes(df: "Any") -> bytes:
@@ -587,17 +587,10 @@ def catalog_arrow_schema() -> "Any":
     return pa.schema(fields)
 
 
-def append_catalog(root: str | Path, rows: Iterable[CatalogRow], *, storage_options: dict[str, Any] | None = None) -> Path | str | None:
-    """Append validated rows as one new Parquet part (written to a temp name, then renamed;
-    on an object store one PUT). Returns the part's path or URL."""
-    import pyarrow as pa
+def _write_part(root: str | Path, table: "Any", name: str, storage_options: dict[str, Any] | None) -> Path | str:
+    """One catalog part, atomically: temp name + rename locally, one PUT on an object store."""
     import pyarrow.parquet as pq
 
-    rows = [CatalogRow.model_validate(r.model_dump()) for r in rows]
-    if not rows:
-        return None
-    table = pa.Table.from_pylist([r.model_dump() for r in rows], schema=catalog_arrow_schema())
-    name = _part_name(rows)
     r = _remote(root, storage_options)
     if r is not None:
         buf = io.BytesIO()
@@ -612,21 +605,72 @@ def append_catalog(root: str | Path, rows: Iterable[CatalogRow], *, storage_opti
     return folder / name
 
 
-def _catalog_table(root: str | Path, columns: list[str] | None = None, storage_options: dict[str, Any] | None = None) -> "Any":
-    """Every catalog part as one Arrow table in :func:`catalog_arrow_schema` (``columns``: only these)."""
-    import pyarrow.dataset as pads
+def append_catalog(root: str | Path, rows: Iterable[CatalogRow], *, storage_options: dict[str, Any] | None = None) -> Path | str | None:
+    """Append validated rows as one new Parquet part (written to a temp name, then renamed;
+    on an object store one PUT). Returns the part's path or URL."""
+    import pyarrow as pa
 
-    schema = catalog_arrow_schema()
+    rows = [CatalogRow.model_validate(r.model_dump()) for r in rows]
+    if not rows:
+        return None
+    table = pa.Table.from_pylist([r.model_dump() for r in rows], schema=catalog_arrow_schema())
+    return _write_part(root, table, _part_name(rows[0].recorded_at), storage_options)
+
+
+def _catalog_parts(root: str | Path, storage_options: dict[str, Any] | None) -> tuple[list[str], Any]:
+    """The catalog's part files (paths or object keys, sorted) and the file system to read them with."""
     r = _remote(root, storage_options)
     if r is not None:
         folder = r.key(CATALOG)
         r.fs.invalidate_cache(folder)
-        parts, fs = sorted(r.fs.glob(f"{folder}/part-*.parquet")), r.fs
-    else:
-        parts, fs = [str(p) for p in sorted((_local(root) / CATALOG).glob("part-*.parquet"))], None
+        return sorted(r.fs.glob(f"{folder}/part-*.parquet")), r.fs
+    return [str(p) for p in sorted((_local(root) / CATALOG).glob("part-*.parquet"))], None
+
+
+def _read_parts(parts: list[str], fs: Any, columns: list[str] | None) -> "Any":
+    """Catalog parts as one Arrow table in today's schema, exact duplicate rows dropped."""
+    import pyarrow.dataset as pads
+
+    table = pads.dataset(parts, schema=catalog_arrow_schema(), format="parquet", filesystem=fs).to_table()
+    if table.num_rows:
+        table = table.group_by(table.column_names, use_threads=False).aggregate([]).sort_by("recorded_at")
+    return table.select(columns) if columns is not None else table
+
+
+def _catalog_table(root: str | Path, columns: list[str] | None = None, storage_options: dict[str, Any] | None = None) -> "Any":
+    """Every catalog part as one Arrow table in :func:`catalog_arrow_schema` (``columns``: only these)."""
+    parts, fs = _catalog_parts(root, storage_options)
     if not parts:
-        return schema.empty_table().select(columns or schema.names)
-    return pads.dataset(parts, schema=schema, format="parquet", filesystem=fs).to_table(columns=columns)
+        return catalog_arrow_schema().empty_table().select(columns or catalog_arrow_schema().names)
+    return _read_parts(parts, fs, columns)
+
+
+COMPACT_MIN_PARTS = 64
+"""Every ingest merges the catalog's parts into one when there are at least this many."""
+
+
+def compact_catalog(root: str | Path, min_parts: int | None = None, *, storage_options: dict[str, Any] | None = None) -> int:
+    """Merge the catalog's parts into one (each converted session appends a part, so a store fed
+    every night would otherwise collect thousands of small files). Returns the parts merged.
+
+    Crash- and concurrency-safe: the merged part is written (atomically) before the parts it
+    holds are deleted, and only those; a crash in between leaves rows twice, which readers drop
+    (exact duplicate rows are removed on read), as they do when two ingests compact the same
+    parts at once.
+    """
+    from datetime import datetime, timezone
+
+    parts, fs = _catalog_parts(root, storage_options)
+    if len(parts) < max(2, COMPACT_MIN_PARTS if min_parts is None else min_parts):
+        return 0
+    table = _read_parts(parts, fs, None)
+    _write_part(root, table, _part_name(datetime.now(timezone.utc), "compact"), storage_options)
+    for part in parts:
+        try:
+            fs.rm_file(part) if fs is not None else os.remove(part)
+        except FileNotFoundError:
+            pass  # another ingest compacted it first
+    return len(parts)
 
 
 def read_catalog(root: str | Path, latest_only: bool = True, *, columns: list[str] | None = None,
@@ -655,7 +699,8 @@ def query_catalog(root: str | Path, sql: str, *, storage_options: dict[str, Any]
 
     Example: ``query_catalog(store, "SELECT status, count(*) FROM catalog GROUP BY status")``.
     The full history (every run's rows) is ``catalog_history``. For a local store DuckDB can
-    also read the parts directly: ``read_parquet('STORE/catalog/part-*.parquet', union_by_name=true)``.
+    also read the parts directly, ``read_parquet('STORE/catalog/part-*.parquet')``, but then
+    does not drop the duplicate rows an interrupted compaction may leave (use ``SELECT DISTINCT``).
     """
     import duckdb
 

@@ -165,6 +165,10 @@ def test_case_catalog_and_tables_round_trip_on_s3(s3_endpoint, bucket):
     df = store.read_catalog(url)
     assert len(df) == 1 and df.iloc[0]["status"] == "converted"
     assert len(store.read_catalog(url, latest_only=False)) == 2
+    assert store.compact_catalog(url, min_parts=2) == 2  # merged part first, old parts deleted after
+    parts = store._remote(url).fs.glob(f"{bucket}/store.zarr/catalog/part-*.parquet")
+    assert len(parts) == 1 and "-compact-" in parts[0]
+    assert len(store.read_catalog(url, latest_only=False)) == 2 and store.read_catalog(url).iloc[0]["status"] == "converted"
 
     store.write_json_atomic(f"{url}/quality/x.json", {"k": 1})
     r = store._remote(url)
