@@ -63,14 +63,16 @@ def _worker_settings() -> dict:
     import SimpleITK as sitk
     import zarr
 
+    import dask
+
     return {"sitk": sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(), "zarr": zarr.config.get("threading.max_workers"),
-            "malloc_trim": os.environ.get("MALLOC_TRIM_THRESHOLD_")}
+            "malloc_trim": os.environ.get("MALLOC_TRIM_THRESHOLD_"), "profiler": dask.config.get("distributed.worker.profile.enabled")}
 
 
 def test_local_cluster_workers_use_one_core_and_glibc_default_malloc():
     with dask_client(None, 2) as client:
         settings = list(client.run(_worker_settings).values())
-    assert settings == [{"sitk": 1, "zarr": 1, "malloc_trim": None}] * 2
+    assert settings == [{"sitk": 1, "zarr": 1, "malloc_trim": None, "profiler": False}] * 2
 
 
 def test_deploy_dask_config_removes_malloc_trim_for_hand_started_workers():
@@ -82,6 +84,10 @@ def test_deploy_dask_config_removes_malloc_trim_for_hand_started_workers():
     merged = dask.config.merge(dask.config.config, cfg)
     assert "MALLOC_TRIM_THRESHOLD_" in dask.config.config["distributed"]["nanny"]["pre-spawn-environ"]  # Dask's default
     assert merged["distributed"]["nanny"]["pre-spawn-environ"]["MALLOC_TRIM_THRESHOLD_"] is None
+    from pipeline.parallel import QUIET_CLUSTER
+
+    for key, value in QUIET_CLUSTER.items():  # the LocalCluster's settings and the file agree
+        assert dask.config.get(key, config=merged) == value, key
 
 
 def test_largest_sessions_are_converted_first(tmp_path):
