@@ -12,7 +12,9 @@ pages the kernel must fault in and zero, on every allocation. Conversion allocat
 volume-sized arrays per session: with the setting, a phantom session took 0.63 s instead of
 0.41 s in a worker, and the page-zeroing is memory traffic that two workers then fight over. The
 LocalCluster is started without it; for workers started by hand, ``deploy/dask.yaml`` does the
-same, and the worker plugin logs a warning when a worker still has it.
+same, and the worker plugin logs a warning when a worker still has it. The LocalCluster also runs
+without what only a dashboard uses (:data:`QUIET_CLUSTER`), whose CPU time the workers would
+otherwise lose when every core converts.
 """
 
 from __future__ import annotations
