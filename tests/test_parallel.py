@@ -108,3 +108,27 @@ def test_largest_sessions_are_converted_first(tmp_path):
     cat = read_catalog(tmp_path / "s.zarr").sort_values("recorded_at")
     ran = [p.root_relpath for case in cat["case_id"] for p in plans if p.case_id == case]
     assert ran == ["large", "medium", "small"]
+
+
+def test_worker_with_dask_malloc_setting_is_warned_about(monkeypatch, caplog):
+    """A hand-started worker without deploy/dask.yaml: the plugin says what to do."""
+    import logging
+
+    import SimpleITK as sitk
+    import zarr
+
+    from pipeline.parallel import OneCorePerWorker
+
+    threads, zarr_workers = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(), zarr.config.get("threading.max_workers")
+    try:
+        monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+        with caplog.at_level(logging.WARNING, logger="lesionflow.parallel"):
+            OneCorePerWorker().setup()
+        assert "DASK_CONFIG=deploy/dask.yaml" in caplog.text
+        monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
+        caplog.clear()
+        OneCorePerWorker().setup()
+        assert caplog.text == ""
+    finally:  # the plugin's settings are meant for worker processes, not this one
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+        zarr.config.set({"threading.max_workers": zarr_workers})
