@@ -15,6 +15,8 @@ from pipeline.config import PipelineConfig, pseudonym_key
 
 @task(name="discover", cache_policy=NO_CACHE)
 def discover_task(source: str, store: str, cfg: PipelineConfig, run_id: str, scheduler: str, force: bool) -> tuple[list[Any], list[dict[str, str]], list[str]]:
+    """Open the store (staging cleared, catalog repaired and compacted), discover the source and
+    return the sessions to convert, the rejected inputs and the ids of the cases up to date."""
     from dask.distributed import Client
 
     from pipeline.discover import discover
