@@ -73,7 +73,7 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     reach the slice's border (4-connected in plane).
 
     Equals ``scipy.ndimage.binary_fill_holes`` in 3-D followed by it on every z slice, from
-    connected components instead of iterated dilations (about 5x faster).
+    connected components instead of iterated dilations (4-5x faster on head-sized volumes).
     """
     import cc3d
     from scipy import ndimage

@@ -52,7 +52,7 @@ class OneCorePerWorker:
 QUIET_CLUSTER = {
     # what the dashboard would show (lesionflow starts none): a 10 ms stack sampler in every
     # worker and 0.5 s system metrics; with them an idle 2-worker cluster used 10 % of a core
-    # (client 3.8 %, each worker 3.1 %), 2 % without
+    # (client 3.8 %, each worker 3.1 %), 2.5 % without
     "distributed.worker.profile.enabled": False,
     "distributed.admin.system-monitor.interval": "2s",
     "distributed.admin.tick.interval": "200ms",

@@ -99,7 +99,9 @@ def test_largest_sessions_are_converted_first(tmp_path):
     from pipeline.store import read_catalog
 
     src = tmp_path / "c"
-    for name, size in (("small", 16), ("large", 48), ("medium", 32)):
+    # names whose alphabetical (discovery) order is not the size order, so only the priorities can
+    # make the largest run first
+    for name, size in (("a_small", 16), ("b_large", 48), ("c_medium", 32)):
         write_nifti(blob_image((size, size, size), (1.0, 1.0, 1.0), seed=size), src / name / f"{name}_FLAIR.nii.gz")
     plans = discover(src, PipelineConfig(), b"k").sessions
     with dask_client(None, 1) as client:  # one worker: sessions run one after another, in priority order
@@ -107,7 +109,8 @@ def test_largest_sessions_are_converted_first(tmp_path):
     assert [r.case_id for r in results] == [p.case_id for p in plans]  # results come back in input order
     cat = read_catalog(tmp_path / "s.zarr").sort_values("recorded_at")
     ran = [p.root_relpath for case in cat["case_id"] for p in plans if p.case_id == case]
-    assert ran == ["large", "medium", "small"]
+    assert [p.root_relpath for p in plans] == ["a_small", "b_large", "c_medium"]
+    assert ran == ["b_large", "c_medium", "a_small"]
 
 
 def test_worker_with_dask_malloc_setting_is_warned_about(monkeypatch, caplog):
