@@ -26,8 +26,8 @@ sys.path.insert(0, str(REPO))
 
 
 def load_case() -> np.ndarray:
-    from pipeline.normalize import foreground_mask, zscore
-    from pipeline.readers import read_volume
+    from pipeline.ingest.normalize import foreground_mask, zscore
+    from pipeline.io.readers import read_volume
 
     mni = REPO.parent / "shared" / "data" / "open_ms" / "cross_sectional" / "MNI" / "patient07"
     if mni.is_dir():

@@ -13,7 +13,7 @@ Timed commands:
   is found (``--dcm2niix``, ``$PATH`` or next to this Python); otherwise ``"dcm2niix": null``;
 * ``lesionflow convert SRC OUT --workers W --json`` through the installed console script, as a
   subprocess: Python start-up and imports are included, like dcm2niix's process start-up;
-* ``pipeline.convert.convert_tree(SRC, OUT, workers=W)`` in this process (library time:
+* ``pipeline.io.convert.convert_tree(SRC, OUT, workers=W)`` in this process (library time:
   no interpreter start-up; the modules are imported by the warm-up run).
 
 Sources:
@@ -76,9 +76,9 @@ def _dcm2niix_version(exe: str) -> str | None:
 
 
 def _gzip_backend() -> str:
-    """Which deflate lesionflow's NIfTI writer uses here (pipeline.writers._deflater)."""
+    """Which deflate lesionflow's NIfTI writer uses here (pipeline.io.writers._deflater)."""
     try:
-        from pipeline.writers import _deflater
+        from pipeline.io.writers import _deflater
 
         zmod, level, strategy = _deflater()
     except Exception as exc:  # pragma: no cover - report, do not fail the benchmark
@@ -196,7 +196,7 @@ def cli_tool(exe: str, src: Path, workers: int) -> _Tool:
 
 
 def library_tool(src: Path, workers: int) -> _Tool:
-    from pipeline.convert import convert_tree
+    from pipeline.io.convert import convert_tree
 
     def once(out: Path):
         cpu0, ccpu0 = _self_cpu(), _children_cpu()

@@ -37,19 +37,19 @@ def _warm_up() -> None:
     import SimpleITK  # noqa: F401
     import zarr.codecs  # noqa: F401
 
-    import pipeline.ingest  # noqa: F401
-    import pipeline.normalize  # noqa: F401
-    import pipeline.readers.dicom  # noqa: F401
-    import pipeline.readers.metaimage  # noqa: F401
-    import pipeline.readers.nifti  # noqa: F401
-    import pipeline.resample  # noqa: F401
+    import pipeline.ingest.session  # noqa: F401
+    import pipeline.ingest.normalize  # noqa: F401
+    import pipeline.io.readers.dicom  # noqa: F401
+    import pipeline.io.readers.metaimage  # noqa: F401
+    import pipeline.io.readers.nifti  # noqa: F401
+    import pipeline.ingest.resample  # noqa: F401
     import pipeline.store  # noqa: F401
 
 
 def ingest_once(source: Path, store: Path, workers: int) -> dict:
-    from pipeline.config import PipelineConfig, pseudonym_key
-    from pipeline.ingest import run_ingest
-    from pipeline.parallel import dask_client
+    from pipeline.core.config import PipelineConfig, pseudonym_key
+    from pipeline.ingest.session import run_ingest
+    from pipeline.ingest.cluster import dask_client
 
     with dask_client(None, workers) as client:  # cluster start-up and worker imports excluded from the timing
         client.run(_warm_up)
@@ -79,7 +79,7 @@ def _ceiling_init(ready) -> None:
 
 
 def _ceiling_convert(job: tuple) -> float:
-    from pipeline.ingest import convert_session
+    from pipeline.ingest.session import convert_session
 
     plan, store, cfg = job
     return convert_session(plan, store, cfg, "ceiling", force=True).seconds
@@ -90,8 +90,8 @@ def machine_ceiling(cohort: Path, work: Path, repeats: int) -> dict:
     how much a second core speeds this work up on this machine at best."""
     import multiprocessing as mp
 
-    from pipeline.config import PipelineConfig, pseudonym_key
-    from pipeline.discover import discover
+    from pipeline.core.config import PipelineConfig, pseudonym_key
+    from pipeline.ingest.discover import discover
     from pipeline.store import init_store
 
     cfg = PipelineConfig()
@@ -132,7 +132,7 @@ def nnunet(cases_cohort: Path, store: Path, work: Path) -> dict | None:
     import nibabel as nib
     import numpy as np
 
-    from pipeline.geometry import affine_ras
+    from pipeline.core.geometry import affine_ras
     from pipeline.store import list_cases, open_case, read_case_meta, volume_from_geometry
 
     raw = work / "nnUNet_raw" / "Dataset901_Phantom"

@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 from prefect import get_run_logger
 
-from pipeline.config import PipelineConfig
+from pipeline.core.config import PipelineConfig
 
 
 def load_config(config_path: str | None = None, **overrides: Any) -> PipelineConfig:

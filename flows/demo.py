@@ -27,7 +27,7 @@ def phantom_task(out: str, subjects: int, seed: int, spacing_mm: float) -> dict[
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(store: str, model_version: str, truth_cases: str, held_out: list[str]) -> list[dict[str, Any]]:
-    from pipeline.evaluate import evaluate
+    from pipeline.lesions.evaluation import evaluate
 
     rows = evaluate(store, model_version, truth_cases).to_dict(orient="records")
     for r in rows:

@@ -10,7 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import batches, load_config, progress_logger
-from pipeline.config import PipelineConfig, pseudonym_key
+from pipeline.core.config import PipelineConfig, pseudonym_key
 
 
 @task(name="discover", cache_policy=NO_CACHE)
@@ -19,8 +19,8 @@ def discover_task(source: str, store: str, cfg: PipelineConfig, run_id: str, sch
     return the sessions to convert, the rejected inputs and the ids of the cases up to date."""
     from dask.distributed import Client
 
-    from pipeline.discover import discover
-    from pipeline.ingest import open_store_for_ingest, record_rejected
+    from pipeline.ingest.discover import discover
+    from pipeline.ingest.session import open_store_for_ingest, record_rejected
 
     state = open_store_for_ingest(store, cfg, force)
     with Client(scheduler, timeout="30s") as client:
@@ -34,7 +34,7 @@ def discover_task(source: str, store: str, cfg: PipelineConfig, run_id: str, sch
 def convert_batch(plans: list[Any], store: str, cfg: PipelineConfig, run_id: str, scheduler: str, force: bool) -> list[Any]:
     from dask.distributed import Client
 
-    from pipeline.parallel import map_sessions
+    from pipeline.ingest.cluster import map_sessions
 
     with Client(scheduler, timeout="30s") as client:
         return map_sessions(plans, store, cfg, run_id, client=client, progress=progress_logger(25), force=force)
@@ -42,7 +42,7 @@ def convert_batch(plans: list[Any], store: str, cfg: PipelineConfig, run_id: str
 
 @task(name="quality-report", cache_policy=NO_CACHE)
 def report_task(store: str, channels: tuple[str, ...]) -> dict[str, Any] | None:
-    from pipeline.report import build_report, report_markdown
+    from pipeline.quality.report import build_report, report_markdown
 
     result = build_report(store, channels=channels)
     create_markdown_artifact(report_markdown(result.summary), key="data-quality", description=f"data quality of {store}")
@@ -66,8 +66,8 @@ def ingest(
     Conversion runs on Dask: an existing scheduler at ``dask_address`` or a LocalCluster of
     ``n_workers`` processes. Unchanged sessions are skipped; bad inputs are recorded, not fatal.
     """
-    from pipeline.ingest import new_run_id, summarize
-    from pipeline.parallel import dask_client
+    from pipeline.ingest.session import new_run_id, summarize
+    from pipeline.ingest.cluster import dask_client
 
     cfg = load_config(config_path, target_spacing=tuple(target_spacing) if target_spacing else None, dask_address=dask_address, n_workers=n_workers)
     t0 = time.perf_counter()

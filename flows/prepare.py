@@ -12,7 +12,7 @@ from flows.common import batches
 
 @task(name="patch-index-batch", cache_policy=NO_CACHE)
 def index_batch(store: str, case_ids: list[str], patch_size: int, n_lesion: int, n_background: int, seed: int) -> list[dict[str, Any]]:
-    from pipeline.patches import write_patch_index
+    from pipeline.prepare.patches import write_patch_index
 
     out = []
     for case_id in case_ids:

@@ -20,7 +20,7 @@ def predict_batch(store: str, model: str, case_ids: list[str], overwrite: bool) 
 
 @task(name="lesion-tables", cache_policy=NO_CACHE)
 def tables_task(store: str, model_version: str, connectivity: int, min_lesion_mm3: float) -> dict[str, Any]:
-    from pipeline.lesion_tables import write_lesion_tables
+    from pipeline.lesions.tables import write_lesion_tables
 
     out = write_lesion_tables(store, model_version, connectivity=connectivity, min_size_mm3=min_lesion_mm3)
     return {"paths": out["paths"], "case_volumes": out["case_volumes"].to_dict(orient="records")}

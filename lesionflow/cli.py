@@ -40,7 +40,7 @@ def _console():
 
 def _ensure_key(workdir: Path | None = None) -> None:
     """Make sure a pseudonymisation key is configured; the demo may create one and says so."""
-    from pipeline.config import PSEUDONYM_KEY_ENV
+    from pipeline.core.config import PSEUDONYM_KEY_ENV
 
     if os.environ.get(PSEUDONYM_KEY_ENV):
         return
@@ -87,7 +87,7 @@ def convert(
     as_json: bool = typer.Option(False, "--json", help="print a JSON summary"),
 ) -> None:
     """Convert every image series/volume under SRC to NIfTI with a JSON sidecar (geometry kept exactly)."""
-    from pipeline.convert import convert_tree
+    from pipeline.io.convert import convert_tree
 
     summary = convert_tree(src, outdir, workers=workers)
     payload = {"converted": len(summary.converted), "rejected": len(summary.rejected), "outputs": summary.converted, "rejected_inputs": summary.rejected}
@@ -113,9 +113,9 @@ def lesions(
     as_json: bool = typer.Option(False, "--json", help='print {"total_volume_ml": ..., "lesion_count": ...}'),
 ) -> None:
     """Lesion table of an existing mask: total volume (mL), count, per-lesion rows."""
-    from pipeline.lesions import lesion_table
-    from pipeline.readers import read_volume
-    from pipeline.readers.errors import ReaderError
+    from pipeline.lesions.components import lesion_table
+    from pipeline.io.readers import read_volume
+    from pipeline.io.readers.errors import ReaderError
 
     if connectivity not in (6, 18, 26):
         _fail("--connectivity must be 6, 18 or 26")
@@ -157,9 +157,9 @@ def ingest(
     if spacing is not None and len(spacing) != 3:
         _fail("--target-spacing needs three numbers: x,y,z in mm")
     if no_prefect:
-        from pipeline.config import PipelineConfig, pseudonym_key
-        from pipeline.ingest import run_ingest
-        from pipeline.parallel import dask_client
+        from pipeline.core.config import PipelineConfig, pseudonym_key
+        from pipeline.ingest.session import run_ingest
+        from pipeline.ingest.cluster import dask_client
 
         cfg = PipelineConfig.from_file(config) if config else PipelineConfig()
         if spacing:
@@ -212,7 +212,9 @@ def _existing_store(value: str) -> str:
     from pipeline.store import is_remote
 
     if not is_remote(value) and not Path(value).is_dir():
-        raise typer.BadParameter(f"store {value} does not exist; create it with `lesionflow ingest SOURCE --store {value}`")
+        # a plain one-line message, not click's boxed usage error: the box wraps at the terminal's
+        # width, which splits the path a user wants to copy (and made CI depend on COLUMNS)
+        _fail(f"--store {value} does not exist; create it with `lesionflow ingest SOURCE --store {value}`")
     return value
 
 
@@ -276,7 +278,7 @@ def report(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Write the data-quality report (HTML) of a store."""
-    from pipeline.report import build_report
+    from pipeline.quality.report import build_report
 
     result = build_report(store)
     if as_json:

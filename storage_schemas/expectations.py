@@ -1,6 +1,6 @@
 """The data-quality expectation suites, as code (Great Expectations 1.x).
 
-Each suite validates one table that :mod:`pipeline.expectations` derives from the catalog and
+Each suite validates one table that :mod:`pipeline.quality.expectations` derives from the catalog and
 the case metadata of a store:
 
 ``modalities``  one row per (case, present channel): native spacing/shape/orientation,

@@ -1,6 +1,6 @@
 """Generate synthetic DICOM series with pydicom from a known array + geometry.
 
-The geometry is given the lesionflow way (:class:`pipeline.volume.Volume` conventions):
+The geometry is given the lesionflow way (:class:`pipeline.core.volume.Volume` conventions):
 ``array`` is ``[z, y, x]`` (or ``[t, z, y, x]``), ``spacing``/``origin``/``direction`` in ITK
 (x, y, z) order, LPS mm, ``direction[:, i]`` = voxel axis *i*. Each slice ``k`` becomes one
 file with ``ImagePositionPatient = origin + direction[:, 2] * spacing[2] * k``,

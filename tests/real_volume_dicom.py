@@ -2,7 +2,7 @@
 
 The source is a real FLAIR (open_ms, MNI space, 182x218x182, 1 mm). For every acquisition
 we pick the target grid first (direction, spacing, matrix, origin, all LPS/ITK order, as in
-:class:`pipeline.volume.Volume`), resample the source onto it with SimpleITK *through
+:class:`pipeline.core.volume.Volume`), resample the source onto it with SimpleITK *through
 physical space* (so the anatomy lands at the same world place whatever the slice plane),
 quantise to int16 and write it with :mod:`dicom_factory`. The array + geometry written are
 therefore known exactly, independently of any DICOM reader.
@@ -22,10 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-try:
-    import dicom_factory as fac
-except ImportError:  # pragma: no cover - imported as tests.real_volume_dicom
-    from tests import dicom_factory as fac
+from tests import dicom_factory as fac
 
 SOURCE_RELPATH = "open_ms/cross_sectional/MNI/patient07/FLAIR_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz"
 SOURCE_ORIGIN = (-90.0, 126.0, -72.0)
@@ -63,7 +60,7 @@ class Grid:
 
     @property
     def affine_ras(self) -> np.ndarray:
-        """voxel (x, y, z) → RAS+ mm, computed here (not with pipeline.geometry)."""
+        """voxel (x, y, z) → RAS+ mm, computed here (not with pipeline.core.geometry)."""
         return np.diag([-1.0, -1.0, 1.0, 1.0]) @ self.affine_lps
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from pipeline import __version__
 from pipeline.store import geometry_of, init_store, write_case
-from pipeline.volume import Volume
+from pipeline.core.volume import Volume
 from storage_schemas.models import CaseMeta, ChannelInfo
 
 DEFAULT_CHANNELS = ("FLAIR", "T1", "T2")

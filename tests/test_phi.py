@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import dicom_factory as fac
-from test_ingest import blob_image
+from tests import dicom_factory as fac
+from tests.session_factory import blob_image
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -57,7 +57,7 @@ class Collect(logging.Handler):
 
 def test_no_phi_anywhere(prefect_harness, tmp_path, capfd):
     from flows.ingest import ingest
-    from pipeline.lesion_tables import write_lesion_tables
+    from pipeline.lesions.tables import write_lesion_tables
     from pipeline.store import list_cases, open_case, write_case_array
 
     src = tmp_path / "incoming"

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pipeline.config import PipelineConfig
-from pipeline.discover import discover
-from pipeline.ingest import run_ingest
-from pipeline.lesions import lesion_table
-from pipeline.readers import read_volume
-from pipeline.resample import grid_with_spacing, resample_to_grid
+from pipeline.core.config import PipelineConfig
+from pipeline.ingest.discover import discover
+from pipeline.ingest.session import run_ingest
+from pipeline.lesions.components import lesion_table
+from pipeline.io.readers import read_volume
+from pipeline.ingest.resample import grid_with_spacing, resample_to_grid
 from pipeline.store import open_case, read_case_meta
-from pipeline.volume import Volume
+from pipeline.core.volume import Volume
 
 pytestmark = pytest.mark.realdata
 KEY = b"realdata-test-key"

@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pipeline import store as _store
-from pipeline.patches import build_patch_index, clip_centres, has_patch_index, patch_bounds, read_patch_index
+from pipeline.prepare.patches import build_patch_index, clip_centres, has_patch_index, patch_bounds, read_patch_index
 
 log = logging.getLogger("lesionflow.training")
 

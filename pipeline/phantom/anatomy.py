@@ -41,7 +41,7 @@ import cc3d
 import numpy as np
 from scipy import ndimage
 
-from pipeline.volume import Volume, affine_lps_of
+from pipeline.core.volume import Volume, affine_lps_of
 
 # ------------------------------------------------------------------------------ tissues
 BACKGROUND, SCALP, SKULL, CSF, GM, WM, LESION = range(7)

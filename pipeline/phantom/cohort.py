@@ -129,7 +129,7 @@ def make_cohort(out: str | Path, n_subjects: int = 6, seed: int = 0, spacing_mm:
     """
     import pandas as pd
 
-    from pipeline.writers import write_nifti
+    from pipeline.io.writers import write_nifti
 
     out = Path(out)
     cohort = out / "cohort"

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pipeline.volume import Volume
+from pipeline.core.volume import Volume
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 

@@ -1,0 +1,4 @@
+"""The core every stage builds on: the one image type (:mod:`~pipeline.core.volume`), the only
+LPS↔RAS code (:mod:`~pipeline.core.geometry`), the typed configuration
+(:mod:`~pipeline.core.config`) and keyed pseudonyms (:mod:`~pipeline.core.pseudonym`).
+Imports nothing from the other stages."""

@@ -1,0 +1,447 @@
+"""Discover studies (subject sessions) under a source folder.
+
+Rules, in order:
+
+* **DICOM** is found by content (the ``DICM`` preamble), never by extension, and grouped into
+  series (see :mod:`pipeline.io.readers.dicom`), series into sessions by StudyInstanceUID, sessions
+  into subjects by PatientID. A study's *root* is the deepest folder holding all its files.
+* **NIfTI / MetaImage** files are grouped by folder. BIDS entities in the path (``sub-*``,
+  ``ses-*``) name subject and session; otherwise the folder name is the subject. Files in the
+  root folder of a DICOM study (e.g. a lesion mask next to the series folders) join that study.
+  When one folder holds several files of the same modality (``study1_FLAIR``, ``study2_FLAIR``)
+  it is split into sessions by the file-name prefix before the modality.
+* ITK transform files ``<image stem>_*to_<REF>*.txt|.tfm`` next to an image are attached to it
+  (registration of that image onto the reference modality).
+* Everything found is accounted for: unmapped, 4-D, localizer and derived series become items
+  with an ``unused`` reason; unreadable files become ``rejected`` items with the reason.
+
+Identifiers (PatientID, StudyInstanceUID, folder names) are pseudonymised here, with the keyed
+hash, before anything leaves this module: a :class:`SessionPlan` carries only pseudonyms.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from pipeline.core.config import PipelineConfig
+from pipeline.ingest.modality import modality_of_filename, modality_of_series, strip_extension, unusable_reason
+from pipeline.core.pseudonym import pseudonymise
+
+IGNORED_SUFFIXES = {".raw", ".zraw", ".json", ".txt", ".tfm", ".csv", ".tsv", ".md", ".pdf", ".html", ".py", ".xml", ".log", ".bval", ".bvec", ".png", ".jpg"}
+UNSUPPORTED_IMAGE_SUFFIXES = {".nrrd", ".nhdr", ".mgz", ".mgh", ".hdr", ".img", ".gipl", ".vtk", ".npy", ".npz", ".h5"}
+IGNORED_NAMES = {"DICOMDIR", "LICENSE", "README", ".DS_Store", "Thumbs.db"}
+
+
+@dataclass
+class SourceItem:
+    """One input of a session: a DICOM series or an image file."""
+
+    kind: str  # "dicom" | "nifti" | "metaimage"
+    name: str  # display name, never PHI: relpath for files, "series <n> <description>" for DICOM
+    relpaths: list[str]  # relative to the ingest root
+    paths: list[Path]
+    modality: str | None = None
+    unused_reason: str | None = None
+    series: Any = None  # pipeline.io.readers.dicom.DicomSeries for DICOM items
+    transform: Path | None = None  # ITK transform mapping reference-space points into this image
+    series_description: str | None = None
+
+
+@dataclass
+class SessionPlan:
+    """Everything needed to convert one subject session; only pseudonymised identifiers."""
+
+    subject: str
+    session: str
+    root_relpath: str
+    items: list[SourceItem] = field(default_factory=list)
+
+    @property
+    def case_id(self) -> str:
+        return f"{self.subject}_{self.session}"
+
+    def work_estimate(self) -> int:
+        """Rough size of the conversion work: bytes of the used inputs, gzip files counted 3x
+        (their typical compression ratio). Used to start the largest sessions first."""
+        total = 0
+        for item in self.items:
+            if item.unused_reason:
+                continue
+            for path in item.paths:
+                try:
+                    size = path.stat().st_size
+                except OSError:
+                    continue
+                total += 3 * size if path.name.lower().endswith(".gz") else size
+        return total
+
+    def fingerprint(self, digests: dict[str, str]) -> str:
+        """sha256 over (relpath, digest) of every used input, sorted."""
+        h = hashlib.sha256()
+        for item in sorted(self.items, key=lambda i: i.relpaths[0]):
+            if item.unused_reason:
+                continue
+            for rel in sorted(item.relpaths):
+                h.update(f"{rel}\0{digests.get(rel, '')}\n".encode())
+            if item.transform is not None:
+                h.update(f"T{item.transform.name}\0{file_sha256(item.transform)}\n".encode())
+        return h.hexdigest()
+
+
+@dataclass
+class Rejected:
+    relpath: str
+    reason: str
+    kind: str | None = None
+
+
+@dataclass
+class Discovery:
+    root: Path
+    sessions: list[SessionPlan]
+    rejected: list[Rejected]
+    unchanged: list[str] = field(default_factory=list)  # committed DICOM cases whose files are all unchanged
+
+
+@dataclass
+class KnownCase:
+    """A committed case as discovery needs it, to skip re-reading headers of unchanged studies.
+
+    Attributes:
+        case_id: the case.
+        root: folder (relative to the ingest root) holding all its DICOM files.
+        sources: relpath → (size in bytes, mtime in ns) of every file it was converted from.
+        accounted: relpaths (files) or folder prefixes (ending in "/") of its unused/rejected inputs.
+    """
+
+    case_id: str
+    root: str
+    sources: dict[str, tuple[int, int]]
+    accounted: tuple[str, ...] = ()
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _rel(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` as the source tree names it (lexically: a symlink keeps
+    its own name in the tree). Paths come from walking ``root``, so they lie under it.
+    String operations: this runs for every file of every rerun."""
+    p, r = str(path), str(root)
+    if p == r:
+        return "."
+    if p.startswith(r.rstrip(os.sep) + os.sep):
+        return p[len(r.rstrip(os.sep)) + 1 :].replace(os.sep, "/")
+    return p
+
+
+def _volume_kind(path: Path) -> str:
+    name = path.name.lower()
+    return "nifti" if name.endswith((".nii", ".nii.gz")) else "metaimage"
+
+
+_REGISTRATION_SUFFIX = re.compile(r"(reg_?to_?[a-z0-9]+|_to_[a-z0-9]+|space-[a-z0-9]+)", re.IGNORECASE)
+
+
+def _modality_of_file(path: Path, cfg: PipelineConfig) -> str | None:
+    name = _REGISTRATION_SUFFIX.sub("", path.name)
+    return modality_of_filename(name, cfg.modality_rules)
+
+
+def _prefix_before_modality(path: Path) -> str:
+    """``study1_FLAIR.nii.gz`` → ``study1``; used to split a folder holding several sessions."""
+    stem = strip_extension(path.name)
+    m = re.search(r"(^|[_\-])(flair|t1|t2|pd|mask|lesion|gt|seg|label|gold)", stem, re.IGNORECASE)
+    return stem[: m.start()].strip("_-") if m else stem
+
+
+def _find_transform(image: Path, reference_modality: str) -> Path | None:
+    stem = strip_extension(image.name)
+    for cand in sorted(image.parent.glob(f"{stem}_*")):
+        if cand.suffix.lower() in (".txt", ".tfm") and re.search(rf"to_?{reference_modality}", cand.name, re.IGNORECASE):
+            return cand
+    return None
+
+
+PARALLEL_SCAN_MIN_FILES = 400
+"""With a Dask client, DICOM header scans of at least this many files run on the workers."""
+
+
+def _scan_dicom(files: list[Path], client: Any = None) -> tuple[list[Any], list[Any]]:
+    """Series and errors of ``files``; headers are read on the Dask workers when it pays off."""
+    from pipeline.io.readers.dicom import group_series, scan_headers, scan_series
+
+    if client is None or len(files) < PARALLEL_SCAN_MIN_FILES:
+        return scan_series(files)
+    n_chunks = max(1, 4 * len(client.scheduler_info().get("workers", {}) or [1]))
+    size = -(-len(files) // n_chunks)
+    chunks = [files[i : i + size] for i in range(0, len(files), size)]
+    headers: list[Any] = []
+    errors: list[Any] = []
+    for h, e in client.gather(client.map(scan_headers, chunks, pure=False)):
+        headers.extend(h)
+        errors.extend(e)
+    return group_series(headers, errors)
+
+
+def _plan_dicom(root: Path, files: list[Path], config: PipelineConfig, key: bytes, client: Any) -> tuple[dict[tuple[str, str], SessionPlan], dict[Path, tuple[str, str]], list[Rejected]]:
+    """Sessions (one per study) of the DICOM ``files``, their study folders, and unreadable files."""
+    sessions: dict[tuple[str, str], SessionPlan] = {}
+    study_roots: dict[Path, tuple[str, str]] = {}
+    rejected: list[Rejected] = []
+    if not files:
+        return sessions, study_roots, rejected
+    series_list, errors = _scan_dicom(files, client)
+    for err in errors:
+        rejected.append(Rejected(_rel(Path(err.path), root), err.reason, "dicom"))
+    by_study: dict[str, list[Any]] = defaultdict(list)
+    for s in series_list:
+        by_study[s.study_uid].append(s)
+    for study_uid, series_of_study in by_study.items():
+        patient = series_of_study[0].patient_id or "unknown-patient"
+        subject = pseudonymise(patient, key, "sub-")
+        session = pseudonymise(f"{patient}/{study_uid}", key, "ses-", 8)
+        files = [f for s in series_of_study for f in s.files]
+        study_root = Path(os.path.commonpath([os.path.dirname(f) for f in files]))
+        plan = sessions.setdefault((subject, session), SessionPlan(subject, session, _rel(study_root, root)))
+        study_roots[study_root] = (subject, session)
+        for s in sorted(series_of_study, key=lambda s: (s.series_number or 0, s.key)):
+            fields_text = {tuple(r.fields): s.header_text(r.fields) for r in config.modality_rules}
+            modality = modality_of_series(fields_text, config.modality_rules)
+            reason = unusable_reason(tuple(s.image_type), s.n_volumes, s.series_description, s.is_mosaic)
+            if reason is None and modality is None:
+                reason = "no modality rule matched (SeriesDescription/ProtocolName/SequenceName); add a rule to the configuration"
+            elif reason is None and modality not in (*config.channels, "MASK"):
+                reason = f"modality {modality} is not among the configured channels {list(config.channels)}"
+            desc = s.series_description or s.protocol_name or ""
+            plan.items.append(
+                SourceItem(
+                    kind="dicom",
+                    name=f"series {s.series_number} {desc}".strip(),
+                    relpaths=[_rel(Path(f), root) for f in s.files],
+                    paths=[Path(f) for f in s.files],
+                    modality=modality,
+                    unused_reason=reason,
+                    series=s,
+                    series_description=desc,
+                )
+            )
+    return sessions, study_roots, rejected
+
+
+def _unchanged_cases(root: Path, known: Sequence[KnownCase], dicom_files: list[Path], volume_files: list[Path],
+                     stats: dict[Path, os.stat_result]) -> dict[str, KnownCase]:
+    """Known DICOM cases whose every source file is present with the size and mtime it was hashed at,
+    and whose folder holds no file the case does not account for. ``stats``: files already stat'ed."""
+    if not known:
+        return {}
+    present = {_rel(p, root): p for p in (*dicom_files, *volume_files)}
+    fresh: dict[str, KnownCase] = {}
+    for kc in known:
+        for rel, (size, mtime) in kc.sources.items():
+            p = present.get(rel)
+            if p is None:
+                break
+            st = stats.get(p) or p.stat()
+            if (st.st_size, st.st_mtime_ns) != (size, mtime):
+                break
+        else:
+            fresh[kc.case_id] = kc
+    by_root = {kc.root: kc for kc in fresh.values()}
+    for rel in present:
+        kc = _owner(rel, by_root)
+        if kc is not None and kc.case_id in fresh and not _accounts_for(kc, rel):
+            del fresh[kc.case_id]  # a new file in the study: plan it again
+    return fresh
+
+
+def _owner(rel: str, by_root: dict[str, KnownCase]) -> KnownCase | None:
+    parts = rel.split("/")
+    for i in range(len(parts) - 1, -1, -1):
+        kc = by_root.get("/".join(parts[:i]))
+        if kc is not None:
+            return kc
+    return None
+
+
+def _accounts_for(kc: KnownCase, rel: str) -> bool:
+    return rel in kc.sources or any(rel == a or (a.endswith("/") and rel.startswith(a)) for a in kc.accounted)
+
+
+def _claimed_files(root: Path, fresh: dict[str, KnownCase], files: list[Path]) -> set[Path]:
+    """The files that belong to unchanged cases (their headers need not be read again)."""
+    if not fresh:
+        return set()
+    by_root = {kc.root: kc for kc in fresh.values()}
+    out = set()
+    for p in files:
+        rel = _rel(p, root)
+        kc = _owner(rel, by_root)
+        if kc is not None and _accounts_for(kc, rel):
+            out.add(p)
+    return out
+
+
+def discover(
+    source: str | Path,
+    config: PipelineConfig,
+    key: bytes,
+    progress: Callable[[str, int, int], None] | None = None,
+    client: Any = None,
+    known: Sequence[KnownCase] = (),
+) -> Discovery:
+    """Walk ``source`` and plan every session found in it (see module docstring).
+
+    Args:
+        source: folder to scan (recursively; hidden entries skipped).
+        config: modality rules and reference modality.
+        key: HMAC key for pseudonyms (:func:`pipeline.core.config.pseudonym_key`).
+        progress: optional ``callback(stage, done, total)``.
+        client: optional Dask client; large DICOM header scans then run on its workers.
+        known: committed cases (:func:`pipeline.ingest.session.known_cases`); a DICOM case whose files are
+            all unchanged is listed in ``Discovery.unchanged`` without re-reading its headers.
+    """
+    from pipeline.io.readers import is_dicom_file, is_volume_file, walk_files
+
+    root = Path(source).resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"source folder {source} does not exist or is not a folder")
+    rejected: list[Rejected] = []
+    volume_files: list[Path] = []
+    dicom_files: list[Path] = []
+    all_files = walk_files(root)
+    # files a committed case was converted from, with their size and mtime then: when unchanged,
+    # they are DICOM without opening them again
+    known_files = {rel: st for kc in known for rel, st in kc.sources.items()}
+    stats: dict[Path, os.stat_result] = {}
+    for i, path in enumerate(all_files):
+        if progress and i % 500 == 0:
+            progress("scan", i, len(all_files))
+        name, suffix = path.name, path.suffix.lower()
+        if name in IGNORED_NAMES or name.upper().startswith(("README", "LICENSE")):
+            continue
+        if is_volume_file(path):
+            volume_files.append(path)
+            continue
+        if suffix in IGNORED_SUFFIXES:
+            continue
+        try:
+            st = stats[path] = path.stat()
+        except OSError as exc:
+            rejected.append(Rejected(_rel(path, root), f"cannot read: {exc.strerror}"))
+            continue
+        size = st.st_size
+        if size == 0:
+            rejected.append(Rejected(_rel(path, root), "zero-byte file"))
+            continue
+        if suffix in UNSUPPORTED_IMAGE_SUFFIXES:
+            rejected.append(Rejected(_rel(path, root), f"unsupported image format '{suffix}' (supported: DICOM, .nii, .nii.gz, .mhd/.raw, .mha)"))
+            continue
+        if known_files.get(_rel(path, root)) == (size, st.st_mtime_ns) or is_dicom_file(path):
+            dicom_files.append(path)
+        elif suffix in (".dcm", ".ima", ""):
+            rejected.append(Rejected(_rel(path, root), "not a readable DICOM file (no DICM preamble and not parseable)", "dicom"))
+    if progress:
+        progress("scan", len(all_files), len(all_files))
+
+    sessions: dict[tuple[str, str], SessionPlan] = {}
+    study_roots: dict[Path, tuple[str, str]] = {}
+
+    # ---------------------------------------------------------------- DICOM
+    fresh = _unchanged_cases(root, known, dicom_files, volume_files, stats)
+    claimed = _claimed_files(root, fresh, dicom_files + volume_files)
+    dicom_errors: list[Rejected] = []
+    if dicom_files:
+        todo = [f for f in dicom_files if f not in claimed]
+        sessions, study_roots, dicom_errors = _plan_dicom(root, todo, config, key, client)
+        collided = {c for c in (p.case_id for p in sessions.values()) if c in fresh}
+        if collided:  # a new series of a study taken for unchanged: plan those studies in full
+            for c in collided:
+                del fresh[c]
+            claimed = _claimed_files(root, fresh, dicom_files + volume_files)
+            todo = [f for f in dicom_files if f not in claimed]
+            sessions, study_roots, dicom_errors = _plan_dicom(root, todo, config, key, client)
+    rejected.extend(dicom_errors)
+    volume_files = [f for f in volume_files if f not in claimed]
+
+    # ---------------------------------------------------------------- NIfTI / MetaImage
+    by_dir: dict[Path, list[Path]] = defaultdict(list)
+    for path in volume_files:
+        by_dir[path.parent].append(path)
+    for folder, paths in sorted(by_dir.items()):
+        mods = {p: _modality_of_file(p, config) for p in paths}
+        split = any(n > 1 for m, n in Counter(mods.values()).items() if m is not None)  # e.g. study1_FLAIR + study2_FLAIR
+        groups: dict[str, list[Path]] = defaultdict(list)
+        for p in paths:
+            groups[_prefix_before_modality(p) if split else ""].append(p)
+        rel_parts = folder.relative_to(root).parts if folder.is_relative_to(root) else folder.parts
+        bids_sub = next((p for p in rel_parts if p.startswith("sub-")), None)
+        bids_ses = next((p for p in rel_parts if p.startswith("ses-")), None)
+        subject_raw = bids_sub or (rel_parts[-1] if rel_parts else root.name)
+        for prefix, group in sorted(groups.items()):
+            if folder in study_roots and not split:
+                plan = sessions[study_roots[folder]]
+            elif split and prefix == "":
+                reason = "cannot be assigned to one session: its folder holds several sessions and the file name has no session prefix"
+                rejected.extend(Rejected(_rel(p, root), reason, _volume_kind(p)) for p in group)
+                continue
+            else:
+                session_raw = bids_ses or prefix or "ses-01"
+                subject = pseudonymise(subject_raw, key, "sub-")
+                session = pseudonymise(f"{subject_raw}/{_rel(folder, root)}/{session_raw}", key, "ses-", 8)
+                plan = sessions.setdefault((subject, session), SessionPlan(subject, session, _rel(folder, root)))
+            for p in sorted(group):
+                modality = mods[p]
+                reason = None
+                if modality is None:
+                    reason = "no modality rule matched the file name; rename it (e.g. *_FLAIR.nii.gz) or add a rule"
+                elif modality not in (*config.channels, "MASK"):
+                    reason = f"modality {modality} is not among the configured channels {list(config.channels)}"
+                rels = [_rel(p, root)]
+                ps = [p]
+                if p.name.lower().endswith(".mhd"):
+                    raw = _mhd_data_file(p)
+                    if raw is not None and raw.exists():
+                        rels.append(_rel(raw, root))
+                        ps.append(raw)
+                plan.items.append(
+                    SourceItem(
+                        kind=_volume_kind(p),
+                        name=_rel(p, root),
+                        relpaths=rels,
+                        paths=ps,
+                        modality=modality,
+                        unused_reason=reason,
+                        transform=_find_transform(p, config.reference_modality) if modality not in (None, config.reference_modality, "MASK") else None,
+                    )
+                )
+
+    ordered = sorted(sessions.values(), key=lambda s: (s.root_relpath, s.case_id))
+    return Discovery(root=root, sessions=ordered, rejected=rejected, unchanged=sorted(fresh))
+
+
+def _mhd_data_file(mhd: Path) -> Path | None:
+    """The ``ElementDataFile`` named in a MetaImage header (None for LOCAL / LIST)."""
+    try:
+        with open(mhd, "r", errors="replace") as fh:
+            for line in fh:
+                if line.strip().lower().startswith("elementdatafile"):
+                    value = line.split("=", 1)[1].strip()
+                    if value.upper() in ("LOCAL", "LIST") or "%" in value:
+                        return None
+                    return mhd.parent / value
+    except OSError:
+        return None
+    return None

@@ -1,0 +1,74 @@
+"""Map series and files to modalities (FLAIR, T1, T1POST, T2, PD, MASK) with ordered regex rules.
+
+Rules come from :class:`pipeline.core.config.PipelineConfig` (``modality_rules``); the first rule
+whose pattern matches wins. For DICOM the rule's ``fields`` are searched; for files the
+file name (without extension) is searched, with BIDS suffixes understood (``_T1w``, ``_T2w``,
+``_FLAIR``, ``_mask``, ``_dseg``).
+
+Example:
+    >>> from pipeline.core.config import DEFAULT_MODALITY_RULES as R
+    >>> [modality_of_filename(n, R) for n in ("sub-1_ses-1_FLAIR.nii.gz", "PH1_T1.mha", "consensus_gt.nii.gz", "notes")]
+    ['FLAIR', 'T1', 'MASK', None]
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Iterable
+
+from pipeline.core.config import ModalityRule
+
+_EXTENSIONS = (".nii.gz", ".nii", ".mhd", ".mha")
+
+
+def strip_extension(name: str) -> str:
+    """File name without its image extension (``.nii.gz`` counts as one)."""
+    lower = name.lower()
+    for ext in _EXTENSIONS:
+        if lower.endswith(ext):
+            return name[: -len(ext)]
+    return Path(name).stem
+
+
+def _match(text: str, rules: Iterable[ModalityRule]) -> str | None:
+    for rule in rules:
+        if re.search(rule.pattern, text, flags=re.IGNORECASE):
+            return rule.modality
+    return None
+
+
+def modality_of_filename(name: str, rules: Iterable[ModalityRule]) -> str | None:
+    """Modality of an image file from its name, or ``None`` when no rule matches."""
+    stem = strip_extension(Path(name).name)
+    # BIDS entities such as sub-01_ses-02 must not trigger rules: match on the suffix part
+    parts = [p for p in re.split(r"_", stem) if not re.match(r"^(sub|ses|run|acq|rec|ce|echo)-", p, re.IGNORECASE)]
+    text = " ".join(parts) if parts else stem
+    return _match(text, rules)
+
+
+def modality_of_series(header_text_by_fields: dict[tuple[str, ...], str], rules: Iterable[ModalityRule]) -> str | None:
+    """Modality of a DICOM series.
+
+    ``header_text_by_fields`` maps each rule's ``fields`` tuple to the text of those
+    attributes (see :meth:`pipeline.io.readers.dicom.DicomSeries.header_text`).
+    """
+    for rule in rules:
+        text = header_text_by_fields.get(tuple(rule.fields), "")
+        if text and re.search(rule.pattern, text, flags=re.IGNORECASE):
+            return rule.modality
+    return None
+
+
+def unusable_reason(image_type: tuple[str, ...], n_volumes: int, description: str, is_mosaic: bool = False) -> str | None:
+    """Why a DICOM series cannot be used for lesion work, or ``None`` when it can."""
+    itype = {t.upper() for t in image_type}
+    if is_mosaic or "MOSAIC" in itype:
+        return f"Siemens mosaic (EPI) series ({n_volumes} volume{'s' if n_volumes != 1 else ''}: fMRI/diffusion/field map), not a structural scan"
+    if "LOCALIZER" in itype or re.search(r"locali[sz]er|scout|survey|3-?plane\s*loc", description, re.IGNORECASE):
+        return "localizer/scout series"
+    if n_volumes > 1:
+        return f"4-D series ({n_volumes} volumes: fMRI/diffusion/perfusion), not a structural scan"
+    if "DERIVED" in itype or "SECONDARY" in itype:
+        return "derived/secondary image (e.g. reformat, map, screenshot)"
+    return None

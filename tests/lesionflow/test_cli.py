@@ -1,0 +1,67 @@
+"""The command line: lazy imports, `lesions` against the phantom truth, `--json` outputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lesionflow.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_help_and_convert_do_not_import_torch_or_prefect():
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from lesionflow.cli import app\n"
+        "r = CliRunner()\n"
+        "for args in (['--help'], ['convert', '--help'], ['lesions', '--help'], ['phantom', '--help']):\n"
+        "    assert r.invoke(app, args).exit_code == 0, args\n"
+        "bad = [m for m in ('torch', 'prefect', 'monai') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_lesions_reproduces_phantom_truth_exactly(phantom_cohort):
+    truth = pd.read_csv(phantom_cohort.truth_cases_csv)
+    for _, row in truth.iterrows():
+        mask = phantom_cohort.cohort_dir / row["mask_relpath"]
+        out = run_cli("lesions", str(mask), "--json")
+        assert out.returncode == 0, out.stderr
+        got = json.loads(out.stdout)
+        assert got["lesion_count"] == row["lesion_count"]
+        assert got["total_volume_ml"] == pytest.approx(row["total_volume_ml"], rel=0, abs=1e-9)
+
+
+def test_lesions_writes_per_lesion_csv_and_rejects_bad_input(phantom_cohort, tmp_path):
+    truth = pd.read_csv(phantom_cohort.truth_cases_csv).iloc[0]
+    csv = tmp_path / "lesions.csv"
+    out = run_cli("lesions", str(phantom_cohort.cohort_dir / truth["mask_relpath"]), "--out", str(csv), "--connectivity", "6")
+    assert out.returncode == 0, out.stderr
+    df = pd.read_csv(csv)
+    assert {"lesion_id", "voxels", "volume_mm3", "centroid_x_mm", "bbox_min_zyx"} <= set(df.columns)
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"not gzip at all")
+    out = run_cli("lesions", str(broken))
+    assert out.returncode == 2 and "broken.nii.gz" in out.stderr
+
+
+def test_store_commands_say_how_to_create_a_missing_store(tmp_path):
+    from typer.testing import CliRunner
+
+    from lesionflow.cli import app
+
+    missing = tmp_path / ("a-long-folder-name-that-would-wrap-in-a-narrow-terminal-" * 2) / "nope.zarr"
+    for columns in ("40", "80", "200"):
+        for cmd in (["report"], ["prepare"], ["score", "--model", "latest"]):
+            out = CliRunner().invoke(app, [*cmd, "--store", str(missing)], env={"COLUMNS": columns})
+            assert out.exit_code == 2
+            # one line names the whole path and the command that creates it, at any terminal width
+            line = next(ln for ln in out.output.splitlines() if "does not exist" in ln)
+            assert str(missing) in line and f"lesionflow ingest SOURCE --store {missing}" in line

@@ -1,0 +1,52 @@
+import nibabel as nib
+import numpy as np
+import pytest
+
+from pipeline.core.geometry import affine_ras, decompose_affine, decompose_ras_affine, obliquity_deg, orientation_code
+from pipeline.core.volume import Volume
+
+
+def rotation(deg: float, axis: int) -> np.ndarray:
+    c, s = np.cos(np.radians(deg)), np.sin(np.radians(deg))
+    i, j = [a for a in range(3) if a != axis]
+    r = np.eye(3)
+    r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
+    return r
+
+
+def test_ras_affine_matches_nibabel_convention_for_lps_identity():
+    v = Volume(np.zeros((3, 4, 5)), spacing=(0.5, 0.8, 3.0), origin=(10.0, -20.0, 30.0))
+    aff = affine_ras(v)
+    # LPS identity direction = x towards Left, y towards Posterior: in RAS that is "LPS"
+    assert nib.aff2axcodes(aff) == ("L", "P", "S")
+    assert orientation_code(v.direction, "RAS") == "LPS"
+    np.testing.assert_allclose(aff[:3, 3], [-10.0, 20.0, 30.0])
+
+
+def test_decompose_round_trip_oblique():
+    d = rotation(12.0, 0) @ rotation(-7.0, 2)
+    v = Volume(np.zeros((3, 4, 5)), spacing=(0.7, 0.9, 4.0), origin=(1.5, 2.5, -3.5), direction=d)
+    sp, org, dd = decompose_ras_affine(affine_ras(v))
+    np.testing.assert_allclose(sp, v.spacing, atol=1e-12)
+    np.testing.assert_allclose(org, v.origin, atol=1e-12)
+    np.testing.assert_allclose(dd, d, atol=1e-12)
+    assert obliquity_deg(d) == pytest.approx(np.degrees(np.arccos(min(np.max(np.abs(d), axis=0)))), abs=1e-9)
+    assert obliquity_deg(np.eye(3)) == 0.0
+
+
+def test_world_position_of_voxel_matches_affine():
+    d = rotation(30.0, 1)
+    v = Volume(np.zeros((6, 5, 4)), spacing=(1.0, 2.0, 3.0), origin=(5.0, 6.0, 7.0), direction=d)
+    ijk = np.array([3, 2, 1])
+    world = v.index_to_world(ijk)
+    np.testing.assert_allclose(world, (v.affine_lps @ np.r_[ijk, 1])[:3])
+    # the same point through the SimpleITK image
+    img = v.to_sitk()
+    np.testing.assert_allclose(world, img.TransformIndexToPhysicalPoint([3, 2, 1]), atol=1e-9)
+
+
+def test_sheared_affine_is_refused():
+    aff = np.eye(4)
+    aff[0, 1] = 0.5
+    with pytest.raises(ValueError, match="sheared"):
+        decompose_affine(aff)

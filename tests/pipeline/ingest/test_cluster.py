@@ -1,0 +1,139 @@
+"""Conversion on Dask: an existing scheduler address, SimpleITK limited to one thread per worker."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import REPO
+from tests.session_factory import write_session
+
+from pipeline.core.config import PipelineConfig
+from pipeline.ingest.session import run_ingest
+from pipeline.ingest.cluster import dask_client
+from pipeline.store import list_cases
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _sitk_threads() -> int:
+    import SimpleITK as sitk
+
+    return sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+
+
+def test_ingest_on_an_existing_scheduler_address(tmp_path):
+    from dask.distributed import LocalCluster
+
+    src = tmp_path / "c"
+    for i in range(4):
+        write_session(src / f"p{i}", f"p{i}_", seed=i)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with dask_client(cluster.scheduler_address) as client:  # as `--dask-address tcp://…` does
+            assert set(client.run(_sitk_threads).values()) == {1}
+            summary = run_ingest(src, tmp_path / "s.zarr", PipelineConfig(), b"k", client=client)
+    assert summary.converted == 4 and len(list_cases(tmp_path / "s.zarr")) == 4
+
+
+def test_unreachable_scheduler_says_what_to_do():
+    with pytest.raises(RuntimeError, match="cannot reach the Dask scheduler"):
+        with dask_client("tcp://127.0.0.1:1", connect_timeout="2s"):
+            pass
+
+
+def test_parallel_header_scan_equals_serial(tmp_path, monkeypatch):
+    import pipeline.ingest.discover as d
+    from pipeline.ingest.discover import discover
+
+    from tests import dicom_factory as fac
+    import numpy as np
+
+    for k in range(3):
+        fac.write_series(tmp_path / f"s{k}", np.zeros((12, 8, 8), np.int16), spacing=(1, 1, 2), series_number=k + 1,
+                         description=f"AX FLAIR {k}", study_uid=f"1.2.3.{k}")
+    serial = discover(tmp_path, PipelineConfig(), b"k")
+    monkeypatch.setattr(d, "PARALLEL_SCAN_MIN_FILES", 0)
+    with dask_client(None, 2) as client:
+        parallel = discover(tmp_path, PipelineConfig(), b"k", client=client)
+    key = lambda disc: sorted((s.case_id, tuple(tuple(i.relpaths) for i in s.items)) for s in disc.sessions)  # noqa: E731
+    assert key(parallel) == key(serial) and len(serial.sessions) == 3
+
+
+def _worker_settings() -> dict:
+    import os
+
+    import SimpleITK as sitk
+    import zarr
+
+    import dask
+
+    return {"sitk": sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(), "zarr": zarr.config.get("threading.max_workers"),
+            "malloc_trim": os.environ.get("MALLOC_TRIM_THRESHOLD_"), "profiler": dask.config.get("distributed.worker.profile.enabled")}
+
+
+def test_local_cluster_workers_use_one_core_and_glibc_default_malloc():
+    with dask_client(None, 2) as client:
+        settings = list(client.run(_worker_settings).values())
+    assert settings == [{"sitk": 1, "zarr": 1, "malloc_trim": None, "profiler": False}] * 2
+
+
+def test_deploy_dask_config_removes_malloc_trim_for_hand_started_workers():
+    from pathlib import Path
+
+    import dask.config
+
+    (cfg,) = dask.config.collect_yaml([str(REPO / "deploy" / "dask.yaml")])
+    merged = dask.config.merge(dask.config.config, cfg)
+    assert "MALLOC_TRIM_THRESHOLD_" in dask.config.config["distributed"]["nanny"]["pre-spawn-environ"]  # Dask's default
+    assert merged["distributed"]["nanny"]["pre-spawn-environ"]["MALLOC_TRIM_THRESHOLD_"] is None
+    from pipeline.ingest.cluster import QUIET_CLUSTER
+
+    for key, value in QUIET_CLUSTER.items():  # the LocalCluster's settings and the file agree
+        assert dask.config.get(key, config=merged) == value, key
+
+
+def test_largest_sessions_are_converted_first(tmp_path):
+    """Longest-first order: no big session is left running alone while the other workers idle."""
+    from tests.session_factory import blob_image
+    from pipeline.io.writers import write_nifti
+
+    from pipeline.ingest.discover import discover
+    from pipeline.ingest.cluster import map_sessions
+    from pipeline.store import read_catalog
+
+    src = tmp_path / "c"
+    # names whose alphabetical (discovery) order is not the size order, so only the priorities can
+    # make the largest run first
+    for name, size in (("a_small", 16), ("b_large", 48), ("c_medium", 32)):
+        write_nifti(blob_image((size, size, size), (1.0, 1.0, 1.0), seed=size), src / name / f"{name}_FLAIR.nii.gz")
+    plans = discover(src, PipelineConfig(), b"k").sessions
+    with dask_client(None, 1) as client:  # one worker: sessions run one after another, in priority order
+        results = map_sessions(plans, str(tmp_path / "s.zarr"), PipelineConfig(), "r", client=client)
+    assert [r.case_id for r in results] == [p.case_id for p in plans]  # results come back in input order
+    cat = read_catalog(tmp_path / "s.zarr").sort_values("recorded_at")
+    ran = [p.root_relpath for case in cat["case_id"] for p in plans if p.case_id == case]
+    assert [p.root_relpath for p in plans] == ["a_small", "b_large", "c_medium"]
+    assert ran == ["b_large", "c_medium", "a_small"]
+
+
+def test_worker_with_dask_malloc_setting_is_warned_about(monkeypatch, caplog):
+    """A hand-started worker without deploy/dask.yaml: the plugin says what to do."""
+    import logging
+
+    import SimpleITK as sitk
+    import zarr
+
+    from pipeline.ingest.cluster import OneCorePerWorker
+
+    threads, zarr_workers = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(), zarr.config.get("threading.max_workers")
+    try:
+        monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+        with caplog.at_level(logging.WARNING, logger="lesionflow.parallel"):
+            OneCorePerWorker().setup()
+        assert "DASK_CONFIG=deploy/dask.yaml" in caplog.text
+        monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
+        caplog.clear()
+        OneCorePerWorker().setup()
+        assert caplog.text == ""
+    finally:  # the plugin's settings are meant for worker processes, not this one
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+        zarr.config.set({"threading.max_workers": zarr_workers})

@@ -1,0 +1,56 @@
+import pytest
+
+from pipeline.core.config import DEFAULT_MODALITY_RULES as RULES
+from pipeline.ingest.discover import _modality_of_file
+from pipeline.core.config import PipelineConfig
+from pipeline.ingest.modality import modality_of_filename, modality_of_series, unusable_reason
+from pathlib import Path
+
+
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("sub-01_ses-02_FLAIR.nii.gz", "FLAIR"),
+        ("sub-01_ses-02_T1w.nii.gz", "T1"),
+        ("sub-01_ses-02_T2w.nii.gz", "T2"),
+        ("sub-01_ses-02_label-lesion_mask.nii.gz", "MASK"),
+        ("patient1_FLAIR.nii.gz", "FLAIR"),  # 't1' inside 'patient1' is not T1
+        ("patient1_T1.mha", "T1"),
+        ("patient1_T2.mha", "T2"),
+        ("T1POST_brain.nii.gz", "T1POST"),
+        ("consensus_gt.nii.gz", "MASK"),
+        ("study1_T2W.nii.gz", "T2"),
+        ("scan.nii.gz", None),
+    ],
+)
+def test_filename_rules(name, expected):
+    assert modality_of_filename(name, RULES) == expected
+
+
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("T2_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz", "T2"),
+        ("T1POST_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz", "T1POST"),
+        ("GOLD_STANDARD_N4_noneck_reduced_winsor_regtoFLAIR_regtoMNI.nii.gz", "MASK"),
+        ("FLAIR_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz", "FLAIR"),
+    ],
+)
+def test_registration_suffixes_do_not_decide_modality(name, expected):
+    assert _modality_of_file(Path(name), PipelineConfig()) == expected
+
+
+@pytest.mark.parametrize(
+    "description,expected",
+    [("AX T2 FLAIR", "FLAIR"), ("SAG T1 MPRAGE", "T1"), ("AX T1 POST GD", "T1POST"), ("COR T2 TSE", "T2"), ("Axial EPI-FMRI", None)],
+)
+def test_series_rules(description, expected):
+    texts = {tuple(r.fields): description for r in RULES}
+    assert modality_of_series(texts, RULES) == expected
+
+
+def test_unusable_reasons():
+    assert "localizer" in unusable_reason(("ORIGINAL", "PRIMARY", "LOCALIZER"), 1, "3-Plane Loc")
+    assert "4-D" in unusable_reason(("ORIGINAL", "PRIMARY"), 10, "fMRI")
+    assert "derived" in unusable_reason(("DERIVED", "SECONDARY"), 1, "MPR")
+    assert unusable_reason(("ORIGINAL", "PRIMARY", "M", "ND"), 1, "AX FLAIR") is None

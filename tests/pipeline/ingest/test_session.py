@@ -1,0 +1,185 @@
+"""Ingest (discover → convert → store) on a small generated NIfTI cohort, in process."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from pipeline.core.config import PipelineConfig
+from pipeline.ingest.discover import discover
+from pipeline.ingest.session import run_ingest
+from pipeline.store import list_cases, open_case, query_catalog, read_case_meta, read_catalog
+from pipeline.core.volume import Volume
+from pipeline.io.writers import write_nifti
+from tests.session_factory import blob_image, lesion_mask_on, rot_x, write_session  # noqa: F401
+
+KEY = b"unit-test-key"
+
+
+@pytest.fixture()
+def cohort(tmp_path: Path) -> Path:
+    src = tmp_path / "cohort"
+    write_session(src / "bids" / "sub-01" / "ses-01" / "anat", "sub-01_ses-01_", seed=1)
+    write_session(src / "site" / "patient02", "patient02_", seed=2)
+    # two sessions in one folder (like the longitudinal MS data) plus a mask that belongs to neither
+    write_session(src / "long" / "patient03", "study1_", seed=3, label=False)
+    write_session(src / "long" / "patient03", "study2_", seed=4, label=False)
+    write_nifti(lesion_mask_on(blob_image((12, 40, 40), (1.0, 1.0, 3.0))), src / "long" / "patient03" / "gt.nii.gz")
+    # bad inputs
+    bad = src / "site" / "patient04"
+    bad.mkdir(parents=True)
+    (bad / "patient04_FLAIR.nii.gz").write_bytes(b"this is not gzip")
+    (bad / "IM0001").write_bytes(b"")
+    return src
+
+
+def test_discovery_groups_sessions_and_records_rejects(cohort):
+    disc = discover(cohort, PipelineConfig(), KEY)
+    by_root = {s.root_relpath: s for s in disc.sessions}
+    assert set(by_root) == {"bids/sub-01/ses-01/anat", "site/patient02", "long/patient03", "site/patient04"}
+    long_sessions = [s for s in disc.sessions if s.root_relpath == "long/patient03"]
+    assert len(long_sessions) == 2 and len({s.subject for s in long_sessions}) == 1  # same subject, two sessions
+    reasons = {r.relpath: r.reason for r in disc.rejected}
+    assert reasons["site/patient04/IM0001"] == "zero-byte file"
+    assert "several sessions" in reasons["long/patient03/gt.nii.gz"]
+    # identifiers are pseudonyms, never folder names
+    assert all(s.subject.startswith("sub-") and "patient" not in s.case_id for s in disc.sessions)
+
+
+def test_ingest_geometry_resampling_and_incremental_reruns(cohort, tmp_path):
+    store = tmp_path / "store.zarr"
+    cfg = PipelineConfig()
+    s1 = run_ingest(cohort, store, cfg, KEY)
+    assert (s1.converted, s1.skipped, s1.rejected_sessions) == (4, 0, 1)
+    rejected = {r["path"]: r["reason"] for r in s1.rejected_inputs}
+    assert "not gzip" in rejected["site/patient04/patient04_FLAIR.nii.gz"].lower() or "gzip" in rejected["site/patient04/patient04_FLAIR.nii.gz"]
+    assert len(list_cases(store)) == 4
+
+    # the stored grid is the FLAIR grid, exactly
+    disc = discover(cohort, cfg, KEY)
+    plan = next(s for s in disc.sessions if s.root_relpath == "site/patient02")
+    meta = read_case_meta(store, plan.case_id)
+    flair = sitk.ReadImage(str(cohort / "site/patient02/patient02_FLAIR.nii.gz"))
+    np.testing.assert_allclose(meta.geometry.spacing, flair.GetSpacing(), atol=1e-5)
+    np.testing.assert_allclose(meta.geometry.origin, flair.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(np.reshape(meta.geometry.direction, 9), flair.GetDirection(), atol=1e-6)
+    assert meta.channels == ["FLAIR", "T1", "T2"] and meta.has_label
+
+    # T1 (oblique, other grid) equals an independent resampling onto the FLAIR grid (before z-scoring)
+    g = open_case(store, plan.case_id)
+    t1_stored = g["image"][1]
+    t1 = sitk.ReadImage(str(cohort / "site/patient02/patient02_T1w.nii.gz"), sitk.sitkFloat32)
+    expected = sitk.GetArrayFromImage(sitk.Resample(t1, flair, sitk.Transform(), sitk.sitkLinear, 0.0))
+    fg = g["foreground"][:] > 0
+    corr = np.corrcoef(t1_stored[fg], expected[fg])[0, 1]
+    assert corr > 0.9999
+    # label is the source mask (same grid → identical voxels)
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(cohort / "site/patient02/patient02_lesion_mask.nii.gz")))
+    np.testing.assert_array_equal(g["label"][:], mask)
+
+    # rerun: nothing converted, and nothing of the stored cases re-read (unchanged size + mtime reuse
+    # the stored digests); only the rejected session's broken file is tried again
+    s2 = run_ingest(cohort, store, cfg, KEY)
+    assert (s2.converted, s2.skipped) == (0, 4)
+    assert s2.bytes_read == (cohort / "site/patient04/patient04_FLAIR.nii.gz").stat().st_size
+
+    # touch one file's bytes (same path): only that case is re-converted
+    f = cohort / "site/patient02/patient02_T2w.nii.gz"
+    data = gzip.decompress(f.read_bytes())
+    f.write_bytes(gzip.compress(data, compresslevel=1, mtime=12345))
+    s3 = run_ingest(cohort, store, cfg, KEY)
+    assert (s3.converted, s3.skipped) == (1, 3) and s3.cases == sorted(s3.cases)
+    assert s3.bytes_read == f.stat().st_size + s2.bytes_read  # only the changed file was hashed again
+
+    # a new session converts only itself
+    write_session(cohort / "site" / "patient05", "patient05_", seed=5)
+    s4 = run_ingest(cohort, store, cfg, KEY)
+    assert (s4.converted, s4.skipped) == (1, 4)
+
+    # a processing change (target spacing) re-converts everything it affects
+    s5 = run_ingest(cohort, store, cfg.model_copy(update={"target_spacing": (2.0, 2.0, 2.0)}), KEY)
+    assert (s5.converted, s5.skipped) == (5, 0)
+    meta = read_case_meta(store, plan.case_id)
+    assert meta.geometry.spacing == (2.0, 2.0, 2.0)
+
+    cat = read_catalog(store)
+    assert {"converted", "rejected", "unused"} >= set(cat["status"]) and (cat["status"] == "rejected").any()
+    assert cat[cat["status"] == "rejected"]["reason"].notna().all()
+    # the same current state through DuckDB
+    counts = query_catalog(store, "SELECT status, count(*) AS n FROM catalog GROUP BY status ORDER BY status")
+    assert dict(zip(counts["status"], counts["n"])) == cat["status"].value_counts().to_dict()
+    history = query_catalog(store, "SELECT count(DISTINCT run_id) AS runs FROM catalog_history")
+    assert int(history["runs"][0]) >= 5
+
+
+def test_label_off_grid_is_rejected_and_case_kept(tmp_path):
+    src = tmp_path / "c"
+    write_session(src / "p1", "p1_", seed=1, label=False)
+    flair = blob_image((12, 40, 40), (1.0, 1.0, 3.0), origin=(0.5, 0.5, 0.0))
+    shifted = lesion_mask_on(Volume(flair.array, spacing=flair.spacing, origin=(5.0, 0.5, 0.0)))
+    write_nifti(shifted, src / "p1" / "p1_lesion_mask.nii.gz")
+    s = run_ingest(src, tmp_path / "s.zarr", PipelineConfig(), KEY)
+    assert s.converted == 1
+    reason = next(r["reason"] for r in s.rejected_inputs if r["path"].endswith("p1_lesion_mask.nii.gz"))
+    assert "label grid does not match" in reason
+    assert not read_case_meta(tmp_path / "s.zarr", list_cases(tmp_path / "s.zarr")[0]).has_label
+
+
+def test_nan_voxels_reject_only_that_input(tmp_path):
+    src = tmp_path / "c"
+    write_session(src / "p1", "p1_", seed=1)
+    t2 = blob_image((18, 20, 20), (2.0, 2.0, 2.0))
+    arr = t2.array.copy()
+    arr[3, 3, 3] = np.nan
+    write_nifti(t2.with_array(arr), src / "p1" / "p1_T2w.nii.gz")
+    s = run_ingest(src, tmp_path / "s.zarr", PipelineConfig(), KEY)
+    assert s.converted == 1
+    reason = next(r["reason"] for r in s.rejected_inputs if r["path"].endswith("p1_T2w.nii.gz"))
+    assert "non-finite" in reason
+    meta = read_case_meta(tmp_path / "s.zarr", list_cases(tmp_path / "s.zarr")[0])
+    assert meta.channels == ["FLAIR", "T1"]
+
+
+def test_symlinked_inputs_keep_their_names_in_the_source_tree(tmp_path):
+    """Sources are named as the tree the user points at names them, also when a file is a
+    symlink to storage elsewhere (no absolute outside path in the catalog)."""
+    elsewhere = tmp_path / "archive" / "x"
+    write_session(elsewhere, "p_", seed=5)
+    src = tmp_path / "cohort" / "patient05"
+    src.mkdir(parents=True)
+    for f in elsewhere.iterdir():
+        (src / f.name).symlink_to(f)
+    disc = discover(tmp_path / "cohort", PipelineConfig(), b"k")
+    (plan,) = disc.sessions
+    assert sorted(r for i in plan.items for r in i.relpaths) == sorted(f"patient05/{f.name}" for f in elsewhere.iterdir())
+    summary = run_ingest(tmp_path / "cohort", tmp_path / "s.zarr", PipelineConfig(), b"k")
+    assert summary.converted == 1
+    assert all(p.startswith("patient05/") for p in read_catalog(tmp_path / "s.zarr")["source_relpath"])
+
+
+def test_driver_sends_only_changed_sessions_to_the_workers(cohort, tmp_path):
+    from pipeline.ingest.session import open_store_for_ingest
+
+    store = tmp_path / "s.zarr"
+    run_ingest(cohort, store, PipelineConfig(), b"k")
+    state = open_store_for_ingest(store, PipelineConfig())
+    plans = discover(cohort, PipelineConfig(), b"k", known=state.known).sessions
+    todo, unchanged = state.pending(plans, PipelineConfig())
+    # only the session whose FLAIR was rejected (no committed case) is tried again
+    assert [p.root_relpath for p in todo] == ["site/patient04"]
+    assert sorted(unchanged) == sorted(state.metas)
+    # a file whose mtime moved is sent to a worker, which hashes it and finds the same bytes
+    flair = cohort / "site" / "patient02" / "patient02_FLAIR.nii.gz"
+    os.utime(flair, ns=(flair.stat().st_atime_ns, flair.stat().st_mtime_ns + 10**9))
+    todo, _ = state.pending(plans, PipelineConfig())
+    assert [p.root_relpath for p in todo] == ["site/patient02", "site/patient04"]
+    summary = run_ingest(cohort, store, PipelineConfig(), b"k")
+    assert summary.converted == 0 and summary.skipped == len(state.metas)
+    # another processing configuration: everything is pending, and force sends everything
+    assert len(state.pending(plans, PipelineConfig(target_spacing=(2.0, 2.0, 2.0)))[0]) == len(plans)
+    assert len(state.pending(plans, PipelineConfig(), force=True)[0]) == len(plans)

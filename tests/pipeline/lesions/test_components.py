@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+
+from pipeline.lesions.components import dice, lesion_table
+from pipeline.core.volume import Volume
+
+
+def two_touching_diagonally() -> np.ndarray:
+    m = np.zeros((8, 8, 8), np.uint8)
+    m[2, 2, 2] = 1
+    m[3, 3, 3] = 1  # touches the first only through a corner (26-connected, not 6/18)
+    m[6, 6, 6] = 1
+    return m
+
+
+@pytest.mark.parametrize("connectivity,count", [(26, 2), (18, 3), (6, 3)])
+def test_connectivity_changes_count(connectivity, count):
+    summary, rows = lesion_table(Volume(two_touching_diagonally()), connectivity=connectivity)
+    assert summary["lesion_count"] == count
+    assert sum(r["voxels"] for r in rows) == 3
+
+
+def test_volumes_use_voxel_size_and_min_size_filter():
+    m = np.zeros((10, 10, 10), np.uint8)
+    m[1:4, 1:4, 1:4] = 1  # 27 voxels
+    m[8, 8, 8] = 1  # 1 voxel
+    v = Volume(m, spacing=(0.5, 0.5, 2.0))  # 0.5 mm³ per voxel
+    summary, rows = lesion_table(v)
+    assert summary["total_volume_ml"] == pytest.approx(28 * 0.5 / 1000)
+    assert [r["volume_mm3"] for r in rows] == [13.5, 0.5]
+    summary, rows = lesion_table(v, min_size_mm3=1.0)
+    assert summary["lesion_count"] == 1 and rows[0]["voxels"] == 27
+
+
+def test_centroid_is_in_world_coordinates():
+    m = np.zeros((10, 10, 10), np.uint8)
+    m[4:7, 2:5, 6:9] = 1  # centre at (z, y, x) = (5, 3, 7)
+    d = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    v = Volume(m, spacing=(2.0, 3.0, 4.0), origin=(100.0, 50.0, -10.0), direction=d)
+    _, rows = lesion_table(v)
+    expected = v.index_to_world((7, 3, 5))
+    assert (rows[0]["centroid_x_mm"], rows[0]["centroid_y_mm"], rows[0]["centroid_z_mm"]) == pytest.approx(tuple(expected))
+    assert rows[0]["bbox_min_zyx"] == "4,2,6" and rows[0]["bbox_max_zyx"] == "6,4,8"
+
+
+def test_empty_mask_and_bad_connectivity():
+    summary, rows = lesion_table(Volume(np.zeros((4, 4, 4), np.uint8)))
+    assert summary == {**summary, "lesion_count": 0, "total_volume_ml": 0.0} and rows == []
+    with pytest.raises(ValueError):
+        lesion_table(Volume(np.zeros((4, 4, 4), np.uint8)), connectivity=8)
+
+
+def test_dice():
+    a = np.zeros((4, 4, 4)); a[:2] = 1
+    b = np.zeros((4, 4, 4)); b[1:3] = 1
+    assert dice(a, b) == pytest.approx(0.5)
+    assert dice(np.zeros(3), np.zeros(3)) == 1.0

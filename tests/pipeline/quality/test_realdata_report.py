@@ -1,0 +1,44 @@
+"""Data-quality report on an ingest of all of ../shared/data (DICOM set and MS set together)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.core.config import PipelineConfig
+from pipeline.ingest.session import run_ingest
+from pipeline.quality.report import build_report, case_thumbnail
+from pipeline.store import list_cases, read_case_meta
+
+pytestmark = [pytest.mark.realdata, pytest.mark.slow]
+
+
+def test_report_on_all_shared_data(shared_data, tmp_path):
+    store = tmp_path / "store.zarr"
+    summary = run_ingest(shared_data, store, PipelineConfig(), b"report-key")
+    assert summary.converted == 3  # MNI patient07 + the two longitudinal studies
+    result = build_report(store)
+    html = result.html_path.read_text()
+
+    # 4-D EPI and mosaic series: listed as not usable for lesion work, with that reason
+    unused = {u["path"]: u["reason"] for u in summary.unused_inputs}
+    for n in (4, 5, 6, 7):
+        reason = unused[f"dcm_qa_nih/In/20180918GE/mr_000{n}/"]
+        assert "4-D series (10 volumes" in reason and reason in html
+    for n in (3, 4, 5, 6):
+        reason = unused[f"dcm_qa_nih/In/20180918Si/mr_000{n}/"]
+        assert "mosaic" in reason and reason in html
+
+    # the anisotropic raw volumes (0.72 x 0.72 x 4 mm and the like) are flagged, the 1 mm MNI case is not
+    longitudinal = {c for c in list_cases(store) if any("longitudinal" in s.relpath for ch in read_case_meta(store, c).channel_info for s in ch.sources)}
+    flagged_aniso = {f["case_id"] for f in result.flagged if f["what"] == "anisotropic voxels"}
+    assert flagged_aniso == longitudinal and len(longitudinal) == 2
+
+    # the real lesion overlay: the MNI case's thumbnail is drawn on its label's largest slice
+    (mni,) = [c for c in list_cases(store) if read_case_meta(store, c).has_label]
+    thumb = case_thumbnail(store, mni)
+    assert thumb["has_label"] and thumb["png_b64"] in html
+
+    # every expectation result carries an explanation
+    assert result.expectations and all(r.get("explanation") for r in result.expectations)
+    for section in ("summary", "flagged", "expectations", "metrics", "thumbnails", "lineage"):
+        assert f'id="{section}"' in html
