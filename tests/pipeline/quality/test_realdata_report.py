@@ -15,7 +15,8 @@ pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 def test_report_on_all_shared_data(shared_data, tmp_path):
     store = tmp_path / "store.zarr"
     summary = run_ingest(shared_data, store, PipelineConfig(), b"report-key")
-    assert summary.converted == 3  # MNI patient07 + the two longitudinal studies
+    # MNI patient07 and patient19 + the two longitudinal studies (the lgg slice stacks are not read yet)
+    assert summary.converted == 4
     result = build_report(store)
     html = result.html_path.read_text()
 
@@ -33,10 +34,12 @@ def test_report_on_all_shared_data(shared_data, tmp_path):
     flagged_aniso = {f["case_id"] for f in result.flagged if f["what"] == "anisotropic voxels"}
     assert flagged_aniso == longitudinal and len(longitudinal) == 2
 
-    # the real lesion overlay: the MNI case's thumbnail is drawn on its label's largest slice
-    (mni,) = [c for c in list_cases(store) if read_case_meta(store, c).has_label]
-    thumb = case_thumbnail(store, mni)
-    assert thumb["has_label"] and thumb["png_b64"] in html
+    # the real lesion overlay: each MNI case's thumbnail is drawn on its label's largest slice
+    mni = [c for c in list_cases(store) if read_case_meta(store, c).has_label]
+    assert len(mni) == 2
+    for case in mni:
+        thumb = case_thumbnail(store, case)
+        assert thumb["has_label"] and thumb["png_b64"] in html
 
     # every expectation result carries an explanation
     assert result.expectations and all(r.get("explanation") for r in result.expectations)
