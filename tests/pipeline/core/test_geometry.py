@@ -50,3 +50,51 @@ def test_sheared_affine_is_refused():
     aff[0, 1] = 0.5
     with pytest.raises(ValueError, match="sheared"):
         decompose_affine(aff)
+
+
+# the acquisitions the DICOM tests build (tests/dicom_factory.py), as LPS direction matrices
+ACQUISITIONS = {
+    "axial": "AXIAL",
+    "sagittal": "SAGITTAL",
+    "coronal": "CORONAL",
+    "oblique15": ("x", 15.0, "AXIAL"),
+    "double_oblique": ("z", 14.0, "y", -11.0, "SAGITTAL"),
+    "descending_coronal": ("x", -9.0, "CORONAL"),
+}
+
+
+def _acquisition(spec) -> np.ndarray:
+    from tests import dicom_factory as fac
+
+    if isinstance(spec, str):
+        return getattr(fac, spec)
+    *rotations, base = spec
+    d = getattr(fac, base)
+    for axis, deg in reversed(list(zip(rotations[::2], rotations[1::2]))):
+        d = fac.rotation(axis, deg) @ d
+    return d
+
+
+@pytest.mark.parametrize("name", list(ACQUISITIONS))
+def test_orientation_codes_match_nibabel_on_real_acquisitions(name):
+    """Checked against nibabel's aff2axcodes on an affine built here, independently of
+    pipeline.core.geometry: RAS = diag(-1, -1, 1) · LPS. A transposed direction matrix (sagittal
+    'ILA' instead of 'PIR') or a sign slip fails here."""
+    d = _acquisition(ACQUISITIONS[name])
+    spacing = np.array([0.9, 1.1, 3.0])
+    lps = np.eye(4)
+    lps[:3, :3] = d * spacing[None, :]
+    lps[:3, 3] = (12.0, -30.0, 45.0)
+    ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+    assert orientation_code(d, "RAS") == "".join(nib.aff2axcodes(ras))
+    assert orientation_code(d, "LPS") == "".join(nib.aff2axcodes(lps, labels=(("R", "L"), ("A", "P"), ("I", "S"))))
+    # and the RAS affine the library writes is that same affine
+    v = Volume(np.zeros((4, 5, 6)), spacing=tuple(spacing), origin=(12.0, -30.0, 45.0), direction=d)
+    np.testing.assert_allclose(affine_ras(v), ras, atol=1e-12)
+
+
+def test_sagittal_orientation_is_pir():
+    """The case the catalog gets wrong when the direction matrix is read transposed."""
+    from tests import dicom_factory as fac
+
+    assert orientation_code(fac.SAGITTAL, "RAS") == "PIR"
