@@ -1,5 +1,7 @@
 #!/usr/bin/env python
-"""Benchmark ``lesionflow convert`` against ``dcm2niix -z y`` on the same DICOM folder tree.
+"""Benchmark ``lesionflow convert`` against ``dcm2niix`` on the same DICOM folder tree, at matched
+compression (``dcm2niix -1``, gzip level 1 like ours) and at dcm2niix's default (level 6), with the
+output sizes side by side.
 
 Prints ONE JSON object on stdout (progress goes to stderr). Every tool converts the same
 source tree ``--repeats`` times, each time into a fresh, empty output folder, and the median
@@ -9,8 +11,11 @@ hit one tool only.
 
 Timed commands:
 
-* ``dcm2niix -z y -o OUT SRC`` (gzip output, comparable to our ``.nii.gz``) when the binary
-  is found (``--dcm2niix``, ``$PATH`` or next to this Python); otherwise ``"dcm2niix": null``;
+* ``dcm2niix -z y -1 -o OUT SRC`` (gzip level 1: the same work as our ``.nii.gz``, level 1) and
+  ``dcm2niix -z y -o OUT SRC`` (its default, level 6: slower, smaller) when the binary is found
+  (``--dcm2niix``, ``$PATH`` or next to this Python); otherwise ``null``. The ratios are ours over
+  the matched-compression run (``ratio_ours_over_dcm2niix``) and over the default one
+  (``ratio_ours_over_dcm2niix_default``); ``bytes`` of every tool's output is in its block;
 * ``lesionflow convert SRC OUT --workers W --json`` through the installed console script, as a
   subprocess: Python start-up and imports are included, like dcm2niix's process start-up;
 * ``pipeline.io.convert.convert_tree(SRC, OUT, workers=W)`` in this process (library time:
@@ -168,16 +173,20 @@ def _round_robin(tools: list[_Tool], repeats: int, work: Path) -> None:
             tool.run(work, i, timed=i > 0)
 
 
-def dcm2niix_tool(exe: str, src: Path) -> _Tool:
+def dcm2niix_tool(exe: str, src: Path, level: int | None = 1) -> _Tool:
+    """``level`` 1 = matched to lesionflow's gzip level; None = dcm2niix's default (6)."""
+    flags = ["-z", "y", *([f"-{level}"] if level is not None else [])]
+
     def once(out: Path):
-        wall, cpu, res = _time_subprocess([exe, "-z", "y", "-o", str(out), str(src)], out)
+        wall, cpu, res = _time_subprocess([exe, *flags, "-o", str(out), str(src)], out)
         if res.returncode not in (0,):
             _log(f"  dcm2niix exit status {res.returncode}: {res.stderr[-500:]}")
         series = len(re.findall(r"^Convert \d+ DICOM", res.stdout, flags=re.M))
         return wall, cpu, {"series": series, "returncode": res.returncode}
 
-    meta = {"command": f"{exe} -z y -o OUT SRC", "version": _dcm2niix_version(exe), "pigz_found": _pigz_found()}
-    return _Tool("dcm2niix", meta, once)
+    meta = {"command": f"{exe} {' '.join(flags)} -o OUT SRC", "gzip_level": level or 6, "version": _dcm2niix_version(exe),
+            "pigz_found": _pigz_found()}
+    return _Tool("dcm2niix" if level is not None else "dcm2niix-default", meta, once)
 
 
 def cli_tool(exe: str, src: Path, workers: int) -> _Tool:
@@ -419,9 +428,10 @@ def main(argv: list[str] | None = None) -> int:
         _SUBPROCESS_ENV = _subprocess_env(work)
         tools: list[_Tool] = []
         d_exe = _find_tool("dcm2niix", args.dcm2niix)
-        d_tool = dcm2niix_tool(d_exe, src) if d_exe else None
-        if d_tool:
-            tools.append(d_tool)
+        d_tool = dcm2niix_tool(d_exe, src, level=1) if d_exe else None
+        d_default = dcm2niix_tool(d_exe, src, level=None) if d_exe else None
+        if d_tool and d_default:
+            tools += [d_tool, d_default]
         else:
             _log("dcm2niix not found: skipped")
         l_exe = _find_tool("lesionflow", args.lesionflow)
@@ -434,16 +444,23 @@ def main(argv: list[str] | None = None) -> int:
         _round_robin(tools, args.repeats, work)
 
         result["dcm2niix"] = d_tool.result() if d_tool else None
+        result["dcm2niix_default"] = d_default.result() if d_default else None
         result["lesionflow_cli"] = {f"workers={w}": t.result() for w, t in cli_tools.items()} if l_exe else None
         result["lesionflow_library"] = None if args.no_library else {f"workers={w}": t.result() for w, t in lib_tools.items()}
 
-        ratios: dict = {}
-        if result["dcm2niix"]:
-            ref = result["dcm2niix"]["median_s"]
-            for kind in ("lesionflow_cli", "lesionflow_library"):
-                for key, val in (result[kind] or {}).items():
-                    ratios[f"{kind.removeprefix('lesionflow_')} {key}"] = round(val["median_s"] / ref, 3) if ref > 0 else None
-        result["ratio_ours_over_dcm2niix"] = ratios or None
+        for ref_key, out_key in (("dcm2niix", "ratio_ours_over_dcm2niix"), ("dcm2niix_default", "ratio_ours_over_dcm2niix_default")):
+            ratios: dict = {}
+            if result[ref_key]:
+                ref = result[ref_key]["median_s"]
+                for kind in ("lesionflow_cli", "lesionflow_library"):
+                    for key, val in (result[kind] or {}).items():
+                        ratios[f"{kind.removeprefix('lesionflow_')} {key}"] = round(val["median_s"] / ref, 3) if ref > 0 else None
+            result[out_key] = ratios or None
+        sizes = {"dcm2niix -1": (result["dcm2niix"] or {}).get("bytes"), "dcm2niix default": (result["dcm2niix_default"] or {}).get("bytes")}
+        for kind in ("lesionflow_cli", "lesionflow_library"):
+            for key, val in (result[kind] or {}).items():
+                sizes[f"{kind.removeprefix('lesionflow_')} {key}"] = val.get("bytes")
+        result["output_bytes"] = sizes
         result["machine"]["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
         print(json.dumps(result, indent=2))
         return 0
