@@ -38,7 +38,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # Network outputs: background and lesion. Inference reads the lesion probability (class 1).
 NUM_CLASSES = 2
@@ -236,6 +236,17 @@ def make_config(cfg: TrainConfig | Mapping[str, Any] | None = None, **overrides:
         base = TrainConfig()
     elif isinstance(cfg, TrainConfig):
         base = cfg
-    else:
-        base = TrainConfig.model_validate(dict(cfg))
+    else:  # a dict; anything else (a JSON list, say) fails validation with pydantic's message
+        base = TrainConfig.model_validate(dict(cfg) if isinstance(cfg, Mapping) else cfg)
     return base.with_overrides(**overrides) if overrides else base
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """One line per problem, ``field.path: reason (got value)``, for people (the CLI, flow logs)."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        where = ".".join(str(part) for part in err["loc"]) or "config"
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        got = "" if err["type"] in ("value_error", "missing") or "input" not in err or isinstance(err["input"], dict) else f" (got {err['input']!r})"
+        lines.append(f"{where}: {msg}{got}")
+    return "; ".join(lines)

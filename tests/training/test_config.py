@@ -112,3 +112,14 @@ def test_in_channels_and_arch_need_resolved_channels():
     cfg = TrainConfig(channels=("FLAIR", "T2"), model={"features": (8, 16), "strides": (2,), "norm": "batch"}, patch_zyx=(16, 16, 16))
     assert cfg.arch() == {"name": "monai.UNet", "spatial_dims": 3, "in_channels": 2, "out_channels": 2, "channels": [8, 16],
                           "strides": [2], "num_res_units": 1, "norm": "batch"}
+
+
+def test_describe_errors_is_one_line_per_problem():
+    from training.config import describe_errors
+
+    with pytest.raises(ValidationError) as info:
+        TrainConfig.model_validate({"optim": {"lr": -1}, "itarations": 3})
+    assert describe_errors(info.value) == "optim.lr: Input should be greater than 0 (got -1); itarations: Extra inputs are not permitted (got 3)"
+    with pytest.raises(ValidationError) as info:
+        TrainConfig(patch_zyx=(20, 20, 20))
+    assert describe_errors(info.value).startswith("config: patch_zyx (20, 20, 20): each side must be a multiple of 8")
