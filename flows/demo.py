@@ -37,18 +37,21 @@ def evaluate_task(store: str, model_version: str, truth_cases: str, held_out: li
 
 @flow(name="demo", log_prints=True)
 def demo(workdir: str = "work/demo", subjects: int = 6, seed: int = 0, spacing_mm: float = 1.5,
-         iterations: int = 300, n_workers: int = 2, held_out_fraction: float = 0.34) -> dict[str, Any]:
+         iterations: int = 300, n_workers: int = 2, held_out_fraction: float = 0.34,
+         train_config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the end-to-end pipeline in ``workdir``; returns outputs and the evaluation table.
 
     ``held_out_fraction`` of the cases are kept out of training, so the table shows Dice and
     volume error on unseen cases (``split`` column) next to the training cases.
+    ``train_config`` (a TrainConfig as a dict) sets the rest of training; ``iterations``, ``seed``
+    and ``held_out_fraction`` (as ``val_fraction``) override it.
     """
     work = Path(workdir).resolve()
     store = str(work / "store.zarr")
     ph = phantom_task(str(work / "phantom"), subjects, seed, spacing_mm)
     ingested = ingest(ph["cohort"], store, n_workers=n_workers)
     prepare(store, seed=seed)
-    trained = train(store, iterations=iterations, seed=seed, val_fraction=held_out_fraction)
+    trained = train(store, config=train_config, iterations=iterations, seed=seed, val_fraction=held_out_fraction)
     scored = score(store, trained["model_version"])
     held_out = list(trained["metrics"].get("val_case_ids") or [])
     evaluation = evaluate_task(store, trained["model_version"], ph["truth_cases"], held_out)
@@ -61,6 +64,7 @@ def demo(workdir: str = "work/demo", subjects: int = 6, seed: int = 0, spacing_m
         "report": (ingested.get("report") or {}).get("html"),
         "model_version": trained["model_version"],
         "checkpoint": trained["checkpoint"],
+        "train_config": trained["train_config"],
         "tables": scored["tables"],
         "evaluation": evaluation,
     }

@@ -239,16 +239,33 @@ def prepare(
 @app.command()
 def train(
     store: str = _store_option(),
-    iterations: int = typer.Option(300),
-    patch_size: int = typer.Option(48),
-    batch_size: int = typer.Option(2),
-    seed: int = typer.Option(0),
+    config: Optional[Path] = typer.Option(None, "--config", exists=True, dir_okay=False,
+                                          help="training configuration JSON (a TrainConfig; absent keys take the defaults); the options below override it"),
+    iterations: Optional[int] = typer.Option(None, help="optimiser steps (default 300)"),
+    patch_size: Optional[int] = typer.Option(None, help="patch edge in voxels, a multiple of 8 (default 48)"),
+    batch_size: Optional[int] = typer.Option(None, help="patches per step (default 2)"),
+    seed: Optional[int] = typer.Option(None, help="seeds the weights, the sampler and the validation split (default 0)"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Train the 3-D U-Net on the store (CUDA when available); prints the model version."""
-    from flows.train import train as train_flow
+    """Train the 3-D U-Net on the store (CUDA when available); prints the model version.
 
-    out = train_flow(str(store), iterations=iterations, patch_size=patch_size, batch_size=batch_size, seed=seed)
+    Channels are the store's unless the config names them. Example --config file:
+    {"iterations": 2000, "patch_zyx": [64, 64, 64], "optim": {"lr": 0.001}, "val_fraction": 0.2}
+    """
+    from pydantic import ValidationError
+
+    from flows.train import train as train_flow, train_config
+    from training.config import describe_errors
+
+    source = f"--config {config}" if config is not None else "training options"
+    try:
+        raw = json.loads(config.read_text()) if config is not None else None
+        cfg = train_config(raw, iterations=iterations, patch_size=patch_size, batch_size=batch_size, seed=seed)
+    except ValidationError as exc:
+        _fail(f"{source}: {describe_errors(exc)}")
+    except (OSError, ValueError) as exc:  # unreadable file or JSON
+        _fail(f"{source}: {exc}")
+    out = train_flow(str(store), config=cfg.model_dump(mode="json"))
     _print_json(out) if as_json else typer.echo(f"model {out['model_version']} → {out['checkpoint']}")
 
 

@@ -1,9 +1,11 @@
 """lesionflow's training side (the only package that imports torch).
 
+* :mod:`training.config` — :class:`TrainConfig`: every training knob, validated, hashed, stored in ``model.json``
 * :mod:`training.data` — class-balanced patch sampling from the store (patch index + Zarr slicing)
-* :mod:`training.model` — the 3-D U-Net, built from a recorded ``arch`` dict
-* :mod:`training.losses` — Dice + cross-entropy
-* :mod:`training.loop` — :func:`train` → :class:`TrainResult` (checkpoint + metrics)
+* :mod:`training.model` — the 3-D U-Net, built from the config's ``model``
+* :mod:`training.losses` — the config's ``loss`` (Dice + cross-entropy)
+* :mod:`training.loop` — :func:`train` (= :func:`setup`, :func:`train_step` × n, :func:`validate`,
+  :func:`save_model`) → :class:`TrainResult` (checkpoint + metrics)
 * :mod:`training.checkpoint` — ``<store>/models/<model_version>/{model.pt, model.json}``, :func:`load_model`
 * :mod:`training.infer` — sliding-window :func:`predict_case`, :func:`score_cases` into the store
 
@@ -11,8 +13,10 @@ Device: CUDA when ``torch.cuda.is_available()``, else CPU, everywhere.
 """
 
 from training.checkpoint import list_models, load_model, save_checkpoint  # noqa: F401
+from training.config import TrainConfig  # noqa: F401
 from training.infer import predict_case, score_cases  # noqa: F401
-from training.loop import TrainResult, train  # noqa: F401
-from training.model import build_model, default_arch  # noqa: F401
+from training.loop import TrainResult, TrainState, save_model, setup, train, train_step, validate  # noqa: F401
+from training.model import build_model, build_network, default_arch  # noqa: F401
 
-__all__ = ["TrainResult", "build_model", "default_arch", "list_models", "load_model", "predict_case", "save_checkpoint", "score_cases", "train"]
+__all__ = ["TrainConfig", "TrainResult", "TrainState", "build_model", "build_network", "default_arch", "list_models", "load_model",
+           "predict_case", "save_checkpoint", "save_model", "score_cases", "setup", "train", "train_step", "validate"]

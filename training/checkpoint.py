@@ -1,23 +1,29 @@
 """Model checkpoints: ``<store>/models/<model_version>/{model.pt, model.json}``.
 
 * ``model.pt`` — the ``state_dict`` (``torch.save``; load with ``weights_only=True``).
-* ``model.json`` — everything needed to rebuild and use the model: ``model_version``, ``arch``,
-  ``channels``, ``patch_zyx``, ``normalization`` ("zscore": images as the store holds them),
-  training case ids, iterations, seed, final loss, validation Dice, torch/monai versions,
-  ``created_at`` (UTC), ``config_hash`` and ``weights_sha256``.
+* ``model.json`` — ``train_config``: the :class:`~training.config.TrainConfig` as used
+  (``cfg.model_dump(mode="json")``, channels resolved), from which :func:`load_model` rebuilds the
+  network; beside it the run's facts: ``model_version``, ``channels`` and ``patch_zyx`` (what
+  scoring needs), ``normalization`` ("zscore": images as the store holds them),
+  ``train_config_hash``, training and validation case ids, iterations, final loss, validation
+  Dice, device, torch/monai/lesionflow versions, ``created_at`` (UTC), the pipeline's
+  ``config_hash`` and ``weights_sha256``. Checkpoints written before TrainConfig have a
+  top-level ``arch`` dict instead of ``train_config``; they still load.
 
-``model_version`` is ``unet3d-<UTC yyyymmddTHHMMSS>-<8 hex>``, the hex being the start of
-:func:`state_dict_sha256` — so two different weight sets never share a version and a copied
-checkpoint can be verified on load. Locally a checkpoint directory is written under a temporary
-name and moved into place with one ``os.replace``. On an object store (``store_root`` an fsspec
-URL such as ``s3://bucket/store``) each file is one PUT, ``model.pt`` first and ``model.json``
-last: a model is listed and loadable only once its ``model.json`` exists, so a half-written
-one is never used. All file access goes through :mod:`pipeline.store` (``put_bytes``,
-``read_bytes``, ``has_file``, ``list_dir``).
+``model_version`` is ``<kind>3d-<UTC yyyymmddTHHMMSS>-<8 hex>`` (``unet3d-…`` for the U-Net), the
+hex being the start of :func:`state_dict_sha256` — so two different weight sets never share a
+version and a copied checkpoint can be verified on load. Each file is written whole through
+:func:`pipeline.store.put_bytes` (locally a temporary file and a rename, on an object store
+one PUT), ``model.pt`` first and ``model.json`` last: a model is listed and loadable only once
+its ``model.json`` exists, so a half-written one is never used. All file access goes through
+:mod:`pipeline.store` (``put_bytes``, ``read_bytes``, ``has_file``, ``list_dir``).
 
 Example:
-    >>> from training.model import build_model, default_arch  # doctest: +SKIP
-    >>> version, path = save_checkpoint(build_model(default_arch(3)), {"arch": default_arch(3)}, "store")  # doctest: +SKIP
+    >>> from training.config import TrainConfig  # doctest: +SKIP
+    >>> from training.model import build_network  # doctest: +SKIP
+    >>> cfg = TrainConfig(channels=("FLAIR", "T1", "T2"))  # doctest: +SKIP
+    >>> info = {"train_config": cfg.model_dump(mode="json"), "channels": list(cfg.channels), "patch_zyx": list(cfg.patch_zyx)}  # doctest: +SKIP
+    >>> version, path = save_checkpoint(build_network(cfg), info, "store")  # doctest: +SKIP
     >>> model, info = load_model(version, store_root="store")  # doctest: +SKIP
 """
 
@@ -26,22 +32,29 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import shutil
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from pipeline import store as _store
-from pipeline.store import MODELS, STAGING
-from training.model import build_model
+from pipeline.store import MODELS
+from training.config import TrainConfig
+from training.model import build_model, build_network
 
 MODEL_FILE = "model.pt"
 INFO_FILE = "model.json"
-VERSION_PREFIX = "unet3d"
+
+
+def version_prefix(kind: str) -> str:
+    """The model-version prefix of a network kind: ``"unet"`` → ``"unet3d"``."""
+    return f"{kind}3d"
+
+
+VERSION_PREFIX = version_prefix("unet")
+"""The prefix of the default network (and of every checkpoint written before TrainConfig)."""
 
 
 class CheckpointError(RuntimeError):
@@ -62,16 +75,41 @@ def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def make_model_version(state_dict: dict[str, torch.Tensor], when: datetime | None = None) -> str:
-    """``unet3d-<UTC yyyymmddTHHMMSS>-<first 8 hex of state_dict_sha256>``."""
+def make_model_version(state_dict: dict[str, torch.Tensor], when: datetime | None = None, kind: str = "unet") -> str:
+    """``<kind>3d-<UTC yyyymmddTHHMMSS>-<first 8 hex of state_dict_sha256>``."""
     when = (when or datetime.now(timezone.utc)).astimezone(timezone.utc)
-    return f"{VERSION_PREFIX}-{when.strftime('%Y%m%dT%H%M%S')}-{state_dict_sha256(state_dict)[:8]}"
+    return f"{version_prefix(kind)}-{when.strftime('%Y%m%dT%H%M%S')}-{state_dict_sha256(state_dict)[:8]}"
 
 
 def _versions() -> dict[str, str]:
     import monai
 
-    return {"torch": torch.__version__, "monai": monai.__version__}
+    from pipeline import __version__
+
+    return {"torch": torch.__version__, "monai": monai.__version__, "lesionflow": __version__}
+
+
+def train_config_of(info: dict[str, Any]) -> TrainConfig | None:
+    """The :class:`TrainConfig` recorded in a ``model.json`` (channels filled in from ``info``);
+    ``None`` for a checkpoint written before TrainConfig (top-level ``arch``).
+
+    Raises:
+        pydantic.ValidationError: ``train_config`` is not a valid TrainConfig.
+    """
+    raw = info.get("train_config")
+    if raw is None:
+        return None
+    cfg = TrainConfig.model_validate(raw)
+    if cfg.channels is None and info.get("channels"):
+        cfg = cfg.with_overrides(channels=tuple(info["channels"]))
+    return cfg
+
+
+def _network_kind(info: dict[str, Any]) -> str:
+    raw = info.get("train_config")
+    if isinstance(raw, dict) and isinstance(raw.get("model"), dict):
+        return str(raw["model"].get("kind", "unet"))
+    return "unet"
 
 
 def save_checkpoint(model: torch.nn.Module, info: dict[str, Any], store_root: str | Path | None = None, models_dir: str | Path | None = None) -> tuple[str, Path | str]:
@@ -79,19 +117,25 @@ def save_checkpoint(model: torch.nn.Module, info: dict[str, Any], store_root: st
 
     Args:
         model: the trained network (its ``state_dict`` is saved on CPU).
-        info: fields for ``model.json`` (at least ``arch``); ``model_version``, ``created_at``,
-            ``weights_sha256`` and library versions are filled in here.
+        info: fields for ``model.json``: ``train_config`` (a TrainConfig's JSON dump; or, as
+            before TrainConfig, an ``arch`` dict) and the run's facts; ``model_version``,
+            ``created_at``, ``weights_sha256`` and library versions are filled in here.
         store_root: the store (path or URL); the checkpoint goes to ``<store>/models/<model_version>/``.
         models_dir: alternatively, a folder (path or URL) to hold ``<model_version>/`` (outside any store).
     """
-    if "arch" not in info:
-        raise ValueError("checkpoint info needs the 'arch' dict to rebuild the model")
+    if "train_config" not in info and "arch" not in info:
+        raise ValueError("checkpoint info needs 'train_config' (or an 'arch' dict) to rebuild the model")
+    if "train_config" in info:
+        try:
+            TrainConfig.model_validate(info["train_config"])
+        except ValidationError as exc:
+            raise ValueError(f"checkpoint info: train_config is not a valid TrainConfig: {exc}") from exc
     if (store_root is None) == (models_dir is None):
         raise ValueError("give exactly one of store_root or models_dir")
     parent = _store.location(store_root, MODELS) if store_root is not None else _store.location(models_dir)  # type: ignore[arg-type]
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     now = datetime.now(timezone.utc)
-    version = make_model_version(state, now)
+    version = make_model_version(state, now, kind=_network_kind(info))
     payload = {
         **info,
         "model_version": version,
@@ -100,32 +144,13 @@ def save_checkpoint(model: torch.nn.Module, info: dict[str, Any], store_root: st
         **{f"{k}_version": v for k, v in _versions().items()},
     }
     payload.setdefault("normalization", "zscore")
-    info_bytes = json.dumps(payload, indent=2, default=str).encode()
-
-    if _store.is_remote(parent):  # one PUT per file, model.json (the marker) last
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        _store.put_bytes(parent, f"{version}/{MODEL_FILE}", buf.getvalue())
-        _store.put_bytes(parent, f"{version}/{INFO_FILE}", info_bytes)
-        return version, _store.location(parent, version)
-
-    parent = Path(parent)
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(_store.location(store_root, STAGING)) if store_root is not None else None
-    staging_root = staging if staging is not None and staging.is_dir() else parent
-    tmp = staging_root / f".tmp-model-{uuid.uuid4().hex}"
-    tmp.mkdir(parents=True)
-    try:
-        torch.save(state, tmp / MODEL_FILE)
-        (tmp / INFO_FILE).write_bytes(info_bytes)
-        final = parent / version
-        if final.exists():  # same weights saved twice within one second: identical content
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return version, final
+    weights = io.BytesIO()
+    torch.save(state, weights)
+    # each file whole (temporary file + rename locally, one PUT on an object store); model.json,
+    # the marker that makes the checkpoint visible, last
+    _store.put_bytes(parent, f"{version}/{MODEL_FILE}", weights.getvalue())
+    _store.put_bytes(parent, f"{version}/{INFO_FILE}", json.dumps(payload, indent=2, default=str).encode())
+    return version, _store.location(parent, version)
 
 
 def _read_info(model_dir: Path | str) -> dict[str, Any]:
@@ -230,7 +255,8 @@ def load_model(
     ``"latest"``; directories and files may be URLs. ``info`` is ``model.json`` plus ``path``
     (the directory). With ``verify`` the weights' SHA-256 must match the recorded one.
     ``device`` defaults to CUDA when available. The weights are read whole and loaded with
-    ``torch.load(..., weights_only=True)``.
+    ``torch.load(..., weights_only=True)``. The network is rebuilt from ``info["train_config"]``,
+    or from ``info["arch"]`` for a checkpoint written before TrainConfig.
     """
     model_dir = resolve_model_dir(path_or_version, store_root)
     info = _read_info(model_dir)
@@ -240,9 +266,23 @@ def load_model(
     state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
     if verify and info.get("weights_sha256") and state_dict_sha256(state) != info["weights_sha256"]:
         raise CheckpointError(f"{model_dir}: weights do not match the SHA-256 recorded in {INFO_FILE} (corrupted or replaced)")
-    model = build_model(info["arch"])
+    model = _rebuild(info, model_dir)
     model.load_state_dict(state)
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(dev).eval()
     info["path"] = str(model_dir)
     return model, info
+
+
+def _rebuild(info: dict[str, Any], model_dir: Path | str) -> torch.nn.Module:
+    """The untrained network a ``model.json`` describes."""
+    where = _store.location(model_dir, INFO_FILE)
+    try:
+        cfg = train_config_of(info)
+    except ValidationError as exc:
+        raise CheckpointError(f"{where}: train_config is not a valid TrainConfig ({exc}); save the checkpoint again") from exc
+    if cfg is not None:
+        return build_network(cfg)
+    if "arch" in info:  # written before TrainConfig
+        return build_model(info["arch"])
+    raise CheckpointError(f"{where}: neither train_config nor arch; cannot rebuild the network")

@@ -10,7 +10,7 @@ Every sample is a pure function of ``(seed, index)``: ``dataset[i]`` always retu
 patch, whichever worker reads it, so a run is reproducible from its seed.
 
 Example:
-    >>> ds = PatchDataset("store", ["sub-01_ses-01"], channels=("FLAIR", "T1", "T2"))  # doctest: +SKIP
+    >>> ds = PatchDataset("store", ["sub-01_ses-01"])  # the store's channels; or channels=("FLAIR", "T2")  # doctest: +SKIP
     >>> image, label = ds[0]  # doctest: +SKIP
     >>> image.shape, label.shape  # (C, pz, py, px) float32, (1, pz, py, px) int64  # doctest: +SKIP
 """
@@ -30,6 +30,22 @@ from pipeline import store as _store
 from pipeline.prepare.patches import build_patch_index, clip_centres, has_patch_index, patch_bounds, read_patch_index
 
 log = logging.getLogger("lesionflow.training")
+
+_FALLBACK_CHANNELS = ("FLAIR", "T1", "T2")
+
+
+def _resolve_channels(store_root: str | Path, requested: Sequence[str] | None) -> tuple[str, ...]:
+    """The channels to train on: ``requested``, or the store's channels when None.
+
+    Uses ``pipeline.store.resolve_channels`` (None → the channels in the store manifest; an unknown
+    channel → ``StoreError``) where the store has it; until then a stand-in that returns
+    ``requested`` or FLAIR, T1, T2. TODO: drop the stand-in once ``resolve_channels`` is merged.
+    """
+    try:
+        from pipeline.store import resolve_channels  # type: ignore[attr-defined]
+    except ImportError:
+        return tuple(requested) if requested else _FALLBACK_CHANNELS
+    return tuple(resolve_channels(store_root, requested))
 
 
 @dataclass
@@ -78,7 +94,7 @@ class PatchDataset(Dataset):
     Args:
         store_root: the lesionflow store (a local path or an fsspec URL such as ``s3://bucket/store``).
         case_ids: cases to sample from; unusable ones are skipped (see :attr:`skipped`).
-        channels: modalities fed to the network, in this order.
+        channels: modalities fed to the network, in this order; None = the store's channels.
         patch_zyx: patch size in voxels ``(z, y, x)``.
         lesion_fraction: probability that a sample is centred on a lesion voxel (class balance).
             Cases without lesions always give background patches.
@@ -95,7 +111,7 @@ class PatchDataset(Dataset):
         self,
         store_root: str | Path,
         case_ids: Sequence[str],
-        channels: Sequence[str] = ("FLAIR", "T1", "T2"),
+        channels: Sequence[str] | None = None,
         patch_zyx: Sequence[int] = (48, 48, 48),
         lesion_fraction: float = 0.5,
         samples_per_epoch: int = 1000,
@@ -106,7 +122,7 @@ class PatchDataset(Dataset):
         if not 0.0 <= lesion_fraction <= 1.0:
             raise ValueError(f"lesion_fraction must be in [0, 1], got {lesion_fraction}")
         self.store_root = _store.location(store_root)  # a local Path or the store's URL
-        self.channels = tuple(channels)
+        self.channels = _resolve_channels(store_root, channels)
         self.patch_zyx = tuple(int(p) for p in patch_zyx)
         self.lesion_fraction = float(lesion_fraction)
         self.samples_per_epoch = int(samples_per_epoch)

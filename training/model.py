@@ -1,13 +1,17 @@
-"""The segmentation network: a small 3-D U-Net from MONAI, built from a recorded ``arch`` dict.
+"""The segmentation network: a small 3-D U-Net from MONAI, built from data.
 
-The architecture is data, not code: :func:`default_arch` returns the dict that
-:func:`build_model` turns into a network, and the same dict is written into every
-checkpoint's ``model.json`` so a model can be rebuilt exactly from its directory.
+The architecture is data, not code: :class:`training.config.UNetConfig` (the ``model`` of a
+:class:`~training.config.TrainConfig`) describes it, :meth:`~training.config.UNetConfig.arch`
+turns that into MONAI's keyword dict, and :func:`build_model` turns the dict into a network.
+:func:`build_network` does both for a whole config. Checkpoints written before TrainConfig
+recorded the ``arch`` dict itself; :func:`build_model` still builds those.
 
 Example:
-    >>> arch = default_arch(in_channels=3)
-    >>> model = build_model(arch)
+    >>> from training.config import TrainConfig
+    >>> model = build_network(TrainConfig(channels=("FLAIR", "T1", "T2")))
     >>> sum(p.numel() for p in model.parameters()) > 0
+    True
+    >>> default_arch(in_channels=3) == TrainConfig(channels=("FLAIR", "T1", "T2")).arch()
     True
 """
 
@@ -17,21 +21,14 @@ from typing import Any
 
 import torch
 
+from training.config import NUM_CLASSES, TrainConfig, UNetConfig
+
 ARCH_NAME = "monai.UNet"
 
 
-def default_arch(in_channels: int, out_channels: int = 2) -> dict[str, Any]:
+def default_arch(in_channels: int, out_channels: int = NUM_CLASSES) -> dict[str, Any]:
     """The default small 3-D U-Net (4 levels, 16–128 features, one residual unit, instance norm)."""
-    return {
-        "name": ARCH_NAME,
-        "spatial_dims": 3,
-        "in_channels": int(in_channels),
-        "out_channels": int(out_channels),
-        "channels": [16, 32, 64, 128],
-        "strides": [2, 2, 2],
-        "num_res_units": 1,
-        "norm": "instance",
-    }
+    return {**UNetConfig().arch(in_channels), "out_channels": int(out_channels)}
 
 
 def size_multiple(arch: dict[str, Any]) -> int:
@@ -53,8 +50,13 @@ def build_model(arch: dict[str, Any]) -> torch.nn.Module:
     return UNet(
         spatial_dims=int(arch.pop("spatial_dims", 3)),
         in_channels=int(arch.pop("in_channels")),
-        out_channels=int(arch.pop("out_channels", 2)),
+        out_channels=int(arch.pop("out_channels", NUM_CLASSES)),
         channels=tuple(int(c) for c in arch.pop("channels")),
         strides=tuple(int(s) for s in arch.pop("strides")),
         **arch,
     )
+
+
+def build_network(cfg: TrainConfig) -> torch.nn.Module:
+    """The network of a config with resolved ``channels`` (one input channel per modality)."""
+    return build_model(cfg.arch())

@@ -42,8 +42,10 @@ def test_ingest_prepare_train_score_flows(prefect_harness, phantom_cohort, tmp_p
     rows = prepare(store, patch_size=32, n_lesion=64, n_background=64)
     assert len(rows) == len(truth)
 
-    trained = train(store, iterations=30, patch_size=32, batch_size=2)
+    trained = train(store, config={"optim": {"lr": 3e-3}, "iterations": 300}, iterations=30, patch_size=32, batch_size=2)
     assert trained["model_version"].startswith("unet3d-")
+    used = trained["train_config"]  # the config as used: overrides over config, channels from the store
+    assert (used["iterations"], used["patch_zyx"], used["optim"]["lr"], used["channels"]) == (30, [32, 32, 32], 3e-3, ["FLAIR", "T1", "T2"])
 
     scored = score(store, trained["model_version"])
     assert scored["scored"] == len(truth)

@@ -65,3 +65,28 @@ def test_store_commands_say_how_to_create_a_missing_store(tmp_path):
             # one line names the whole path and the command that creates it, at any terminal width
             line = next(ln for ln in out.output.splitlines() if "does not exist" in ln)
             assert str(missing) in line and f"lesionflow ingest SOURCE --store {missing}" in line
+
+
+def test_train_config_errors_name_the_field_before_training(tmp_path):
+    """`train --config`: a bad file or a bad override is one error naming the setting; nothing trains."""
+    from typer.testing import CliRunner
+
+    from lesionflow.cli import app
+
+    store = tmp_path / "store.zarr"
+    store.mkdir()
+    cases = {
+        "typo.json": ('{"itarations": 10}', ["itarations", "Extra inputs are not permitted"], []),
+        "patch.json": ('{"patch_zyx": [30, 32, 32]}', ["patch_zyx (30, 32, 32)", "multiple of 8"], []),
+        "list.json": ("[1, 2]", ["valid dictionary"], []),
+        "broken.json": ("{not json", ["broken.json"], []),
+        "override.json": ('{"iterations": 10}', ["patch_zyx (36, 36, 36)", "multiple of 8"], ["--patch-size", "36"]),
+    }
+    for name, (text, expected, extra) in cases.items():
+        path = tmp_path / name
+        path.write_text(text)
+        out = CliRunner().invoke(app, ["train", "--store", str(store), "--config", str(path), *extra])
+        assert out.exit_code == 2, (name, out.output)
+        for part in expected:
+            assert part in out.output, (name, part, out.output)
+    assert not (store / "models").exists()
