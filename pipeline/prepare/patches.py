@@ -225,6 +225,21 @@ def write_patch_index(
     return attrs
 
 
+def indexable_cases(root: str | Path, channels: Sequence[str] | None = None) -> tuple[list[str], tuple[str, ...]]:
+    """The cases to index, and the channels they were chosen for: every labelled case whose image
+    holds all of ``channels`` (None: the store's, :func:`pipeline.store.resolve_channels`).
+
+    Raises :class:`pipeline.store.StoreError` naming both lists when a requested channel is not the store's.
+    """
+    wanted = _store.resolve_channels(root, channels)
+    cases = []
+    for case_id in _store.list_cases(root):
+        meta = _store.read_case_meta(root, case_id)
+        if meta.has_label and set(wanted) <= set(meta.channels):
+            cases.append(case_id)
+    return cases, wanted
+
+
 def has_patch_index(root: str | Path, case_id: str) -> bool:
     """True when both centre arrays of the case exist."""
     return all(_store.has_node(root, f"{_store.CASES}/{case_id}/{PATCH_INDEX}/{kind}") for kind in KINDS)

@@ -65,3 +65,16 @@ def test_store_commands_say_how_to_create_a_missing_store(tmp_path):
             # one line names the whole path and the command that creates it, at any terminal width
             line = next(ln for ln in out.output.splitlines() if "does not exist" in ln)
             assert str(missing) in line and f"lesionflow ingest SOURCE --store {missing}" in line
+
+
+def test_report_and_prepare_refuse_a_channel_the_store_lacks(tmp_path):
+    from typer.testing import CliRunner
+
+    from lesionflow.cli import app
+    from pipeline.store import init_store
+
+    root = init_store(tmp_path / "s.zarr", channels=("FLAIR", "T1"))
+    for cmd in ("report", "prepare"):
+        out = CliRunner().invoke(app, [cmd, "--store", str(root), "--channels", "FLAIR,T2"])
+        assert out.exit_code == 2, out.output
+        assert "requested ['FLAIR', 'T2'], the store has ['FLAIR', 'T1']" in out.output

@@ -240,6 +240,17 @@ def test_label_checks_from_catalog_rows(odd_store):
     assert ("sub-d", "rejected input") not in flags
 
 
+def test_expectations_check_the_stores_channels_by_default(odd_store):
+    from pipeline.quality.expectations import build_tables, run_expectations
+    from pipeline.store import StoreError
+
+    tables = build_tables(odd_store)  # odd_store records no channels: those of its first case
+    assert {"has_FLAIR", "has_T1", "has_T2"} <= set(tables["cases"].columns)
+    assert set(build_tables(odd_store, ["FLAIR"])["cases"].columns) & {"has_T1", "has_T2"} == set()
+    with pytest.raises(StoreError, match=r"requested \['PD'\], the store has \['FLAIR', 'T1', 'T2'\]"):
+        run_expectations(odd_store, ["PD"], save=False)
+
+
 def test_empty_store(tmp_path):
     from pipeline.quality.expectations import run_expectations
 
