@@ -217,7 +217,6 @@ def _jsonable(value: Any) -> Any:
 
 def write_sidecar(payload: dict, path: str | os.PathLike[str]) -> None:
     """Write ``payload`` as indented JSON (numpy values converted), atomically."""
-    with atomic_path(path, ".json") as tmp:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(_jsonable(payload), fh, indent=2, allow_nan=False)
-            fh.write("\n")
+    with atomic_path(path, ".json") as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(_jsonable(payload), fh, indent=2, allow_nan=False)
+        fh.write("\n")

@@ -26,7 +26,8 @@ import io
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from pipeline.store.backend.base import join
 from pipeline.store.handle import StoreLike, open_store

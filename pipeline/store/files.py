@@ -26,7 +26,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.core import atomic
 from pipeline.store.backend import local_path, url_of
 from pipeline.store.handle import Store, StoreLike, open_store
 
@@ -61,9 +60,6 @@ def store_name(root: StoreLike) -> str:
 
 def write_bytes_atomic(path: StoreLike, data: bytes) -> None:
     """Write ``data`` to the file ``path`` whole: temporary file and rename, on a URL one PUT."""
-    if url_of(str(path)) is None:
-        atomic.write_bytes_atomic(local_path(str(path)), bytes(data))
-        return
     parent, name = split_location(path)
     open_store(parent).backend.put(name, bytes(data))
 

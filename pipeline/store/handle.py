@@ -22,7 +22,7 @@ import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from pipeline.store.backend import Backend, backend_for, local_path, resolve_storage_options, url_of
 
@@ -30,7 +30,9 @@ from pipeline.store.backend import Backend, backend_for, local_path, resolve_sto
 class Store:
     """A store at ``root`` (path or URL) with its backend; ``options`` override the environment's."""
 
-    def __init__(self, root: str | os.PathLike[str], options: dict[str, Any] | None = None) -> None:
+    def __init__(self, root: StoreLike, options: dict[str, Any] | None = None) -> None:
+        if isinstance(root, Store):
+            root = root.root
         self.explicit_options = options is not None
         self.backend: Backend = backend_for(root, options)
 
@@ -60,7 +62,7 @@ class Store:
         return resolve_storage_options(str(self.root)) == getattr(self.backend, "options", {})
 
 
-StoreLike = Union[str, os.PathLike, Store]
+StoreLike = str | os.PathLike | Store
 """What the store functions take: a path, a URL or an opened :class:`Store`."""
 
 _OPEN: OrderedDict[str, Store] = OrderedDict()

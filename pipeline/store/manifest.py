@@ -20,8 +20,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from pipeline import __version__
 from pipeline.core.config import DEFAULT_CHANNELS

@@ -18,15 +18,13 @@ def _leftovers(folder) -> list[str]:
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     target = tmp_path / "x.json"
     atomic.write_bytes_atomic(target, b"old")
-    with pytest.raises(RuntimeError, match="disk full"):
-        with atomic.atomic_path(target) as tmp:
-            tmp.write_bytes(b"half of the new")
-            raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError, match="disk full"), atomic.atomic_path(target) as tmp:
+        tmp.write_bytes(b"half of the new")
+        raise RuntimeError("disk full")
     assert target.read_bytes() == b"old" and _leftovers(tmp_path) == []
-    with pytest.raises(RuntimeError):
-        with atomic.atomic_path(tmp_path / "new.json") as tmp:
-            tmp.write_bytes(b"partial")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), atomic.atomic_path(tmp_path / "new.json") as tmp:
+        tmp.write_bytes(b"partial")
+        raise RuntimeError("killed")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]  # no partial file appears
 
 
