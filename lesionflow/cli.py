@@ -244,7 +244,7 @@ def prepare(
     channels: Optional[str] = _channels_option(),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Precompute class-balanced patch indices for every labelled case (holding --channels)."""
+    """Precompute class-balanced patch indices for every labelled case (with --channels: holding them)."""
     from pipeline.store import StoreError, resolve_channels
 
     wanted = _channel_list(channels)
