@@ -41,7 +41,8 @@ def convert_batch(plans: list[Any], store: str, cfg: PipelineConfig, run_id: str
 
 
 @task(name="quality-report", cache_policy=NO_CACHE)
-def report_task(store: str, channels: tuple[str, ...]) -> dict[str, Any] | None:
+def report_task(store: str, channels: tuple[str, ...] | None = None) -> dict[str, Any] | None:
+    """The data-quality report of ``store`` for ``channels`` (None: the store's, as recorded by ingest)."""
     from pipeline.quality.report import build_report, report_markdown
 
     result = build_report(store, channels=channels)
@@ -81,7 +82,7 @@ def ingest(
             for batch_result in futures.result():
                 results.extend(batch_result)
     summary = summarize(results, rejected, run_id, store, time.perf_counter() - t0, unchanged).as_dict()
-    summary["report"] = report_task(store, cfg.channels) if report else None
+    summary["report"] = report_task(store) if report else None  # the store's channels: cfg.channels, recorded at discovery
     print(f"ingest: {summary['converted']} converted, {summary['skipped']} up to date, {summary['rejected']} sessions rejected, "
           f"{summary['unused_sessions']} without usable images, "
           f"{len(summary['rejected_inputs'])} inputs rejected, {len(summary['unused_inputs'])} unused → {store}")

@@ -22,12 +22,16 @@ def index_batch(store: str, case_ids: list[str], patch_size: int, n_lesion: int,
 
 
 @flow(name="prepare", log_prints=True)
-def prepare(store: str, patch_size: int = 48, n_lesion: int = 512, n_background: int = 512, seed: int = 0, batch_size: int = 16) -> list[dict[str, Any]]:
-    """Precompute lesion/background patch centres (seeded) for every case with a label."""
-    from pipeline.store import list_cases, read_case_meta
+def prepare(store: str, patch_size: int = 48, n_lesion: int = 512, n_background: int = 512, seed: int = 0, batch_size: int = 16,
+            channels: list[str] | None = None) -> list[dict[str, Any]]:
+    """Precompute lesion/background patch centres (seeded) for every case with a label; with
+    ``channels``, only the cases holding them (a channel the store does not have is refused
+    before any work)."""
+    from pipeline.prepare.patches import indexable_cases
 
-    cases = [c for c in list_cases(store) if read_case_meta(store, c).has_label]
+    cases = indexable_cases(store, channels)
     futures = index_batch.map(unmapped(store), batches(cases, batch_size), unmapped(patch_size), unmapped(n_lesion), unmapped(n_background), unmapped(seed))
     rows = [r for batch in futures.result() for r in batch]
-    print(f"prepare: patch indices for {len(rows)} labelled cases (patch {patch_size}³, seed {seed})")
+    holding = f" holding {', '.join(channels)}" if channels else ""
+    print(f"prepare: patch indices for {len(rows)} labelled cases{holding} (patch {patch_size}³, seed {seed})")
     return rows

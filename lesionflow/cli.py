@@ -222,17 +222,39 @@ def _store_option(help_text: str = "store folder or URL (s3://bucket/store)") ->
     return typer.Option(..., "--store", callback=_existing_store, help=help_text)
 
 
+def _channels_option() -> Any:
+    return typer.Option(None, "--channels", help="comma-separated modalities, e.g. FLAIR,T1 (default: the store's)")
+
+
+def _channel_list(value: str | None) -> list[str] | None:
+    """``--channels FLAIR,T1`` as a list; None (the store's channels) when not given."""
+    if value is None:
+        return None
+    channels = [c.strip() for c in value.split(",") if c.strip()]
+    if not channels:
+        _fail("--channels needs at least one modality, e.g. FLAIR,T1")
+    return channels
+
+
 @app.command()
 def prepare(
     store: str = _store_option(),
     patch_size: int = typer.Option(48, help="patch edge in voxels"),
     seed: int = typer.Option(0),
+    channels: Optional[str] = _channels_option(),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Precompute class-balanced patch indices for every labelled case."""
+    """Precompute class-balanced patch indices for every labelled case (with --channels: holding them)."""
+    from pipeline.store import StoreError, resolve_channels
+
+    wanted = _channel_list(channels)
+    try:
+        resolve_channels(store, wanted)  # an unknown channel: one error line, before a flow run starts
+    except StoreError as exc:
+        _fail(str(exc))
     from flows.prepare import prepare as prepare_flow
 
-    rows = prepare_flow(str(store), patch_size=patch_size, seed=seed)
+    rows = prepare_flow(str(store), patch_size=patch_size, seed=seed, channels=wanted)
     _print_json(rows) if as_json else typer.echo(f"patch indices written for {len(rows)} cases")
 
 
@@ -292,12 +314,18 @@ def score(
 @app.command()
 def report(
     store: str = _store_option(),
+    channels: Optional[str] = _channels_option(),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Write the data-quality report (HTML) of a store."""
     from pipeline.quality.report import build_report
+    from pipeline.store import StoreError, resolve_channels
 
-    result = build_report(store)
+    try:
+        wanted = resolve_channels(store, _channel_list(channels))
+    except StoreError as exc:
+        _fail(str(exc))
+    result = build_report(store, channels=wanted)
     if as_json:
         _print_json({"html": str(result.html_path), "summary": result.summary, "flagged": result.flagged})
     else:

@@ -388,7 +388,7 @@ def inputs_suite() -> Any:
     )
 
 
-def build_suites(channels: Sequence[str] = ("FLAIR", "T1", "T2"), spacing_range_mm: dict[str, tuple[float, float]] | None = None) -> list[SuiteSpec]:
+def build_suites(channels: Sequence[str], spacing_range_mm: dict[str, tuple[float, float]] | None = None) -> list[SuiteSpec]:
     """All suites, each with the derived table it validates and that table's index columns."""
     return [
         SuiteSpec("modality_plausibility", "modalities", ("case_id", "modality"), modality_plausibility_suite(spacing_range_mm)),

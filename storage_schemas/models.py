@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 """Version of the store layout and of every model below (major.minor)."""
 
 
@@ -163,3 +163,5 @@ class StoreManifest(_Versioned):
     created_at: datetime = Field(default_factory=utcnow)
     pipeline_version: str
     layout_doc: str = "storage_schemas/LAYOUT.md"
+    channels: list[str] | None = Field(
+        None, description="modalities stacked into each case's image, in order, as ingest was configured; None: not recorded (schema < 1.2)")

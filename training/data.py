@@ -27,26 +27,10 @@ import torch
 from torch.utils.data import Dataset
 
 from pipeline import store as _store
+from pipeline.store import resolve_channels
 from pipeline.prepare.patches import build_patch_index, clip_centres, has_patch_index, patch_bounds, read_patch_index
 
 log = logging.getLogger("lesionflow.training")
-
-_FALLBACK_CHANNELS = ("FLAIR", "T1", "T2")
-
-
-def _resolve_channels(store_root: str | Path, requested: Sequence[str] | None) -> tuple[str, ...]:
-    """The channels to train on: ``requested``, or the store's channels when None.
-
-    Uses ``pipeline.store.resolve_channels`` (None → the channels in the store manifest; an unknown
-    channel → ``StoreError``) where the store has it; until then a stand-in that returns
-    ``requested`` or FLAIR, T1, T2. TODO: drop the stand-in once ``resolve_channels`` is merged.
-    """
-    try:
-        from pipeline.store import resolve_channels  # type: ignore[attr-defined]
-    except ImportError:
-        return tuple(requested) if requested else _FALLBACK_CHANNELS
-    return tuple(resolve_channels(store_root, requested))
-
 
 @dataclass
 class CaseSource:
@@ -122,7 +106,7 @@ class PatchDataset(Dataset):
         if not 0.0 <= lesion_fraction <= 1.0:
             raise ValueError(f"lesion_fraction must be in [0, 1], got {lesion_fraction}")
         self.store_root = _store.location(store_root)  # a local Path or the store's URL
-        self.channels = _resolve_channels(store_root, channels)
+        self.channels = tuple(resolve_channels(store_root, channels))
         self.patch_zyx = tuple(int(p) for p in patch_zyx)
         self.lesion_fraction = float(lesion_fraction)
         self.samples_per_epoch = int(samples_per_epoch)

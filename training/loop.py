@@ -43,9 +43,10 @@ from torch.utils.data import DataLoader
 
 from pipeline import store as _store
 from pipeline.lesions.components import dice
+from pipeline.store import resolve_channels
 from training.checkpoint import save_checkpoint
 from training.config import TrainConfig, make_config
-from training.data import PatchDataset, _resolve_channels, usable_cases
+from training.data import PatchDataset, usable_cases
 from training.infer import predict_case
 from training.losses import build_loss
 from training.model import build_network
@@ -211,7 +212,7 @@ def setup(
     """
     dev = pick_device(cfg.device)
     seed_everything(cfg.seed)
-    cfg = cfg.with_overrides(channels=_resolve_channels(store_root, cfg.channels))
+    cfg = cfg.with_overrides(channels=resolve_channels(store_root, cfg.channels))
     candidates, val_ids = _split_cases(store_root, cfg, case_ids, val_case_ids)
     dataset = PatchDataset(
         store_root,

@@ -22,6 +22,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MODALITIES = ("FLAIR", "T1", "T1POST", "T2", "PD", "MASK")
+DEFAULT_CHANNELS: tuple[str, ...] = ("FLAIR", "T1", "T2")
+"""Channels of a new configuration, and of a store that records none and holds no case."""
 
 
 class ModalityRule(BaseModel):
@@ -56,7 +58,7 @@ class PipelineConfig(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     # --- processing (hashed) ---------------------------------------------------------
-    channels: tuple[str, ...] = Field(("FLAIR", "T1", "T2"), description="modalities stacked into the image array, in order")
+    channels: tuple[str, ...] = Field(DEFAULT_CHANNELS, description="modalities stacked into the image array, in order")
     reference_modality: str = Field("FLAIR", description="modality whose grid every other is resampled onto")
     target_spacing: tuple[float, float, float] | None = Field(None, description="mm (x, y, z); None keeps the reference grid")
     normalization: Literal["zscore", "none"] = "zscore"

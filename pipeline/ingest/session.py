@@ -471,7 +471,7 @@ def open_store_for_ingest(store_root: str | Path, cfg: PipelineConfig, force: bo
     """
     from pipeline.store import clean_staging, compact_catalog, init_store
 
-    init_store(store_root)
+    init_store(store_root, channels=cfg.channels)
     clean_staging(store_root)
     metas = committed_metas(store_root)
     repair_catalog(store_root, metas)

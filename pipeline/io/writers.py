@@ -3,7 +3,8 @@
 :func:`write_nifti` stores the Volume's geometry as both sform and qform (code 1, "scanner
 anatomical") computed by :func:`pipeline.core.geometry.affine_ras` — the only LPS→RAS path.
 A 4-D Volume ``[t, z, y, x]`` is written 4-D (NIfTI axes x, y, z, t). Integer data keeps its
-dtype; anything else is written as float32. Both writers replace the target atomically.
+dtype; anything else is written as float32. Both writers replace the target atomically
+(:func:`pipeline.core.atomic.atomic_path`: unique temporary name, then one rename).
 
 ``.nii.gz`` is written with zlib's run-length strategy (:data:`GZIP_STRATEGY`, level
 :data:`GZIP_LEVEL`): on MR volumes it is ~1.3x faster than nibabel's default (gzip level 1)
@@ -34,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.core.atomic import atomic_path
 from pipeline.core.geometry import affine_ras
 from pipeline.core.volume import Volume
 
@@ -155,10 +157,6 @@ def _nifti_dtype(array: np.ndarray) -> np.dtype:
     return np.dtype(np.float32)
 
 
-def _tmp_path(path: Path, suffix: str) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}{suffix}")
-
-
 def write_nifti(volume: Volume, path: str | os.PathLike[str], *, threads: int = 1) -> None:
     """Write ``volume`` to ``path`` (``.nii`` or ``.nii.gz``) with sform and qform set.
 
@@ -170,7 +168,6 @@ def write_nifti(volume: Volume, path: str | os.PathLike[str], *, threads: int = 
     import nibabel as nib
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     dtype = _nifti_dtype(volume.array)
     arr = np.asarray(volume.array)
     data = arr.transpose(tuple(range(arr.ndim))[::-1]).astype(dtype, copy=False)  # [z,y,x] → (x,y,z)
@@ -189,8 +186,7 @@ def write_nifti(volume: Volume, path: str | os.PathLike[str], *, threads: int = 
     hdr["scl_slope"] = 1.0
     hdr["scl_inter"] = 0.0
     suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
-    tmp = _tmp_path(path, suffix)
-    try:
+    with atomic_path(path, suffix) as tmp:
         if suffix == ".nii.gz":
             with open(tmp, "wb") as raw:
                 stream = _GzipWriter(raw, *_deflater(), threads=threads)
@@ -201,10 +197,6 @@ def write_nifti(volume: Volume, path: str | os.PathLike[str], *, threads: int = 
                     stream.close()
         else:
             nib.save(img, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _jsonable(value: Any) -> Any:
@@ -225,14 +217,6 @@ def _jsonable(value: Any) -> Any:
 
 def write_sidecar(payload: dict, path: str | os.PathLike[str]) -> None:
     """Write ``payload`` as indented JSON (numpy values converted), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path, ".json")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(_jsonable(payload), fh, indent=2, allow_nan=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path, ".json") as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(_jsonable(payload), fh, indent=2, allow_nan=False)
+        fh.write("\n")

@@ -225,6 +225,23 @@ def write_patch_index(
     return attrs
 
 
+def indexable_cases(root: str | Path, channels: Sequence[str] | None = None) -> list[str]:
+    """The labelled cases to index; with ``channels``, only those whose image holds all of them.
+
+    The index itself does not depend on channels, so None keeps every labelled case (also one
+    whose source lacked a store channel). ``channels`` are checked against the store's
+    (:func:`pipeline.store.resolve_channels`): one the store does not have raises
+    :class:`pipeline.store.StoreError` naming both lists.
+    """
+    wanted = set(_store.resolve_channels(root, channels)) if channels else set()
+    cases = []
+    for case_id in _store.list_cases(root):
+        meta = _store.read_case_meta(root, case_id)
+        if meta.has_label and wanted <= set(meta.channels):
+            cases.append(case_id)
+    return cases
+
+
 def has_patch_index(root: str | Path, case_id: str) -> bool:
     """True when both centre arrays of the case exist."""
     return all(_store.has_node(root, f"{_store.CASES}/{case_id}/{PATCH_INDEX}/{kind}") for kind in KINDS)

@@ -134,13 +134,18 @@ def _label_grid_from_catalog(cat_case: Any, meta: Any, reference: str) -> tuple[
     return all(ok_all), "derived"
 
 
-def build_tables(store_root: str | Path, channels: Sequence[str] = ("FLAIR", "T1", "T2"), catalog: Any = None, reference: str | None = None) -> dict[str, Any]:
-    """Derive the ``modalities``, ``cases``, ``sources`` and ``inputs`` tables from a store."""
+def build_tables(store_root: str | Path, channels: Sequence[str] | None = None, catalog: Any = None, reference: str | None = None) -> dict[str, Any]:
+    """Derive the ``modalities``, ``cases``, ``sources`` and ``inputs`` tables from a store.
+
+    ``channels``: the modalities every case should have, None for the store's
+    (:func:`pipeline.store.resolve_channels`).
+    """
     import pandas as pd
 
-    from pipeline.store import StoreError, list_cases, location, open_case, read_catalog, read_case_meta
+    from pipeline.store import StoreError, list_cases, location, open_case, read_catalog, read_case_meta, resolve_channels
 
     root = location(store_root)  # a local Path or the store's URL
+    channels = resolve_channels(root, channels)
     reference = reference or (channels[0] if channels else "FLAIR")
     cat = read_catalog(root) if catalog is None else catalog
     cat_by_case = {cid: g for cid, g in cat.groupby("case_id")} if len(cat) else {}
@@ -441,15 +446,20 @@ def flags_from_results(results: Sequence[dict[str, Any]], tables: dict[str, Any]
 # ------------------------------------------------------------------------------ entry point
 def run_expectations(
     store_root: str | Path,
-    channels: Sequence[str] = ("FLAIR", "T1", "T2"),
+    channels: Sequence[str] | None = None,
     tables: dict[str, Any] | None = None,
     save: bool = True,
     spacing_range_mm: dict[str, tuple[float, float]] | None = None,
 ) -> ExpectationsOutcome:
-    """Derive the tables, run every suite, save ``<store>/quality/expectations.json`` (one PUT on an object store)."""
-    from pipeline.store import location, write_json_atomic
+    """Derive the tables, run every suite, save ``<store>/quality/expectations.json`` (one PUT on an object store).
+
+    ``channels``: the modalities every case should have, None for the store's
+    (:func:`pipeline.store.resolve_channels`).
+    """
+    from pipeline.store import location, resolve_channels, write_json_atomic
 
     root = location(store_root)  # a local Path or the store's URL
+    channels = resolve_channels(root, channels)
     tables = build_tables(root, channels) if tables is None else tables
     specs = build_suites(tuple(channels), spacing_range_mm)
     results = validate_tables(tables, specs)

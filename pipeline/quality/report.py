@@ -454,19 +454,23 @@ def _fmt_cell(v: Any) -> str:
     return str(v)
 
 
-def build_report(store_root: str | Path, out_html: str | Path | None = None, channels: Sequence[str] = ("FLAIR", "T1", "T2"),
+def build_report(store_root: str | Path, out_html: str | Path | None = None, channels: Sequence[str] | None = None,
                  reference: str | None = None) -> ReportResult:
     """Run the expectations and metrics on a store and write the HTML report + metrics + summary.
 
-    ``store_root`` and ``out_html`` may be local paths or fsspec URLs (``s3://...``).
+    ``store_root`` and ``out_html`` may be local paths or fsspec URLs (``s3://...``). ``channels``:
+    the modalities to check, None for the store's (:func:`pipeline.store.resolve_channels`; a
+    channel the store does not have raises :class:`pipeline.store.StoreError`). ``reference``
+    defaults to the first of them.
     """
     import jinja2
     import pandas as pd
 
-    from pipeline.store import StoreError, list_cases, location, put_bytes, read_catalog, write_bytes_atomic, write_json_atomic
+    from pipeline.store import (StoreError, list_cases, location, put_bytes, read_catalog, resolve_channels, write_bytes_atomic,
+                                write_json_atomic)
 
     root = location(store_root)  # a local Path or the store's URL
-    channels = tuple(channels)
+    channels = resolve_channels(root, channels)
     reference = reference or channels[0]
     html_path = location(out_html) if out_html is not None else location(root, f"{QUALITY_DIR}/{REPORT_FILE}")
 

@@ -90,3 +90,16 @@ def test_train_config_errors_name_the_field_before_training(tmp_path):
         for part in expected:
             assert part in out.output, (name, part, out.output)
     assert not (store / "models").exists()
+
+
+def test_report_and_prepare_refuse_a_channel_the_store_lacks(tmp_path):
+    from typer.testing import CliRunner
+
+    from lesionflow.cli import app
+    from pipeline.store import init_store
+
+    root = init_store(tmp_path / "s.zarr", channels=("FLAIR", "T1"))
+    for cmd in ("report", "prepare"):
+        out = CliRunner().invoke(app, [cmd, "--store", str(root), "--channels", "FLAIR,T2"])
+        assert out.exit_code == 2, out.output
+        assert "requested ['FLAIR', 'T2'], the store has ['FLAIR', 'T1']" in out.output

@@ -169,3 +169,16 @@ def test_patches_module_imports_neither_torch_nor_prefect():
     code = "import sys, pipeline.prepare.patches; print([m for m in ('torch', 'prefect') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
     assert out == "[]"
+
+
+def test_indexable_cases_hold_the_requested_channels(tmp_path):
+    from pipeline.prepare.patches import indexable_cases
+
+    root = tmp_path / "s.zarr"
+    labelled = make_store(root, n_cases=2, shape_zyx=(16, 16, 16), n_lesions=1)
+    make_store(root, n_cases=1, shape_zyx=(16, 16, 16), start=5, with_label=False)
+    flair_only = make_store(root, n_cases=1, shape_zyx=(16, 16, 16), start=7, channels=("FLAIR",))
+    assert indexable_cases(root) == labelled + flair_only  # the index does not depend on channels
+    assert indexable_cases(root, ["T1"]) == labelled
+    with pytest.raises(StoreError, match=r"requested \['PD'\], the store has \['FLAIR', 'T1', 'T2'\]"):
+        indexable_cases(root, ["PD"])

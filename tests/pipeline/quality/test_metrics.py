@@ -212,7 +212,7 @@ def test_label_grid_from_catalog_column(odd_store):
     cases = tables["cases"].set_index("case_id")
     assert cases.loc["sub-a", "label_grid_ok"] is True and cases.loc["sub-b", "label_grid_ok"] is False
     assert cases.loc["sub-c", "label_grid_ok"] is None  # unknown: not a failure
-    specs = [s for s in build_suites() if s.name == "case_completeness"]
+    specs = [s for s in build_suites(("FLAIR", "T1", "T2")) if s.name == "case_completeness"]
     flags = flags_from_results(validate_tables(tables, specs), tables)
     assert ("sub-b", "label off-grid") in {(f["case_id"], f["what"]) for f in flags}
 
@@ -234,10 +234,21 @@ def test_label_checks_from_catalog_rows(odd_store):
     cases = tables["cases"].set_index("case_id")
     assert cases.loc["sub-a", "label_grid_ok"] is False and cases.loc["sub-b", "label_grid_ok"] is True
     assert cases.loc["sub-c", "label_values"] == "0,2"  # the stored label wins over the catalog
-    specs = [s for s in build_suites() if s.name in ("case_completeness", "inputs")]
+    specs = [s for s in build_suites(("FLAIR", "T1", "T2")) if s.name in ("case_completeness", "inputs")]
     flags = {(f["case_id"], f["what"]) for f in flags_from_results(validate_tables(tables, specs), tables)}
     assert {("sub-a", "label off-grid"), ("sub-d", "label off-grid"), ("sub-c", "label not binary")} <= flags
     assert ("sub-d", "rejected input") not in flags
+
+
+def test_expectations_check_the_stores_channels_by_default(odd_store):
+    from pipeline.quality.expectations import build_tables, run_expectations
+    from pipeline.store import StoreError
+
+    tables = build_tables(odd_store)  # odd_store records no channels: those of its first case
+    assert {"has_FLAIR", "has_T1", "has_T2"} <= set(tables["cases"].columns)
+    assert set(build_tables(odd_store, ["FLAIR"])["cases"].columns) & {"has_T1", "has_T2"} == set()
+    with pytest.raises(StoreError, match=r"requested \['PD'\], the store has \['FLAIR', 'T1', 'T2'\]"):
+        run_expectations(odd_store, ["PD"], save=False)
 
 
 def test_empty_store(tmp_path):

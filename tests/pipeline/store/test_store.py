@@ -139,7 +139,7 @@ def test_ingest_compacts_a_catalog_of_many_parts(tmp_path, monkeypatch):
     run_ingest(src, root, PipelineConfig(), b"k")
     rows = store.read_catalog(root, latest_only=False)
     assert len(list((root / "catalog").glob("part-*.parquet"))) == 3
-    monkeypatch.setattr(store, "COMPACT_MIN_PARTS", 3)
+    monkeypatch.setattr(store.catalog, "COMPACT_MIN_PARTS", 3)
     assert run_ingest(src, root, PipelineConfig(), b"k").converted == 0
     assert len(list((root / "catalog").glob("part-*.parquet"))) == 1
     assert len(store.read_catalog(root, latest_only=False)) == len(rows)

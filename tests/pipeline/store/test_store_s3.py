@@ -166,16 +166,16 @@ def test_case_catalog_and_tables_round_trip_on_s3(s3_endpoint, bucket):
     assert len(df) == 1 and df.iloc[0]["status"] == "converted"
     assert len(store.read_catalog(url, latest_only=False)) == 2
     assert store.compact_catalog(url, min_parts=2) == 2  # merged part first, old parts deleted after
-    parts = store._remote(url).fs.glob(f"{bucket}/store.zarr/catalog/part-*.parquet")
+    parts = store.open_store(url).backend.fs.glob(f"{bucket}/store.zarr/catalog/part-*.parquet")
     assert len(parts) == 1 and "-compact-" in parts[0]
     assert len(store.read_catalog(url, latest_only=False)) == 2 and store.read_catalog(url).iloc[0]["status"] == "converted"
 
     store.write_json_atomic(f"{url}/quality/x.json", {"k": 1})
-    r = store._remote(url)
-    assert r.fs.cat_file(f"{bucket}/store.zarr/quality/x.json") == b'{\n  "k": 1\n}'
+    fs = store.open_store(url).backend.fs
+    assert fs.cat_file(f"{bucket}/store.zarr/quality/x.json") == b'{\n  "k": 1\n}'
     # nothing staged or temporary on the object store
-    r.fs.invalidate_cache()
-    keys = r.fs.find(f"{bucket}/store.zarr")
+    fs.invalidate_cache()
+    keys = fs.find(f"{bucket}/store.zarr")
     assert not [k for k in keys if ".staging" in k or k.endswith(".tmp")]
 
 
