@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import zarr
 
-from training.data import PatchDataset, _resolve_channels, usable_cases
+from pipeline.store import StoreError
+from training.data import PatchDataset, usable_cases
 
 from tests.training.conftest import PATCH
 
@@ -27,8 +29,9 @@ def test_dataset_skips_unusable_cases_with_reasons(store):
 def test_channels_default_to_the_stores(store):
     """No channels given: the store's (FLAIR, T1, T2 here); given ones are kept in their order."""
     assert PatchDataset(store["root"], store["labelled"][:1], patch_zyx=PATCH).channels == ("FLAIR", "T1", "T2")
-    assert _resolve_channels(store["root"], None) == ("FLAIR", "T1", "T2")
-    assert _resolve_channels(store["root"], ["T2", "FLAIR"]) == ("T2", "FLAIR")
+    assert PatchDataset(store["root"], store["labelled"][:1], patch_zyx=PATCH, channels=["T2", "FLAIR"]).channels == ("T2", "FLAIR")
+    with pytest.raises(StoreError, match=r"requested \['PD'\], the store has \['FLAIR', 'T1', 'T2'\]"):
+        PatchDataset(store["root"], store["labelled"][:1], patch_zyx=PATCH, channels=["PD"])
 
 
 def test_dataset_items_shapes_determinism_and_alignment(store):
