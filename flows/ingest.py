@@ -9,8 +9,8 @@ from prefect import flow, task, unmapped
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import batches, load_config, progress_logger
-from pipeline.core.config import PipelineConfig, pseudonym_key
+from flows.common import batches, progress_logger
+from pipeline.core.config import PipelineConfig, load_config, pseudonym_key
 
 
 @task(name="discover", cache_policy=NO_CACHE)

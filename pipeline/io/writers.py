@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.geometry import affine_ras
+from pipeline.core.jsonable import to_jsonable
 from pipeline.core.volume import Volume
 
 
@@ -207,30 +208,14 @@ def write_nifti(volume: Volume, path: str | os.PathLike[str], *, threads: int = 
             tmp.unlink()
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return _jsonable(value.item())
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 def write_sidecar(payload: dict, path: str | os.PathLike[str]) -> None:
-    """Write ``payload`` as indented JSON (numpy values converted), atomically."""
+    """Write ``payload`` as indented strict JSON (through :func:`pipeline.core.jsonable.to_jsonable`), atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(path, ".json")
     try:
         with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(_jsonable(payload), fh, indent=2, allow_nan=False)
+            json.dump(to_jsonable(payload), fh, indent=2, allow_nan=False)
             fh.write("\n")
         os.replace(tmp, path)
     finally:

@@ -35,6 +35,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from pipeline.core.jsonable import to_jsonable
+
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 from storage_schemas.expectations import CONSISTENCY_MIN_SERIES, SuiteSpec, build_suites  # noqa: E402
@@ -253,28 +255,6 @@ class ExpectationsOutcome:
     @property
     def success(self) -> bool:
         return all(r["success"] for r in self.results)
-
-
-def to_jsonable(v: Any) -> Any:
-    """JSON-safe python value (NaN/inf -> None, numpy -> python)."""
-    if isinstance(v, dict):
-        return {str(k): to_jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple, set)):
-        return [to_jsonable(x) for x in v]
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if v is None or isinstance(v, (bool, int, float, str)):
-        return v
-    try:
-        import pandas as pd
-
-        if pd.isna(v):
-            return None
-    except (TypeError, ValueError):
-        pass
-    return str(v)
 
 
 def _quiet_context() -> Any:

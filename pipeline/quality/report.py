@@ -36,7 +36,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from pipeline import __version__
-from pipeline.quality.expectations import QUALITY_DIR, to_jsonable, build_tables, run_expectations
+from pipeline.core.jsonable import to_jsonable
+from pipeline.quality.expectations import QUALITY_DIR, build_tables, run_expectations
 from pipeline.quality.metrics import METRIC_NAMES, METRIC_SPECS, case_metrics, cohort_outliers, flags_from_outliers
 from pipeline.store import store_name
 

@@ -46,8 +46,8 @@ from pipeline.io.readers.dicom_pixels import (
     RawPixels,
     decode_pixels,
     dicom_time_seconds,
+    dicom_value,
     header_truncated,
-    jsonable_value,
     raw_pixels,
     read_dataset,
     read_header_dataset,
@@ -258,7 +258,7 @@ def _collect_attributes(ds: Any) -> dict[str, Any]:
         elem = ds.get(kw)
         if elem is None or elem == "":
             continue
-        value = jsonable_value(elem)
+        value = dicom_value(elem)
         if value not in (None, "", []):
             attrs[kw] = value
     # Enhanced MR keeps acquisition parameters inside the functional groups.
@@ -271,20 +271,20 @@ def _collect_attributes(ds: Any) -> dict[str, Any]:
                 continue
             echo = _seq_item(group, "MREchoSequence")
             if echo is not None and "EchoTime" not in attrs and echo.get("EffectiveEchoTime") is not None:
-                attrs["EchoTime"] = jsonable_value(echo.EffectiveEchoTime)
+                attrs["EchoTime"] = dicom_value(echo.EffectiveEchoTime)
             timing = _seq_item(group, "MRTimingAndRelatedParametersSequence")
             if timing is not None:
                 for kw in ("RepetitionTime", "FlipAngle", "EchoTrainLength"):
                     if kw not in attrs and timing.get(kw) is not None:
-                        attrs[kw] = jsonable_value(timing.get(kw))
+                        attrs[kw] = dicom_value(timing.get(kw))
             measures = _seq_item(group, "PixelMeasuresSequence")
             if measures is not None:
                 for kw in ("SliceThickness", "SpacingBetweenSlices"):
                     if kw not in attrs and measures.get(kw) is not None:
-                        attrs[kw] = jsonable_value(measures.get(kw))
+                        attrs[kw] = dicom_value(measures.get(kw))
             orient = _seq_item(group, "PlaneOrientationSequence")
             if orient is not None and "ImageOrientationPatient" not in attrs and orient.get("ImageOrientationPatient") is not None:
-                attrs["ImageOrientationPatient"] = jsonable_value(orient.ImageOrientationPatient)
+                attrs["ImageOrientationPatient"] = dicom_value(orient.ImageOrientationPatient)
     return attrs
 
 

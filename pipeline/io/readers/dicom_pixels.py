@@ -96,8 +96,13 @@ def dicom_time_seconds(value: Any) -> float | None:
     return hh * 3600.0 + mm * 60.0 + ss
 
 
-def jsonable_value(elem_value: Any) -> Any:
-    """pydicom value → JSON-friendly python (DS → float, IS → int, MultiValue → list)."""
+def dicom_value(elem_value: Any) -> Any:
+    """Decode a pydicom value representation into plain python: IS → int, DS → int when integral
+    (as dcm2niix writes it) else float, MultiValue → list, bytes → None, text stripped of padding.
+
+    A DICOM decoder, not a JSON sanitiser: what is written as JSON goes through
+    :func:`pipeline.core.jsonable.to_jsonable`.
+    """
     from pydicom.valuerep import DSdecimal, DSfloat, IS
 
     if isinstance(elem_value, IS):
@@ -106,7 +111,7 @@ def jsonable_value(elem_value: Any) -> Any:
         f = float(elem_value)
         return int(f) if f.is_integer() and abs(f) < 1e15 else f
     if isinstance(elem_value, (list, tuple)) or type(elem_value).__name__ == "MultiValue":
-        return [jsonable_value(v) for v in elem_value]
+        return [dicom_value(v) for v in elem_value]
     if isinstance(elem_value, bytes):
         return None
     if isinstance(elem_value, (int, float)):
