@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence
 from pipeline.core.config import PipelineConfig
 from pipeline.ingest.modality import modality_of_filename, modality_of_series, strip_extension, unusable_reason
 from pipeline.core.pseudonym import pseudonymise
+from pipeline.io.readers.dicom import scan_series_parallel
 
 IGNORED_SUFFIXES = {".raw", ".zraw", ".json", ".txt", ".tfm", ".csv", ".tsv", ".md", ".pdf", ".html", ".py", ".xml", ".log", ".bval", ".bvec", ".png", ".jpg"}
 UNSUPPORTED_IMAGE_SUFFIXES = {".nrrd", ".nhdr", ".mgz", ".mgh", ".hdr", ".img", ".gipl", ".vtk", ".npy", ".npz", ".h5"}
@@ -175,27 +176,6 @@ def _find_transform(image: Path, reference_modality: str) -> Path | None:
     return None
 
 
-PARALLEL_SCAN_MIN_FILES = 400
-"""With a Dask client, DICOM header scans of at least this many files run on the workers."""
-
-
-def _scan_dicom(files: list[Path], client: Any = None) -> tuple[list[Any], list[Any]]:
-    """Series and errors of ``files``; headers are read on the Dask workers when it pays off."""
-    from pipeline.io.readers.dicom import group_series, scan_headers, scan_series
-
-    if client is None or len(files) < PARALLEL_SCAN_MIN_FILES:
-        return scan_series(files)
-    n_chunks = max(1, 4 * len(client.scheduler_info().get("workers", {}) or [1]))
-    size = -(-len(files) // n_chunks)
-    chunks = [files[i : i + size] for i in range(0, len(files), size)]
-    headers: list[Any] = []
-    errors: list[Any] = []
-    for h, e in client.gather(client.map(scan_headers, chunks, pure=False)):
-        headers.extend(h)
-        errors.extend(e)
-    return group_series(headers, errors)
-
-
 def _plan_dicom(root: Path, files: list[Path], config: PipelineConfig, key: bytes, client: Any) -> tuple[dict[tuple[str, str], SessionPlan], dict[Path, tuple[str, str]], list[Rejected]]:
     """Sessions (one per study) of the DICOM ``files``, their study folders, and unreadable files."""
     sessions: dict[tuple[str, str], SessionPlan] = {}
@@ -203,7 +183,7 @@ def _plan_dicom(root: Path, files: list[Path], config: PipelineConfig, key: byte
     rejected: list[Rejected] = []
     if not files:
         return sessions, study_roots, rejected
-    series_list, errors = _scan_dicom(files, client)
+    series_list, errors = scan_series_parallel(files, client)
     for err in errors:
         rejected.append(Rejected(_rel(Path(err.path), root), err.reason, "dicom"))
     by_study: dict[str, list[Any]] = defaultdict(list)
@@ -309,7 +289,8 @@ def discover(
         config: modality rules and reference modality.
         key: HMAC key for pseudonyms (:func:`pipeline.core.config.pseudonym_key`).
         progress: optional ``callback(stage, done, total)``.
-        client: optional Dask client; large DICOM header scans then run on its workers.
+        client: optional Dask client; large DICOM header scans then run on its workers
+            (:func:`pipeline.io.readers.dicom.scan_series_parallel`).
         known: committed cases (:func:`pipeline.ingest.session.known_cases`); a DICOM case whose files are
             all unchanged is listed in ``Discovery.unchanged`` without re-reading its headers.
     """

@@ -110,9 +110,6 @@ _IN_WORKER = False
 PARALLEL_MIN_BYTES = 32 * 1024 * 1024
 """Conversions go to the worker processes only when the inputs add up to this much: below it
 one process is faster (starting workers and shipping work to them costs ~0.1 s)."""
-PARALLEL_SCAN_MIN_FILES = 400
-"""Header scans of at least this many files are split over the pool (pydicom parses ~1-1.3k
-headers/s per process; starting workers and shipping headers back costs too)."""
 
 
 def _init_worker() -> None:
@@ -205,14 +202,13 @@ def convert_tree(src: str | os.PathLike[str], outdir: str | os.PathLike[str], *,
         outdir: output folder (created).
         workers: processes; > 1 uses a ``ProcessPoolExecutor`` for the conversions when there
             are several items (SimpleITK single-threaded in each worker) and for the header
-            scan of very large trees (:data:`PARALLEL_SCAN_MIN_FILES`).
+            scan of very large trees (:func:`pipeline.io.readers.dicom.scan_series_parallel`).
 
     Returns:
         :class:`ConvertSummary`; never raises for bad input files.
     """
     from pipeline.io.readers import is_dicom_file, is_volume_file
     from pipeline.io.readers import walk_files
-    from pipeline.io.readers.dicom import group_series, scan_headers
 
     summary = ConvertSummary()
     src_path = Path(src)
@@ -254,8 +250,7 @@ def convert_tree(src: str | os.PathLike[str], outdir: str | os.PathLike[str], *,
         if input_bytes >= PARALLEL_MIN_BYTES and len({p.parent for p in dicom_files}) + len(volume_files) > 1:
             pool.submit(int)
     try:
-        _plan_and_run(summary, root, out_root, dicom_files, volume_files, pool, workers, scan_headers, group_series, resolve,
-                      input_bytes)
+        _plan_and_run(summary, root, out_root, dicom_files, volume_files, pool, workers, resolve, input_bytes)
     finally:
         if pool is not None:
             pool.shutdown()
@@ -263,22 +258,14 @@ def convert_tree(src: str | os.PathLike[str], outdir: str | os.PathLike[str], *,
 
 
 def _plan_and_run(summary: ConvertSummary, root: Path, out_root: Path, dicom_files: list[Path], volume_files: list[Path],
-                  pool: ProcessPoolExecutor | None, workers: int, scan_headers: Any, group_series: Any,
-                  resolve: _Resolver | None = None, input_bytes: int = 0) -> None:
+                  pool: ProcessPoolExecutor | None, workers: int, resolve: _Resolver | None = None, input_bytes: int = 0) -> None:
+    from pipeline.io.readers.dicom import scan_series_parallel
+
     resolve = resolve or _Resolver()
     tasks: list[tuple[str, Any, str, str]] = []
     claimed: set[Path] = set()
     if dicom_files:
-        if pool is not None and len(dicom_files) >= PARALLEL_SCAN_MIN_FILES:
-            size = -(-len(dicom_files) // (workers * 2))
-            chunks = [dicom_files[i : i + size] for i in range(0, len(dicom_files), size)]
-            headers, scan_errors = [], []
-            for h, e in pool.map(scan_headers, chunks):
-                headers.extend(h)
-                scan_errors.extend(e)
-        else:
-            headers, scan_errors = scan_headers(dicom_files)
-        series_list, errors = group_series(headers, scan_errors)
+        series_list, errors = scan_series_parallel(dicom_files, pool, workers)
         summary.rejected.extend({"path": e.path, "reason": e.reason} for e in errors)
         for s in series_list:  # sorted by (SeriesNumber, key): deterministic names
             folder = Path(os.path.commonpath(list({str(resolve(Path(f)).parent) for f in s.files})))

@@ -696,6 +696,54 @@ def scan_headers(files: Iterable[str | os.PathLike[str]]) -> tuple[list[_Header]
     return headers, errors
 
 
+PARALLEL_SCAN_MIN_FILES = 400
+"""Header scans of at least this many files are split over a pool's workers (pydicom parses
+~1-1.3k headers/s per process; starting workers and shipping headers back costs too)."""
+SCAN_CHUNKS_PER_WORKER = 4
+"""Chunks of files per worker in a parallel scan (several, so that a slow chunk does not hold up the rest)."""
+
+
+def scan_series_parallel(files: Sequence[str | os.PathLike[str]], pool: Any = None, n_workers: int | None = None) -> tuple[list[DicomSeries], list[ReaderError]]:
+    """:func:`scan_series`, with the header reads split over ``pool`` for large scans.
+
+    Args:
+        files: the DICOM files.
+        pool: ``None`` (this process), a ``concurrent.futures.Executor`` (``ProcessPoolExecutor``)
+            or a ``dask.distributed.Client``; used only for at least :data:`PARALLEL_SCAN_MIN_FILES` files.
+        n_workers: the pool's workers (default: the Dask client's workers, the executor's
+            ``max_workers``); the files go out in :data:`SCAN_CHUNKS_PER_WORKER` chunks per worker.
+
+    Returns:
+        The same series and errors as ``scan_series(files)``.
+    """
+    files = list(files)
+    if pool is None or len(files) < PARALLEL_SCAN_MIN_FILES:
+        return scan_series(files)
+    workers = max(1, n_workers or _pool_workers(pool))
+    size = -(-len(files) // (SCAN_CHUNKS_PER_WORKER * workers))
+    chunks = [files[i : i + size] for i in range(0, len(files), size)]
+    if _is_dask_client(pool):
+        results = pool.gather(pool.map(scan_headers, chunks, pure=False))
+    else:
+        results = pool.map(scan_headers, chunks)
+    headers: list[_Header] = []
+    errors: list[ReaderError] = []
+    for h, e in results:
+        headers.extend(h)
+        errors.extend(e)
+    return group_series(headers, errors)
+
+
+def _is_dask_client(pool: Any) -> bool:
+    return hasattr(pool, "gather") and hasattr(pool, "scheduler_info")
+
+
+def _pool_workers(pool: Any) -> int:
+    if _is_dask_client(pool):
+        return len(pool.scheduler_info().get("workers", {})) or 1
+    return int(getattr(pool, "_max_workers", 1) or 1)
+
+
 def group_series(headers: list[_Header], errors: list[ReaderError] | None = None) -> tuple[list[DicomSeries], list[ReaderError]]:
     """Second half of :func:`scan_series`: group headers into (sub-)series and check them."""
     errors = list(errors or [])

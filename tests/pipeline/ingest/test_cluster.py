@@ -41,7 +41,7 @@ def test_unreachable_scheduler_says_what_to_do():
 
 
 def test_parallel_header_scan_equals_serial(tmp_path, monkeypatch):
-    import pipeline.ingest.discover as d
+    import pipeline.io.readers.dicom as dicom_reader
     from pipeline.ingest.discover import discover
 
     from tests import dicom_factory as fac
@@ -51,7 +51,7 @@ def test_parallel_header_scan_equals_serial(tmp_path, monkeypatch):
         fac.write_series(tmp_path / f"s{k}", np.zeros((12, 8, 8), np.int16), spacing=(1, 1, 2), series_number=k + 1,
                          description=f"AX FLAIR {k}", study_uid=f"1.2.3.{k}")
     serial = discover(tmp_path, PipelineConfig(), b"k")
-    monkeypatch.setattr(d, "PARALLEL_SCAN_MIN_FILES", 0)
+    monkeypatch.setattr(dicom_reader, "PARALLEL_SCAN_MIN_FILES", 0)
     with dask_client(None, 2) as client:
         parallel = discover(tmp_path, PipelineConfig(), b"k", client=client)
     key = lambda disc: sorted((s.case_id, tuple(tuple(i.relpaths) for i in s.items)) for s in disc.sessions)  # noqa: E731
