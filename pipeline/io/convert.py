@@ -8,7 +8,7 @@ Outputs (relative to ``outdir``):
 * NIfTI / MetaImage files → ``<same sub-folder>/<stem>.nii.gz`` (+ ``.json``).
 
 Nothing raises on bad input: every unreadable file or series is recorded in
-``ConvertSummary.rejected`` as ``{"path", "reason"}``. Summaries and sidecars carry no
+``ConvertSummary.rejected`` as ``{"path", "reason", "code"}``. Summaries and sidecars carry no
 patient identifiers (no names, IDs, UIDs or dates).
 
 Example:
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.io.readers.errors import ReaderError
+from pipeline.io.readers.errors import ReaderError, ReasonCode
 
 _DICOM_LIKE_SUFFIXES = (".dcm", ".ima", ".dicom")
 
@@ -39,7 +39,8 @@ class ConvertSummary:
     ``converted``: one dict per written NIfTI: ``kind`` ("dicom"|"file"), ``source`` (folder or
     file, relative to src), ``output`` and ``sidecar`` (absolute paths), ``shape`` (x, y, z[, t]),
     ``series_number``, ``series_description``, ``n_files``, ``warnings``, ``seconds``.
-    ``rejected``: ``{"path": str, "reason": str}`` per file or series that was not converted.
+    ``rejected``: ``{"path": str, "reason": str, "code": str}`` per file or series that was not
+    converted (``code``: a :class:`~storage_schemas.models.ReasonCode` value).
     """
 
     converted: list[dict] = field(default_factory=list)
@@ -58,6 +59,10 @@ def sanitise(text: str, max_len: int = 64) -> str:
     out = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-")
     out = re.sub(r"_+", "_", out)
     return out[:max_len].rstrip("._-")
+
+
+def _rejected(path: str | os.PathLike[str], reason: str, code: ReasonCode) -> dict[str, str]:
+    return {"path": os.fspath(path), "reason": reason, "code": code.value}
 
 
 def _stem(path: Path) -> str:
@@ -187,10 +192,10 @@ def _run_task(task: tuple[str, Any, str, str], threads: int = 1) -> dict:
             **info,
         }
     except ReaderError as exc:
-        return {"ok": False, "path": exc.path, "reason": exc.reason}
+        return {"ok": False, **_rejected(exc.path, exc.reason, exc.code)}
     except Exception as exc:  # never raise on bad input: record it
         path = str(item.files[0]) if kind == "dicom" and getattr(item, "files", None) else str(item)
-        return {"ok": False, "path": path, "reason": f"unexpected {type(exc).__name__}: {exc}"}
+        return {"ok": False, **_rejected(path, f"unexpected {type(exc).__name__}: {exc}", ReasonCode.INTERNAL_ERROR)}
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -214,7 +219,7 @@ def convert_tree(src: str | os.PathLike[str], outdir: str | os.PathLike[str], *,
     src_path = Path(src)
     out_root = Path(outdir).resolve()
     if not src_path.exists():
-        summary.rejected.append({"path": str(src_path), "reason": "source does not exist"})
+        summary.rejected.append(_rejected(src_path, "source does not exist", ReasonCode.UNREADABLE))
         return summary
     root = src_path.resolve() if src_path.is_dir() else src_path.resolve().parent
     files = walk_files(src_path) if src_path.is_dir() else [src_path]
@@ -235,10 +240,12 @@ def convert_tree(src: str | os.PathLike[str], outdir: str | os.PathLike[str], *,
             try:
                 size = path.stat().st_size
             except OSError as exc:
-                summary.rejected.append({"path": str(path), "reason": f"cannot open: {exc.strerror}"})
+                summary.rejected.append(_rejected(path, f"cannot open: {exc.strerror}", ReasonCode.UNREADABLE))
                 continue
-            reason = "empty file (0 bytes)" if size == 0 else "not a DICOM file (no DICM preamble and pydicom cannot parse it)"
-            summary.rejected.append({"path": str(path), "reason": reason})
+            if size == 0:
+                summary.rejected.append(_rejected(path, "empty file (0 bytes)", ReasonCode.EMPTY_FILE))
+            else:
+                summary.rejected.append(_rejected(path, "not a DICOM file (no DICM preamble and pydicom cannot parse it)", ReasonCode.NOT_DICOM))
 
     # Worker processes start at the pool's first submit, and only when the inputs are big
     # enough (PARALLEL_MIN_BYTES). With several folders/files there will be several items to
@@ -266,7 +273,7 @@ def _plan_and_run(summary: ConvertSummary, root: Path, out_root: Path, dicom_fil
     claimed: set[Path] = set()
     if dicom_files:
         series_list, errors = scan_series_parallel(dicom_files, pool, workers)
-        summary.rejected.extend({"path": e.path, "reason": e.reason} for e in errors)
+        summary.rejected.extend(_rejected(e.path, e.reason, e.code) for e in errors)
         for s in series_list:  # sorted by (SeriesNumber, key): deterministic names
             folder = Path(os.path.commonpath(list({str(resolve(Path(f)).parent) for f in s.files})))
             rel_folder = _rel(folder, root) if folder != root else Path()
