@@ -161,7 +161,7 @@ def ingest(
         _fail("--target-spacing needs three numbers: x,y,z in mm")
     if no_prefect:
         from pipeline.core.config import load_config, pseudonym_key
-        from pipeline.ingest.session import run_ingest
+        from pipeline.ingest import run_ingest
         from pipeline.ingest.cluster import dask_client
 
         cfg = load_config(config, target_spacing=tuple(spacing) if spacing else None, dask_address=dask_address, n_workers=workers)

@@ -8,7 +8,7 @@ from tests.conftest import REPO
 from tests.session_factory import write_session
 
 from pipeline.core.config import PipelineConfig
-from pipeline.ingest.session import run_ingest
+from pipeline.ingest import run_ingest
 from pipeline.ingest.cluster import dask_client
 from pipeline.store import list_cases
 
@@ -97,6 +97,7 @@ def test_largest_sessions_are_converted_first(tmp_path):
     from pipeline.io.writers import write_nifti
 
     from pipeline.ingest.discover import discover
+    from pipeline.ingest import IngestContext
     from pipeline.ingest.cluster import map_sessions
     from pipeline.store import read_catalog
 
@@ -107,7 +108,7 @@ def test_largest_sessions_are_converted_first(tmp_path):
         write_nifti(blob_image((size, size, size), (1.0, 1.0, 1.0), seed=size), src / name / f"{name}_FLAIR.nii.gz")
     plans = discover(src, PipelineConfig(), b"k").sessions
     with dask_client(None, 1) as client:  # one worker: sessions run one after another, in priority order
-        results = map_sessions(plans, str(tmp_path / "s.zarr"), PipelineConfig(), "r", client=client)
+        results = map_sessions(plans, IngestContext(str(tmp_path / "s.zarr"), PipelineConfig(), "r"), client=client)
     assert [r.case_id for r in results] == [p.case_id for p in plans]  # results come back in input order
     cat = read_catalog(tmp_path / "s.zarr").sort_values("recorded_at")
     ran = [p.root_relpath for case in cat["case_id"] for p in plans if p.case_id == case]

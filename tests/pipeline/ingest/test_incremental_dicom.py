@@ -11,7 +11,7 @@ import pytest
 
 import pipeline.ingest.discover as discover_module
 from pipeline.core.config import PipelineConfig
-from pipeline.ingest.session import run_ingest
+from pipeline.ingest import run_ingest
 from pipeline.phantom import make_cohort
 from pipeline.store import list_cases, read_case_meta
 

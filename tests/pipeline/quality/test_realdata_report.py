@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.core.config import PipelineConfig
-from pipeline.ingest.session import run_ingest
+from pipeline.ingest import run_ingest
 from pipeline.quality.report import build_report, case_thumbnail
 from pipeline.store import list_cases, read_case_meta
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.core.config import PipelineConfig
-from pipeline.ingest.session import run_ingest
+from pipeline.ingest import run_ingest
 from pipeline.phantom import make_cohort
 from pipeline.quality.report import build_report
 from pipeline.store import list_cases, read_case_meta, read_catalog
