@@ -77,8 +77,6 @@ def test_local_cluster_workers_use_one_core_and_glibc_default_malloc():
 
 
 def test_deploy_dask_config_removes_malloc_trim_for_hand_started_workers():
-    from pathlib import Path
-
     import dask.config
 
     (cfg,) = dask.config.collect_yaml([str(REPO / "deploy" / "dask.yaml")])
