@@ -196,6 +196,8 @@ class _SessionConversion:
         spacing = self.ctx.cfg.target_spacing
         grid = ref_native if spacing is None else grid_with_spacing(ref_native, spacing)
         resampled = self.resample_images(volumes, channels, grid)
+        if not channels:  # every image's registration was unreadable
+            return self.nothing_usable()
         fg = foreground_mask(resampled[ref_mod if ref_mod in resampled else channels[0]])
         stacked, infos = self.normalise(volumes, channels, resampled, fg, grid)
         label, label_source = self.label(volumes, channels, ref_mod, grid)

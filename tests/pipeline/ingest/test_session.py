@@ -151,3 +151,14 @@ def test_symlinked_inputs_keep_their_names_in_the_source_tree(tmp_path):
     summary = run_ingest(tmp_path / "cohort", tmp_path / "s.zarr", PipelineConfig(), b"k")
     assert summary.converted == 1
     assert all(p.startswith("patient05/") for p in read_catalog(tmp_path / "s.zarr")["source_relpath"])
+
+
+def test_unreadable_registration_rejects_only_that_image(tmp_path):
+    src = tmp_path / "c"
+    write_session(src / "p1", "p1_", seed=1)
+    (src / "p1" / "p1_T1w_reg_to_FLAIR.txt").write_text("not an ITK transform\n")
+    s = run_ingest(src, tmp_path / "s.zarr", PipelineConfig(), KEY)
+    assert s.converted == 1
+    (t1,) = [r for r in s.rejected_inputs if r["path"] == "p1/p1_T1w.nii.gz"]
+    assert t1["code"] == "bad_transform" and "ITK transform" in t1["reason"]
+    assert read_case_meta(tmp_path / "s.zarr", list_cases(tmp_path / "s.zarr")[0]).channels == ["FLAIR", "T2"]
