@@ -15,7 +15,8 @@ pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 def test_report_on_all_shared_data(shared_data, tmp_path):
     store = tmp_path / "store.zarr"
     summary = run_ingest(shared_data, store, PipelineConfig(), b"report-key")
-    assert summary.converted == 3  # MNI patient07 + the two longitudinal studies
+    mni_patients = sorted(p.name for p in (shared_data / "open_ms" / "cross_sectional" / "MNI").iterdir() if p.is_dir())
+    assert summary.converted == len(mni_patients) + 2  # the MNI patients (07, 19) + the two longitudinal studies
     result = build_report(store)
     html = result.html_path.read_text()
 
@@ -28,15 +29,18 @@ def test_report_on_all_shared_data(shared_data, tmp_path):
         reason = unused[f"dcm_qa_nih/In/20180918Si/mr_000{n}/"]
         assert "mosaic" in reason and reason in html
 
-    # the anisotropic raw volumes (0.72 x 0.72 x 4 mm and the like) are flagged, the 1 mm MNI case is not
+    # the anisotropic raw volumes (0.72 x 0.72 x 4 mm and the like) are flagged, the 1 mm MNI cases are not; with
+    # enough FLAIRs to compare (CONSISTENCY_MIN_SERIES) the flag is "thick slices", which names the anisotropy too
     longitudinal = {c for c in list_cases(store) if any("longitudinal" in s.relpath for ch in read_case_meta(store, c).channel_info for s in ch.sources)}
-    flagged_aniso = {f["case_id"] for f in result.flagged if f["what"] == "anisotropic voxels"}
+    flagged_aniso = {f["case_id"] for f in result.flagged if f["what"] in ("anisotropic voxels", "thick slices")}
     assert flagged_aniso == longitudinal and len(longitudinal) == 2
 
-    # the real lesion overlay: the MNI case's thumbnail is drawn on its label's largest slice
-    (mni,) = [c for c in list_cases(store) if read_case_meta(store, c).has_label]
-    thumb = case_thumbnail(store, mni)
-    assert thumb["has_label"] and thumb["png_b64"] in html
+    # the real lesion overlays: each MNI case's thumbnail is drawn on its label's largest slice
+    mni = [c for c in list_cases(store) if read_case_meta(store, c).has_label]
+    assert len(mni) == len(mni_patients)
+    for case_id in mni:
+        thumb = case_thumbnail(store, case_id)
+        assert thumb["has_label"] and thumb["png_b64"] in html
 
     # every expectation result carries an explanation
     assert result.expectations and all(r.get("explanation") for r in result.expectations)
