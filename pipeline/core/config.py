@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -92,6 +92,22 @@ class PipelineConfig(BaseModel):
     def from_file(cls, path: str | Path) -> "PipelineConfig":
         """Load a JSON configuration file (keys as the field names)."""
         return cls.model_validate_json(Path(path).read_text())
+
+
+def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> PipelineConfig:
+    """The pipeline configuration: the JSON file at ``path`` (defaults without one), then every
+    override that is not ``None`` (so unset command-line options keep the file's values).
+
+    Example:
+        >>> load_config(None, target_spacing=(1.0, 1.0, 1.0), n_workers=None).target_spacing
+        (1.0, 1.0, 1.0)
+    """
+    unknown = sorted(set(overrides) - set(PipelineConfig.model_fields))
+    if unknown:
+        raise TypeError(f"load_config: unknown configuration field(s) {unknown}")
+    cfg = PipelineConfig.from_file(path) if path else PipelineConfig()
+    updates = {k: v for k, v in overrides.items() if v is not None}
+    return PipelineConfig.model_validate({**cfg.model_dump(), **updates}) if updates else cfg
 
 
 PSEUDONYM_KEY_ENV = "LESIONFLOW_PSEUDONYM_KEY"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline.io.readers.errors import ReaderError
+from pipeline.io.readers.errors import ReaderError, ReasonCode
 from pipeline.core.volume import Volume
 
 __all__ = ["ReaderError", "read_volume", "is_volume_file", "is_dicom_file", "VOLUME_SUFFIXES"]
@@ -52,7 +52,7 @@ def read_volume(path: str | Path) -> Volume:
         from pipeline.io.readers.metaimage import read_metaimage
 
         return read_metaimage(path)
-    raise ReaderError(path, f"unsupported file type (supported endings: {', '.join(VOLUME_SUFFIXES)})")
+    raise ReaderError(path, f"unsupported file type (supported endings: {', '.join(VOLUME_SUFFIXES)})", ReasonCode.UNSUPPORTED_FORMAT)
 
 
 def is_dicom_file(path: str | Path) -> bool:

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pipeline.io.readers.errors import ReaderError
+from pipeline.io.readers.errors import ReaderError, ReasonCode
 
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 
@@ -96,8 +96,13 @@ def dicom_time_seconds(value: Any) -> float | None:
     return hh * 3600.0 + mm * 60.0 + ss
 
 
-def jsonable_value(elem_value: Any) -> Any:
-    """pydicom value → JSON-friendly python (DS → float, IS → int, MultiValue → list)."""
+def dicom_value(elem_value: Any) -> Any:
+    """Decode a pydicom value representation into plain python: IS → int, DS → int when integral
+    (as dcm2niix writes it) else float, MultiValue → list, bytes → None, text stripped of padding.
+
+    A DICOM decoder, not a JSON sanitiser: what is written as JSON goes through
+    :func:`pipeline.core.jsonable.to_jsonable`.
+    """
     from pydicom.valuerep import DSdecimal, DSfloat, IS
 
     if isinstance(elem_value, IS):
@@ -106,7 +111,7 @@ def jsonable_value(elem_value: Any) -> Any:
         f = float(elem_value)
         return int(f) if f.is_integer() and abs(f) < 1e15 else f
     if isinstance(elem_value, (list, tuple)) or type(elem_value).__name__ == "MultiValue":
-        return [jsonable_value(v) for v in elem_value]
+        return [dicom_value(v) for v in elem_value]
     if isinstance(elem_value, bytes):
         return None
     if isinstance(elem_value, (int, float)):
@@ -144,16 +149,16 @@ def _stat(path: Path) -> os.stat_result:
     try:
         st = path.stat()
     except OSError as exc:
-        raise ReaderError(path, f"cannot open: {exc.strerror}") from exc
+        raise ReaderError(path, f"cannot open: {exc.strerror}", ReasonCode.UNREADABLE) from exc
     if st.st_size == 0:
-        raise ReaderError(path, "empty file (0 bytes)")
+        raise ReaderError(path, "empty file (0 bytes)", ReasonCode.EMPTY_FILE)
     return st
 
 
 def _read_error(path: Path, size: int, exc: Exception) -> ReaderError:
     if header_truncated(path):
-        return ReaderError(path, f"truncated DICOM file: ends inside the header ({size} bytes)")
-    return ReaderError(path, f"unreadable DICOM header: {type(exc).__name__}: {exc}")
+        return ReaderError(path, f"truncated DICOM file: ends inside the header ({size} bytes)", ReasonCode.TRUNCATED)
+    return ReaderError(path, f"unreadable DICOM header: {type(exc).__name__}: {exc}", ReasonCode.UNREADABLE)
 
 
 def read_dataset(path: Path, *, header_only: bool) -> Any:
@@ -234,7 +239,7 @@ def read_header_dataset(path: Path, specific_tags: Sequence[int]) -> tuple[Any, 
         ds = pydicom.dcmread(source, defer_size=DEFER_BYTES, force=True, specific_tags=[*specific_tags, _PIXEL_DATA])
         elem = ds.get_item(_PIXEL_DATA, keep_deferred=True)
     except OSError as exc:
-        raise ReaderError(path, f"cannot open: {exc.strerror}") from exc
+        raise ReaderError(path, f"cannot open: {exc.strerror}", ReasonCode.UNREADABLE) from exc
     except Exception as exc:  # InvalidDicomError, EOFError, struct.error, ValueError, ...
         raise _read_error(path, st.st_size, exc) from exc
     meta = getattr(ds, "file_meta", None)
@@ -325,40 +330,40 @@ def decode_pixels(ds: Any, path: Path, *, n_frames: int = 1) -> np.ndarray:
     if not has_pixels:
         size = path.stat().st_size
         if header_truncated(path):
-            raise ReaderError(path, f"truncated DICOM file: ends before the pixel data ({size} bytes)")
-        raise ReaderError(path, "no pixel data: the (7FE0,0010) PixelData element is missing")
+            raise ReaderError(path, f"truncated DICOM file: ends before the pixel data ({size} bytes)", ReasonCode.TRUNCATED)
+        raise ReaderError(path, "no pixel data: the (7FE0,0010) PixelData element is missing", ReasonCode.NO_PIXEL_DATA)
     spp = int(ds.get("SamplesPerPixel", 1) or 1)
     if spp != 1:
-        raise ReaderError(path, f"colour / multi-sample images are not supported (SamplesPerPixel={spp}, {ds.get('PhotometricInterpretation', '?')})")
+        raise ReaderError(path, f"colour / multi-sample images are not supported (SamplesPerPixel={spp}, {ds.get('PhotometricInterpretation', '?')})", ReasonCode.UNSUPPORTED_IMAGE)
     _ensure_transfer_syntax(ds)
     ts = ds.file_meta.TransferSyntaxUID
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     if rows <= 0 or cols <= 0:
-        raise ReaderError(path, f"invalid image matrix Rows={rows} Columns={cols}")
+        raise ReaderError(path, f"invalid image matrix Rows={rows} Columns={cols}", ReasonCode.NOT_AN_IMAGE)
     if "PixelData" in ds and not ts.is_compressed:
         bits = int(ds.get("BitsAllocated", 16) or 16)
         n_bits = rows * cols * n_frames * spp * bits
         expected = (n_bits + 7) // 8
         present = len(ds.PixelData)
         if present < expected:
-            raise ReaderError(path, f"truncated pixel data: {present} of {expected} bytes present (file cut short?)")
+            raise ReaderError(path, f"truncated pixel data: {present} of {expected} bytes present (file cut short?)", ReasonCode.TRUNCATED)
     try:
         arr = ds.pixel_array
     except (RuntimeError, NotImplementedError) as exc:
         msg = str(exc)
         if ts.is_compressed and ("missing" in msg or "handler" in msg or "plugin" in msg or "decoder" in msg.lower()):
             hint = _DECODER_HINTS.get(str(ts), _DEFAULT_HINT)
-            raise ReaderError(path, f"compressed pixel data in transfer syntax '{ts.name}' ({ts}) cannot be decoded: no decoder installed; {hint}") from exc
-        raise ReaderError(path, f"pixel data could not be decoded ({ts.name}): {msg.splitlines()[0] if msg else type(exc).__name__}") from exc
+            raise ReaderError(path, f"compressed pixel data in transfer syntax '{ts.name}' ({ts}) cannot be decoded: no decoder installed; {hint}", ReasonCode.NO_DECODER) from exc
+        raise ReaderError(path, f"pixel data could not be decoded ({ts.name}): {msg.splitlines()[0] if msg else type(exc).__name__}", ReasonCode.DECODE_FAILED) from exc
     except Exception as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "less than expected" in msg or "truncat" in msg.lower():
-            raise ReaderError(path, f"truncated pixel data: {msg}") from exc
-        raise ReaderError(path, f"pixel data could not be decoded ({ts.name}): {msg}") from exc
+            raise ReaderError(path, f"truncated pixel data: {msg}", ReasonCode.TRUNCATED) from exc
+        raise ReaderError(path, f"pixel data could not be decoded ({ts.name}): {msg}", ReasonCode.DECODE_FAILED) from exc
     arr = np.asarray(arr)
     if n_frames == 1 and arr.ndim == 3 and arr.shape[0] == 1:
         arr = arr[0]
     expected_shape = (rows, cols) if n_frames == 1 else (n_frames, rows, cols)
     if arr.shape != expected_shape:
-        raise ReaderError(path, f"decoded pixel array has shape {arr.shape}, expected {expected_shape}")
+        raise ReaderError(path, f"decoded pixel array has shape {arr.shape}, expected {expected_shape}", ReasonCode.DECODE_FAILED)
     return arr
