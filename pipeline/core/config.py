@@ -21,6 +21,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from pipeline.core.limits import ReadLimits
+
 MODALITIES = ("FLAIR", "T1", "T1POST", "T2", "PD", "MASK")
 
 
@@ -70,6 +72,7 @@ class PipelineConfig(BaseModel):
     # --- runtime (not hashed) ---------------------------------------------------------
     dask_address: str | None = Field(None, description="tcp://host:8786 of an existing scheduler; None = LocalCluster")
     n_workers: int = 2
+    read_limits: ReadLimits = Field(default_factory=ReadLimits, description="ceilings every reader checks before allocating (pipeline.core.limits)")
 
     @field_validator("target_spacing")
     @classmethod
