@@ -120,6 +120,12 @@ class ReasonCode(StrEnum):
     """NaN or infinite voxel values"""
     MISSING_DATA_FILE = "missing_data_file"
     """a MetaImage header whose data file is missing"""
+    TOO_LARGE = "too_large"
+    """the header declares more voxels, bytes or files than a reader limit allows (``ReadLimits``)"""
+    OUTSIDE_SOURCE = "outside_source"
+    """a header names a data file outside the header's own folder"""
+    NOT_REGULAR_FILE = "not_regular_file"
+    """a device, FIFO, socket or folder where a regular file was expected"""
     # DICOM series assembly (readers)
     NO_SERIES_UID = "no_series_uid"
     """no SeriesInstanceUID: cannot be grouped into a series"""
