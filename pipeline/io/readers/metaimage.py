@@ -93,7 +93,7 @@ def read_meta_header(path: Path) -> MetaHeader:
             if value.strip().upper().startswith("LIST"):
                 header.file_list = [n.strip() for n in head[pos:].decode("latin-1").splitlines() if n.strip()]
             return header
-    raise ReaderError(path, f"MetaImage header has no ElementDataFile line (in its first {human_bytes(HEADER_MAX_BYTES)})")
+    raise ReaderError(path, f"MetaImage header has no ElementDataFile line (in its first {human_bytes(HEADER_MAX_BYTES)})", ReasonCode.MISSING_DATA_FILE)
 
 
 def _number(path: Path, key: str, text: str) -> int:
@@ -143,7 +143,7 @@ def check_metaimage(path: str | Path, limits: ReadLimits | None = None) -> None:
     for name in names:
         target = Path(name) if Path(name).is_absolute() else path.parent / name
         if not os.path.lexists(target):
-            raise ReaderError(path, f"data file {target.name} named by ElementDataFile is missing (expected at {target})")
+            raise ReaderError(path, f"data file {target.name} named by ElementDataFile is missing (expected at {target})", ReasonCode.MISSING_DATA_FILE)
         st = regular_file(target, report=path, role=f"data file {name} (ElementDataFile)")  # devices, FIFOs: refused first
         inside_folder(path, target, role=f"data file {name} (ElementDataFile)")
         sizes.append(st.st_size)

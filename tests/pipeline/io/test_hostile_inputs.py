@@ -95,7 +95,7 @@ def test_reader_error_code_default_pickling_and_unknown_codes():
     assert ReaderError("/a.dcm", "x").code == "unreadable"
     err = pickle.loads(pickle.dumps(ReaderError("/a.nii", "too big", code="too_large")))
     assert (err.path, err.reason, err.code, str(err)) == ("/a.nii", "too big", "too_large", "/a.nii: too big")
-    with pytest.raises(ValueError, match="unknown ReaderError code"):
+    with pytest.raises(ValueError, match="is not a valid ReasonCode"):
         ReaderError("/a", "b", code="oops")
 
 

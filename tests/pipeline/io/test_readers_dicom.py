@@ -377,7 +377,7 @@ def test_corrupt_compressed_pixel_data_names_the_file(tmp_path):
         read_series(s)
     assert exc.value.path == str(files[0])
     assert "JPEG 2000" in exc.value.reason and "could not be decoded" in exc.value.reason  # the decoders are installed
-    assert "pylibjpeg: Error decoding the J2K data" in exc.value.reason and exc.value.code == "unreadable"
+    assert "pylibjpeg: Error decoding the J2K data" in exc.value.reason and exc.value.code == "decode_failed"
 
 
 # ----------------------------------------------------------------------------- metadata
