@@ -55,3 +55,15 @@ def test_dice():
     b = np.zeros((4, 4, 4)); b[1:3] = 1
     assert dice(a, b) == pytest.approx(0.5)
     assert dice(np.zeros(3), np.zeros(3)) == 1.0
+
+
+def test_defaults_are_26_connectivity_and_no_minimum_size():
+    """Called without options: corner-touching voxels are one lesion (26-connectivity) and a
+    single voxel of 0.001 mm³ still counts (no minimum size), and the summary says so."""
+    m = two_touching_diagonally()
+    summary, rows = lesion_table(Volume(m, spacing=(0.1, 0.1, 0.1)))
+    assert summary["connectivity"] == 26 and summary["min_lesion_mm3"] == 0.0
+    assert summary["lesion_count"] == 2
+    assert [r["voxels"] for r in rows] == [2, 1]
+    assert summary["total_volume_ml"] == pytest.approx(3 * 0.001 / 1000, rel=1e-9)
+    assert (summary, rows) == lesion_table(Volume(m, spacing=(0.1, 0.1, 0.1)), connectivity=26, min_size_mm3=0.0)
