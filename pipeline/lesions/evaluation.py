@@ -288,6 +288,61 @@ def slice_rows(ref: np.ndarray, pred: np.ndarray, spacing_xyz: Sequence[float],
     return out
 
 
+class MaskFileError(ValueError):
+    """Two mask files that cannot be compared (unreadable, not 3-D, not binary, or on different grids)."""
+
+
+GRID_ATOL_MM = 1e-3
+"""Two masks are on one grid when shape matches and spacing, origin and direction agree within this."""
+
+
+def _grid_text(v: Any) -> str:
+    d = np.round(np.asarray(v.direction), 4).reshape(-1).tolist()
+    return (f"shape {v.shape_xyz}, spacing {tuple(round(x, 4) for x in v.spacing)} mm, "
+            f"origin {tuple(round(x, 3) for x in v.origin)} mm, direction {d}")
+
+
+def read_mask(path: str | Path) -> Any:
+    """A mask file (NIfTI or MetaImage) as a Volume whose array is 0/1 uint8.
+
+    Any non-zero value is lesion (label maps are binarised, as Anima does); a floating-point
+    image with values other than 0 and 1 (a probability map) is refused.
+
+    Raises:
+        MaskFileError: unreadable, 4-D, or not a mask; the message names the file.
+    """
+    from pipeline.io.readers import read_volume
+    from pipeline.io.readers.errors import ReaderError
+
+    try:
+        vol = read_volume(path)
+    except ReaderError as exc:
+        raise MaskFileError(str(exc)) from exc
+    if vol.is_4d:
+        raise MaskFileError(f"{path}: a 4-D image ({vol.array.shape[0]} volumes), not a lesion mask")
+    arr = vol.array
+    if np.issubdtype(arr.dtype, np.floating):
+        values = np.unique(arr[arr != 0])
+        if values.size and not np.all(values == 1):
+            raise MaskFileError(f"{path}: not a binary mask (values between {float(values.min()):.3g} and {float(values.max()):.3g}); "
+                                "threshold it first (e.g. probability > 0.5)")
+    return vol.with_array((arr != 0).astype(np.uint8))
+
+
+def compare_files(ref_path: str | Path, pred_path: str | Path, rules: Sequence[DetectionRule] = RULES) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """:func:`compare_masks` of two mask files (NIfTI or MetaImage) on one grid.
+
+    Raises:
+        MaskFileError: a file cannot be read as a mask, or the two grids differ (the message
+            names both files and both grids; nothing is resampled behind the user's back).
+    """
+    ref, pred = read_mask(ref_path), read_mask(pred_path)
+    if not ref.same_grid(pred, atol=GRID_ATOL_MM):
+        raise MaskFileError(f"{ref_path} and {pred_path} are not on the same grid:\n  {ref_path}: {_grid_text(ref)}\n"
+                            f"  {pred_path}: {_grid_text(pred)}\nresample the prediction onto the reference grid first")
+    return compare_masks(ref.array, pred.array, ref.spacing, rules)
+
+
 # ------------------------------------------------------------------------------ cohort
 def roc_auc(labels: Sequence[bool], scores: Sequence[float]) -> float:
     """Area under the ROC curve: the probability that a positive outscores a negative (ties
