@@ -67,12 +67,24 @@ def evaluate_batch(store: str, model_version: str, case_ids: list[str], probabil
     return [r for r in rows if r is not None]
 
 
+def model_info(store: str, model: str) -> dict[str, Any] | None:
+    """The ``model.json`` of ``model`` (a version in the store or a model folder), or None."""
+    import json
+
+    from pipeline.store import read_bytes
+    from training.checkpoint import INFO_FILE, resolve_model_dir
+
+    blob = read_bytes(resolve_model_dir(model, store), INFO_FILE)
+    return json.loads(blob) if blob else None
+
+
 @task(name="evaluation-tables-and-page", cache_policy=NO_CACHE)
-def write_task(store: str, model_version: str, rows: list[Any], truth_cases: str | None, page: bool) -> dict[str, Any]:
+def write_task(store: str, model_version: str, rows: list[Any], truth_cases: str | None, page: bool,
+               info: dict[str, Any] | None) -> dict[str, Any]:
     from pipeline.lesions.evaluation import evaluate_model, write_evaluation
     from pipeline.quality.evaluation_page import build_evaluation_page
 
-    ev = evaluate_model(store, model_version, truth_cases, rows=[tuple(r) for r in rows])
+    ev = evaluate_model(store, model_version, truth_cases, rows=[tuple(r) for r in rows], model_info=info)
     paths = write_evaluation(store, ev)
     pages = build_evaluation_page(store, ev) if page else {}
     return {"cohort": ev.cohort, "tables": paths, "page": pages, "cases": ev.cases.to_dict(orient="records")}
@@ -117,11 +129,14 @@ def evaluate(store: str, model: str = "latest", truth_cases: str | None = None, 
             probabilities.update(part)
     parts = evaluate_batch.map(unmapped(store), unmapped(model_version), groups, unmapped(probabilities)).result() if cases else []
     rows = [r for part in parts for r in part]
-    out = write_task(store, model_version, rows, truth_cases, page)
+    out = write_task(store, model_version, rows, truth_cases, page, model_info(store, model))
     c = out["cohort"]
     keys = ("n_cases", "dice_mean", "hd95_median_mm", "msseg_sensitivity", "msseg_precision", "msseg_f1", "isles_f1",
             "abs_rel_volume_error_pct_mean", "volume_pearson_r", "case_auc", "slice_auc")
-    create_table_artifact([{"figure": k, "value": c.get(k)} for k in keys], key="evaluation", description=f"evaluation of {model_version}")
+    def shown(v: Any) -> Any:
+        return None if isinstance(v, float) and v != v else v  # NaN is not JSON
+
+    create_table_artifact([{"figure": k, "value": shown(c.get(k))} for k in keys], key="evaluation", description=f"evaluation of {model_version}")
     print(f"evaluate: {len(rows)} cases with {model_version} (newly scored {newly}); Dice {c.get('dice_mean')}, "
           f"lesion F1 (MSSEG-1) {c.get('msseg_f1')}, case AUC {c.get('case_auc')}; page → {out['page'].get('html')}")
     return {"model_version": model_version, "cases": len(rows), "scored": newly, "cohort": c, "tables": out["tables"],

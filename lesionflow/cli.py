@@ -384,7 +384,7 @@ def evaluate(
         _print_json(_jsonable({k: out[k] for k in ("model_version", "cases", "scored", "cohort", "tables", "page", "case_rows")}))
         return
     rows = [r for r in out["case_rows"] if r.get("has_reference")]
-    _print_table(rows, ["case_id", "has_lesion", "dice", "hd95_mm", "volume_ref_ml", "volume_pred_ml", "msseg_ref_lesions",
+    _print_table(rows, ["case_id", "split", "has_lesion", "dice", "hd95_mm", "volume_ref_ml", "volume_pred_ml", "msseg_ref_lesions",
                         "msseg_tp_ref", "msseg_f1", "isles_f1", "case_score"],
                  f"evaluation of {out['model_version']}",
                  headers={"has_lesion": "lesion?", "hd95_mm": "HD95 mm", "volume_ref_ml": "ref mL", "volume_pred_ml": "pred mL",

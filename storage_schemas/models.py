@@ -182,6 +182,8 @@ class EvaluationCaseRow(_Versioned):
     session: str
     model_version: str
     has_reference: bool = Field(description="the case holds a reference label; without one every figure is NaN")
+    split: Literal["train", "validation", "unseen", "unknown"] = Field(
+        "unknown", description="the case's part in this model's training (its model.json); unknown without one")
     voxel_volume_mm3: float
     dice: float
     hd95_mm: float = Field(description="95th-percentile symmetric surface distance, mm; NaN when exactly one mask is empty")
@@ -245,6 +247,7 @@ class EvaluationCohortRow(_Versioned):
     n_cases: int
     n_with_lesions: int
     n_lesion_free: int
+    n_train_cases: int = Field(0, description="cases among n_cases the model was trained on (figures include them)")
     dice_mean: float
     dice_median: float
     dice_sd: float

@@ -69,7 +69,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.lesions.components import connected_lesions, dice, hausdorff95_mm, min_lesion_voxels, union_box
-from pipeline.store import list_cases, location, read_bytes, read_case_meta, read_table, write_table
+from pipeline.store import MODELS, list_cases, location, read_bytes, read_case_meta, read_table, write_table
 
 CASE_TABLE = "evaluation_cases"
 LESION_TABLE = "evaluation_lesions"
@@ -404,6 +404,7 @@ def cohort_summary(cases: Any, slices: Any = None, rules: Sequence[DetectionRule
         "n_cases": int(len(ref)),
         "n_with_lesions": int(len(lesional)),
         "n_lesion_free": int(len(ref) - len(lesional)),
+        "n_train_cases": int((ref["split"] == "train").sum()) if "split" in ref and len(ref) else 0,
         "dice_mean": _nan(lesional.get("dice", []), np.mean),
         "dice_median": _nan(lesional.get("dice", []), np.median),
         "dice_sd": _nan(lesional.get("dice", []), lambda a: a.std(ddof=1) if a.size > 1 else float("nan")),
@@ -533,6 +534,30 @@ def _truth_columns(store_root: str | Path, case_id: str, truth: Any, pred_volume
     return out
 
 
+def model_info_in_store(store_root: str | Path, model_version: str) -> dict[str, Any] | None:
+    """``models/<model_version>/model.json`` of the store as a dict; None when the model is not there."""
+    blob = read_bytes(store_root, f"{MODELS}/{model_version}/model.json")
+    if blob is None:
+        return None
+    try:
+        info = json.loads(blob)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def case_split(case_id: str, model_info: dict[str, Any] | None) -> str:
+    """``train`` / ``validation`` when the model's ``model.json`` lists the case, ``unseen`` when
+    it lists others, ``unknown`` without a ``model.json``."""
+    if not model_info:
+        return "unknown"
+    if case_id in (model_info.get("train_case_ids") or ()):
+        return "train"
+    if case_id in (model_info.get("val_case_ids") or ()):
+        return "validation"
+    return "unseen"
+
+
 def evaluate_model(
     store_root: str | Path,
     model_version: str,
@@ -541,6 +566,7 @@ def evaluate_model(
     rules: Sequence[DetectionRule] = RULES,
     probabilities: dict[str, dict[str, Any]] | None = None,
     rows: Sequence[tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]] | None = None,
+    model_info: dict[str, Any] | None = None,
 ) -> Evaluation:
     """Evaluate every scored case of ``model_version`` (or ``case_ids``); nothing is written.
 
@@ -552,6 +578,8 @@ def evaluate_model(
             cases and slices by probability (see :func:`evaluate_case`).
         rows: per-case results already computed (:func:`evaluate_case`, e.g. by a flow's tasks);
             the store is then read only for the truth columns.
+        model_info: the model's ``model.json`` (its training and validation cases give each case's
+            ``split``); default: the store's ``models/<model_version>/model.json`` if there.
     """
     import pandas as pd
 
@@ -561,7 +589,9 @@ def evaluate_model(
         ids = list(case_ids) if case_ids is not None else list_cases(store_root)
         found = [evaluate_case(store_root, c, model_version, rules, (probabilities or {}).get(c)) for c in ids]
         rows = [r for r in found if r is not None]
-    case_rows = [EvaluationCaseRow(**{k: v for k, v in r[0].items() if k in EvaluationCaseRow.model_fields}).model_dump() for r in rows]
+    info = model_info if model_info is not None else model_info_in_store(store_root, model_version)
+    case_rows = [EvaluationCaseRow(**{k: v for k, v in r[0].items() if k in EvaluationCaseRow.model_fields},
+                                   split=case_split(r[0]["case_id"], info)).model_dump() for r in rows]
     lesion_rows = [EvaluationLesionRow(**x).model_dump() for r in rows for x in r[1]]
     slice_rows_ = [EvaluationSliceRow(**x).model_dump() for r in rows for x in r[2]]
     cases = pd.DataFrame(case_rows, columns=list(EvaluationCaseRow.model_fields))

@@ -138,7 +138,8 @@ _TEMPLATE = """<!DOCTYPE html>
 </div>
 <p class="small muted">Dice and HD95 over the {{ c.n_with_lesions }} cases whose reference has lesions; lesion counts pooled over cases
 (MSSEG-1: {{ c.msseg_tp_ref }}/{{ c.msseg_ref_lesions }} reference lesions detected, {{ c.msseg_tp_pred }}/{{ c.msseg_pred_lesions }} predicted lesions true;
-mean of the case F1s {{ f(c.msseg_f1_case_mean) }}). Case score: {{ c.case_score_kind }}. Tables: <code>tables/evaluation_cases</code>,
+mean of the case F1s {{ f(c.msseg_f1_case_mean) }}). Case score: {{ c.case_score_kind }}.
+{% if c.n_train_cases %}<b>{{ c.n_train_cases }} of these cases were used to train this model</b> (column "split"): their figures flatter it.{% endif %} Tables: <code>tables/evaluation_cases</code>,
 <code>evaluation_lesions</code>, <code>evaluation_slices</code>, <code>evaluation_cohort</code>.</p>
 </section>
 
@@ -164,13 +165,13 @@ Pearson r {{ f(c.volume_pearson_r) }}, Spearman &rho; {{ f(c.volume_spearman_rho
 </section>
 
 <section id="cases"><h2>Cases</h2>
-<table class="small"><tr><th>case</th><th>lesion?</th><th>Dice</th><th>HD95 mm</th><th>ref mL</th><th>pred mL</th><th>error %</th>
+<table class="small"><tr><th>case</th><th>split</th><th>lesion?</th><th>Dice</th><th>HD95 mm</th><th>ref mL</th><th>pred mL</th><th>error %</th>
 <th>MSSEG ref / pred / found / true</th><th>sens.</th><th>prec.</th><th>F1</th><th>ISLES F1</th><th>case score</th></tr>
-{% for r in cases %}<tr><td class="mono">{{ r.case_id }}</td><td>{{ r.has_lesion }}</td><td class="n">{{ r.dice }}</td><td class="n">{{ r.hd95_mm }}</td>
+{% for r in cases %}<tr><td class="mono">{{ r.case_id }}</td><td>{{ r.split }}</td><td>{{ r.has_lesion }}</td><td class="n">{{ r.dice }}</td><td class="n">{{ r.hd95_mm }}</td>
 <td class="n">{{ r.volume_ref_ml }}</td><td class="n">{{ r.volume_pred_ml }}</td><td class="n">{{ r.rel_volume_error_pct }}</td>
 <td class="n">{{ r.msseg_ref_lesions }} / {{ r.msseg_pred_lesions }} / {{ r.msseg_tp_ref }} / {{ r.msseg_tp_pred }}</td>
 <td class="n">{{ r.msseg_sensitivity }}</td><td class="n">{{ r.msseg_precision }}</td><td class="n">{{ r.msseg_f1 }}</td><td class="n">{{ r.isles_f1 }}</td>
-<td class="n">{{ r.case_score }}</td></tr>{% else %}<tr><td colspan="13" class="muted">No scored case with a reference.</td></tr>{% endfor %}
+<td class="n">{{ r.case_score }}</td></tr>{% else %}<tr><td colspan="14" class="muted">No scored case with a reference.</td></tr>{% endfor %}
 </table></section>
 
 <section id="thumbnails"><h2>Thumbnails</h2>
@@ -216,7 +217,7 @@ def build_evaluation_page(store_root: str | Path, evaluation: Evaluation | None 
     out: dict[str, str] = {}
     if png is not None:
         out["png"] = str(put_bytes(store_root, f"{EVALUATION_DIR}/{mv}-bland-altman.png", png))
-    columns = ["case_id", "has_lesion", "dice", "hd95_mm", "volume_ref_ml", "volume_pred_ml", "rel_volume_error_pct",
+    columns = ["case_id", "split", "has_lesion", "dice", "hd95_mm", "volume_ref_ml", "volume_pred_ml", "rel_volume_error_pct",
                "msseg_ref_lesions", "msseg_pred_lesions", "msseg_tp_ref", "msseg_tp_pred", "msseg_sensitivity", "msseg_precision",
                "msseg_f1", "isles_f1", "case_score"]
     rows = [{k: _fmt(r.get(k)) for k in columns} for r in with_ref.sort_values("case_id").to_dict("records")] if len(with_ref) else []

@@ -92,24 +92,6 @@ def test_compare_refuses_a_probability_map_and_a_missing_file(masks, tmp_path):
 
 
 # ------------------------------------------------------------------------------ segment
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """A 3-D U-Net trained for 20 iterations on a synthetic store (FLAIR, T1, T2); its folder."""
-    import torch
-
-    from tests.store_factory import make_store
-    from training.loop import train
-
-    root = tmp_path_factory.mktemp("segment-model") / "store"
-    ids = make_store(root, n_cases=2, shape_zyx=(40, 56, 48), seed=0)
-    previous = torch.get_num_threads()
-    try:
-        result = train(root, case_ids=ids, val_case_ids=[], patch_zyx=(32, 32, 32), batch_size=2, iterations=20, lr=2e-3, seed=0, num_threads=1)
-    finally:
-        torch.set_num_threads(previous)
-    return result.checkpoint_path
-
-
 @pytest.mark.slow
 def test_segment_writes_the_mask_in_the_session_reference_geometry(phantom_cohort, tiny_model, tmp_path):
     truth = pd.read_csv(phantom_cohort.truth_cases_csv)
