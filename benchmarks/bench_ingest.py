@@ -46,7 +46,7 @@ def _warm_up() -> None:
     import SimpleITK  # noqa: F401
     import zarr.codecs  # noqa: F401
 
-    import pipeline.ingest.session  # noqa: F401
+    import pipeline.ingest  # noqa: F401  (session, incremental, run)
     import pipeline.ingest.normalize  # noqa: F401
     import pipeline.io.readers.dicom  # noqa: F401
     import pipeline.io.readers.metaimage  # noqa: F401
@@ -57,7 +57,7 @@ def _warm_up() -> None:
 
 def ingest_once(source: Path, store: Path, workers: int) -> dict:
     from pipeline.core.config import PipelineConfig, pseudonym_key
-    from pipeline.ingest.session import run_ingest
+    from pipeline.ingest import run_ingest
     from pipeline.ingest.cluster import dask_client
 
     with dask_client(None, workers) as client:  # cluster start-up and worker imports excluded from the timing
@@ -88,10 +88,10 @@ def _ceiling_init(ready) -> None:
 
 
 def _ceiling_convert(job: tuple) -> float:
-    from pipeline.ingest.session import convert_session
+    from pipeline.ingest import IngestContext, convert_session
 
     plan, store, cfg = job
-    return convert_session(plan, store, cfg, "ceiling", force=True).seconds
+    return convert_session(plan, IngestContext(store, cfg, "ceiling", force=True)).seconds
 
 
 def machine_ceiling(cohort: Path, work: Path, repeats: int) -> dict:

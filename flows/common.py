@@ -1,19 +1,11 @@
-"""Small helpers shared by the flows (Prefect-side only)."""
+"""Orchestration helpers shared by the flows (Prefect-side only); configuration loading is
+:func:`pipeline.core.config.load_config`."""
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
 from prefect import get_run_logger
-
-from pipeline.core.config import PipelineConfig
-
-
-def load_config(config_path: str | None = None, **overrides: Any) -> PipelineConfig:
-    """The pipeline configuration: a JSON file if given, then non-None overrides."""
-    cfg = PipelineConfig.from_file(config_path) if config_path else PipelineConfig()
-    updates = {k: v for k, v in overrides.items() if v is not None}
-    return cfg.model_copy(update=updates) if updates else cfg
 
 
 def progress_logger(every_percent: int = 10) -> Callable[[str, int, int], None]:

@@ -9,35 +9,36 @@ from prefect import flow, task, unmapped
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import batches, load_config, progress_logger
-from pipeline.core.config import PipelineConfig, pseudonym_key
+from flows.common import batches, progress_logger
+from pipeline.core.config import load_config, pseudonym_key
+from pipeline.ingest.cluster import dask_client, map_sessions
+from pipeline.ingest.context import IngestContext
+from pipeline.ingest.discover import SessionPlan, discover
+from pipeline.ingest.incremental import open_store_for_ingest
+from pipeline.ingest.run import new_run_id, record_rejected, summarize
+from pipeline.ingest.session import SessionResult
 
 
 @task(name="discover", cache_policy=NO_CACHE)
-def discover_task(source: str, store: str, cfg: PipelineConfig, run_id: str, scheduler: str, force: bool) -> tuple[list[Any], list[dict[str, str]], list[str]]:
+def discover_task(source: str, ctx: IngestContext, scheduler: str) -> tuple[list[SessionPlan], list[dict[str, str]], list[str]]:
     """Open the store (staging cleared, catalog repaired and compacted), discover the source and
     return the sessions to convert, the rejected inputs and the ids of the cases up to date."""
     from dask.distributed import Client
 
-    from pipeline.ingest.discover import discover
-    from pipeline.ingest.session import open_store_for_ingest, record_rejected
-
-    state = open_store_for_ingest(store, cfg, force)
+    state = open_store_for_ingest(ctx.store_root, ctx.cfg, ctx.force)
     with Client(scheduler, timeout="30s") as client:
-        disc = discover(source, cfg, pseudonym_key(), progress=progress_logger(), client=client, known=state.known)
-    rejected = record_rejected(store, disc, cfg, run_id)
-    todo, unchanged = state.pending(disc.sessions, cfg, force)
+        disc = discover(source, ctx.cfg, pseudonym_key(), progress=progress_logger(), client=client, known=state.known)
+    rejected = record_rejected(disc, ctx)
+    todo, unchanged = state.pending(disc.sessions, ctx.cfg, ctx.force)
     return todo, rejected, disc.unchanged + unchanged
 
 
 @task(name="convert-batch", cache_policy=NO_CACHE)
-def convert_batch(plans: list[Any], store: str, cfg: PipelineConfig, run_id: str, scheduler: str, force: bool) -> list[Any]:
+def convert_batch(plans: list[SessionPlan], ctx: IngestContext, scheduler: str) -> list[SessionResult]:
     from dask.distributed import Client
 
-    from pipeline.ingest.cluster import map_sessions
-
     with Client(scheduler, timeout="30s") as client:
-        return map_sessions(plans, store, cfg, run_id, client=client, progress=progress_logger(25), force=force)
+        return map_sessions(plans, ctx, client=client, progress=progress_logger(25))
 
 
 @task(name="quality-report", cache_policy=NO_CACHE)
@@ -67,21 +68,18 @@ def ingest(
     Conversion runs on Dask: an existing scheduler at ``dask_address`` or a LocalCluster of
     ``n_workers`` processes. Unchanged sessions are skipped; bad inputs are recorded, not fatal.
     """
-    from pipeline.ingest.session import new_run_id, summarize
-    from pipeline.ingest.cluster import dask_client
-
     cfg = load_config(config_path, target_spacing=tuple(target_spacing) if target_spacing else None, dask_address=dask_address, n_workers=n_workers)
     t0 = time.perf_counter()
-    run_id = new_run_id()
-    results: list[Any] = []
+    ctx = IngestContext(store, cfg, new_run_id(), force)
+    results: list[SessionResult] = []
     with dask_client(cfg.dask_address, cfg.n_workers) as client:
         scheduler = client.scheduler.address
-        sessions, rejected, unchanged = discover_task(source, store, cfg, run_id, scheduler, force)
+        sessions, rejected, unchanged = discover_task(source, ctx, scheduler)
         if sessions:
-            futures = convert_batch.map(batches(sessions, batch_size), unmapped(store), unmapped(cfg), unmapped(run_id), unmapped(scheduler), unmapped(force))
+            futures = convert_batch.map(batches(sessions, batch_size), unmapped(ctx), unmapped(scheduler))
             for batch_result in futures.result():
                 results.extend(batch_result)
-    summary = summarize(results, rejected, run_id, store, time.perf_counter() - t0, unchanged).as_dict()
+    summary = summarize(results, rejected, ctx, time.perf_counter() - t0, unchanged).as_dict()
     summary["report"] = report_task(store) if report else None  # the store's channels: cfg.channels, recorded at discovery
     print(f"ingest: {summary['converted']} converted, {summary['skipped']} up to date, {summary['rejected']} sessions rejected, "
           f"{summary['unused_sessions']} without usable images, "

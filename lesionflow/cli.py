@@ -29,7 +29,10 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _print_json(payload: Any) -> None:
-    typer.echo(json.dumps(payload, indent=2, default=str))
+    """``payload`` as strict JSON on stdout (NaN → null, numpy/Path/datetime → plain values)."""
+    from pipeline.core.jsonable import to_jsonable
+
+    typer.echo(json.dumps(to_jsonable(payload), indent=2, allow_nan=False))
 
 
 def _console():
@@ -157,14 +160,12 @@ def ingest(
     if spacing is not None and len(spacing) != 3:
         _fail("--target-spacing needs three numbers: x,y,z in mm")
     if no_prefect:
-        from pipeline.core.config import PipelineConfig, pseudonym_key
-        from pipeline.ingest.session import run_ingest
+        from pipeline.core.config import load_config, pseudonym_key
+        from pipeline.ingest import run_ingest
         from pipeline.ingest.cluster import dask_client
 
-        cfg = PipelineConfig.from_file(config) if config else PipelineConfig()
-        if spacing:
-            cfg = cfg.model_copy(update={"target_spacing": tuple(spacing)})
-        with _progress() as progress, dask_client(dask_address, workers) as client:
+        cfg = load_config(config, target_spacing=tuple(spacing) if spacing else None, dask_address=dask_address, n_workers=workers)
+        with _progress() as progress, dask_client(cfg.dask_address, cfg.n_workers) as client:
             summary = run_ingest(source, store, cfg, pseudonym_key(), client=client, progress=progress, force=force).as_dict()
     else:
         from flows.ingest import ingest as ingest_flow

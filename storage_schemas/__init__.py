@@ -8,6 +8,7 @@ from storage_schemas.models import (  # noqa: F401
     ChannelInfo,
     Geometry,
     LesionRow,
+    ReasonCode,
     SourceFile,
     StoreManifest,
 )

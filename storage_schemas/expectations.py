@@ -6,10 +6,10 @@ the case metadata of a store:
 ``modalities``  one row per (case, present channel): native spacing/shape/orientation,
                 raw intensity statistics, and cohort ratios (spacing and coverage relative to
                 the modality's median).
-``cases``       one row per committed case: ``has_<channel>`` flags, label values, whether the
-                label was on the image grid.
+``cases``       one row per committed case: ``has_<channel>`` flags, whether the label is
+                binary (``label_binary``) and was on an image grid (``label_grid_ok``).
 ``sources``     one row per (case, distinct source file content): sha256 digests.
-``inputs``      one row per catalog entry (latest state): status and reason.
+``inputs``      one row per catalog entry (latest state): status, reason code and reason.
 
 Every expectation carries ``meta`` with:
 
@@ -314,13 +314,14 @@ def case_completeness_suite(channels: Sequence[str]) -> Any:
         )
     exps += [
         E.ExpectColumnValuesToBeInSet(
-            column="label_values",
-            value_set=LABEL_VALUE_SETS,
+            column="label_binary",
+            value_set=[True],
             meta=_meta(
                 "label_binary",
                 "label not binary",
-                "A stored reference label must contain only the values 0 and 1 (values listed are the sorted unique "
-                "values found); other values mean a multi-class or probabilistic mask.",
+                "A reference label must contain only the values 0 and 1 (a stored label's sorted unique values are "
+                f"one of {LABEL_VALUE_SETS}; a label the ingest rejected with reason code label_not_binary counts "
+                "too); other values mean a multi-class or probabilistic mask. No label is not a failure.",
             ),
         ),
         E.ExpectColumnValuesToBeInSet(
@@ -329,9 +330,10 @@ def case_completeness_suite(channels: Sequence[str]) -> Any:
             meta=_meta(
                 "label_on_grid",
                 "label off-grid",
-                "The reference label must have been delivered on the reference image's grid (same matrix and "
-                "spacing); otherwise it was resampled and its voxels may be shifted. Unknown (no record) is not "
-                "counted as a failure.",
+                "The reference label must have been delivered on the grid of one of its session's images (same "
+                "matrix, spacing, direction and origin), as the ingest records in the catalog (label_on_grid); "
+                "otherwise the ingest rejects it, since its voxels would not line up. Unknown (no record, or a "
+                "catalog older than schema 1.2) is not counted as a failure.",
             ),
         ),
     ]
@@ -395,5 +397,5 @@ def build_suites(channels: Sequence[str], spacing_range_mm: dict[str, tuple[floa
         SuiteSpec("cohort_consistency", "modalities", ("case_id", "modality"), cohort_consistency_suite()),
         SuiteSpec("case_completeness", "cases", ("case_id",), case_completeness_suite(channels)),
         SuiteSpec("source_uniqueness", "sources", ("case_id", "modality", "relpath"), source_uniqueness_suite()),
-        SuiteSpec("inputs", "inputs", ("case_id", "modality", "source_relpath", "reason"), inputs_suite()),
+        SuiteSpec("inputs", "inputs", ("case_id", "modality", "source_relpath", "reason_code", "reason"), inputs_suite()),
     ]

@@ -9,6 +9,7 @@ identifiers are keyed-hash pseudonyms (``sub-…``/``ses-…``).
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from enum import StrEnum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -80,8 +81,111 @@ class ChannelInfo(BaseModel):
     present: bool = True
 
 
+class ReasonCode(StrEnum):
+    """Why an input (or a whole session) was rejected or left unused, as a machine-readable code:
+    one value per decision that discovery, the readers and the ingest make. ``CatalogRow.reason``
+    says the same in words (with the file's particulars); group and filter by the code.
+
+    Example:
+        >>> ReasonCode("label_off_grid") is ReasonCode.LABEL_OFF_GRID, f"{ReasonCode.NOT_3D}"
+        (True, 'not_3d')
+    """
+
+    # a file that cannot be read (discovery, readers)
+    UNREADABLE = "unreadable"
+    """the file cannot be opened or its header parsed"""
+    EMPTY_FILE = "empty_file"
+    """zero bytes"""
+    UNSUPPORTED_FORMAT = "unsupported_format"
+    """an image format lesionflow does not read (.nrrd, .mgz, …)"""
+    NOT_DICOM = "not_dicom"
+    """named like DICOM (.dcm, .ima, no extension) but not DICOM"""
+    NOT_AN_IMAGE = "not_an_image"
+    """DICOM without an image (structured report, DICOMDIR in a series), or not a NIfTI image"""
+    TRUNCATED = "truncated"
+    """the file ends early (header or pixel data cut short)"""
+    CORRUPT = "corrupt"
+    """damaged content, e.g. named .gz but not gzip-compressed"""
+    NO_PIXEL_DATA = "no_pixel_data"
+    """DICOM without a PixelData element"""
+    NO_DECODER = "no_decoder"
+    """compressed DICOM pixel data and no decoder installed for its transfer syntax"""
+    DECODE_FAILED = "decode_failed"
+    """pixel data present but not decodable"""
+    UNSUPPORTED_IMAGE = "unsupported_image"
+    """an image kind not supported: colour, multi-component, more than 4-D, multi-echo multi-frame"""
+    GEOMETRY_UNKNOWN = "geometry_unknown"
+    """no usable voxel-to-world geometry (no position/orientation/spacing, no sform/qform, degenerate)"""
+    NON_FINITE_VOXELS = "non_finite_voxels"
+    """NaN or infinite voxel values"""
+    MISSING_DATA_FILE = "missing_data_file"
+    """a MetaImage header whose data file is missing"""
+    TOO_LARGE = "too_large"
+    """the header declares more voxels, bytes or files than a reader limit allows (``ReadLimits``)"""
+    OUTSIDE_SOURCE = "outside_source"
+    """a header names a data file outside the header's own folder"""
+    NOT_REGULAR_FILE = "not_regular_file"
+    """a device, FIFO, socket or folder where a regular file was expected"""
+    # DICOM series assembly (readers)
+    NO_SERIES_UID = "no_series_uid"
+    """no SeriesInstanceUID: cannot be grouped into a series"""
+    EMPTY_SERIES = "empty_series"
+    """a series without images"""
+    INCONSISTENT_SERIES = "inconsistent_series"
+    """mixed orientation, matrix, pixel spacing or pixel type within one series"""
+    MISSING_SLICE = "missing_slice"
+    """a gap in the slice positions"""
+    DUPLICATE_SLICE = "duplicate_slice"
+    """two images at one position and time point"""
+    INCOMPLETE_4D = "incomplete_4d"
+    """a 4-D series with a slice missing from some volumes"""
+    # sessions and modalities (discovery): mostly "unused", not errors
+    UNASSIGNABLE = "unassignable"
+    """a file that cannot be assigned to one session"""
+    NO_MODALITY_RULE = "no_modality_rule"
+    """no modality rule matched the series or file name"""
+    MODALITY_NOT_CONFIGURED = "modality_not_configured"
+    """a recognised modality that is not among the configured channels"""
+    LOCALIZER = "localizer"
+    """a localizer / scout series"""
+    DERIVED = "derived"
+    """a derived or secondary image (reformat, map, screenshot)"""
+    MOSAIC = "mosaic"
+    """a Siemens mosaic (EPI: fMRI, diffusion, field map)"""
+    NOT_3D = "not_3d"
+    """a 4-D series or image (fMRI, diffusion, perfusion), not a structural scan"""
+    # session conversion (ingest)
+    DUPLICATE_MODALITY = "duplicate_modality"
+    """another input of the same modality in the session was used"""
+    BAD_TRANSFORM = "bad_transform"
+    """the registration transform supplied with an image cannot be read"""
+    LABEL_OFF_GRID = "label_off_grid"
+    """a lesion mask that lies on no image grid of its session (see ``label_on_grid``)"""
+    LABEL_NOT_BINARY = "label_not_binary"
+    """a lesion mask with values other than 0 and 1"""
+    NO_READABLE_IMAGE = "no_readable_image"
+    """session: every image input of a configured channel was rejected"""
+    LABEL_ONLY = "label_only"
+    """session: a lesion mask and no image"""
+    NO_STRUCTURAL_IMAGE = "no_structural_image"
+    """session: no input of a configured channel (only localizers, 4-D series, unmapped series…)"""
+    INTERNAL_ERROR = "internal_error"
+    """a bug in lesionflow while converting the session (please report it)"""
+
+
+ReasonCodeValue = Literal[tuple(code.value for code in ReasonCode)]  # type: ignore[valid-type]
+"""The values of :class:`ReasonCode` as a ``Literal`` (string-typed in the catalog's Arrow
+schema, which maps ``Literal`` annotations to ``string``)."""
+
+
 class CatalogRow(_Versioned):
-    """One row of the catalog: a case × modality, or a rejected/unused input with its reason."""
+    """One row of the catalog: a case × modality, or a rejected/unused input with its reason.
+
+    Machine-readable outcomes beside the human ones (schema 1.2): ``reason_code`` next to
+    ``reason``; the native grid as numbers (``shape_*``, ``spacing_*_mm``, ITK x, y, z order) next
+    to the display strings ``shape_zyx`` / ``spacing_mm``; ``label_on_grid`` for lesion-mask rows.
+    Rows written by schema 1.1 read with these fields empty.
+    """
 
     case_id: str | None = None
     subject: str | None = None
@@ -89,11 +193,19 @@ class CatalogRow(_Versioned):
     modality: str | None = None
     status: Literal["converted", "skipped", "rejected", "unused"]
     reason: str | None = None
+    reason_code: ReasonCodeValue | None = Field(None, description="ReasonCode of a rejected/unused row (schema 1.2)")
     source_format: str | None = None
     source_relpath: str
     source_sha256: str | None = None
-    shape_zyx: str | None = None
-    spacing_mm: str | None = None
+    shape_zyx: str | None = Field(None, description="display text 'ZxYxX'; use shape_x/_y/_z")
+    spacing_mm: str | None = Field(None, description="display text 'XxYxZ' (mm); use spacing_x_mm/_y_mm/_z_mm")
+    shape_x: int | None = Field(None, description="native matrix size along x (columns), voxels (schema 1.2)")
+    shape_y: int | None = None
+    shape_z: int | None = None
+    spacing_x_mm: float | None = Field(None, description="native voxel spacing along x, mm (schema 1.2)")
+    spacing_y_mm: float | None = None
+    spacing_z_mm: float | None = None
+    label_on_grid: bool | None = Field(None, description="lesion-mask rows: whether the mask lies on the native grid of one of the session's images (schema 1.2)")
     orientation: str | None = None
     intensity_mean: float | None = None
     intensity_std: float | None = None

@@ -9,7 +9,7 @@ import SimpleITK as sitk
 
 from pipeline.core.config import PipelineConfig
 from pipeline.ingest.discover import discover
-from pipeline.ingest.session import run_ingest
+from pipeline.ingest import run_ingest
 from pipeline.lesions.components import lesion_table
 from pipeline.io.readers import read_volume
 from pipeline.ingest.resample import grid_with_spacing, resample_to_grid

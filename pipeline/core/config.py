@@ -17,9 +17,11 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from pipeline.core.limits import ReadLimits
 
 MODALITIES = ("FLAIR", "T1", "T1POST", "T2", "PD", "MASK")
 DEFAULT_CHANNELS: tuple[str, ...] = ("FLAIR", "T1", "T2")
@@ -72,6 +74,7 @@ class PipelineConfig(BaseModel):
     # --- runtime (not hashed) ---------------------------------------------------------
     dask_address: str | None = Field(None, description="tcp://host:8786 of an existing scheduler; None = LocalCluster")
     n_workers: int = 2
+    read_limits: ReadLimits = Field(default_factory=ReadLimits, description="ceilings every reader checks before allocating (pipeline.core.limits)")
 
     @field_validator("target_spacing")
     @classmethod
@@ -92,6 +95,22 @@ class PipelineConfig(BaseModel):
     def from_file(cls, path: str | Path) -> "PipelineConfig":
         """Load a JSON configuration file (keys as the field names)."""
         return cls.model_validate_json(Path(path).read_text())
+
+
+def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> PipelineConfig:
+    """The pipeline configuration: the JSON file at ``path`` (defaults without one), then every
+    override that is not ``None`` (so unset command-line options keep the file's values).
+
+    Example:
+        >>> load_config(None, target_spacing=(1.0, 1.0, 1.0), n_workers=None).target_spacing
+        (1.0, 1.0, 1.0)
+    """
+    unknown = sorted(set(overrides) - set(PipelineConfig.model_fields))
+    if unknown:
+        raise TypeError(f"load_config: unknown configuration field(s) {unknown}")
+    cfg = PipelineConfig.from_file(path) if path else PipelineConfig()
+    updates = {k: v for k, v in overrides.items() if v is not None}
+    return PipelineConfig.model_validate({**cfg.model_dump(), **updates}) if updates else cfg
 
 
 PSEUDONYM_KEY_ENV = "LESIONFLOW_PSEUDONYM_KEY"

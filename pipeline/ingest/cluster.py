@@ -1,5 +1,6 @@
 """Parallel conversion on Dask: a LocalCluster of worker processes by default, or an existing
-scheduler (``tcp://host:8786``) when the user has one.
+scheduler (``tcp://host:8786``) when the user has one. :func:`map_sessions` runs
+:func:`~pipeline.ingest.session.convert_session` over the sessions, on the cluster or in process.
 
 SimpleITK uses every core per call, and Zarr encodes chunks on a pool as large as the machine;
 with one worker process per core that oversubscribes it, so each worker is limited to one
@@ -23,6 +24,10 @@ import contextlib
 import logging
 import os
 from typing import Any, Callable, Iterator
+
+from pipeline.ingest.context import IngestContext
+from pipeline.ingest.discover import SessionPlan
+from pipeline.ingest.session import SessionResult, convert_session
 
 log = logging.getLogger("lesionflow.parallel")
 
@@ -111,28 +116,23 @@ def dask_client(address: str | None = None, n_workers: int = 2, connect_timeout:
 
 
 def map_sessions(
-    plans: list[Any],
-    store_root: str,
-    cfg: Any,
-    run_id: str,
+    plans: list[SessionPlan],
+    ctx: IngestContext,
     client: Any = None,
     progress: Callable[[str, int, int], None] | None = None,
-    force: bool = False,
-) -> list[Any]:
-    """Run :func:`pipeline.ingest.session.convert_session` over ``plans``; results in input order.
+) -> list[SessionResult]:
+    """Run :func:`~pipeline.ingest.session.convert_session` over ``plans``; results in input order.
 
-    With ``client`` the sessions run on the Dask cluster (one task per session); without, in
-    this process one after another.
+    With ``client`` the sessions run on the Dask cluster (one task per session, the largest
+    first); without, in this process one after another.
     """
-    from pipeline.ingest.session import convert_session
-
     total = len(plans)
     results: list[Any] = [None] * total
     if progress:
         progress("convert", 0, total)
     if client is None or total == 0:
         for i, plan in enumerate(plans):
-            results[i] = convert_session(plan, store_root, cfg, run_id, force)
+            results[i] = convert_session(plan, ctx)
             if progress:
                 progress("convert", i + 1, total)
         return results
@@ -142,8 +142,7 @@ def map_sessions(
     # alone at the end while the other workers idle
     work = [plan.work_estimate() for plan in plans]
     order = sorted(range(total), key=lambda i: -work[i])
-    futures = [client.submit(convert_session, plans[i], store_root, cfg, run_id, force, pure=False, priority=total - rank)
-               for rank, i in enumerate(order)]
+    futures = [client.submit(convert_session, plans[i], ctx, pure=False, priority=total - rank) for rank, i in enumerate(order)]
     index = {f.key: i for f, i in zip(futures, order)}
     for done, fut in enumerate(as_completed(futures), start=1):
         results[index[fut.key]] = fut.result()

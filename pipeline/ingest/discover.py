@@ -13,7 +13,8 @@ Rules, in order:
 * ITK transform files ``<image stem>_*to_<REF>*.txt|.tfm`` next to an image are attached to it
   (registration of that image onto the reference modality).
 * Everything found is accounted for: unmapped, 4-D, localizer and derived series become items
-  with an ``unused`` reason; unreadable files become ``rejected`` items with the reason.
+  with an ``unused`` reason; unreadable files become ``rejected`` items with the reason. Every
+  reason comes with its :class:`~storage_schemas.models.ReasonCode` (``unused_code``, ``Rejected.code``).
 
 Identifiers (PatientID, StudyInstanceUID, folder names) are pseudonymised here, with the keyed
 hash, before anything leaves this module: a :class:`SessionPlan` carries only pseudonyms.
@@ -30,8 +31,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from pipeline.core.config import PipelineConfig
-from pipeline.ingest.modality import modality_of_filename, modality_of_series, strip_extension, unusable_reason
+from pipeline.ingest.modality import Unusable, modality_of_filename, modality_of_series, strip_extension, unusable_series
 from pipeline.core.pseudonym import pseudonymise
+from pipeline.io.readers.dicom import scan_series_parallel
+from storage_schemas.models import ReasonCode
 
 IGNORED_SUFFIXES = {".raw", ".zraw", ".json", ".txt", ".tfm", ".csv", ".tsv", ".md", ".pdf", ".html", ".py", ".xml", ".log", ".bval", ".bvec", ".png", ".jpg"}
 UNSUPPORTED_IMAGE_SUFFIXES = {".nrrd", ".nhdr", ".mgz", ".mgh", ".hdr", ".img", ".gipl", ".vtk", ".npy", ".npz", ".h5"}
@@ -47,7 +50,8 @@ class SourceItem:
     relpaths: list[str]  # relative to the ingest root
     paths: list[Path]
     modality: str | None = None
-    unused_reason: str | None = None
+    unused_reason: str | None = None  # set together with unused_code: why the item is left unused
+    unused_code: ReasonCode | None = None
     series: Any = None  # pipeline.io.readers.dicom.DicomSeries for DICOM items
     transform: Path | None = None  # ITK transform mapping reference-space points into this image
     series_description: str | None = None
@@ -96,8 +100,11 @@ class SessionPlan:
 
 @dataclass
 class Rejected:
+    """An input discovery rejects: its path, why in words and as a code, and its format when known."""
+
     relpath: str
     reason: str
+    code: ReasonCode
     kind: str | None = None
 
 
@@ -175,25 +182,13 @@ def _find_transform(image: Path, reference_modality: str) -> Path | None:
     return None
 
 
-PARALLEL_SCAN_MIN_FILES = 400
-"""With a Dask client, DICOM header scans of at least this many files run on the workers."""
-
-
-def _scan_dicom(files: list[Path], client: Any = None) -> tuple[list[Any], list[Any]]:
-    """Series and errors of ``files``; headers are read on the Dask workers when it pays off."""
-    from pipeline.io.readers.dicom import group_series, scan_headers, scan_series
-
-    if client is None or len(files) < PARALLEL_SCAN_MIN_FILES:
-        return scan_series(files)
-    n_chunks = max(1, 4 * len(client.scheduler_info().get("workers", {}) or [1]))
-    size = -(-len(files) // n_chunks)
-    chunks = [files[i : i + size] for i in range(0, len(files), size)]
-    headers: list[Any] = []
-    errors: list[Any] = []
-    for h, e in client.gather(client.map(scan_headers, chunks, pure=False)):
-        headers.extend(h)
-        errors.extend(e)
-    return group_series(headers, errors)
+def _unmapped(modality: str | None, config: PipelineConfig, no_rule: str) -> Unusable | None:
+    """Why an input whose modality is ``modality`` is not used (``no_rule``: the words when no rule matched)."""
+    if modality is None:
+        return Unusable(ReasonCode.NO_MODALITY_RULE, no_rule)
+    if modality not in (*config.channels, "MASK"):
+        return Unusable(ReasonCode.MODALITY_NOT_CONFIGURED, f"modality {modality} is not among the configured channels {list(config.channels)}")
+    return None
 
 
 def _plan_dicom(root: Path, files: list[Path], config: PipelineConfig, key: bytes, client: Any) -> tuple[dict[tuple[str, str], SessionPlan], dict[Path, tuple[str, str]], list[Rejected]]:
@@ -203,9 +198,9 @@ def _plan_dicom(root: Path, files: list[Path], config: PipelineConfig, key: byte
     rejected: list[Rejected] = []
     if not files:
         return sessions, study_roots, rejected
-    series_list, errors = _scan_dicom(files, client)
+    series_list, errors = scan_series_parallel(files, client)
     for err in errors:
-        rejected.append(Rejected(_rel(Path(err.path), root), err.reason, "dicom"))
+        rejected.append(Rejected(_rel(Path(err.path), root), err.reason, err.code, "dicom"))
     by_study: dict[str, list[Any]] = defaultdict(list)
     for s in series_list:
         by_study[s.study_uid].append(s)
@@ -220,11 +215,8 @@ def _plan_dicom(root: Path, files: list[Path], config: PipelineConfig, key: byte
         for s in sorted(series_of_study, key=lambda s: (s.series_number or 0, s.key)):
             fields_text = {tuple(r.fields): s.header_text(r.fields) for r in config.modality_rules}
             modality = modality_of_series(fields_text, config.modality_rules)
-            reason = unusable_reason(tuple(s.image_type), s.n_volumes, s.series_description, s.is_mosaic)
-            if reason is None and modality is None:
-                reason = "no modality rule matched (SeriesDescription/ProtocolName/SequenceName); add a rule to the configuration"
-            elif reason is None and modality not in (*config.channels, "MASK"):
-                reason = f"modality {modality} is not among the configured channels {list(config.channels)}"
+            unused = unusable_series(tuple(s.image_type), s.n_volumes, s.series_description, s.is_mosaic) or _unmapped(
+                modality, config, "no modality rule matched (SeriesDescription/ProtocolName/SequenceName); add a rule to the configuration")
             desc = s.series_description or s.protocol_name or ""
             plan.items.append(
                 SourceItem(
@@ -233,7 +225,8 @@ def _plan_dicom(root: Path, files: list[Path], config: PipelineConfig, key: byte
                     relpaths=[_rel(Path(f), root) for f in s.files],
                     paths=[Path(f) for f in s.files],
                     modality=modality,
-                    unused_reason=reason,
+                    unused_reason=unused.reason if unused else None,
+                    unused_code=unused.code if unused else None,
                     series=s,
                     series_description=desc,
                 )
@@ -309,8 +302,9 @@ def discover(
         config: modality rules and reference modality.
         key: HMAC key for pseudonyms (:func:`pipeline.core.config.pseudonym_key`).
         progress: optional ``callback(stage, done, total)``.
-        client: optional Dask client; large DICOM header scans then run on its workers.
-        known: committed cases (:func:`pipeline.ingest.session.known_cases`); a DICOM case whose files are
+        client: optional Dask client; large DICOM header scans then run on its workers
+            (:func:`pipeline.io.readers.dicom.scan_series_parallel`).
+        known: committed cases (:func:`pipeline.ingest.incremental.known_cases`); a DICOM case whose files are
             all unchanged is listed in ``Discovery.unchanged`` without re-reading its headers.
     """
     from pipeline.io.readers import is_dicom_file, is_volume_file, walk_files
@@ -340,19 +334,20 @@ def discover(
         try:
             st = stats[path] = path.stat()
         except OSError as exc:
-            rejected.append(Rejected(_rel(path, root), f"cannot read: {exc.strerror}"))
+            rejected.append(Rejected(_rel(path, root), f"cannot read: {exc.strerror}", ReasonCode.UNREADABLE))
             continue
         size = st.st_size
         if size == 0:
-            rejected.append(Rejected(_rel(path, root), "zero-byte file"))
+            rejected.append(Rejected(_rel(path, root), "zero-byte file", ReasonCode.EMPTY_FILE))
             continue
         if suffix in UNSUPPORTED_IMAGE_SUFFIXES:
-            rejected.append(Rejected(_rel(path, root), f"unsupported image format '{suffix}' (supported: DICOM, .nii, .nii.gz, .mhd/.raw, .mha)"))
+            rejected.append(Rejected(_rel(path, root), f"unsupported image format '{suffix}' (supported: DICOM, .nii, .nii.gz, .mhd/.raw, .mha)",
+                                     ReasonCode.UNSUPPORTED_FORMAT))
             continue
         if known_files.get(_rel(path, root)) == (size, st.st_mtime_ns) or is_dicom_file(path):
             dicom_files.append(path)
         elif suffix in (".dcm", ".ima", ""):
-            rejected.append(Rejected(_rel(path, root), "not a readable DICOM file (no DICM preamble and not parseable)", "dicom"))
+            rejected.append(Rejected(_rel(path, root), "not a readable DICOM file (no DICM preamble and not parseable)", ReasonCode.NOT_DICOM, "dicom"))
     if progress:
         progress("scan", len(all_files), len(all_files))
 
@@ -395,7 +390,7 @@ def discover(
                 plan = sessions[study_roots[folder]]
             elif split and prefix == "":
                 reason = "cannot be assigned to one session: its folder holds several sessions and the file name has no session prefix"
-                rejected.extend(Rejected(_rel(p, root), reason, _volume_kind(p)) for p in group)
+                rejected.extend(Rejected(_rel(p, root), reason, ReasonCode.UNASSIGNABLE, _volume_kind(p)) for p in group)
                 continue
             else:
                 session_raw = bids_ses or prefix or "ses-01"
@@ -404,11 +399,7 @@ def discover(
                 plan = sessions.setdefault((subject, session), SessionPlan(subject, session, _rel(folder, root)))
             for p in sorted(group):
                 modality = mods[p]
-                reason = None
-                if modality is None:
-                    reason = "no modality rule matched the file name; rename it (e.g. *_FLAIR.nii.gz) or add a rule"
-                elif modality not in (*config.channels, "MASK"):
-                    reason = f"modality {modality} is not among the configured channels {list(config.channels)}"
+                unused = _unmapped(modality, config, "no modality rule matched the file name; rename it (e.g. *_FLAIR.nii.gz) or add a rule")
                 rels = [_rel(p, root)]
                 ps = [p]
                 if p.name.lower().endswith(".mhd"):
@@ -423,7 +414,8 @@ def discover(
                         relpaths=rels,
                         paths=ps,
                         modality=modality,
-                        unused_reason=reason,
+                        unused_reason=unused.reason if unused else None,
+                        unused_code=unused.code if unused else None,
                         transform=_find_transform(p, config.reference_modality) if modality not in (None, config.reference_modality, "MASK") else None,
                     )
                 )

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 from pipeline.core.config import ModalityRule
+from storage_schemas.models import ReasonCode
 
 _EXTENSIONS = (".nii.gz", ".nii", ".mhd", ".mha")
 
@@ -60,15 +61,26 @@ def modality_of_series(header_text_by_fields: dict[tuple[str, ...], str], rules:
     return None
 
 
-def unusable_reason(image_type: tuple[str, ...], n_volumes: int, description: str, is_mosaic: bool = False) -> str | None:
-    """Why a DICOM series cannot be used for lesion work, or ``None`` when it can."""
+class Unusable(NamedTuple):
+    """Why an input is left unused: the catalog's ``reason_code`` and ``reason``."""
+
+    code: ReasonCode
+    reason: str
+
+
+def unusable_series(image_type: tuple[str, ...], n_volumes: int, description: str, is_mosaic: bool = False) -> Unusable | None:
+    """Why a DICOM series cannot be used for lesion work, or ``None`` when it can.
+
+    >>> unusable_series(("ORIGINAL", "PRIMARY", "LOCALIZER"), 1, "3-Plane Loc")
+    Unusable(code=<ReasonCode.LOCALIZER: 'localizer'>, reason='localizer/scout series')
+    """
     itype = {t.upper() for t in image_type}
     if is_mosaic or "MOSAIC" in itype:
-        return f"Siemens mosaic (EPI) series ({n_volumes} volume{'s' if n_volumes != 1 else ''}: fMRI/diffusion/field map), not a structural scan"
+        return Unusable(ReasonCode.MOSAIC, f"Siemens mosaic (EPI) series ({n_volumes} volume{'s' if n_volumes != 1 else ''}: fMRI/diffusion/field map), not a structural scan")
     if "LOCALIZER" in itype or re.search(r"locali[sz]er|scout|survey|3-?plane\s*loc", description, re.IGNORECASE):
-        return "localizer/scout series"
+        return Unusable(ReasonCode.LOCALIZER, "localizer/scout series")
     if n_volumes > 1:
-        return f"4-D series ({n_volumes} volumes: fMRI/diffusion/perfusion), not a structural scan"
+        return Unusable(ReasonCode.NOT_3D, f"4-D series ({n_volumes} volumes: fMRI/diffusion/perfusion), not a structural scan")
     if "DERIVED" in itype or "SECONDARY" in itype:
-        return "derived/secondary image (e.g. reformat, map, screenshot)"
+        return Unusable(ReasonCode.DERIVED, "derived/secondary image (e.g. reformat, map, screenshot)")
     return None

@@ -8,7 +8,7 @@ Outputs (relative to ``outdir``):
 * NIfTI / MetaImage files → ``<same sub-folder>/<stem>.nii.gz`` (+ ``.json``).
 
 Nothing raises on bad input: every unreadable file or series is recorded in
-``ConvertSummary.rejected`` as ``{"path", "reason"}``. Summaries and sidecars carry no
+``ConvertSummary.rejected`` as ``{"path", "reason", "code"}``. Summaries and sidecars carry no
 patient identifiers (no names, IDs, UIDs or dates).
 
 Example:
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.io.readers.errors import ReaderError
+from pipeline.io.readers.errors import ReaderError, ReasonCode
 
 _DICOM_LIKE_SUFFIXES = (".dcm", ".ima", ".dicom")
 
@@ -39,7 +39,8 @@ class ConvertSummary:
     ``converted``: one dict per written NIfTI: ``kind`` ("dicom"|"file"), ``source`` (folder or
     file, relative to src), ``output`` and ``sidecar`` (absolute paths), ``shape`` (x, y, z[, t]),
     ``series_number``, ``series_description``, ``n_files``, ``warnings``, ``seconds``.
-    ``rejected``: ``{"path": str, "reason": str}`` per file or series that was not converted.
+    ``rejected``: ``{"path": str, "reason": str, "code": str}`` per file or series that was not
+    converted (``code``: a :class:`~storage_schemas.models.ReasonCode` value).
     """
 
     converted: list[dict] = field(default_factory=list)
@@ -58,6 +59,10 @@ def sanitise(text: str, max_len: int = 64) -> str:
     out = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-")
     out = re.sub(r"_+", "_", out)
     return out[:max_len].rstrip("._-")
+
+
+def _rejected(path: str | os.PathLike[str], reason: str, code: ReasonCode) -> dict[str, str]:
+    return {"path": os.fspath(path), "reason": reason, "code": code.value}
 
 
 def _stem(path: Path) -> str:
@@ -110,9 +115,6 @@ _IN_WORKER = False
 PARALLEL_MIN_BYTES = 32 * 1024 * 1024
 """Conversions go to the worker processes only when the inputs add up to this much: below it
 one process is faster (starting workers and shipping work to them costs ~0.1 s)."""
-PARALLEL_SCAN_MIN_FILES = 400
-"""Header scans of at least this many files are split over the pool (pydicom parses ~1-1.3k
-headers/s per process; starting workers and shipping headers back costs too)."""
 
 
 def _init_worker() -> None:
@@ -190,10 +192,10 @@ def _run_task(task: tuple[str, Any, str, str], threads: int = 1) -> dict:
             **info,
         }
     except ReaderError as exc:
-        return {"ok": False, "path": exc.path, "reason": exc.reason}
+        return {"ok": False, **_rejected(exc.path, exc.reason, exc.code)}
     except Exception as exc:  # never raise on bad input: record it
         path = str(item.files[0]) if kind == "dicom" and getattr(item, "files", None) else str(item)
-        return {"ok": False, "path": path, "reason": f"unexpected {type(exc).__name__}: {exc}"}
+        return {"ok": False, **_rejected(path, f"unexpected {type(exc).__name__}: {exc}", ReasonCode.INTERNAL_ERROR)}
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -205,20 +207,19 @@ def convert_tree(src: str | os.PathLike[str], outdir: str | os.PathLike[str], *,
         outdir: output folder (created).
         workers: processes; > 1 uses a ``ProcessPoolExecutor`` for the conversions when there
             are several items (SimpleITK single-threaded in each worker) and for the header
-            scan of very large trees (:data:`PARALLEL_SCAN_MIN_FILES`).
+            scan of very large trees (:func:`pipeline.io.readers.dicom.scan_series_parallel`).
 
     Returns:
         :class:`ConvertSummary`; never raises for bad input files.
     """
     from pipeline.io.readers import is_dicom_file, is_volume_file
     from pipeline.io.readers import walk_files
-    from pipeline.io.readers.dicom import group_series, scan_headers
 
     summary = ConvertSummary()
     src_path = Path(src)
     out_root = Path(outdir).resolve()
     if not src_path.exists():
-        summary.rejected.append({"path": str(src_path), "reason": "source does not exist"})
+        summary.rejected.append(_rejected(src_path, "source does not exist", ReasonCode.UNREADABLE))
         return summary
     root = src_path.resolve() if src_path.is_dir() else src_path.resolve().parent
     files = walk_files(src_path) if src_path.is_dir() else [src_path]
@@ -239,10 +240,12 @@ def convert_tree(src: str | os.PathLike[str], outdir: str | os.PathLike[str], *,
             try:
                 size = path.stat().st_size
             except OSError as exc:
-                summary.rejected.append({"path": str(path), "reason": f"cannot open: {exc.strerror}"})
+                summary.rejected.append(_rejected(path, f"cannot open: {exc.strerror}", ReasonCode.UNREADABLE))
                 continue
-            reason = "empty file (0 bytes)" if size == 0 else "not a DICOM file (no DICM preamble and pydicom cannot parse it)"
-            summary.rejected.append({"path": str(path), "reason": reason})
+            if size == 0:
+                summary.rejected.append(_rejected(path, "empty file (0 bytes)", ReasonCode.EMPTY_FILE))
+            else:
+                summary.rejected.append(_rejected(path, "not a DICOM file (no DICM preamble and pydicom cannot parse it)", ReasonCode.NOT_DICOM))
 
     # Worker processes start at the pool's first submit, and only when the inputs are big
     # enough (PARALLEL_MIN_BYTES). With several folders/files there will be several items to
@@ -254,8 +257,7 @@ def convert_tree(src: str | os.PathLike[str], outdir: str | os.PathLike[str], *,
         if input_bytes >= PARALLEL_MIN_BYTES and len({p.parent for p in dicom_files}) + len(volume_files) > 1:
             pool.submit(int)
     try:
-        _plan_and_run(summary, root, out_root, dicom_files, volume_files, pool, workers, scan_headers, group_series, resolve,
-                      input_bytes)
+        _plan_and_run(summary, root, out_root, dicom_files, volume_files, pool, workers, resolve, input_bytes)
     finally:
         if pool is not None:
             pool.shutdown()
@@ -263,23 +265,15 @@ def convert_tree(src: str | os.PathLike[str], outdir: str | os.PathLike[str], *,
 
 
 def _plan_and_run(summary: ConvertSummary, root: Path, out_root: Path, dicom_files: list[Path], volume_files: list[Path],
-                  pool: ProcessPoolExecutor | None, workers: int, scan_headers: Any, group_series: Any,
-                  resolve: _Resolver | None = None, input_bytes: int = 0) -> None:
+                  pool: ProcessPoolExecutor | None, workers: int, resolve: _Resolver | None = None, input_bytes: int = 0) -> None:
+    from pipeline.io.readers.dicom import scan_series_parallel
+
     resolve = resolve or _Resolver()
     tasks: list[tuple[str, Any, str, str]] = []
     claimed: set[Path] = set()
     if dicom_files:
-        if pool is not None and len(dicom_files) >= PARALLEL_SCAN_MIN_FILES:
-            size = -(-len(dicom_files) // (workers * 2))
-            chunks = [dicom_files[i : i + size] for i in range(0, len(dicom_files), size)]
-            headers, scan_errors = [], []
-            for h, e in pool.map(scan_headers, chunks):
-                headers.extend(h)
-                scan_errors.extend(e)
-        else:
-            headers, scan_errors = scan_headers(dicom_files)
-        series_list, errors = group_series(headers, scan_errors)
-        summary.rejected.extend({"path": e.path, "reason": e.reason} for e in errors)
+        series_list, errors = scan_series_parallel(dicom_files, pool, workers)
+        summary.rejected.extend(_rejected(e.path, e.reason, e.code) for e in errors)
         for s in series_list:  # sorted by (SeriesNumber, key): deterministic names
             folder = Path(os.path.commonpath(list({str(resolve(Path(f)).parent) for f in s.files})))
             rel_folder = _rel(folder, root) if folder != root else Path()

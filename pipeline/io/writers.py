@@ -37,6 +37,7 @@ import numpy as np
 
 from pipeline.core.atomic import atomic_path
 from pipeline.core.geometry import affine_ras
+from pipeline.core.jsonable import to_jsonable
 from pipeline.core.volume import Volume
 
 
@@ -199,24 +200,8 @@ def write_nifti(volume: Volume, path: str | os.PathLike[str], *, threads: int = 
             nib.save(img, str(tmp))
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return _jsonable(value.item())
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 def write_sidecar(payload: dict, path: str | os.PathLike[str]) -> None:
-    """Write ``payload`` as indented JSON (numpy values converted), atomically."""
+    """Write ``payload`` as indented strict JSON (through :func:`pipeline.core.jsonable.to_jsonable`), atomically."""
     with atomic_path(path, ".json") as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(_jsonable(payload), fh, indent=2, allow_nan=False)
+        json.dump(to_jsonable(payload), fh, indent=2, allow_nan=False)
         fh.write("\n")

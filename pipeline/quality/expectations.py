@@ -13,13 +13,15 @@ rename, on an object store with one PUT); failing rows become report flags
 ``{case_id, what, detail}`` (:func:`flags_from_results`). Great Expectations runs in memory on the
 pandas tables, so a store on object storage (``s3://...``) needs no local folder.
 
-What the checks need from the ingest:
+What the checks read (columns, never the prose of a reason):
 
 * ``CaseMeta.channel_info[*]``: native spacing/shape/orientation, raw intensity stats, sources.
-* label on grid: a ``label_grid_ok`` catalog column when the ingest records one; otherwise it
-  is derived by comparing the catalog row of the label (modality ``MASK``: ``shape_zyx`` and
-  ``spacing_mm``) with the reference channel's native shape/spacing in ``CaseMeta``.
-* rejected / unused inputs: catalog rows with ``status`` and ``reason``.
+* label on grid: the catalog's ``label_on_grid`` on the label rows (modality ``MASK``), which the
+  ingest sets when it decides whether a mask lies on one of its session's image grids (schema
+  1.2; unknown for older rows, which is not a failure).
+* label binary: the stored label's values; for a label the ingest rejected, its ``reason_code``
+  (``label_not_binary``).
+* rejected / unused inputs: catalog rows with ``status``, ``reason_code`` and ``reason``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,9 +36,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from pipeline.core.jsonable import to_jsonable
+
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
-from storage_schemas.expectations import CONSISTENCY_MIN_SERIES, SuiteSpec, build_suites  # noqa: E402
+from storage_schemas.expectations import CONSISTENCY_MIN_SERIES, LABEL_VALUE_SETS, SuiteSpec, build_suites  # noqa: E402
+from storage_schemas.models import ReasonCode  # noqa: E402
 
 QUALITY_DIR = "quality"
 EXPECTATIONS_FILE = "expectations.json"
@@ -53,18 +57,14 @@ MODALITY_COLUMNS = [
     "slice_spacing_ratio", "inplane_spacing_ratio", "coverage_ratio_min", "coverage_ratio_max",
 ]
 SOURCE_COLUMNS = ["row_key", "case_id", "modality", "relpath", "sha256"]
-INPUT_COLUMNS = ["row_key", "case_id", "modality", "status", "reason", "source_relpath"]
+INPUT_COLUMNS = ["row_key", "case_id", "modality", "status", "reason_code", "reason", "source_relpath"]
+LABEL_CASE_COLUMNS = ["label_values", "label_values_source", "label_binary", "label_grid_ok", "label_grid_source",
+                      "label_rejected_code", "label_rejected_reason"]
+LABEL_REASON_CODES = frozenset({ReasonCode.LABEL_OFF_GRID.value, ReasonCode.LABEL_NOT_BINARY.value})
+"""Rejections that the label checks name (``label off-grid``, ``label not binary``), not ``rejected input``."""
 
 
 # ------------------------------------------------------------------------------ tables
-def _floats(text: Any) -> list[float]:
-    if text is None or (isinstance(text, float) and math.isnan(text)):
-        return []
-    if isinstance(text, (list, tuple, np.ndarray)):
-        return [float(v) for v in text]
-    return [float(v) for v in re.findall(r"[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?", str(text))]
-
-
 def _label_values(group: Any) -> str | None:
     if "label" not in set(group.array_keys()):
         return None
@@ -76,66 +76,54 @@ def _label_values(group: Any) -> str | None:
     return ",".join(f"{v:g}" for v in vals.tolist())
 
 
-_GRID_REASON = re.compile(r"\bgrid\b", re.I)
-_VALUES_REASON = re.compile(r"label values\s*\[([^\]]*)\]", re.I)
-
-
-def _rejected_label(cat_case: Any) -> tuple[bool, str | None]:
-    """(off_grid, values) from the case's rejected label rows (the ingest rejects such labels).
-
-    ``values`` is the comma-joined value list parsed from a reason like
-    ``"label values [0, 1, 2] outside the allowed set {0, 1}"``.
-    """
+def _label_rows(cat_case: Any) -> Any:
+    """The case's catalog rows of its label inputs (``None`` when there are none)."""
     if cat_case is None or not len(cat_case):
-        return False, None
-    rej = cat_case[cat_case["modality"].isin(LABEL_MODALITIES) & (cat_case["status"] == "rejected")]
-    off_grid, values = False, None
-    for reason in rej["reason"].dropna().astype(str):
-        m = _VALUES_REASON.search(reason)
-        if m:
-            values = ",".join(f"{v:g}" for v in sorted(set(_floats(m.group(1)))))
-        elif _GRID_REASON.search(reason):
-            off_grid = True
-    return off_grid, values
+        return None
+    rows = cat_case[cat_case["modality"].isin(LABEL_MODALITIES)]
+    return rows if len(rows) else None
 
 
-def _label_grid_from_catalog(cat_case: Any, meta: Any, reference: str) -> tuple[bool | None, str | None]:
-    """(ok, source) for one case from its catalog rows and CaseMeta; (None, None) when unknown."""
-    if cat_case is not None and len(cat_case) and "label_grid_ok" in cat_case:
-        vals = [bool(v) for v in cat_case["label_grid_ok"].tolist() if v is not None and not (isinstance(v, float) and math.isnan(v))]
-        if vals:
-            return all(vals), "catalog"
-    if cat_case is None or not len(cat_case) or meta is None:
+def label_on_grid(cat_case: Any) -> tuple[bool | None, str | None]:
+    """(on grid, source) of one case's label from the catalog's ``label_on_grid`` column:
+    ``False`` when any label input was off the grid (``source`` "rejected" when the ingest
+    rejected it for that), ``None`` when the catalog does not say (no label row, or rows older
+    than schema 1.2)."""
+    rows = _label_rows(cat_case)
+    if rows is None or "label_on_grid" not in rows:
         return None, None
-    lab = cat_case[cat_case["modality"].isin(LABEL_MODALITIES) & (cat_case["status"] != "rejected")]
-    info = {ci.modality: ci for ci in meta.channel_info if ci.present}
-    if not info or lab.empty:
+    known = rows[rows["label_on_grid"].notna()]
+    if known.empty:
         return None, None
-    # the ingest's rule: a label is on the grid when it lies on the native grid of one of the
-    # session's images (the reference first; another when the reference is missing)
-    candidates = sorted(info.values(), key=lambda ci: ci.modality != reference)
-    ok_all: list[bool] = []
-    for _, r in lab.iterrows():
-        shape = [int(v) for v in _floats(r.get("shape_zyx"))]
-        spacing = _floats(r.get("spacing_mm"))
-        if len(shape) != 3 and len(spacing) != 3:
-            continue
-        ok_any = False
-        for ref in candidates:
-            ok = True
-            if len(shape) == 3:
-                ok &= tuple(shape) == tuple(ref.native_shape_zyx)
-            if len(spacing) == 3:  # compared as a multiset: robust to (x,y,z) vs (z,y,x) order
-                ok &= bool(np.allclose(sorted(spacing), sorted(ref.native_spacing), rtol=1e-3, atol=1e-3))
-            ok_any |= bool(ok)
-        ok_all.append(ok_any)
-    if not ok_all:
-        return None, None
-    return all(ok_all), "derived"
+    ok = all(bool(v) for v in known["label_on_grid"])
+    if not ok and _has_code(known, ReasonCode.LABEL_OFF_GRID):
+        return False, "rejected"
+    return ok, "catalog"
 
 
-def build_tables(store_root: str | Path, channels: Sequence[str] | None = None, catalog: Any = None, reference: str | None = None) -> dict[str, Any]:
-    """Derive the ``modalities``, ``cases``, ``sources`` and ``inputs`` tables from a store.
+def rejected_label(cat_case: Any) -> tuple[ReasonCode | None, str | None]:
+    """(reason code, reason) of the case's label input that the ingest rejected, if any."""
+    rows = _label_rows(cat_case)
+    if rows is None or "reason_code" not in rows:
+        return None, None
+    rej = rows[(rows["status"] == "rejected") & rows["reason_code"].notna()]
+    if rej.empty:
+        return None, None
+    first = rej.iloc[0]
+    return ReasonCode(first["reason_code"]), first.get("reason")
+
+
+def _has_code(rows: Any, code: ReasonCode) -> bool:
+    return "reason_code" in rows and bool((rows["reason_code"] == code.value).any())
+
+
+def _binary(values: str | None) -> bool | None:
+    return None if values is None else values in LABEL_VALUE_SETS
+
+
+def build_tables(store_root: str | Path, channels: Sequence[str] | None = None, catalog: Any = None) -> dict[str, Any]:
+    """Derive the ``modalities``, ``cases``, ``sources`` and ``inputs`` tables from a store
+    (``catalog``: its current catalog when the caller has read it already).
 
     ``channels``: the modalities every case should have, None for the store's
     (:func:`pipeline.store.resolve_channels`).
@@ -146,7 +134,6 @@ def build_tables(store_root: str | Path, channels: Sequence[str] | None = None, 
 
     root = location(store_root)  # a local Path or the store's URL
     channels = resolve_channels(root, channels)
-    reference = reference or (channels[0] if channels else "FLAIR")
     cat = read_catalog(root) if catalog is None else catalog
     cat_by_case = {cid: g for cid, g in cat.groupby("case_id")} if len(cat) else {}
 
@@ -158,25 +145,28 @@ def build_tables(store_root: str | Path, channels: Sequence[str] | None = None, 
             meta = read_case_meta(root, case_id)
         except StoreError as exc:
             row = {"case_id": case_id, "meta_valid": False, "meta_error": str(exc)[:300], "n_channels": 0, "missing": ",".join(channels),
-                   "has_label": False, "label_values": None, "label_values_source": None, "label_grid_ok": None, "label_grid_source": None}
+                   **{c: None for c in LABEL_CASE_COLUMNS}, "has_label": False}
             row.update({f"has_{ch}": False for ch in channels})
             case_rows.append(row)
             continue
         present = {ci.modality for ci in meta.channel_info if ci.present} & set(meta.channels)
         group = open_case(root, case_id)
         cat_case = cat_by_case.get(case_id)
-        grid_ok, grid_src = _label_grid_from_catalog(cat_case, meta, reference) if meta.has_label else (None, None)
-        rej_grid, rej_values = _rejected_label(cat_case)
-        if grid_src != "catalog" and rej_grid:
-            grid_ok, grid_src = False, "rejected"
-        values, values_src = _label_values(group), "store"
-        if values is None:
-            values, values_src = rej_values, ("rejected" if rej_values is not None else None)
+        grid_ok, grid_src = label_on_grid(cat_case)
+        rej_code, rej_reason = rejected_label(cat_case)
+        values = _label_values(group)
+        if values is not None:
+            values_src, binary = "store", _binary(values)
+        elif rej_code is ReasonCode.LABEL_NOT_BINARY:
+            values_src, binary = "rejected", False
+        else:
+            values_src, binary = None, None
         row = {
             "case_id": case_id, "meta_valid": True, "meta_error": None, "n_channels": len(meta.channels),
             "missing": ",".join(ch for ch in channels if ch not in present),
-            "has_label": bool(meta.has_label), "label_values": values, "label_values_source": values_src,
-            "label_grid_ok": grid_ok, "label_grid_source": grid_src,
+            "has_label": bool(meta.has_label), "label_values": values, "label_values_source": values_src, "label_binary": binary,
+            "label_grid_ok": grid_ok, "label_grid_source": grid_src, "label_rejected_code": rej_code.value if rej_code else None,
+            "label_rejected_reason": rej_reason,
         }
         row.update({f"has_{ch}": ch in present for ch in channels})
         case_rows.append(row)
@@ -207,8 +197,8 @@ def build_tables(store_root: str | Path, channels: Sequence[str] | None = None, 
     _add_cohort_ratios(mods)
     cases = pd.DataFrame(case_rows)
     if cases.empty:
-        cases = pd.DataFrame(columns=["case_id", "meta_valid", "meta_error", "n_channels", "missing", "has_label", "label_values",
-                                      "label_values_source", "label_grid_ok", "label_grid_source", *[f"has_{ch}" for ch in channels]])
+        cases = pd.DataFrame(columns=["case_id", "meta_valid", "meta_error", "n_channels", "missing", "has_label", *LABEL_CASE_COLUMNS,
+                                      *[f"has_{ch}" for ch in channels]])
     sources = pd.DataFrame(src_rows, columns=SOURCE_COLUMNS[1:]).drop_duplicates(["case_id", "sha256"])
     inputs = pd.DataFrame(
         {c: (cat[c] if c in cat else None) for c in INPUT_COLUMNS[1:]}, columns=INPUT_COLUMNS[1:]
@@ -258,28 +248,6 @@ class ExpectationsOutcome:
     @property
     def success(self) -> bool:
         return all(r["success"] for r in self.results)
-
-
-def to_jsonable(v: Any) -> Any:
-    """JSON-safe python value (NaN/inf -> None, numpy -> python)."""
-    if isinstance(v, dict):
-        return {str(k): to_jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple, set)):
-        return [to_jsonable(x) for x in v]
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if v is None or isinstance(v, (bool, int, float, str)):
-        return v
-    try:
-        import pandas as pd
-
-        if pd.isna(v):
-            return None
-    except (TypeError, ValueError):
-        pass
-    return str(v)
 
 
 def _quiet_context() -> Any:
@@ -396,12 +364,13 @@ def _detail(result: dict[str, Any], u: dict[str, Any], tables: dict[str, Any]) -
         if rid.startswith("has_"):
             return f"no {rid[4:]} series (channel stored as zeros / absent)"
         if rid == "label_on_grid":
-            src = {"catalog": "recorded by the ingest", "rejected": "the ingest rejected the label"}.get(
-                rec.get("label_grid_source"), "label catalog row vs. reference series")
-            return f"reference label was not on the reference image grid ({src})"
+            if rec.get("label_grid_source") == "rejected":
+                return f"the ingest rejected the label: {rec.get('label_rejected_reason')}"
+            return "reference label was not on the grid of any image of its session (recorded by the ingest)"
         if rid == "label_binary":
-            note = " (the ingest rejected the label)" if rec.get("label_values_source") == "rejected" else ""
-            return f"label values {{{rec.get('label_values')}}}{note}"
+            if rec.get("label_values_source") == "rejected":
+                return f"the ingest rejected the label: {rec.get('label_rejected_reason')}"
+            return f"label values {{{rec.get('label_values')}}}"
         if rid == "sources_unique":
             others = df[(df["sha256"] == rec["sha256"]) & (df["case_id"] != rec["case_id"])]["case_id"].tolist()
             return f"{rec['modality']} source {rec['relpath']} (sha256 {str(rec['sha256'])[:12]}...) also used by {', '.join(sorted(set(others)))}"
@@ -414,12 +383,6 @@ def _detail(result: dict[str, Any], u: dict[str, Any], tables: dict[str, Any]) -
 def flags_from_results(results: Sequence[dict[str, Any]], tables: dict[str, Any]) -> list[dict[str, Any]]:
     """``{case_id, what, detail}`` per failing (case, flag); table-level failures get ``case_id`` None."""
     merged: dict[tuple[Any, str], list[str]] = {}
-    cases = tables.get("cases")
-    explained: set[str] = set()  # cases whose rejected label is already flagged by a label check
-    if cases is not None and len(cases):
-        for col in ("label_grid_source", "label_values_source"):
-            if col in cases:
-                explained |= set(cases.loc[cases[col] == "rejected", "case_id"])
     for r in results:
         if r["success"]:
             continue
@@ -431,8 +394,8 @@ def flags_from_results(results: Sequence[dict[str, Any]], tables: dict[str, Any]
             merged.setdefault((None, what), []).append(f"{r['expectation']} observed {r.get('observed_value')}")
             continue
         for u in r["unexpected"]:
-            if r["id"] == "no_rejected_inputs" and u.get("case_id") in explained and u.get("modality") in LABEL_MODALITIES:
-                continue
+            if r["id"] == "no_rejected_inputs" and u.get("reason_code") in LABEL_REASON_CODES:
+                continue  # named by the label checks (label off-grid / not binary)
             key = (u.get("case_id"), what)
             d = _detail(r, u, tables)
             if d not in merged.get(key, []):

@@ -6,7 +6,8 @@
                        Sections (element ids): ``summary``, ``flagged``, ``expectations``,
                        ``metrics``, ``thumbnails``, ``lineage``.
 ``metrics.parquet``    one row per (case, channel): :func:`pipeline.quality.metrics.case_metrics`.
-``summary.json``       the ``summary`` dict (also returned) - counts, reasons, flags.
+``summary.json``       the ``summary`` dict (also returned) - counts, counts by reason code and by
+                       reason, flags.
 ``expectations.json``  written by :func:`pipeline.quality.expectations.run_expectations`.
 
 Each file is written whole: locally to a temporary name and renamed, on an object store
@@ -36,7 +37,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from pipeline import __version__
-from pipeline.quality.expectations import QUALITY_DIR, to_jsonable, build_tables, run_expectations
+from pipeline.core.jsonable import to_jsonable
+from pipeline.quality.expectations import QUALITY_DIR, build_tables, run_expectations
 from pipeline.quality.metrics import METRIC_NAMES, METRIC_SPECS, case_metrics, cohort_outliers, flags_from_outliers
 from pipeline.store import store_name
 
@@ -44,6 +46,8 @@ REPORT_FILE = "report.html"
 METRICS_FILE = "metrics.parquet"
 SUMMARY_FILE = "summary.json"
 THUMB_PX = 176
+NO_CODE = "(no reason code: catalog older than schema 1.2)"
+"""The ``*_by_code`` key of rows without a ``reason_code``."""
 
 
 @dataclass
@@ -244,16 +248,22 @@ def _summary(root: Path | str, catalog: Any, cases: list[str], channels: Sequenc
             return []
         sub = catalog[catalog["status"] == status]
         return [to_jsonable({"case_id": r.get("case_id"), "modality": r.get("modality"), "source_relpath": r.get("source_relpath"),
-                     "reason": r.get("reason")}) for _, r in sub.iterrows()]
+                             "reason_code": r.get("reason_code"), "reason": r.get("reason")}) for _, r in sub.iterrows()]
 
     rejected, unused = rows("rejected"), rows("unused")
 
-    def by_reason(items: list[dict[str, Any]]) -> dict[str, int]:
+    def counts(items: list[dict[str, Any]], field: str, missing: str) -> dict[str, int]:
         out: dict[str, int] = {}
         for it in items:
-            key = it.get("reason") or "(no reason recorded)"
+            key = it.get(field) or missing
             out[key] = out.get(key, 0) + 1
         return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    def by_reason(items: list[dict[str, Any]]) -> dict[str, int]:
+        return counts(items, "reason", "(no reason recorded)")
+
+    def by_code(items: list[dict[str, Any]]) -> dict[str, int]:
+        return counts(items, "reason_code", NO_CODE)
 
     converted = catalog[catalog["status"].isin(["converted", "skipped"])] if len(catalog) else catalog
     by_what: dict[str, list[str]] = {}
@@ -274,9 +284,11 @@ def _summary(root: Path | str, catalog: Any, cases: list[str], channels: Sequenc
         "n_series_converted": int((catalog["status"] == "converted").sum()) if len(catalog) else 0,
         "n_skipped": int((catalog["status"] == "skipped").sum()) if len(catalog) else 0,
         "n_rejected": len(rejected),
+        "rejected_by_code": by_code(rejected),
         "rejected_by_reason": by_reason(rejected),
         "rejected": rejected,
         "n_unused": len(unused),
+        "unused_by_code": by_code(unused),
         "unused_by_reason": by_reason(unused),
         "unused": unused,
         "expectations": {
@@ -308,6 +320,11 @@ def report_markdown(summary: dict[str, Any], max_rows: int = 30) -> str:
         f"| findings flagged | {summary.get('n_flagged', 0)} ({summary.get('n_flagged_cases', 0)} cases) |",
         "",
     ]
+    for key, title in (("rejected_by_code", "Rejected inputs by reason code"), ("unused_by_code", "Unused inputs by reason code")):
+        if summary.get(key):
+            lines += [f"## {title}", "", "| reason code | count |", "|---|---|"]
+            lines += [f"| {_md(k)} | {v} |" for k, v in summary[key].items()]
+            lines.append("")
     if summary.get("rejected_by_reason"):
         lines += ["## Rejected inputs by reason", "", "| reason | count |", "|---|---|"]
         lines += [f"| {_md(k)} | {v} |" for k, v in summary["rejected_by_reason"].items()]
@@ -378,14 +395,18 @@ _TEMPLATE = """<!DOCTYPE html>
 <div class="card{% if s.n_flagged %} bad{% endif %}"><b>{{ s.n_flagged }}</b>findings ({{ s.n_flagged_cases }} cases)</div>
 </div>
 <h3>Rejected inputs by reason</h3>
-{% if s.rejected %}<table><tr><th>reason</th><th>count</th></tr>
+{% if s.rejected %}<table><tr><th>reason code</th><th>count</th></tr>
+{% for code, n in s.rejected_by_code.items() %}<tr><td class="mono">{{ code }}</td><td class="n">{{ n }}</td></tr>{% endfor %}</table>
+<table><tr><th>reason</th><th>count</th></tr>
 {% for reason, n in s.rejected_by_reason.items() %}<tr><td>{{ reason }}</td><td class="n">{{ n }}</td></tr>{% endfor %}</table>
-<table><tr><th>input</th><th>case</th><th>modality</th><th>reason</th></tr>
-{% for r in s.rejected %}<tr><td class="mono">{{ r.source_relpath }}</td><td>{{ r.case_id or "-" }}</td><td>{{ r.modality or "-" }}</td><td>{{ r.reason or "(none)" }}</td></tr>{% endfor %}</table>
+<table><tr><th>input</th><th>case</th><th>modality</th><th>code</th><th>reason</th></tr>
+{% for r in s.rejected %}<tr><td class="mono">{{ r.source_relpath }}</td><td>{{ r.case_id or "-" }}</td><td>{{ r.modality or "-" }}</td><td class="mono">{{ r.reason_code or "-" }}</td><td>{{ r.reason or "(none)" }}</td></tr>{% endfor %}</table>
 {% else %}<p class="muted">No input was rejected.</p>{% endif %}
 <h3>Unused series</h3>
-{% if s.unused %}<table><tr><th>series</th><th>case</th><th>modality</th><th>reason</th></tr>
-{% for r in s.unused %}<tr><td class="mono">{{ r.source_relpath }}</td><td>{{ r.case_id or "-" }}</td><td>{{ r.modality or "-" }}</td><td>{{ r.reason or "(none)" }}</td></tr>{% endfor %}</table>
+{% if s.unused %}<table><tr><th>reason code</th><th>count</th></tr>
+{% for code, n in s.unused_by_code.items() %}<tr><td class="mono">{{ code }}</td><td class="n">{{ n }}</td></tr>{% endfor %}</table>
+<table><tr><th>series</th><th>case</th><th>modality</th><th>code</th><th>reason</th></tr>
+{% for r in s.unused %}<tr><td class="mono">{{ r.source_relpath }}</td><td>{{ r.case_id or "-" }}</td><td>{{ r.modality or "-" }}</td><td class="mono">{{ r.reason_code or "-" }}</td><td>{{ r.reason or "(none)" }}</td></tr>{% endfor %}</table>
 {% else %}<p class="muted">Every series found was used.</p>{% endif %}
 </section>
 
@@ -476,7 +497,7 @@ def build_report(store_root: str | Path, out_html: str | Path | None = None, cha
 
     catalog = read_catalog(root)
     cases = list_cases(root)
-    tables = build_tables(root, channels, catalog=catalog, reference=reference)
+    tables = build_tables(root, channels, catalog=catalog)
     exp = run_expectations(root, channels, tables=tables)
 
     rows: list[dict[str, Any]] = []

@@ -41,13 +41,16 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from pipeline.core.geometry import decompose_affine
+from pipeline.core.limits import ReadLimits
+from pipeline.core.volume import Volume
 from pipeline.io.readers.dicom_pixels import (
     DICOMDIR_SOP_CLASS,
     RawPixels,
+    declared_pixel_size,
     decode_pixels,
     dicom_time_seconds,
+    dicom_value,
     header_truncated,
-    jsonable_value,
     raw_pixels,
     read_dataset,
     read_header_dataset,
@@ -57,8 +60,8 @@ from pipeline.io.readers.dicom_pixels import (
     to_int,
     to_str,
 )
-from pipeline.io.readers.errors import ReaderError
-from pipeline.core.volume import Volume
+from pipeline.io.readers.errors import ReaderError, ReasonCode
+from pipeline.io.readers.limits import check_declared, check_file_count, resolve
 
 __all__ = ["DicomSeries", "find_dicom_files", "scan_series", "read_series", "sidecar"]
 
@@ -258,7 +261,7 @@ def _collect_attributes(ds: Any) -> dict[str, Any]:
         elem = ds.get(kw)
         if elem is None or elem == "":
             continue
-        value = jsonable_value(elem)
+        value = dicom_value(elem)
         if value not in (None, "", []):
             attrs[kw] = value
     # Enhanced MR keeps acquisition parameters inside the functional groups.
@@ -271,20 +274,20 @@ def _collect_attributes(ds: Any) -> dict[str, Any]:
                 continue
             echo = _seq_item(group, "MREchoSequence")
             if echo is not None and "EchoTime" not in attrs and echo.get("EffectiveEchoTime") is not None:
-                attrs["EchoTime"] = jsonable_value(echo.EffectiveEchoTime)
+                attrs["EchoTime"] = dicom_value(echo.EffectiveEchoTime)
             timing = _seq_item(group, "MRTimingAndRelatedParametersSequence")
             if timing is not None:
                 for kw in ("RepetitionTime", "FlipAngle", "EchoTrainLength"):
                     if kw not in attrs and timing.get(kw) is not None:
-                        attrs[kw] = jsonable_value(timing.get(kw))
+                        attrs[kw] = dicom_value(timing.get(kw))
             measures = _seq_item(group, "PixelMeasuresSequence")
             if measures is not None:
                 for kw in ("SliceThickness", "SpacingBetweenSlices"):
                     if kw not in attrs and measures.get(kw) is not None:
-                        attrs[kw] = jsonable_value(measures.get(kw))
+                        attrs[kw] = dicom_value(measures.get(kw))
             orient = _seq_item(group, "PlaneOrientationSequence")
             if orient is not None and "ImageOrientationPatient" not in attrs and orient.get("ImageOrientationPatient") is not None:
-                attrs["ImageOrientationPatient"] = jsonable_value(orient.ImageOrientationPatient)
+                attrs["ImageOrientationPatient"] = dicom_value(orient.ImageOrientationPatient)
     return attrs
 
 
@@ -294,7 +297,7 @@ def _frame_slices(ds: Any, path: Path, rows: int, cols: int) -> list[_Slice]:
     frames = ds.get("PerFrameFunctionalGroupsSequence") or []
     n_frames = to_int(ds.get("NumberOfFrames")) or len(frames)
     if len(frames) != n_frames:
-        raise ReaderError(path, f"PerFrameFunctionalGroupsSequence has {len(frames)} items but NumberOfFrames is {n_frames}")
+        raise ReaderError(path, f"PerFrameFunctionalGroupsSequence has {len(frames)} items but NumberOfFrames is {n_frames}", ReasonCode.GEOMETRY_UNKNOWN)
     top_slope = _slope_intercept(ds) if "RescaleSlope" in ds or "RescaleIntercept" in ds else None
     out: list[_Slice] = []
     for i, frame in enumerate(frames):
@@ -307,9 +310,9 @@ def _frame_slices(ds: Any, path: Path, rows: int, cols: int) -> list[_Slice]:
         iop = to_floats(orient.get("ImageOrientationPatient") if orient is not None else None, 6)
         ps = to_floats(measures.get("PixelSpacing") if measures is not None else None, 2)
         if ipp is None or iop is None:
-            raise ReaderError(path, f"frame {i + 1}: no PlanePosition/PlaneOrientation (ImagePositionPatient/ImageOrientationPatient): slice geometry unknown")
+            raise ReaderError(path, f"frame {i + 1}: no PlanePosition/PlaneOrientation (ImagePositionPatient/ImageOrientationPatient): slice geometry unknown", ReasonCode.GEOMETRY_UNKNOWN)
         if ps is None:
-            raise ReaderError(path, f"frame {i + 1}: no PixelMeasuresSequence PixelSpacing: voxel size unknown")
+            raise ReaderError(path, f"frame {i + 1}: no PixelMeasuresSequence PixelSpacing: voxel size unknown", ReasonCode.GEOMETRY_UNKNOWN)
         pvt = find("PixelValueTransformationSequence")
         slope, inter = _slope_intercept(pvt) if pvt is not None else (top_slope or (1.0, 0.0))
         content = _seq_item(frame, "FrameContentSequence")
@@ -341,7 +344,7 @@ def _read_header(path: Path, ds: Any | None = None, attr_cache: dict | None = No
         return header
     except ReaderError as exc:
         if header_truncated(path):
-            raise ReaderError(path, f"truncated DICOM file: ends inside the header ({path.stat().st_size} bytes); {exc.reason}") from exc
+            raise ReaderError(path, f"truncated DICOM file: ends inside the header ({path.stat().st_size} bytes); {exc.reason}", ReasonCode.TRUNCATED) from exc
         raise
 
 
@@ -351,15 +354,15 @@ def _header_from_dataset(path: Path, ds: Any, attr_cache: dict | None) -> _Heade
     if media_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
         return None
     if "SOPClassUID" not in ds and "SeriesInstanceUID" not in ds and "Rows" not in ds:
-        raise ReaderError(path, "not a DICOM image file (no SOPClassUID, SeriesInstanceUID or Rows)")
+        raise ReaderError(path, "not a DICOM image file (no SOPClassUID, SeriesInstanceUID or Rows)", ReasonCode.NOT_AN_IMAGE)
     rows, cols = to_int(ds.get("Rows")), to_int(ds.get("Columns"))
     if not rows or not cols:
         sop = ds.get("SOPClassUID")
         name = getattr(sop, "name", str(sop)) if sop is not None else "unknown SOP class"
-        raise ReaderError(path, f"not an image (no Rows/Columns; SOP Class: {name})")
+        raise ReaderError(path, f"not an image (no Rows/Columns; SOP Class: {name})", ReasonCode.NOT_AN_IMAGE)
     series_uid = to_str(ds.get("SeriesInstanceUID"))
     if not series_uid:
-        raise ReaderError(path, "no SeriesInstanceUID (0020,000E): cannot be grouped into a series")
+        raise ReaderError(path, "no SeriesInstanceUID (0020,000E): cannot be grouped into a series", ReasonCode.NO_SERIES_UID)
     image_type = tuple(v.strip().upper() for v in to_str(ds.get("ImageType")).split("\\") if v.strip())
     is_multiframe = "PerFrameFunctionalGroupsSequence" in ds
     n_frames = to_int(ds.get("NumberOfFrames")) or 1
@@ -372,20 +375,20 @@ def _header_from_dataset(path: Path, ds: Any, attr_cache: dict | None) -> _Heade
         pixel_spacing = slices[0].pixel_spacing if slices else None
         echoes = {s.echo for s in slices}
         if len(echoes) > 1:
-            raise ReaderError(path, f"enhanced multi-frame file with {len(echoes)} echo times: multi-echo multi-frame files are not supported")
+            raise ReaderError(path, f"enhanced multi-frame file with {len(echoes)} echo times: multi-echo multi-frame files are not supported", ReasonCode.UNSUPPORTED_IMAGE)
         if echo_time is None and slices:
             echo_time = slices[0].echo
     else:
         if n_frames > 1:
-            raise ReaderError(path, f"multi-frame image ({n_frames} frames) without per-frame functional groups: frame geometry unknown")
+            raise ReaderError(path, f"multi-frame image ({n_frames} frames) without per-frame functional groups: frame geometry unknown", ReasonCode.GEOMETRY_UNKNOWN)
         ipp = to_floats(ds.get("ImagePositionPatient"), 3)
         iop_t = to_floats(ds.get("ImageOrientationPatient"), 6)
         if ipp is None or iop_t is None:
             missing = " and ".join(k for k, v in (("ImagePositionPatient", ipp), ("ImageOrientationPatient", iop_t)) if v is None)
-            raise ReaderError(path, f"no {missing}: slice geometry unknown")
+            raise ReaderError(path, f"no {missing}: slice geometry unknown", ReasonCode.GEOMETRY_UNKNOWN)
         ps = to_floats(ds.get("PixelSpacing"), 2)
         if ps is None:
-            raise ReaderError(path, "no PixelSpacing (0028,0030): voxel size unknown")
+            raise ReaderError(path, "no PixelSpacing (0028,0030): voxel size unknown", ReasonCode.GEOMETRY_UNKNOWN)
         iop = np.asarray(iop_t)
         pixel_spacing = (ps[0], ps[1])
         slope, inter = _slope_intercept(ds)
@@ -434,10 +437,10 @@ def _normal(iop: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndarray, np.nda
     row, col = np.asarray(iop[:3], float), np.asarray(iop[3:], float)
     nr, nc = np.linalg.norm(row), np.linalg.norm(col)
     if nr < 0.5 or nc < 0.5:
-        raise ReaderError(path, f"invalid ImageOrientationPatient {list(map(float, iop))}: zero-length direction cosine")
+        raise ReaderError(path, f"invalid ImageOrientationPatient {list(map(float, iop))}: zero-length direction cosine", ReasonCode.GEOMETRY_UNKNOWN)
     row, col = row / nr, col / nc
     if abs(float(row @ col)) > 1e-3:
-        raise ReaderError(path, f"ImageOrientationPatient row and column cosines are not orthogonal (dot product {float(row @ col):.4f})")
+        raise ReaderError(path, f"ImageOrientationPatient row and column cosines are not orthogonal (dot product {float(row @ col):.4f})", ReasonCode.GEOMETRY_UNKNOWN)
     normal = np.cross(row, col)
     return row, col, normal / np.linalg.norm(normal)
 
@@ -445,18 +448,18 @@ def _normal(iop: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndarray, np.nda
 def _plan(slices: Sequence[_Slice], fallback_dz: float | None) -> _Plan:
     """Sort slices into ``[t][z]`` and derive geometry; ReaderError for inconsistent input."""
     if not slices:
-        raise ReaderError("<empty series>", "series has no images")
+        raise ReaderError("<empty series>", "series has no images", ReasonCode.EMPTY_SERIES)
     first = slices[0]
     first_iop, first_ps = first.iop.tobytes(), first.pixel_spacing
     for s in slices[1:]:
         if s.iop.tobytes() == first_iop and (s.rows, s.cols) == (first.rows, first.cols) and s.pixel_spacing == first_ps:
             continue  # identical: the common case, without the tolerance checks below
         if not np.allclose(s.iop, first.iop, atol=IOP_TOL):
-            raise ReaderError(s.path, f"mixed orientations in one series: ImageOrientationPatient {np.round(s.iop, 4).tolist()} differs from {np.round(first.iop, 4).tolist()} ({first.path.name})")
+            raise ReaderError(s.path, f"mixed orientations in one series: ImageOrientationPatient {np.round(s.iop, 4).tolist()} differs from {np.round(first.iop, 4).tolist()} ({first.path.name})", ReasonCode.INCONSISTENT_SERIES)
         if (s.rows, s.cols) != (first.rows, first.cols):
-            raise ReaderError(s.path, f"mixed matrix sizes in one series: {s.rows}x{s.cols} vs {first.rows}x{first.cols} ({first.path.name})")
+            raise ReaderError(s.path, f"mixed matrix sizes in one series: {s.rows}x{s.cols} vs {first.rows}x{first.cols} ({first.path.name})", ReasonCode.INCONSISTENT_SERIES)
         if not np.allclose(s.pixel_spacing, first.pixel_spacing, atol=1e-3):
-            raise ReaderError(s.path, f"mixed PixelSpacing in one series: {list(s.pixel_spacing)} vs {list(first.pixel_spacing)} ({first.path.name})")
+            raise ReaderError(s.path, f"mixed PixelSpacing in one series: {list(s.pixel_spacing)} vs {list(first.pixel_spacing)} ({first.path.name})", ReasonCode.INCONSISTENT_SERIES)
     row, col, normal = _normal(first.iop, first.path)
     proj = np.array([float(s.ipp @ normal) for s in slices])
     order = np.lexsort((np.array([s.tkey for s in slices], float).T[::-1].tolist() + [proj]))
@@ -486,7 +489,7 @@ def _plan(slices: Sequence[_Slice], fallback_dz: float | None) -> _Plan:
             if s.tkey in seen:
                 a, b = seen[s.tkey], s
                 names = f"{_name(a)} and {_name(b)}"
-                raise ReaderError(b.path, f"duplicate slice at position {where(i)}: {names} have the same position and the same temporal position")
+                raise ReaderError(b.path, f"duplicate slice at position {where(i)}: {names} have the same position and the same temporal position", ReasonCode.DUPLICATE_SLICE)
             seen[s.tkey] = s
     if len(set(counts.tolist())) > 1:
         values, freq = np.unique(counts, return_counts=True)
@@ -495,10 +498,10 @@ def _plan(slices: Sequence[_Slice], fallback_dz: float | None) -> _Plan:
         if over:
             i = over[0]
             names = ", ".join(_name(s) for s in clusters[i])
-            raise ReaderError(clusters[i][-1].path, f"duplicate slice position {where(i)}: {counts[i]} images ({names}) where the other positions have {mode}")
+            raise ReaderError(clusters[i][-1].path, f"duplicate slice position {where(i)}: {counts[i]} images ({names}) where the other positions have {mode}", ReasonCode.DUPLICATE_SLICE)
         under = [i for i, c in enumerate(counts) if c < mode]
         i = under[0] if under else int(np.argmin(counts))
-        raise ReaderError(clusters[i][0].path, f"incomplete 4-D series: position {where(i)} has {counts[i]} of {mode} temporal positions (slice missing from {mode - counts[i]} volume(s))")
+        raise ReaderError(clusters[i][0].path, f"incomplete 4-D series: position {where(i)} has {counts[i]} of {mode} temporal positions (slice missing from {mode - counts[i]} volume(s))", ReasonCode.INCOMPLETE_4D)
     n_t = int(counts[0])
     nz = len(clusters)
     warnings: list[str] = []
@@ -515,6 +518,7 @@ def _plan(slices: Sequence[_Slice], fallback_dz: float | None) -> _Plan:
                     f"slice missing between positions {where(i)} and {where(i + 1)} "
                     f"(step {_fmt(step)} mm, {_fmt(step / median)}x the typical {_fmt(median)} mm; about {missing} slice(s) absent; "
                     f"neighbours {_name(clusters[i][0])} and {_name(clusters[i + 1][0])})",
+                    ReasonCode.MISSING_SLICE,
                 )
         spread_tol = max(POSITION_TOL, 1e-3 * median)
         if float(steps.max() - steps.min()) > spread_tol:
@@ -689,11 +693,59 @@ def scan_headers(files: Iterable[str | os.PathLike[str]]) -> tuple[list[_Header]
             errors.append(exc)
             continue
         except Exception as exc:  # never let one odd file stop a scan
-            errors.append(ReaderError(path, f"unreadable DICOM header: {type(exc).__name__}: {exc}"))
+            errors.append(ReaderError(path, f"unreadable DICOM header: {type(exc).__name__}: {exc}", ReasonCode.UNREADABLE))
             continue
         if header is not None:
             headers.append(header)
     return headers, errors
+
+
+PARALLEL_SCAN_MIN_FILES = 400
+"""Header scans of at least this many files are split over a pool's workers (pydicom parses
+~1-1.3k headers/s per process; starting workers and shipping headers back costs too)."""
+SCAN_CHUNKS_PER_WORKER = 4
+"""Chunks of files per worker in a parallel scan (several, so that a slow chunk does not hold up the rest)."""
+
+
+def scan_series_parallel(files: Sequence[str | os.PathLike[str]], pool: Any = None, n_workers: int | None = None) -> tuple[list[DicomSeries], list[ReaderError]]:
+    """:func:`scan_series`, with the header reads split over ``pool`` for large scans.
+
+    Args:
+        files: the DICOM files.
+        pool: ``None`` (this process), a ``concurrent.futures.Executor`` (``ProcessPoolExecutor``)
+            or a ``dask.distributed.Client``; used only for at least :data:`PARALLEL_SCAN_MIN_FILES` files.
+        n_workers: the pool's workers (default: the Dask client's workers, the executor's
+            ``max_workers``); the files go out in :data:`SCAN_CHUNKS_PER_WORKER` chunks per worker.
+
+    Returns:
+        The same series and errors as ``scan_series(files)``.
+    """
+    files = list(files)
+    if pool is None or len(files) < PARALLEL_SCAN_MIN_FILES:
+        return scan_series(files)
+    workers = max(1, n_workers or _pool_workers(pool))
+    size = -(-len(files) // (SCAN_CHUNKS_PER_WORKER * workers))
+    chunks = [files[i : i + size] for i in range(0, len(files), size)]
+    if _is_dask_client(pool):
+        results = pool.gather(pool.map(scan_headers, chunks, pure=False))
+    else:
+        results = pool.map(scan_headers, chunks)
+    headers: list[_Header] = []
+    errors: list[ReaderError] = []
+    for h, e in results:
+        headers.extend(h)
+        errors.extend(e)
+    return group_series(headers, errors)
+
+
+def _is_dask_client(pool: Any) -> bool:
+    return hasattr(pool, "gather") and hasattr(pool, "scheduler_info")
+
+
+def _pool_workers(pool: Any) -> int:
+    if _is_dask_client(pool):
+        return len(pool.scheduler_info().get("workers", {})) or 1
+    return int(getattr(pool, "_max_workers", 1) or 1)
 
 
 def group_series(headers: list[_Header], errors: list[ReaderError] | None = None) -> tuple[list[DicomSeries], list[ReaderError]]:
@@ -744,7 +796,42 @@ def _read_full(path: Path) -> Any:
     return read_dataset(path, header_only=False)
 
 
-def _read_mosaic(series: DicomSeries) -> tuple[np.ndarray, np.ndarray, list[str]]:
+class _Budget:
+    """Running total of the voxels / bytes a series' files declare, checked before each decode."""
+
+    def __init__(self, series: DicomSeries, limits: ReadLimits) -> None:
+        self.n_files, self.limits = len(series.files), limits
+        self.voxels = self.nbytes = self.files = 0
+
+    def add(self, path: Path, ds: Any) -> None:
+        voxels, nbytes, _ = declared_pixel_size(ds)
+        self.voxels, self.nbytes, self.files = self.voxels + voxels, self.nbytes + nbytes, self.files + 1
+        if self.files == 1:
+            return  # one file alone: decode_pixels checks it, naming its own attributes
+        what = f"{self.files} of the series' {self.n_files} files together"
+        check_declared(path, self.limits, voxels=self.voxels, nbytes=self.nbytes, what=what)
+
+
+def _check_series_size(series: DicomSeries, limits: ReadLimits) -> None:
+    """Refuse, before any pixel is read, a series of too many files or declared voxels/bytes.
+
+    The totals come from the scan's headers (``Rows x Columns`` x images per file; bytes
+    where the scan saw native pixels). Without them (a series built by hand) the per-file
+    :class:`_Budget` still bounds the reading.
+    """
+    check_file_count(series.files[0], limits, len(series.files))
+    headers = series._headers
+    if not headers:
+        return
+    images = sum(max(len(h.slices), 1) for h in headers)
+    voxels = sum(h.rows * h.cols * max(len(h.slices), 1) for h in headers)
+    nbytes = sum(h.rows * h.cols * max(len(h.slices), 1) * (np.dtype(h.pixels.dtype).itemsize if h.pixels is not None else 1) for h in headers)
+    h0 = headers[0]
+    what = f"a series of {len(headers)} files, {images} images of {h0.rows}x{h0.cols}"
+    check_declared(series.files[0], limits, voxels=voxels, nbytes=nbytes, what=what)
+
+
+def _read_mosaic(series: DicomSeries, limits: ReadLimits) -> tuple[np.ndarray, np.ndarray, list[str]]:
     import warnings as _warnings
 
     with _warnings.catch_warnings():
@@ -754,18 +841,20 @@ def _read_mosaic(series: DicomSeries) -> tuple[np.ndarray, np.ndarray, list[str]
 
     vols: list[tuple[tuple, np.ndarray, np.ndarray, float, float, Path]] = []
     warnings: list[str] = []
+    budget = _Budget(series, limits)
     for path in series.files:
         ds = _read_full(path)
         header = _read_header(path, ds)
         if header is None or not header.is_mosaic:
-            raise ReaderError(path, "expected a Siemens mosaic (ImageType MOSAIC) like the rest of the series")
-        stored = decode_pixels(ds, path)
+            raise ReaderError(path, "expected a Siemens mosaic (ImageType MOSAIC) like the rest of the series", ReasonCode.INCONSISTENT_SERIES)
+        budget.add(path, ds)
+        stored = decode_pixels(ds, path, limits=limits)
         try:
             wrapper = MosaicWrapper(ds)
             data = np.asarray(wrapper.get_unscaled_data())  # [rows, cols, slices]
             affine = np.asarray(wrapper.affine, float)  # (row idx, col idx, slice) → LPS
         except (WrapperError, csareader.CSAError, KeyError, ValueError, AssertionError) as exc:
-            raise ReaderError(path, f"Siemens mosaic could not be unpacked (CSA header): {type(exc).__name__}: {exc}") from exc
+            raise ReaderError(path, f"Siemens mosaic could not be unpacked (CSA header): {type(exc).__name__}: {exc}", ReasonCode.DECODE_FAILED) from exc
         if data.dtype != stored.dtype:
             data = data.astype(stored.dtype)
         if "SpacingBetweenSlices" not in ds:
@@ -775,11 +864,11 @@ def _read_mosaic(series: DicomSeries) -> tuple[np.ndarray, np.ndarray, list[str]
     vols.sort(key=lambda v: v[0])
     for a, b in zip(vols, vols[1:]):
         if a[0] == b[0]:
-            raise ReaderError(b[5], f"duplicate mosaic volume: {a[5].name} and {b[5].name} have the same temporal position")
+            raise ReaderError(b[5], f"duplicate mosaic volume: {a[5].name} and {b[5].name} have the same temporal position", ReasonCode.DUPLICATE_SLICE)
         if not np.allclose(a[2], b[2], atol=1e-3):
-            raise ReaderError(b[5], f"mosaic geometry differs from {a[5].name} (position/orientation changed within the series)")
+            raise ReaderError(b[5], f"mosaic geometry differs from {a[5].name} (position/orientation changed within the series)", ReasonCode.INCONSISTENT_SERIES)
         if a[1].shape != b[1].shape:
-            raise ReaderError(b[5], f"mosaic slice count/matrix {b[1].shape} differs from {a[1].shape} ({a[5].name})")
+            raise ReaderError(b[5], f"mosaic slice count/matrix {b[1].shape} differs from {a[1].shape} ({a[5].name})", ReasonCode.INCONSISTENT_SERIES)
     stack = np.stack([v[1].transpose(2, 0, 1) for v in vols])  # [t, z, y, x]
     slopes = np.array([[v[3]] * stack.shape[1] for v in vols], float)
     inters = np.array([[v[4]] * stack.shape[1] for v in vols], float)
@@ -788,17 +877,19 @@ def _read_mosaic(series: DicomSeries) -> tuple[np.ndarray, np.ndarray, list[str]
     return array, aff, sorted(set(warnings))
 
 
-def _read_parsed(series: DicomSeries) -> tuple[np.ndarray, _Plan, list[_Slice]]:
+def _read_parsed(series: DicomSeries, limits: ReadLimits) -> tuple[np.ndarray, _Plan, list[_Slice]]:
     """Parse every file again with pydicom (headers + pixels): ``[t, z, y, x]`` stack."""
     slices: list[_Slice] = []
     cache: dict = {}
+    budget = _Budget(series, limits)
     for path in series.files:
         ds = _read_full(path)
         header = _read_header(path, ds, cache)
         if header is None:
-            raise ReaderError(path, "DICOMDIR index file in an image series")
+            raise ReaderError(path, "DICOMDIR index file in an image series", ReasonCode.NOT_AN_IMAGE)
         n_frames = len(header.slices) if header.is_multiframe else 1
-        pixels = decode_pixels(ds, path, n_frames=n_frames)
+        budget.add(path, ds)
+        pixels = decode_pixels(ds, path, n_frames=n_frames, limits=limits)
         if header.is_multiframe:
             if pixels.ndim == 2:
                 pixels = pixels[None]
@@ -810,7 +901,7 @@ def _read_parsed(series: DicomSeries) -> tuple[np.ndarray, _Plan, list[_Slice]]:
     plan = _plan(slices, _fallback_dz(series.attributes))
     dtypes = {s.array.dtype for s in slices}  # type: ignore[union-attr]
     if len(dtypes) > 1:
-        raise ReaderError(series.files[-1], f"mixed pixel types in one series: {sorted(map(str, dtypes))}")
+        raise ReaderError(series.files[-1], f"mixed pixel types in one series: {sorted(map(str, dtypes))}", ReasonCode.INCONSISTENT_SERIES)
     stack = np.stack([np.stack([s.array for s in vol]) for vol in plan.grid])  # [t, z, y, x]
     return stack, plan, slices
 
@@ -853,28 +944,33 @@ def _read_scanned(series: DicomSeries) -> tuple[np.ndarray, _Plan, list[_Slice]]
     return stack, plan, slices
 
 
-def read_series(series: DicomSeries) -> Volume:
+def read_series(series: DicomSeries, limits: ReadLimits | None = None) -> Volume:
     """Assemble a series into a 3-D (``[z, y, x]``) or 4-D (``[t, z, y, x]``) Volume.
+
+    ``limits`` (default :data:`~pipeline.core.limits.DEFAULT_READ_LIMITS`) bounds the number
+    of files and the voxels / bytes the headers declare, checked before pixels are read.
 
     Raises:
         ReaderError: naming a file and the reason (truncated file, no pixel data, missing
-            decoder, missing/duplicated slice, mixed orientation, …).
+            decoder, missing/duplicated slice, mixed orientation, beyond the limits, …).
     """
     if not series.files:
-        raise ReaderError(series.key, "series has no files")
+        raise ReaderError(series.key, "series has no files", ReasonCode.EMPTY_SERIES)
+    limits = resolve(limits)
+    _check_series_size(series, limits)
     if series.is_mosaic:
-        array, aff, warns = _read_mosaic(series)
+        array, aff, warns = _read_mosaic(series, limits)
         try:
             spacing, origin, direction = decompose_affine(aff)
         except ValueError as exc:
-            raise ReaderError(series.files[0], f"mosaic affine unusable: {exc}") from exc
+            raise ReaderError(series.files[0], f"mosaic affine unusable: {exc}", ReasonCode.GEOMETRY_UNKNOWN) from exc
         warnings = list(series.warnings) + warns
     else:
         fast = _read_scanned(series)
         if fast is not None:
             stack, plan, slices = fast
         else:
-            stack, plan, slices = _read_parsed(series)
+            stack, plan, slices = _read_parsed(series, limits)
         slopes = np.array([[s.slope for s in vol] for vol in plan.grid], float)
         inters = np.array([[s.intercept for s in vol] for vol in plan.grid], float)
         array = _apply_rescale(stack, slopes, inters)
@@ -898,7 +994,7 @@ def read_series(series: DicomSeries) -> Volume:
     try:
         return Volume(array=np.ascontiguousarray(array), spacing=spacing, origin=origin, direction=direction, meta=meta)
     except ValueError as exc:
-        raise ReaderError(series.files[0], f"invalid geometry: {exc}") from exc
+        raise ReaderError(series.files[0], f"invalid geometry: {exc}", ReasonCode.GEOMETRY_UNKNOWN) from exc
 
 
 # =========================================================================== sidecar

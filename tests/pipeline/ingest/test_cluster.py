@@ -8,7 +8,7 @@ from tests.conftest import REPO
 from tests.session_factory import write_session
 
 from pipeline.core.config import PipelineConfig
-from pipeline.ingest.session import run_ingest
+from pipeline.ingest import run_ingest
 from pipeline.ingest.cluster import dask_client
 from pipeline.store import list_cases
 
@@ -41,7 +41,7 @@ def test_unreachable_scheduler_says_what_to_do():
 
 
 def test_parallel_header_scan_equals_serial(tmp_path, monkeypatch):
-    import pipeline.ingest.discover as d
+    import pipeline.io.readers.dicom as dicom_reader
     from pipeline.ingest.discover import discover
 
     from tests import dicom_factory as fac
@@ -51,7 +51,7 @@ def test_parallel_header_scan_equals_serial(tmp_path, monkeypatch):
         fac.write_series(tmp_path / f"s{k}", np.zeros((12, 8, 8), np.int16), spacing=(1, 1, 2), series_number=k + 1,
                          description=f"AX FLAIR {k}", study_uid=f"1.2.3.{k}")
     serial = discover(tmp_path, PipelineConfig(), b"k")
-    monkeypatch.setattr(d, "PARALLEL_SCAN_MIN_FILES", 0)
+    monkeypatch.setattr(dicom_reader, "PARALLEL_SCAN_MIN_FILES", 0)
     with dask_client(None, 2) as client:
         parallel = discover(tmp_path, PipelineConfig(), b"k", client=client)
     key = lambda disc: sorted((s.case_id, tuple(tuple(i.relpaths) for i in s.items)) for s in disc.sessions)  # noqa: E731
@@ -77,8 +77,6 @@ def test_local_cluster_workers_use_one_core_and_glibc_default_malloc():
 
 
 def test_deploy_dask_config_removes_malloc_trim_for_hand_started_workers():
-    from pathlib import Path
-
     import dask.config
 
     (cfg,) = dask.config.collect_yaml([str(REPO / "deploy" / "dask.yaml")])
@@ -97,6 +95,7 @@ def test_largest_sessions_are_converted_first(tmp_path):
     from pipeline.io.writers import write_nifti
 
     from pipeline.ingest.discover import discover
+    from pipeline.ingest import IngestContext
     from pipeline.ingest.cluster import map_sessions
     from pipeline.store import read_catalog
 
@@ -107,7 +106,7 @@ def test_largest_sessions_are_converted_first(tmp_path):
         write_nifti(blob_image((size, size, size), (1.0, 1.0, 1.0), seed=size), src / name / f"{name}_FLAIR.nii.gz")
     plans = discover(src, PipelineConfig(), b"k").sessions
     with dask_client(None, 1) as client:  # one worker: sessions run one after another, in priority order
-        results = map_sessions(plans, str(tmp_path / "s.zarr"), PipelineConfig(), "r", client=client)
+        results = map_sessions(plans, IngestContext(str(tmp_path / "s.zarr"), PipelineConfig(), "r"), client=client)
     assert [r.case_id for r in results] == [p.case_id for p in plans]  # results come back in input order
     cat = read_catalog(tmp_path / "s.zarr").sort_values("recorded_at")
     ran = [p.root_relpath for case in cat["case_id"] for p in plans if p.case_id == case]

@@ -11,7 +11,7 @@ import pytest
 
 import pipeline.ingest.discover as discover_module
 from pipeline.core.config import PipelineConfig
-from pipeline.ingest.session import run_ingest
+from pipeline.ingest import run_ingest
 from pipeline.phantom import make_cohort
 from pipeline.store import list_cases, read_case_meta
 
@@ -28,13 +28,13 @@ def dicom_cohort(tmp_path):
 def parsed(monkeypatch):
     """The DICOM files whose headers discovery parses."""
     seen: list = []
-    real = discover_module._scan_dicom
+    real = discover_module.scan_series_parallel
 
-    def spy(files, client=None):
+    def spy(files, pool=None, n_workers=None):
         seen.extend(files)
-        return real(files, client)
+        return real(files, pool, n_workers)
 
-    monkeypatch.setattr(discover_module, "_scan_dicom", spy)
+    monkeypatch.setattr(discover_module, "scan_series_parallel", spy)
     return seen
 
 

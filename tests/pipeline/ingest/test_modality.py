@@ -3,7 +3,8 @@ import pytest
 from pipeline.core.config import DEFAULT_MODALITY_RULES as RULES
 from pipeline.ingest.discover import _modality_of_file
 from pipeline.core.config import PipelineConfig
-from pipeline.ingest.modality import modality_of_filename, modality_of_series, unusable_reason
+from pipeline.ingest.modality import modality_of_filename, modality_of_series, unusable_series
+from storage_schemas.models import ReasonCode
 from pathlib import Path
 
 
@@ -49,8 +50,12 @@ def test_series_rules(description, expected):
     assert modality_of_series(texts, RULES) == expected
 
 
-def test_unusable_reasons():
-    assert "localizer" in unusable_reason(("ORIGINAL", "PRIMARY", "LOCALIZER"), 1, "3-Plane Loc")
-    assert "4-D" in unusable_reason(("ORIGINAL", "PRIMARY"), 10, "fMRI")
-    assert "derived" in unusable_reason(("DERIVED", "SECONDARY"), 1, "MPR")
-    assert unusable_reason(("ORIGINAL", "PRIMARY", "M", "ND"), 1, "AX FLAIR") is None
+def test_unusable_series_have_a_code_and_a_reason():
+    assert unusable_series(("ORIGINAL", "PRIMARY", "LOCALIZER"), 1, "3-Plane Loc") == (ReasonCode.LOCALIZER, "localizer/scout series")
+    code, reason = unusable_series(("ORIGINAL", "PRIMARY"), 10, "fMRI")
+    assert code is ReasonCode.NOT_3D and "4-D" in reason
+    code, reason = unusable_series(("DERIVED", "SECONDARY"), 1, "MPR")
+    assert code is ReasonCode.DERIVED and "derived" in reason
+    code, reason = unusable_series(("ORIGINAL", "PRIMARY", "MOSAIC"), 2, "ep2d")
+    assert code is ReasonCode.MOSAIC and "mosaic" in reason
+    assert unusable_series(("ORIGINAL", "PRIMARY", "M", "ND"), 1, "AX FLAIR") is None

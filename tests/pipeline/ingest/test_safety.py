@@ -17,7 +17,8 @@ import pytest
 from tests.session_factory import write_session
 
 from pipeline.core.config import PipelineConfig
-from pipeline.ingest.session import repair_catalog, run_ingest
+from pipeline.ingest import run_ingest
+from pipeline.ingest.incremental import repair_catalog
 from pipeline.store import list_cases, open_case, read_case_meta, read_catalog
 
 pytestmark = pytest.mark.slow

@@ -3,52 +3,21 @@
 from __future__ import annotations
 
 import gzip
-import os
-from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import SimpleITK as sitk
 
 from pipeline.core.config import PipelineConfig
 from pipeline.ingest.discover import discover
-from pipeline.ingest.session import run_ingest
+from pipeline.ingest import run_ingest
 from pipeline.store import list_cases, open_case, query_catalog, read_case_meta, read_catalog
 from pipeline.core.volume import Volume
 from pipeline.io.writers import write_nifti
 from tests.session_factory import blob_image, lesion_mask_on, rot_x, write_session  # noqa: F401
 
 KEY = b"unit-test-key"
-
-
-@pytest.fixture()
-def cohort(tmp_path: Path) -> Path:
-    src = tmp_path / "cohort"
-    write_session(src / "bids" / "sub-01" / "ses-01" / "anat", "sub-01_ses-01_", seed=1)
-    write_session(src / "site" / "patient02", "patient02_", seed=2)
-    # two sessions in one folder (like the longitudinal MS data) plus a mask that belongs to neither
-    write_session(src / "long" / "patient03", "study1_", seed=3, label=False)
-    write_session(src / "long" / "patient03", "study2_", seed=4, label=False)
-    write_nifti(lesion_mask_on(blob_image((12, 40, 40), (1.0, 1.0, 3.0))), src / "long" / "patient03" / "gt.nii.gz")
-    # bad inputs
-    bad = src / "site" / "patient04"
-    bad.mkdir(parents=True)
-    (bad / "patient04_FLAIR.nii.gz").write_bytes(b"this is not gzip")
-    (bad / "IM0001").write_bytes(b"")
-    return src
-
-
-def test_discovery_groups_sessions_and_records_rejects(cohort):
-    disc = discover(cohort, PipelineConfig(), KEY)
-    by_root = {s.root_relpath: s for s in disc.sessions}
-    assert set(by_root) == {"bids/sub-01/ses-01/anat", "site/patient02", "long/patient03", "site/patient04"}
-    long_sessions = [s for s in disc.sessions if s.root_relpath == "long/patient03"]
-    assert len(long_sessions) == 2 and len({s.subject for s in long_sessions}) == 1  # same subject, two sessions
-    reasons = {r.relpath: r.reason for r in disc.rejected}
-    assert reasons["site/patient04/IM0001"] == "zero-byte file"
-    assert "several sessions" in reasons["long/patient03/gt.nii.gz"]
-    # identifiers are pseudonyms, never folder names
-    assert all(s.subject.startswith("sub-") and "patient" not in s.case_id for s in disc.sessions)
 
 
 def test_ingest_geometry_resampling_and_incremental_reruns(cohort, tmp_path):
@@ -128,6 +97,28 @@ def test_label_off_grid_is_rejected_and_case_kept(tmp_path):
     reason = next(r["reason"] for r in s.rejected_inputs if r["path"].endswith("p1_lesion_mask.nii.gz"))
     assert "label grid does not match" in reason
     assert not read_case_meta(tmp_path / "s.zarr", list_cases(tmp_path / "s.zarr")[0]).has_label
+    # the decision as columns: code, label_on_grid, and the mask's native grid as numbers (x, y, z)
+    cat = read_catalog(tmp_path / "s.zarr").set_index("source_relpath")
+    mask = cat.loc["p1/p1_lesion_mask.nii.gz"]
+    assert (mask["status"], mask["reason_code"], mask["label_on_grid"]) == ("rejected", "label_off_grid", False)
+    assert (mask["shape_x"], mask["shape_y"], mask["shape_z"]) == (40, 40, 12)
+    assert (mask["spacing_x_mm"], mask["spacing_y_mm"], mask["spacing_z_mm"]) == (1.0, 1.0, 3.0)
+    t1 = cat.loc["p1/p1_T1w.nii.gz"]  # converted rows: the native grid of the source, not the stored one
+    assert (t1["shape_x"], t1["shape_y"], t1["shape_z"]) == (44, 44, 36) and t1["spacing_z_mm"] == pytest.approx(1.0) and pd.isna(t1["reason_code"])
+
+
+def test_label_on_grid_and_label_values_are_recorded(tmp_path):
+    src = tmp_path / "c"
+    write_session(src / "p1", "p1_", seed=1)  # mask on the FLAIR grid
+    write_session(src / "p2", "p2_", seed=2, label=False)
+    flair = blob_image((12, 40, 40), (1.0, 1.0, 3.0), origin=(0.5, 0.5, 0.0))
+    write_nifti(lesion_mask_on(flair).with_array(lesion_mask_on(flair).array * 2), src / "p2" / "p2_lesion_mask.nii.gz")
+    s = run_ingest(src, tmp_path / "s.zarr", PipelineConfig(), KEY)
+    assert s.converted == 2
+    masks = read_catalog(tmp_path / "s.zarr").query("modality == 'MASK'").set_index("source_relpath")
+    assert (masks.loc["p1/p1_lesion_mask.nii.gz", "status"], masks.loc["p1/p1_lesion_mask.nii.gz", "label_on_grid"]) == ("converted", True)
+    bad = masks.loc["p2/p2_lesion_mask.nii.gz"]
+    assert (bad["status"], bad["reason_code"], bad["label_on_grid"]) == ("rejected", "label_not_binary", True)
 
 
 def test_nan_voxels_reject_only_that_input(tmp_path):
@@ -162,24 +153,12 @@ def test_symlinked_inputs_keep_their_names_in_the_source_tree(tmp_path):
     assert all(p.startswith("patient05/") for p in read_catalog(tmp_path / "s.zarr")["source_relpath"])
 
 
-def test_driver_sends_only_changed_sessions_to_the_workers(cohort, tmp_path):
-    from pipeline.ingest.session import open_store_for_ingest
-
-    store = tmp_path / "s.zarr"
-    run_ingest(cohort, store, PipelineConfig(), b"k")
-    state = open_store_for_ingest(store, PipelineConfig())
-    plans = discover(cohort, PipelineConfig(), b"k", known=state.known).sessions
-    todo, unchanged = state.pending(plans, PipelineConfig())
-    # only the session whose FLAIR was rejected (no committed case) is tried again
-    assert [p.root_relpath for p in todo] == ["site/patient04"]
-    assert sorted(unchanged) == sorted(state.metas)
-    # a file whose mtime moved is sent to a worker, which hashes it and finds the same bytes
-    flair = cohort / "site" / "patient02" / "patient02_FLAIR.nii.gz"
-    os.utime(flair, ns=(flair.stat().st_atime_ns, flair.stat().st_mtime_ns + 10**9))
-    todo, _ = state.pending(plans, PipelineConfig())
-    assert [p.root_relpath for p in todo] == ["site/patient02", "site/patient04"]
-    summary = run_ingest(cohort, store, PipelineConfig(), b"k")
-    assert summary.converted == 0 and summary.skipped == len(state.metas)
-    # another processing configuration: everything is pending, and force sends everything
-    assert len(state.pending(plans, PipelineConfig(target_spacing=(2.0, 2.0, 2.0)))[0]) == len(plans)
-    assert len(state.pending(plans, PipelineConfig(), force=True)[0]) == len(plans)
+def test_unreadable_registration_rejects_only_that_image(tmp_path):
+    src = tmp_path / "c"
+    write_session(src / "p1", "p1_", seed=1)
+    (src / "p1" / "p1_T1w_reg_to_FLAIR.txt").write_text("not an ITK transform\n")
+    s = run_ingest(src, tmp_path / "s.zarr", PipelineConfig(), KEY)
+    assert s.converted == 1
+    (t1,) = [r for r in s.rejected_inputs if r["path"] == "p1/p1_T1w.nii.gz"]
+    assert t1["code"] == "bad_transform" and "ITK transform" in t1["reason"]
+    assert read_case_meta(tmp_path / "s.zarr", list_cases(tmp_path / "s.zarr")[0]).channels == ["FLAIR", "T2"]

@@ -101,7 +101,7 @@ def test_convert_tree_synthetic(tmp_path, monkeypatch, workers):
     # the tree is far below the sizes at which the pool is used: lower them so that 2 workers
     # scan headers and convert in the pool
     monkeypatch.setattr("pipeline.io.convert.PARALLEL_MIN_BYTES", 0)
-    monkeypatch.setattr("pipeline.io.convert.PARALLEL_SCAN_MIN_FILES", 0)
+    monkeypatch.setattr("pipeline.io.readers.dicom.PARALLEL_SCAN_MIN_FILES", 0)
     src, out = tmp_path / "src", tmp_path / "out"
     _tree(src)
     summary = convert_tree(src, out, workers=workers)

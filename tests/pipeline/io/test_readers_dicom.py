@@ -366,7 +366,7 @@ def test_not_an_image_and_no_geometry(tmp_path):
     assert errors[0].path == str(files[0]) and "no ImageOrientationPatient" in errors[0].reason
 
 
-def test_compressed_without_decoder_names_the_package(tmp_path):
+def test_corrupt_compressed_pixel_data_names_the_file(tmp_path):
     _, files = _good(tmp_path, n=2)
     d = pydicom.dcmread(files[0])
     d.file_meta.TransferSyntaxUID = pydicom.uid.JPEG2000Lossless
@@ -376,8 +376,8 @@ def test_compressed_without_decoder_names_the_package(tmp_path):
     with pytest.raises(ReaderError) as exc:
         read_series(s)
     assert exc.value.path == str(files[0])
-    assert "JPEG 2000" in exc.value.reason
-    assert "pylibjpeg-openjpeg" in exc.value.reason or "could not be decoded" in exc.value.reason
+    assert "JPEG 2000" in exc.value.reason and "could not be decoded" in exc.value.reason  # the decoders are installed
+    assert "pylibjpeg: Error decoding the J2K data" in exc.value.reason and exc.value.code == "decode_failed"
 
 
 # ----------------------------------------------------------------------------- metadata
@@ -430,3 +430,31 @@ def test_matches_dcm2niix(tmp_path, direction):
     assert ours.shape == ref.shape
     np.testing.assert_array_equal(ours.get_fdata(), ref.get_fdata())
     np.testing.assert_allclose(ours.affine, ref.affine, atol=1e-3)
+
+
+def test_parallel_scan_equals_serial_on_an_executor(tmp_path, monkeypatch):
+    """One parallel header scan for convert (executor) and discovery (Dask client, see
+    tests/pipeline/ingest/test_cluster.py): same series and errors as the serial scan."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pipeline.io.readers.dicom as dicom_reader
+
+    for k in range(3):
+        fac.write_series(tmp_path / f"s{k}", _array(seed=k), spacing=SPACING, series_number=k + 1, description=f"AX {k}")
+    (tmp_path / "s0" / "junk.dcm").write_bytes(b"DICM but not really")
+    files = find_dicom_files(tmp_path) + [tmp_path / "s0" / "junk.dcm"]
+    serial = dicom_reader.scan_series_parallel(files, None)
+    calls: list[int] = []
+
+    class Pool(ThreadPoolExecutor):
+        def map(self, fn, chunks):  # type: ignore[override]
+            chunks = list(chunks)
+            calls.append(len(chunks))
+            return super().map(fn, chunks)
+
+    monkeypatch.setattr(dicom_reader, "PARALLEL_SCAN_MIN_FILES", 0)
+    with Pool(max_workers=2) as pool:
+        parallel = dicom_reader.scan_series_parallel(files, pool)
+    assert calls == [2 * dicom_reader.SCAN_CHUNKS_PER_WORKER]
+    assert [(s.key, s.files) for s in parallel[0]] == [(s.key, s.files) for s in serial[0]] and len(serial[0]) == 3
+    assert [(e.path, e.reason) for e in parallel[1]] == [(e.path, e.reason) for e in serial[1]] and len(serial[1]) == 1

@@ -192,7 +192,8 @@ def test_expectations_on_odd_store(odd_store):
         ("sub-d", "thick slices"), ("sub-d", "coverage differs"), ("sub-d", "implausible field of view"),
     }, out.flagged
     by_id = {r["id"]: r for r in out.results}
-    assert by_id["label_binary"]["unexpected"][0]["value"] == "0,2"
+    assert by_id["label_binary"]["unexpected"][0]["value"] is False
+    assert "label values {0,2}" in next(f["detail"] for f in out.flagged if f["what"] == "label not binary")
     assert by_id["orientation_valid"]["unexpected_cases"] == ["sub-c"]
     assert by_id["store_not_empty"]["success"] and by_id["reason_recorded"]["success"]
     assert all(r["error"] is None for r in out.results)
@@ -206,8 +207,8 @@ def test_label_grid_from_catalog_column(odd_store):
     from pipeline.quality.expectations import build_tables, flags_from_results, validate_tables
     from storage_schemas.expectations import build_suites
 
-    cat = pd.DataFrame({"case_id": ["sub-a", "sub-b", "sub-b"], "modality": ["FLAIR", "MASK", "FLAIR"], "status": "converted",
-                        "reason": None, "source_relpath": ["x", "y", "z"], "label_grid_ok": [True, False, None]})
+    cat = pd.DataFrame({"case_id": ["sub-a", "sub-b", "sub-b"], "modality": ["MASK", "MASK", "FLAIR"], "status": "converted",
+                        "reason": None, "reason_code": None, "source_relpath": ["x", "y", "z"], "label_on_grid": [True, False, None]})
     tables = build_tables(odd_store, catalog=cat)
     cases = tables["cases"].set_index("case_id")
     assert cases.loc["sub-a", "label_grid_ok"] is True and cases.loc["sub-b", "label_grid_ok"] is False
@@ -217,27 +218,30 @@ def test_label_grid_from_catalog_column(odd_store):
     assert ("sub-b", "label off-grid") in {(f["case_id"], f["what"]) for f in flags}
 
 
-def test_label_checks_from_catalog_rows(odd_store):
+def test_label_checks_from_catalog_columns_not_prose(odd_store):
+    """The ingest's decisions come from reason_code and label_on_grid; the words of a reason do not matter."""
     from pipeline.quality.expectations import build_tables, flags_from_results, validate_tables
     from storage_schemas.expectations import build_suites
 
-    row = dict(modality="MASK", reason=None, shape_zyx=None, spacing_mm=None)
+    row = dict(modality="MASK", reason="(words nobody parses)", reason_code=None, label_on_grid=None)
     cat = pd.DataFrame([
-        # converted label delivered on another matrix than the FLAIR: derived off-grid
-        {**row, "case_id": "sub-a", "status": "converted", "source_relpath": "a/m", "shape_zyx": "160x256x256", "spacing_mm": "1x1x1"},
-        {**row, "case_id": "sub-b", "status": "converted", "source_relpath": "b/m", "shape_zyx": "160x240x240", "spacing_mm": "1x1x1"},
+        {**row, "case_id": "sub-a", "status": "converted", "source_relpath": "a/m", "label_on_grid": True, "reason": None},
         # labels the ingest rejected (stored without them): named by the label checks, not as plain rejections
-        {**row, "case_id": "sub-c", "status": "rejected", "source_relpath": "c/m", "reason": "label values [0, 1, 3] outside the allowed set {0, 1}"},
-        {**row, "case_id": "sub-d", "status": "rejected", "source_relpath": "d/m", "reason": "label grid does not match any image of the session"},
+        {**row, "case_id": "sub-c", "status": "rejected", "source_relpath": "c/m", "reason_code": "label_not_binary", "label_on_grid": True},
+        {**row, "case_id": "sub-d", "status": "rejected", "source_relpath": "d/m", "reason_code": "label_off_grid", "label_on_grid": False},
+        # a rejection the reason's words call a grid problem, whose code says otherwise: a plain rejected input
+        {**row, "case_id": "sub-b", "status": "rejected", "source_relpath": "b/m", "reason": "label grid does not match", "reason_code": "truncated"},
     ])
     tables = build_tables(odd_store, catalog=cat)
     cases = tables["cases"].set_index("case_id")
-    assert cases.loc["sub-a", "label_grid_ok"] is False and cases.loc["sub-b", "label_grid_ok"] is True
+    assert cases.loc["sub-a", "label_grid_ok"] is True and cases.loc["sub-b", "label_grid_ok"] is None
+    assert cases.loc["sub-d", "label_grid_ok"] is False and cases.loc["sub-d", "label_grid_source"] == "rejected"
     assert cases.loc["sub-c", "label_values"] == "0,2"  # the stored label wins over the catalog
     specs = [s for s in build_suites(("FLAIR", "T1", "T2")) if s.name in ("case_completeness", "inputs")]
     flags = {(f["case_id"], f["what"]) for f in flags_from_results(validate_tables(tables, specs), tables)}
-    assert {("sub-a", "label off-grid"), ("sub-d", "label off-grid"), ("sub-c", "label not binary")} <= flags
-    assert ("sub-d", "rejected input") not in flags
+    assert {("sub-d", "label off-grid"), ("sub-c", "label not binary"), ("sub-b", "rejected input")} <= flags
+    assert ("sub-d", "rejected input") not in flags and ("sub-c", "rejected input") not in flags
+    assert ("sub-b", "label off-grid") not in flags
 
 
 def test_expectations_check_the_stores_channels_by_default(odd_store):

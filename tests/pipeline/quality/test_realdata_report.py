@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.core.config import PipelineConfig
-from pipeline.ingest.session import run_ingest
+from pipeline.ingest import run_ingest
 from pipeline.quality.report import build_report, case_thumbnail
 from pipeline.store import list_cases, read_case_meta
 
@@ -15,8 +15,8 @@ pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 def test_report_on_all_shared_data(shared_data, tmp_path):
     store = tmp_path / "store.zarr"
     summary = run_ingest(shared_data, store, PipelineConfig(), b"report-key")
-    # MNI patient07 and patient19 + the two longitudinal studies (the lgg slice stacks are not read yet)
-    assert summary.converted == 4
+    mni_patients = sorted(p.name for p in (shared_data / "open_ms" / "cross_sectional" / "MNI").iterdir() if p.is_dir())
+    assert summary.converted == len(mni_patients) + 2  # the MNI patients (07, 19) + the two longitudinal studies
     result = build_report(store)
     html = result.html_path.read_text()
 
@@ -29,17 +29,17 @@ def test_report_on_all_shared_data(shared_data, tmp_path):
         reason = unused[f"dcm_qa_nih/In/20180918Si/mr_000{n}/"]
         assert "mosaic" in reason and reason in html
 
-    # the anisotropic raw volumes (0.72 x 0.72 x 4 mm and the like) are flagged (as thick slices when
-    # the cohort has thin-slice cases to compare with, which names the anisotropy once), the 1 mm MNI cases are not
+    # the anisotropic raw volumes (0.72 x 0.72 x 4 mm and the like) are flagged, the 1 mm MNI cases are not; with
+    # enough FLAIRs to compare (CONSISTENCY_MIN_SERIES) the flag is "thick slices", which names the anisotropy too
     longitudinal = {c for c in list_cases(store) if any("longitudinal" in s.relpath for ch in read_case_meta(store, c).channel_info for s in ch.sources)}
     flagged_aniso = {f["case_id"] for f in result.flagged if f["what"] in ("anisotropic voxels", "thick slices")}
     assert flagged_aniso == longitudinal and len(longitudinal) == 2
 
-    # the real lesion overlay: each MNI case's thumbnail is drawn on its label's largest slice
+    # the real lesion overlays: each MNI case's thumbnail is drawn on its label's largest slice
     mni = [c for c in list_cases(store) if read_case_meta(store, c).has_label]
-    assert len(mni) == 2
-    for case in mni:
-        thumb = case_thumbnail(store, case)
+    assert len(mni) == len(mni_patients)
+    for case_id in mni:
+        thumb = case_thumbnail(store, case_id)
         assert thumb["has_label"] and thumb["png_b64"] in html
 
     # every expectation result carries an explanation

@@ -19,7 +19,7 @@ import pytest
 
 from pipeline.store import append_catalog, geometry_of, init_store, write_case
 from pipeline.core.volume import Volume
-from storage_schemas.models import CaseMeta, CatalogRow, ChannelInfo, SourceFile
+from storage_schemas.models import CaseMeta, CatalogRow, ChannelInfo, ReasonCode, SourceFile
 
 from tests.conftest import REPO
 CHANNELS = ("FLAIR", "T1", "T2")
@@ -84,10 +84,12 @@ def add_case(root: Path, case_id: str, seed: int, *, noise: float = 2.0, flair_s
     lab_src = SourceFile(relpath=f"raw/{case_id}/lesion_mask.nii.gz", sha256=_sha(f"{case_id}/mask"), size_bytes=100)
     flair = infos[0]  # the label is delivered on the FLAIR (reference) grid unless mask_shape says otherwise
     if label_rejected:
-        rows.append(_row(case_id, "MASK", "rejected", lab_src.relpath, reason=label_rejected))
+        rows.append(_row(case_id, "MASK", "rejected", lab_src.relpath, mask_shape, flair.native_spacing, reason=label_rejected,
+                         reason_code=ReasonCode.LABEL_OFF_GRID, label_on_grid=False))
         label = None
     else:
-        rows.append(_row(case_id, "MASK", "converted", lab_src.relpath, lab_src.sha256, mask_shape or flair.native_shape_zyx, flair.native_spacing))
+        rows.append(_row(case_id, "MASK", "converted", lab_src.relpath, lab_src.sha256, mask_shape or flair.native_shape_zyx, flair.native_spacing,
+                         label_on_grid=True))
     meta = CaseMeta(
         case_id=case_id, subject=sub, session=ses, channels=list(CHANNELS), channel_info=infos, has_label=label is not None,
         label_source=None if label is None else lab_src,
@@ -97,12 +99,17 @@ def add_case(root: Path, case_id: str, seed: int, *, noise: float = 2.0, flair_s
     return rows
 
 
-def _row(case_id, modality, status, relpath, sha=None, shape=None, spacing=None, reason=None) -> CatalogRow:
+def _row(case_id, modality, status, relpath, sha=None, shape=None, spacing=None, reason=None, **fields) -> CatalogRow:
+    """A catalog row as the ingest writes it (``shape`` z, y, x; ``spacing`` x, y, z)."""
+    grid = {}
+    if shape:
+        grid.update(shape_z=shape[0], shape_y=shape[1], shape_x=shape[2], shape_zyx="x".join(map(str, shape)), orientation="LPS")
+    if spacing:
+        grid.update(spacing_x_mm=spacing[0], spacing_y_mm=spacing[1], spacing_z_mm=spacing[2], spacing_mm="x".join(map(str, spacing)))
     return CatalogRow(
         case_id=case_id, subject=case_id, session="ses-01" if case_id else None, modality=modality, status=status, reason=reason,
-        source_format="nifti", source_relpath=relpath, source_sha256=sha,
-        shape_zyx=",".join(map(str, shape)) if shape else None, spacing_mm=",".join(map(str, spacing)) if spacing else None,
-        orientation="LPS" if shape else None, pipeline_version="0.1.0", config_hash="cfg0123456789abc", run_id="run-test",
+        source_format="nifti", source_relpath=relpath, source_sha256=sha, **grid, **fields,
+        pipeline_version="0.1.0", config_hash="cfg0123456789abc", run_id="run-test",
     )
 
 
@@ -116,8 +123,9 @@ def build_store(root: Path) -> Path:
     rows += add_case(root, "sub-07", seed=7, noise=25.0)  # noisy
     rows += add_case(root, "sub-08", seed=8, label_rejected="label grid does not match any image of the session: label shape "
                      "(256, 256, 160), spacing (1.0, 1.0, 1.0); FLAIR shape (240, 240, 160), spacing (1.0, 1.0, 1.0)")  # label off-grid
-    rows.append(_row(None, None, "rejected", "raw/sub-09/broken.dcm", reason="unreadable DICOM: truncated pixel data"))
-    rows.append(_row("sub-01", None, "unused", "raw/sub-01/localizer", reason="localizer (3 slices)"))
+    rows.append(_row(None, None, "rejected", "raw/sub-09/broken.dcm", reason="unreadable DICOM: truncated pixel data",
+                     reason_code=ReasonCode.TRUNCATED))
+    rows.append(_row("sub-01", None, "unused", "raw/sub-01/localizer", reason="localizer (3 slices)", reason_code=ReasonCode.LOCALIZER))
     append_catalog(root, rows)
     return root
 
@@ -166,6 +174,7 @@ def test_summary_counts(report):
     s = report.summary
     assert s["n_cases"] == 8
     assert s["n_rejected"] == 2 and s["rejected_by_reason"]["unreadable DICOM: truncated pixel data"] == 1
+    assert s["rejected_by_code"] == {"label_off_grid": 1, "truncated": 1} and s["unused_by_code"] == {"localizer": 1}
     assert s["n_unused"] == 1 and s["unused"][0]["reason"] == "localizer (3 slices)"
     assert s["expectations"]["failed"] >= 4
     assert s["outlier_method"]["FLAIR"].startswith("tukey")
@@ -176,6 +185,7 @@ def test_markdown(report):
 
     md = report_markdown(report.summary)
     assert "| cases ingested | 8 |" in md and "thick slices" in md and "noisy" in md
+    assert "## Rejected inputs by reason code" in md and "| truncated | 1 |" in md
 
 
 def test_html_self_contained(report):

@@ -130,7 +130,7 @@ def test_ingest_compacts_a_catalog_of_many_parts(tmp_path, monkeypatch):
     from tests.session_factory import write_session
 
     from pipeline.core.config import PipelineConfig
-    from pipeline.ingest.session import run_ingest
+    from pipeline.ingest import run_ingest
 
     src = tmp_path / "c"
     for i in range(3):

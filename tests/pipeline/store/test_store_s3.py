@@ -23,7 +23,7 @@ from zarr.storage import FsspecStore
 from pipeline import store
 from pipeline.core.config import PipelineConfig
 from pipeline.ingest.discover import discover
-from pipeline.ingest.session import run_ingest
+from pipeline.ingest import run_ingest
 from pipeline.core.volume import Volume
 from storage_schemas.models import CaseMeta, CatalogRow
 

@@ -1,0 +1,187 @@
+"""Incremental bookkeeping: what the store already holds, and what need not be read again.
+
+An ingest starts with :func:`open_store_for_ingest` (create the store, clear crashed runs'
+staging, restore catalog rows a crash lost, compact the catalog) and gets a :class:`StoreState`:
+the committed cases' metadata, read once, and the :func:`known_cases` that let discovery skip
+the headers of unchanged DICOM studies. :meth:`StoreState.pending` then leaves the sessions whose
+committed case is up to date (:func:`is_up_to_date`: same files by size and mtime, same
+configuration) out of the work sent to the cluster. In a worker, :func:`cached_digests` reuses
+the committed digests of unchanged files, so only new or changed bytes are hashed.
+
+Nothing here reads image data.
+
+Example (a store's state before an ingest)::
+
+    state = open_store_for_ingest("ms.zarr", PipelineConfig())
+    todo, unchanged = state.pending(discover(src, cfg, key, known=state.known).sessions, cfg)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.core.config import PipelineConfig
+from pipeline.ingest.discover import KnownCase, SessionPlan
+from pipeline.store import (
+    StoreError,
+    append_catalog,
+    clean_staging,
+    compact_catalog,
+    init_store,
+    list_cases,
+    read_case_meta,
+    read_catalog,
+)
+from storage_schemas.models import CaseMeta, SourceFile
+
+log = logging.getLogger("lesionflow.ingest")
+
+__all__ = [
+    "StoreState",
+    "cached_digests",
+    "committed_metas",
+    "existing_case_meta",
+    "is_up_to_date",
+    "known_cases",
+    "open_store_for_ingest",
+    "repair_catalog",
+]
+
+
+def existing_case_meta(store_root: str | Path, case_id: str) -> CaseMeta | None:
+    """The committed case's metadata, or ``None`` when there is none (or it cannot be read)."""
+    try:
+        return read_case_meta(store_root, case_id)
+    except StoreError:
+        return None
+
+
+def committed_metas(store_root: str | Path) -> list[CaseMeta]:
+    """The metadata of every committed case, read once per run (unreadable cases left out)."""
+    metas = (existing_case_meta(store_root, case_id) for case_id in list_cases(store_root))
+    return [m for m in metas if m is not None]
+
+
+def cached_digests(plan: SessionPlan, existing: CaseMeta | None) -> tuple[dict[str, str], dict[str, os.stat_result], list[tuple[str, Path]]]:
+    """Digests of the plan's used input files that are unchanged (same size and mtime) since the
+    committed case ``existing`` hashed them, the stat of every used file, and the files that still
+    need hashing (``(relpath, path)``)."""
+    known = _known_sources(existing) if existing is not None else {}
+    digests: dict[str, str] = {}
+    file_stats: dict[str, os.stat_result] = {}
+    to_hash: list[tuple[str, Path]] = []
+    for item in plan.items:
+        if item.unused_reason:
+            continue
+        for rel, path in zip(item.relpaths, item.paths):
+            st = file_stats[rel] = path.stat()
+            cached = known.get(rel)
+            if cached is not None and cached.size_bytes == st.st_size and cached.mtime_ns == st.st_mtime_ns:
+                digests[rel] = cached.sha256  # unchanged since it was hashed: no need to read it again
+            else:
+                to_hash.append((rel, path))
+    return digests, file_stats, to_hash
+
+
+def is_up_to_date(plan: SessionPlan, existing: CaseMeta | None, cfg: PipelineConfig) -> bool:
+    """True when the committed case ``existing`` was converted from exactly the plan's inputs
+    (every file unchanged in size and mtime since it was hashed) with this configuration.
+
+    Reads no image data: the driver uses it to leave unchanged sessions out of the work sent to
+    the cluster. ``False`` means "convert_session decides" (it hashes what changed).
+    """
+    if existing is None or existing.config_hash != cfg.processing_hash():
+        return False
+    try:
+        digests, _, to_hash = cached_digests(plan, existing)
+        return not to_hash and existing.source_fingerprint == plan.fingerprint(digests)
+    except OSError:
+        return False
+
+
+def _known_sources(meta: CaseMeta) -> dict[str, SourceFile]:
+    """The committed case's source records by relpath (a digest cache keyed by size + mtime)."""
+    known = {s.relpath: s for ch in meta.channel_info for s in ch.sources}
+    if meta.label_source is not None:
+        known[meta.label_source.relpath] = meta.label_source
+    return {k: v for k, v in known.items() if v.mtime_ns is not None}
+
+
+def repair_catalog(store_root: str | Path, metas: list[CaseMeta] | None = None) -> int:
+    """Append the catalog rows of committed cases whose conversion is missing from the catalog.
+
+    A case commits its own catalog rows atomically (``CaseMeta.catalog_rows``); the Parquet
+    catalog is appended right after. A crash between the two leaves a case the catalog does
+    not list; this puts it back (every ingest does it when it starts). ``metas``: the
+    :func:`committed_metas` when the caller has read them already. Returns the number of cases
+    repaired.
+    """
+    cat = read_catalog(store_root, latest_only=False, columns=["case_id", "run_id"])
+    known = set(zip(cat["case_id"], cat["run_id"]))
+    repaired = 0
+    for meta in committed_metas(store_root) if metas is None else metas:
+        if meta.run_id and meta.catalog_rows and (meta.case_id, meta.run_id) not in known:
+            append_catalog(store_root, meta.catalog_rows)
+            repaired += 1
+    if repaired:
+        log.warning("catalog: restored the rows of %d case(s) committed by an interrupted run", repaired)
+    return repaired
+
+
+def known_cases(store_root: str | Path, cfg: PipelineConfig, metas: list[CaseMeta] | None = None) -> list[KnownCase]:
+    """Committed DICOM cases converted with this configuration, with their source files' size and
+    mtime, so that discovery can skip re-reading the headers of unchanged studies."""
+    out = []
+    for meta in committed_metas(store_root) if metas is None else metas:
+        if meta.config_hash != cfg.processing_hash():
+            continue
+        files = [s for ch in meta.channel_info for s in ch.sources]
+        dicom = [s.relpath for ch in meta.channel_info if ch.source_format == "dicom" for s in ch.sources]
+        if meta.label_source is not None:
+            files.append(meta.label_source)
+        if not dicom or any(f.mtime_ns is None for f in files):
+            continue
+        root = os.path.commonpath([posixpath.dirname(r) or "." for r in dicom])  # relpaths are POSIX
+        accounted = tuple(r.source_relpath for r in meta.catalog_rows if r.status in ("unused", "rejected") and r.case_id == meta.case_id)
+        out.append(KnownCase(meta.case_id, "" if root == "." else root, {f.relpath: (f.size_bytes, f.mtime_ns) for f in files}, accounted))
+    return out
+
+
+@dataclass
+class StoreState:
+    """What an ingest knows of its store before it starts: committed cases and the discovery
+    shortcut derived from them."""
+
+    metas: dict[str, CaseMeta]
+    known: list[KnownCase]
+
+    def pending(self, plans: list[SessionPlan], cfg: PipelineConfig, force: bool = False) -> tuple[list[SessionPlan], list[str]]:
+        """``plans`` split into those to send to the workers and the case ids already up to date."""
+        if force:
+            return list(plans), []
+        todo, unchanged = [], []
+        for plan in plans:
+            if is_up_to_date(plan, self.metas.get(plan.case_id), cfg):
+                unchanged.append(plan.case_id)
+            else:
+                todo.append(plan)
+        return todo, unchanged
+
+
+def open_store_for_ingest(store_root: str | Path, cfg: PipelineConfig, force: bool = False) -> StoreState:
+    """Create the store if needed, clear what crashed runs left in staging, restore catalog rows
+    a crash lost, merge the catalog's parts when there are many, and return the committed cases'
+    metadata with the :func:`known_cases` for discovery (none with ``force``).
+
+    Reads every committed case's metadata once for all of that.
+    """
+    init_store(store_root, channels=cfg.channels)
+    clean_staging(store_root)
+    metas = committed_metas(store_root)
+    repair_catalog(store_root, metas)
+    compact_catalog(store_root)
+    return StoreState({m.case_id: m for m in metas}, [] if force else known_cases(store_root, cfg, metas))
