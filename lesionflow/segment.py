@@ -4,7 +4,7 @@ The way LST-AI is used: point it at a session's images (DICOM series, NIfTI, Met
 modality rules of ingest), get ``MASK.nii.gz`` in the session's reference geometry (the
 reference modality's own grid, FLAIR by default) and ``MASK_lesions.csv`` beside it.
 
-The session goes through ingest itself (:func:`pipeline.ingest.session.run_ingest` into a
+The session goes through ingest itself (:func:`pipeline.ingest.run_ingest` into a
 temporary store that is deleted afterwards, with a throw-away pseudonymisation key): the same
 discovery, modality rules, resampling onto the reference grid and normalisation as every
 stored case, so the model sees what it saw in training. The model's sliding window
@@ -71,7 +71,7 @@ def _reference_volume(plan: Any, cfg: Any) -> Any:
     items.sort(key=lambda i: (i.series.series_number or 0) if i.series is not None else 0, reverse=True)
     mods = [i.modality for i in items]
     ref = cfg.reference_modality if cfg.reference_modality in mods else next(m for m in cfg.channels if m in mods)
-    return read_item(next(i for i in items if i.modality == ref))
+    return read_item(next(i for i in items if i.modality == ref), cfg.read_limits)
 
 
 def segment_session(
@@ -112,7 +112,7 @@ def segment_session(
 
     from pipeline.core.volume import Volume
     from pipeline.ingest.resample import resample_to_grid
-    from pipeline.ingest.session import run_ingest
+    from pipeline.ingest import run_ingest
     from pipeline.io.writers import write_nifti
     from pipeline.lesions.components import lesion_table
     from pipeline.store import list_cases, open_case, read_case_meta, volume_from_geometry

@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def lesion_free_store(tmp_path_factory):
     """3 phantom subjects at 3 mm (DICOM, MetaImage, BIDS), the BIDS one without lesions, ingested."""
     from pipeline.core.config import PipelineConfig
-    from pipeline.ingest.session import run_ingest
+    from pipeline.ingest import run_ingest
     from pipeline.phantom import make_cohort
 
     out = tmp_path_factory.mktemp("evaluate-flow")
