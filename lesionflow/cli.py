@@ -396,7 +396,8 @@ def evaluate(
     typer.echo(f"lesion-wise MSSEG-1: sensitivity {_num(c['msseg_sensitivity'])}, precision {_num(c['msseg_precision'])}, "
                f"F1 {_num(c['msseg_f1'])}; ISLES'22 F1 {_num(c['isles_f1'])}")
     typer.echo(f"volume: mean |error| {_num(c['abs_rel_volume_error_pct_mean'], 1)} %, r {_num(c['volume_pearson_r'])}, "
-               f"Bland-Altman bias {_num(c['bland_altman_bias_ml'])} mL [{_num(c['bland_altman_loa_low_ml'])}, {_num(c['bland_altman_loa_high_ml'])}]")
+               f"Bland-Altman bias {_num(c['bland_altman_bias_ml'])} mL "
+               f"[{_num(c['bland_altman_loa_low_ml'])}, {_num(c['bland_altman_loa_high_ml'])}]")
     typer.echo(f"case AUC {_num(c['case_auc'])} ({c['case_score_kind']}), slice AUC {_num(c['slice_auc'])}")
     typer.echo(f"page   → {out['page'].get('html')}\ntables → {out['tables']['evaluation_cases']['csv']}")
 
@@ -447,7 +448,8 @@ def compare(
     typer.echo(f"Dice {_num(m['dice'])}, HD95 {_num(m['hd95_mm'])} mm, volume difference {m['volume_diff_ml']:+.3f} mL "
                f"({_num(m['rel_volume_error_pct'], 1)} %)")
     typer.echo(f"lesion-wise MSSEG-1: {m['msseg_tp_ref']}/{m['ref_lesions']} reference lesions detected, {m['msseg_tp_pred']}/{m['pred_lesions']} "
-               f"predicted lesions true; sensitivity {_num(m['lesion_sensitivity'])}, precision {_num(m['lesion_precision'])}, F1 {_num(m['lesion_f1'])}")
+               f"predicted lesions true; sensitivity {_num(m['lesion_sensitivity'])}, precision {_num(m['lesion_precision'])}, "
+               f"F1 {_num(m['lesion_f1'])}")
     typer.echo(f"lesion-wise ISLES'22: sensitivity {_num(m['isles_sensitivity'])}, precision {_num(m['isles_precision'])}, F1 {_num(m['isles_f1'])}")
 
 

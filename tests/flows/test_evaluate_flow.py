@@ -83,6 +83,6 @@ def test_evaluate_flow_writes_tables_and_page(prefect_harness, lesion_free_store
     assert open(out["page"]["png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
     # again, by predicted volume: nothing left to score, this model's rows replaced (not added)
-    again = evaluate(store, str(tiny_model))
+    again = evaluate(store, str(tiny_model), page=False)
     assert (again["scored"], again["cohort"]["case_score_kind"]) == (0, "predicted_volume_ml")
     assert len(read_table(store, "evaluation_cases")) == 3 and len(read_table(store, "evaluation_cohort")) == 1

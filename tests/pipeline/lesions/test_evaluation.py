@@ -352,8 +352,7 @@ def test_slices_and_cohort_figures():
 
 # ------------------------------------------------------------------------------ real lesion shapes
 @pytest.mark.realdata
-@pytest.mark.parametrize("patient", ["patient02", "patient07"])
-def test_real_masks_against_themselves_eroded_and_dilated(shared_data, patient):
+def test_real_masks_against_themselves_eroded_and_dilated(shared_data, patient="patient07"):
     """Real MS lesion shapes (native 0.8 x 0.47 x 0.47 mm grid): the implementation and the
     brute-force matcher agree on the mask against itself, eroded and dilated."""
     from pipeline.io.readers import read_volume
