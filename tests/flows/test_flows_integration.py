@@ -31,7 +31,7 @@ def test_ingest_prepare_train_score_flows(prefect_harness, phantom_cohort, tmp_p
         meta = read_case_meta(store, case_id)
         assert meta.channels == ["FLAIR", "T1", "T2"] and meta.has_label
         g = zarr.open_group(f"{store}/cases/{case_id}", mode="r")  # plain zarr reads it
-        assert g["image"].shape[0] == 3 and g["label"].shape == g["image"].shape[1:]
+        assert g["image"].shape[0] == 3 and g["labels/reference/0"].shape == g["image"].shape[1:]
     cat = read_catalog(store)
     assert set(cat.loc[cat["status"] == "converted", "modality"]) == {"FLAIR", "T1", "T2", "MASK"}
 
