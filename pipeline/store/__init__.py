@@ -96,6 +96,7 @@ from pipeline.store.ngff import (
     reference_label,
 )
 from pipeline.store.tables import read_table, write_table
+from pipeline.store.upgrade import upgrade_case, upgrade_store
 
 __all__ = [
     # handle and errors
@@ -111,6 +112,7 @@ __all__ = [
     # masks (OME-Zarr labels; either layout)
     "LABELS", "REFERENCE", "FOREGROUND", "prediction_label", "mask_array", "reference_label", "foreground_mask", "prediction_mask",
     "prediction_versions", "write_label", "refresh_labels", "prediction_path", "has_prediction",
+    "upgrade_store", "upgrade_case",
     # catalog
     "COMPACT_MIN_PARTS", "append_catalog", "catalog_arrow_schema", "compact_catalog", "read_catalog", "query_catalog",
     # tables
