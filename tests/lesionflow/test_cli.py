@@ -129,7 +129,8 @@ def test_upgrade_then_export_a_legacy_store(tmp_path):
     summary = json.loads(out.stdout)
     assert summary["models"] == ["m1"] and summary["cases"] == 1
     anat = tmp_path / "out" / "derivatives" / "lesionflow" / "sub-a" / "ses-1" / "anat"
-    assert {p.name for p in anat.glob("*.nii.gz")} == {"sub-a_ses-1_desc-preproc_FLAIR.nii.gz", "sub-a_ses-1_desc-preproc_T1w.nii.gz",
-                                                      "sub-a_ses-1_label-lesion_desc-reference_mask.nii.gz", "sub-a_ses-1_label-lesion_desc-m1_mask.nii.gz"}
+    assert {p.name for p in anat.glob("*.nii.gz")} == {
+        "sub-a_ses-1_desc-preproc_FLAIR.nii.gz", "sub-a_ses-1_desc-preproc_T1w.nii.gz",
+        "sub-a_ses-1_label-lesion_desc-reference_mask.nii.gz", "sub-a_ses-1_label-lesion_desc-m1_mask.nii.gz"}
     missing = run_cli("export", str(tmp_path / "out"), "--store", str(root), "--case", "sub-x_ses-y")
     assert missing.exit_code == 2 and "not in store" in missing.output

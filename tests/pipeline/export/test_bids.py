@@ -95,7 +95,8 @@ def test_export_is_bids_on_the_source_grid(phantom_store, phantom_cohort, tmp_pa
         assert img.get_data_dtype() == np.uint8 and int(img.header["sform_code"]) == 1
         sidecar = json.loads(pred_file.with_name(pred_file.name.replace(".nii.gz", ".json")).read_text())
         assert sidecar["ModelVersion"] == MODEL and sidecar["Type"] == "Lesion"
-        assert sidecar["lesionflow"]["model"] == {"model_version": MODEL, "created_at": "2026-01-01T12:00:00+00:00", "channels": ["FLAIR", "T1", "T2"]}
+        model = {"model_version": MODEL, "created_at": "2026-01-01T12:00:00+00:00", "channels": ["FLAIR", "T1", "T2"]}
+        assert sidecar["lesionflow"]["model"] == model  # the whitelisted fields only (no training case list)
         assert sidecar["lesionflow"]["source_fingerprint"] == meta.source_fingerprint
         assert all(s.startswith(f"bids::{meta.subject}/{meta.session}/anat/") for s in sidecar["Sources"])
         # the affine against the SOURCE: the FLAIR (reference grid) as a NIfTI file, or the DICOM subject's mask on that grid
