@@ -59,12 +59,14 @@ _T2_STAR = r"swi(?![a-z])|swan|t2\s*\*|t2[\s_-]*star|(?<![a-z0-9])(?:m?gre|ffe|h
 DEFAULT_MODALITY_RULES: tuple[ModalityRule, ...] = (
     ModalityRule(modality="MASK", pattern=r"(lesion|mask|seg(mentation)?\b|gold[_\s-]?standard|consensus|(^|[_\-\s])gt([_\-\s.]|$)|label)"),
     # FLAIR, but not GE's T1-weighted "T1 FLAIR"; "t2_fl2d" is a FLASH (T2*) sequence, not FLAIR
-    ModalityRule(modality="FLAIR", pattern=r"^(?!.*(?<![a-z0-9])s?t1w?[\s_-]*flair)(?=.*(?:flair|dark[_\s-]?fluid|(?<![a-z0-9])s?t2w?[_\s-]?fl(?:air)?(?![a-z0-9])))"),
+    ModalityRule(modality="FLAIR", pattern=r"^(?!.*(?<![a-z0-9])s?t1w?[\s_-]*flair)"
+                                           r"(?=.*(?:flair|dark[_\s-]?fluid|(?<![a-z0-9])s?t2w?[_\s-]?fl(?:air)?(?![a-z0-9])))"),
     ModalityRule(modality="T1", pattern=rf"^(?=.*(?:{_T1}))(?=.*(?:{_PRE}))"),
     ModalityRule(modality="T1POST", pattern=rf"^(?=.*(?:{_T1}))(?=.*(?:{_POST}))"),
     ModalityRule(modality="T1", pattern=_T1),
     ModalityRule(modality="PD", pattern=r"(?<![a-z0-9])pd(?:w|fs)?(?![a-z0-9])|proton[_\s-]?density"),
-    ModalityRule(modality="T2", pattern=rf"^(?!.*(?:{_T2_STAR}))(?=.*(?:(?<![a-z0-9])s?t2(?![0-9])|(?<![a-z0-9])(?:tse|fse|frfse|ssfse|haste|propeller|blade)(?![a-z])))"),
+    ModalityRule(modality="T2", pattern=rf"^(?!.*(?:{_T2_STAR}))"
+                                        r"(?=.*(?:(?<![a-z0-9])s?t2(?![0-9])|(?<![a-z0-9])(?:tse|fse|frfse|ssfse|haste|propeller|blade)(?![a-z])))"),
 )
 """Rules tried in order (first match wins). Changing them changes
 :meth:`PipelineConfig.processing_hash`, so a store converted with other rules is re-converted."""

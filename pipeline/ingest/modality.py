@@ -4,7 +4,8 @@ Rules come from :class:`pipeline.core.config.PipelineConfig` (``modality_rules``
 whose pattern matches wins. The default rules
 (:data:`~pipeline.core.config.DEFAULT_MODALITY_RULES`) match keywords as tokens, so "T1 SPACE"
 is T1 and "T1 POSTERIOR FOSSA" is not post-contrast; ``tests/pipeline/ingest/test_modality.py``
-holds the table of real-world Siemens, GE and Philips series descriptions they are checked against. For DICOM the rule's ``fields`` are searched; for files the
+holds the table of real-world Siemens, GE and Philips series descriptions they are checked against.
+For DICOM the rule's ``fields`` are searched; for files the
 file name (without extension) is searched, with BIDS suffixes understood (``_T1w``, ``_T2w``,
 ``_FLAIR``, ``_mask``, ``_dseg``).
 

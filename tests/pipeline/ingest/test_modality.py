@@ -1,11 +1,12 @@
+from pathlib import Path
+
 import pytest
 
 from pipeline.core.config import DEFAULT_MODALITY_RULES as RULES
-from pipeline.ingest.discover import _modality_of_file
 from pipeline.core.config import PipelineConfig
+from pipeline.ingest.discover import _modality_of_file
 from pipeline.ingest.modality import modality_of_filename, modality_of_series, unusable_series
 from storage_schemas.models import ReasonCode
-from pathlib import Path
 
 
 @pytest.mark.parametrize(
