@@ -17,7 +17,7 @@ Map of the package::
       manifest.py      init_store, read_manifest, store_channels, resolve_channels, clean_staging
       cases.py         write_case, list_cases, open_case, read_case_meta, write_case_array, has_node, geometry
       catalog.py       append_catalog, compact_catalog, read_catalog, query_catalog (DuckDB), Arrow schema
-      tables.py        write_table, read_table
+      tables.py        append_table, write_table, read_table, compact_table, export_table (a Parquet dataset per table)
       files.py         location, split_location, store_name, put_bytes, read_bytes, has_file, list_dir,
                        write_bytes_atomic, write_json_atomic
 
@@ -78,7 +78,7 @@ from pipeline.store.layout import (
     StoreError,
 )
 from pipeline.store.manifest import clean_staging, init_store, read_manifest, resolve_channels, store_channels
-from pipeline.store.tables import read_table, write_table
+from pipeline.store.tables import append_table, compact_table, export_table, read_table, write_table
 
 __all__ = [
     # handle and errors
@@ -94,7 +94,7 @@ __all__ = [
     # catalog
     "COMPACT_MIN_PARTS", "append_catalog", "catalog_arrow_schema", "compact_catalog", "read_catalog", "query_catalog",
     # tables
-    "write_table", "read_table",
+    "append_table", "write_table", "read_table", "compact_table", "export_table",
     # single files and locations
     "location", "split_location", "store_name", "put_bytes", "read_bytes", "has_file", "list_dir",
     "write_bytes_atomic", "write_json_atomic",
