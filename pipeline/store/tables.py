@@ -45,7 +45,7 @@ import json
 import logging
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.store.backend.base import join
@@ -68,7 +68,7 @@ _OLDEST = "00000000T000000.000000Z"  # the time of a table written whole by an o
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
 
 
 def _dataset(name: str) -> str:
@@ -137,7 +137,7 @@ def _resolve(parts: list[_Part]) -> tuple[Any, list[str], Any, tuple[str, str] |
     rows = _concat([p.rows for p in parts])
     covers = _concat([p.covers for p in parts]) if parts else pd.DataFrame(columns=[*keys, "_written_at", "_part"])
     if snap is not None:
-        newer = lambda df: (df["_written_at"] > snap[0]) | ((df["_written_at"] == snap[0]) & (df["_part"] >= snap[1]))  # noqa: E731
+        newer = lambda df: (df["_written_at"] > snap[0]) | ((df["_written_at"] == snap[0]) & (df["_part"] >= snap[1]))
         rows = rows[newer(rows)] if len(rows) else rows
         covers = covers[newer(covers)] if len(covers) else covers
     if keys and len(covers):
