@@ -95,6 +95,9 @@ class PipelineConfig(BaseModel):
     # --- runtime (not hashed) ---------------------------------------------------------
     dask_address: str | None = Field(None, description="tcp://host:8786 of an existing scheduler; None = LocalCluster")
     n_workers: int = 2
+    worker_memory_limit: str | None = Field(
+        None, description="memory per Dask worker of the LocalCluster, e.g. '4GiB'; a worker that exceeds it is restarted and "
+        "its session retried once, then rejected (worker_died). None: Dask's default, the machine's memory shared among the workers")
 
     @field_validator("target_spacing")
     @classmethod

@@ -78,14 +78,15 @@ def test_local_cluster_workers_use_one_core_and_glibc_default_malloc():
 
 def test_deploy_dask_config_removes_malloc_trim_for_hand_started_workers():
     import dask.config
+    import distributed  # noqa: F401 - loads the distributed defaults into dask.config
 
     (cfg,) = dask.config.collect_yaml([str(REPO / "deploy" / "dask.yaml")])
     merged = dask.config.merge(dask.config.config, cfg)
     assert "MALLOC_TRIM_THRESHOLD_" in dask.config.config["distributed"]["nanny"]["pre-spawn-environ"]  # Dask's default
     assert merged["distributed"]["nanny"]["pre-spawn-environ"]["MALLOC_TRIM_THRESHOLD_"] is None
-    from pipeline.ingest.cluster import QUIET_CLUSTER
+    from pipeline.ingest.cluster import QUIET_CLUSTER, SESSION_SETTINGS
 
-    for key, value in QUIET_CLUSTER.items():  # the LocalCluster's settings and the file agree
+    for key, value in {**QUIET_CLUSTER, **SESSION_SETTINGS}.items():  # the LocalCluster's settings and the file agree
         assert dask.config.get(key, config=merged) == value, key
 
 
@@ -136,3 +137,63 @@ def test_worker_with_dask_malloc_setting_is_warned_about(monkeypatch, caplog):
     finally:  # the plugin's settings are meant for worker processes, not this one
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
         zarr.config.set({"threading.max_workers": zarr_workers})
+
+
+# ------------------------------------------------------------------------------- poisoned sessions
+def _poisoned_cohort(src, n_good: int = 3) -> None:
+    for i in range(n_good):
+        write_session(src / f"p{i}", f"p{i}_", seed=i, label=False)
+    write_session(src / "poison", "poison_", seed=9, label=False)
+
+
+def _assert_poison_isolated(summary: dict, store, n_good: int) -> None:
+    from pipeline.store import read_catalog
+
+    assert summary["converted"] == n_good and summary["rejected"] == 1
+    (listed,) = [r for r in summary["rejected_inputs"] if r["code"] == "worker_died"]
+    assert listed["path"] == "poison" and listed["reason"].startswith("worker died while converting")
+    assert len(list_cases(store)) == n_good
+    cat = read_catalog(store)
+    row = cat[cat["reason_code"] == "worker_died"]
+    assert row["source_relpath"].tolist() == ["poison"] and row["status"].tolist() == ["rejected"]
+
+
+@pytest.mark.timeout(300)
+def test_a_session_that_crashes_its_worker_is_rejected_and_the_cohort_converted(tmp_path, monkeypatch):
+    """A conversion that kills its worker process (as a segfault in a C library does) is retried
+    once on another worker, then recorded as rejected; the other sessions are converted."""
+    import functools
+
+    from pipeline.ingest import cluster
+    from tests.session_factory import convert_or_poison
+
+    _poisoned_cohort(tmp_path / "c")
+    monkeypatch.setattr(cluster, "convert_session", functools.partial(convert_or_poison, victim="poison", how="crash"))
+    store = tmp_path / "s.zarr"
+    with dask_client(None, 2) as client:
+        summary = run_ingest(tmp_path / "c", store, PipelineConfig(), b"k", client=client).as_dict()
+        client.wait_for_workers(2, timeout=120)  # the dead workers are replaced
+    _assert_poison_isolated(summary, store, 3)
+
+
+@pytest.mark.timeout(400)
+def test_ingest_flow_completes_when_a_session_runs_its_worker_out_of_memory(prefect_harness, tmp_path, monkeypatch):
+    """The flow run ends Completed with the rejection listed: the session that allocates past the
+    configured worker memory limit is rejected after one retry, the others are converted."""
+    import functools
+    import json
+
+    from flows.ingest import ingest
+    from pipeline.ingest import cluster
+    from tests.session_factory import convert_or_poison
+
+    _poisoned_cohort(tmp_path / "c")
+    monkeypatch.setattr(cluster, "convert_session", functools.partial(convert_or_poison, victim="poison", how="oom"))
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"worker_memory_limit": "800MiB"}))
+    store = tmp_path / "s.zarr"
+    state = ingest(str(tmp_path / "c"), str(store), config_path=str(config), n_workers=2, report=False, return_state=True)
+    assert state.is_completed()
+    summary = state.result()
+    _assert_poison_isolated(summary, store, 3)
+    assert "800MiB" in summary["rejected_inputs"][-1]["reason"]
