@@ -53,20 +53,21 @@ def write_session(folder: Path, prefix: str, seed: int, label: bool = True) -> N
         write_nifti(lesion_mask_on(flair), folder / f"{prefix}lesion_mask.nii.gz")
 
 
-def convert_or_poison(plan, ctx, victim: str, how: str = "oom"):
-    """``convert_session``, except that the session whose folder is named ``victim`` kills the
-    Dask worker converting it: ``how="oom"`` allocates (and touches) memory until the worker's
-    nanny kills it for passing its memory limit, ``how="crash"`` exits the process at once as a
-    segfault in a native library would. For tests of poisoned sessions::
+def convert_or_poison(plan, ctx, victims: dict[str, str]):
+    """``convert_session``, except for the sessions whose folder names are keys of ``victims``:
+    they kill the Dask worker converting them, ``"oom"`` by allocating (and touching) memory until
+    the worker's nanny kills it for passing its memory limit, ``"crash"`` by exiting the process
+    at once as a segfault in a native library would. For tests of poisoned sessions::
 
-        monkeypatch.setattr(cluster, "convert_session", functools.partial(convert_or_poison, victim="p2"))
+        monkeypatch.setattr(cluster, "convert_session", functools.partial(convert_or_poison, victims={"p2": "oom"}))
     """
     import os
     import time
 
     from pipeline.ingest.session import convert_session
 
-    if Path(plan.root_relpath).name != victim:
+    how = victims.get(Path(plan.root_relpath).name)
+    if how is None:
         return convert_session(plan, ctx)
     if how == "crash":
         os._exit(139)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import REPO
-from tests.session_factory import write_session
-
 from pipeline.core.config import PipelineConfig
 from pipeline.ingest import run_ingest
 from pipeline.ingest.cluster import dask_client
 from pipeline.store import list_cases
+from tests.conftest import REPO
+from tests.session_factory import write_session
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -41,11 +40,11 @@ def test_unreachable_scheduler_says_what_to_do():
 
 
 def test_parallel_header_scan_equals_serial(tmp_path, monkeypatch):
+    import numpy as np
+
     import pipeline.io.readers.dicom as dicom_reader
     from pipeline.ingest.discover import discover
-
     from tests import dicom_factory as fac
-    import numpy as np
 
     for k in range(3):
         fac.write_series(tmp_path / f"s{k}", np.zeros((12, 8, 8), np.int16), spacing=(1, 1, 2), series_number=k + 1,
@@ -54,17 +53,16 @@ def test_parallel_header_scan_equals_serial(tmp_path, monkeypatch):
     monkeypatch.setattr(dicom_reader, "PARALLEL_SCAN_MIN_FILES", 0)
     with dask_client(None, 2) as client:
         parallel = discover(tmp_path, PipelineConfig(), b"k", client=client)
-    key = lambda disc: sorted((s.case_id, tuple(tuple(i.relpaths) for i in s.items)) for s in disc.sessions)  # noqa: E731
+    key = lambda disc: sorted((s.case_id, tuple(tuple(i.relpaths) for i in s.items)) for s in disc.sessions)
     assert key(parallel) == key(serial) and len(serial.sessions) == 3
 
 
 def _worker_settings() -> dict:
     import os
 
+    import dask
     import SimpleITK as sitk
     import zarr
-
-    import dask
 
     return {"sitk": sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(), "zarr": zarr.config.get("threading.max_workers"),
             "malloc_trim": os.environ.get("MALLOC_TRIM_THRESHOLD_"), "profiler": dask.config.get("distributed.worker.profile.enabled")}
@@ -92,13 +90,12 @@ def test_deploy_dask_config_removes_malloc_trim_for_hand_started_workers():
 
 def test_largest_sessions_are_converted_first(tmp_path):
     """Longest-first order: no big session is left running alone while the other workers idle."""
-    from tests.session_factory import blob_image
-    from pipeline.io.writers import write_nifti
-
-    from pipeline.ingest.discover import discover
     from pipeline.ingest import IngestContext
     from pipeline.ingest.cluster import map_sessions
+    from pipeline.ingest.discover import discover
+    from pipeline.io.writers import write_nifti
     from pipeline.store import read_catalog
+    from tests.session_factory import blob_image
 
     src = tmp_path / "c"
     # names whose alphabetical (discovery) order is not the size order, so only the priorities can
@@ -140,60 +137,36 @@ def test_worker_with_dask_malloc_setting_is_warned_about(monkeypatch, caplog):
 
 
 # ------------------------------------------------------------------------------- poisoned sessions
-def _poisoned_cohort(src, n_good: int = 3) -> None:
-    for i in range(n_good):
-        write_session(src / f"p{i}", f"p{i}_", seed=i, label=False)
-    write_session(src / "poison", "poison_", seed=9, label=False)
-
-
-def _assert_poison_isolated(summary: dict, store, n_good: int) -> None:
-    from pipeline.store import read_catalog
-
-    assert summary["converted"] == n_good and summary["rejected"] == 1
-    (listed,) = [r for r in summary["rejected_inputs"] if r["code"] == "worker_died"]
-    assert listed["path"] == "poison" and listed["reason"].startswith("worker died while converting")
-    assert len(list_cases(store)) == n_good
-    cat = read_catalog(store)
-    row = cat[cat["reason_code"] == "worker_died"]
-    assert row["source_relpath"].tolist() == ["poison"] and row["status"].tolist() == ["rejected"]
-
-
-@pytest.mark.timeout(300)
-def test_a_session_that_crashes_its_worker_is_rejected_and_the_cohort_converted(tmp_path, monkeypatch):
-    """A conversion that kills its worker process (as a segfault in a C library does) is retried
-    once on another worker, then recorded as rejected; the other sessions are converted."""
-    import functools
-
-    from pipeline.ingest import cluster
-    from tests.session_factory import convert_or_poison
-
-    _poisoned_cohort(tmp_path / "c")
-    monkeypatch.setattr(cluster, "convert_session", functools.partial(convert_or_poison, victim="poison", how="crash"))
-    store = tmp_path / "s.zarr"
-    with dask_client(None, 2) as client:
-        summary = run_ingest(tmp_path / "c", store, PipelineConfig(), b"k", client=client).as_dict()
-        client.wait_for_workers(2, timeout=120)  # the dead workers are replaced
-    _assert_poison_isolated(summary, store, 3)
-
-
 @pytest.mark.timeout(400)
-def test_ingest_flow_completes_when_a_session_runs_its_worker_out_of_memory(prefect_harness, tmp_path, monkeypatch):
-    """The flow run ends Completed with the rejection listed: the session that allocates past the
-    configured worker memory limit is rejected after one retry, the others are converted."""
+def test_ingest_flow_completes_when_sessions_kill_their_workers(prefect_harness, tmp_path, monkeypatch):
+    """Two poisoned sessions among three good ones: one allocates past the configured worker
+    memory limit, one exits its worker as a crash in a C library would. Each is retried once on
+    another worker, then rejected (worker_died); the good ones are converted, the summary lists
+    the two, and the flow run ends Completed."""
     import functools
     import json
 
     from flows.ingest import ingest
     from pipeline.ingest import cluster
+    from pipeline.store import read_catalog
     from tests.session_factory import convert_or_poison
 
-    _poisoned_cohort(tmp_path / "c")
-    monkeypatch.setattr(cluster, "convert_session", functools.partial(convert_or_poison, victim="poison", how="oom"))
+    src = tmp_path / "c"
+    for name in ("p0", "p1", "p2", "oom", "crash"):
+        write_session(src / name, f"{name}_", seed=len(name), label=False)
+    victims = {"oom": "oom", "crash": "crash"}
+    monkeypatch.setattr(cluster, "convert_session", functools.partial(convert_or_poison, victims=victims))
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"worker_memory_limit": "800MiB"}))
     store = tmp_path / "s.zarr"
-    state = ingest(str(tmp_path / "c"), str(store), config_path=str(config), n_workers=2, report=False, return_state=True)
+    state = ingest(str(src), str(store), config_path=str(config), n_workers=2, report=False, return_state=True)
     assert state.is_completed()
     summary = state.result()
-    _assert_poison_isolated(summary, store, 3)
-    assert "800MiB" in summary["rejected_inputs"][-1]["reason"]
+    assert (summary["converted"], summary["rejected"], summary["skipped"]) == (3, 2, 0)
+    died = {r["path"]: r["reason"] for r in summary["rejected_inputs"] if r["code"] == "worker_died"}
+    assert set(died) == set(victims)
+    assert all(r.startswith("worker died while converting: 2 workers") and "800MiB" in r for r in died.values())
+    assert len(list_cases(store)) == 3
+    cat = read_catalog(store)
+    rows = cat[cat["reason_code"] == "worker_died"]
+    assert sorted(rows["source_relpath"]) == ["crash", "oom"] and set(rows["status"]) == {"rejected"}
