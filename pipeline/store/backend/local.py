@@ -15,7 +15,7 @@ one rename, atomic on a POSIX file system, so a reader never sees a half-written
   matter; with different content the later one wins whole.
 
 Staging entries carry their owner in their name, ``<uuid>.<pid>.<start>.<host>``: the writing
-process's id, its start time (centiseconds since the epoch) and the host name. A crash leaves only
+process's id, its start (clock ticks since boot on Linux) and the host name. A crash leaves only
 staging debris, which :meth:`LocalBackend.clean_staging` (run at the start of every ingest)
 removes when its owner is dead: a process of this host that no longer exists, or whose pid now
 belongs to a process started at another time. A live writer's staging is never removed. Entries
@@ -68,24 +68,39 @@ def _host() -> str:
     return re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname()) or "localhost"
 
 
-@lru_cache(maxsize=64)
-def _start_cs(pid: int) -> int | None:
-    """Start time of process ``pid`` in centiseconds since the epoch (cached: it never changes)."""
+def _process_start(pid: int) -> tuple[int, bool] | None:
+    """``(start, zombie)`` of process ``pid``, None when there is no such process.
+
+    ``start`` never changes for a process and differs for a later process given the same pid: on
+    Linux its start in clock ticks since boot (``/proc/<pid>/stat``, immune to clock steps), else
+    its start time in centiseconds since the epoch (psutil).
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        if Path("/proc/self/stat").exists():
+            return None
+    except OSError:
+        pass
+    else:
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state is field 3, starttime field 22
+        return int(fields[19]), fields[0] in ("Z", "X")
     import psutil
 
     try:
-        return int(round(psutil.Process(pid).create_time() * 100))
-    except (psutil.Error, OSError):
+        proc = psutil.Process(pid)
+        return int(round(proc.create_time() * 100)), proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return None
 
 
 @dataclass(frozen=True)
 class StagingOwner:
-    """The process that created a staging entry: pid, start time (centiseconds since the epoch)
-    and host, as written in the entry's name."""
+    """The process that created a staging entry: pid, start (see :func:`_process_start`) and
+    host, as written in the entry's name."""
 
     pid: int
-    start_cs: int
+    start: int
     host: str
 
     _NAME = re.compile(r"^(?:[a-z]+-)?[0-9a-f]{32}\.(?P<pid>\d+)\.(?P<start>\d+)\.(?P<host>[A-Za-z0-9._-]+)$")
@@ -93,7 +108,7 @@ class StagingOwner:
     @classmethod
     def current(cls) -> StagingOwner:
         pid = os.getpid()
-        return cls(pid, _start_cs(pid) or 0, _host())
+        return cls(pid, _own_start(pid), _host())
 
     @classmethod
     def parse(cls, name: str) -> StagingOwner | None:
@@ -102,25 +117,25 @@ class StagingOwner:
         return None if m is None else cls(int(m["pid"]), int(m["start"]), m["host"])
 
     def tag(self) -> str:
-        return f"{self.pid}.{self.start_cs}.{self.host}"
+        return f"{self.pid}.{self.start}.{self.host}"
 
     def alive(self) -> bool | None:
-        """True when the owner still runs, False when it is gone, None when this host cannot tell
-        (the owner ran on another host)."""
+        """True when the owner still runs, False when it is gone (or a zombie, or its pid now
+        belongs to a process started at another time), None when this host cannot tell (the
+        owner ran on another host)."""
         if self.host != _host():
             return None
-        import psutil
-
         try:
-            proc = psutil.Process(self.pid)
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                return False
-            started = int(round(proc.create_time() * 100))
-        except psutil.NoSuchProcess:
-            return False
-        except (psutil.Error, OSError):
+            found = _process_start(self.pid)
+        except OSError:
             return True  # it exists but cannot be inspected: assume it is the owner
-        return abs(started - self.start_cs) <= 1  # another start time: the pid was reused
+        return found is not None and not found[1] and found[0] == self.start
+
+
+@lru_cache(maxsize=8)
+def _own_start(pid: int) -> int:
+    found = _process_start(pid)
+    return found[0] if found else 0
 
 
 def new_staging_name(kind: str = "") -> str:

@@ -220,12 +220,10 @@ def test_arrays_added_later_collide_cleanly(tmp_path, monkeypatch, commit_kind):
 
 # ------------------------------------------------------------------------------- staging owners
 def _dead_process() -> tuple[int, int]:
-    """(pid, start time in centiseconds) of a process that has exited."""
-    import psutil
-
+    """(pid, start) of a process that has exited, as its staging entries would name it."""
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        start = int(round(psutil.Process(proc.pid).create_time() * 100))
+        start = local_backend._process_start(proc.pid)[0]
     finally:
         proc.kill()
         proc.wait()
@@ -248,10 +246,10 @@ def test_staging_of_dead_writers_goes_at_once_and_of_live_writers_never(tmp_path
     host = me.host
     dead_pid, dead_start = _dead_process()
     uid = "0123456789abcdef0123456789abcdef"
-    live_old = _entry(root, f"{uid}.{me.pid}.{me.start_cs}.{host}", age_s=7 * 24 * 3600)  # a live writer, a week old
-    live_trash = _entry(root, f"old-{uid}.{me.pid}.{me.start_cs}.{host}", age_s=7 * 24 * 3600)
+    live_old = _entry(root, f"{uid}.{me.pid}.{me.start}.{host}", age_s=7 * 24 * 3600)  # a live writer, a week old
+    live_trash = _entry(root, f"old-{uid}.{me.pid}.{me.start}.{host}", age_s=7 * 24 * 3600)
     dead_new = _entry(root, f"{uid[::-1]}.{dead_pid}.{dead_start}.{host}")  # a writer killed a moment ago
-    reused = _entry(root, f"{'a' * 32}.{me.pid}.{me.start_cs - 500}.{host}")  # our pid, but another process's start
+    reused = _entry(root, f"{'a' * 32}.{me.pid}.{me.start - 500}.{host}")  # our pid, but another process's start
     foreign_new = _entry(root, f"{'b' * 32}.{dead_pid}.{dead_start}.other-host.example")
     foreign_old = _entry(root, f"{'c' * 32}.{dead_pid}.{dead_start}.other-host.example", age_s=7 * 3600)
     legacy_new, legacy_old = _entry(root, "d" * 32), _entry(root, "e" * 32, age_s=7 * 3600)
