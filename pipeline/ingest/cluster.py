@@ -33,7 +33,10 @@ import contextlib
 import dataclasses
 import logging
 import os
-from typing import Any, Callable, Iterator
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from pipeline.ingest.context import IngestContext
 from pipeline.ingest.discover import SessionPlan
@@ -50,7 +53,7 @@ class OneCorePerWorker:
 
     name = "lesionflow-one-core-per-worker"
 
-    def setup(self, worker: Any = None) -> None:  # noqa: D401 - dask plugin hook
+    def setup(self, worker: Any = None) -> None:
         import SimpleITK as sitk
         import zarr
 
@@ -165,39 +168,61 @@ def map_sessions(
         return results
     from collections import deque
 
-    from dask.distributed import as_completed
+    from distributed import wait
     from distributed.scheduler import KilledWorker
 
     # largest sessions first, so that no big one is left running alone at the end while the
-    # other workers idle; and no more sessions in flight than the cluster has threads: a worker
-    # that dies takes every task the scheduler had sent it, so a session queued behind a poisoned
-    # one would be charged with its death (and rejected at the second)
+    # other workers idle; and no more sessions in flight than the cluster has threads, counted
+    # over every map_sessions of this process (the ingest flow converts batches concurrently): a
+    # worker that dies takes every task the scheduler had sent it, so a session queued behind a
+    # poisoned one would be charged with its death (and rejected at the second)
     work = [plan.work_estimate() for plan in plans]
     pending = deque(sorted(range(total), key=lambda i: -work[i]))
     in_flight: dict[Any, int] = {}
-    running = as_completed()
+    scheduler = client.scheduler.address
 
     def submit_more() -> None:
         slots = max(1, sum(client.nthreads().values()))
-        while pending and len(in_flight) < slots:
-            i = pending.popleft()
-            fut = client.submit(convert_session, plans[i], ctx, pure=False, priority=len(pending))
-            in_flight[fut] = i
-            running.add(fut)
+        with _SLOTS:
+            while pending and _IN_FLIGHT[scheduler] < slots:
+                i = pending.popleft()
+                in_flight[client.submit(convert_session, plans[i], ctx, pure=False, priority=len(pending))] = i
+                _IN_FLIGHT[scheduler] += 1
 
-    submit_more()
     done = 0
-    for fut in running:
-        i = in_flight.pop(fut)
-        try:
-            results[i] = _converted_earlier_in_this_run(fut.result(), ctx)
-        except KilledWorker as exc:
-            results[i] = worker_died(plans[i], ctx, exc)
-        done += 1
-        if progress:
-            progress("convert", done, total)
-        submit_more()
+    try:
+        while pending or in_flight:
+            submit_more()
+            if not in_flight:  # every slot is another batch's: wait for one to free
+                with _SLOTS:
+                    _SLOTS.wait(timeout=0.5)
+                continue
+            try:
+                finished = wait(list(in_flight), timeout=0.5, return_when="FIRST_COMPLETED").done
+            except TimeoutError:
+                continue  # look again for slots other batches freed
+            for fut in finished:
+                i = in_flight.pop(fut)
+                with _SLOTS:
+                    _IN_FLIGHT[scheduler] -= 1
+                    _SLOTS.notify_all()
+                try:
+                    results[i] = _converted_earlier_in_this_run(fut.result(), ctx)
+                except KilledWorker as exc:
+                    results[i] = worker_died(plans[i], ctx, exc)
+                done += 1
+                if progress:
+                    progress("convert", done, total)
+    finally:
+        with _SLOTS:
+            _IN_FLIGHT[scheduler] -= len(in_flight)
+            _SLOTS.notify_all()
     return results
+
+
+_SLOTS = threading.Condition()
+_IN_FLIGHT: Counter[str] = Counter()
+"""Sessions in flight per scheduler address, over every :func:`map_sessions` of this process."""
 
 
 def _converted_earlier_in_this_run(result: SessionResult, ctx: IngestContext) -> SessionResult:

@@ -141,8 +141,9 @@ def test_worker_with_dask_malloc_setting_is_warned_about(monkeypatch, caplog):
 def test_ingest_flow_completes_when_sessions_kill_their_workers(prefect_harness, tmp_path, monkeypatch):
     """Two poisoned sessions among three good ones: one allocates past the configured worker
     memory limit, one exits its worker as a crash in a C library would. Each is retried once on
-    another worker, then rejected (worker_died); the good ones are converted, the summary lists
-    the two, and the flow run ends Completed."""
+    another worker, then rejected (worker_died); the good ones are converted (none charged with a
+    neighbour's death, also when several batches convert at once), the summary lists the two, and
+    the flow run ends Completed."""
     import functools
     import json
 
@@ -159,7 +160,8 @@ def test_ingest_flow_completes_when_sessions_kill_their_workers(prefect_harness,
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"worker_memory_limit": "800MiB"}))
     store = tmp_path / "s.zarr"
-    state = ingest(str(src), str(store), config_path=str(config), n_workers=2, report=False, return_state=True)
+    # batches of 2: three convert tasks at once share the cluster's two worker slots
+    state = ingest(str(src), str(store), config_path=str(config), n_workers=2, batch_size=2, report=False, return_state=True)
     assert state.is_completed()
     summary = state.result()
     assert (summary["converted"], summary["rejected"], summary["skipped"]) == (3, 2, 0)
