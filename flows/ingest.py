@@ -72,7 +72,7 @@ def ingest(
     t0 = time.perf_counter()
     ctx = IngestContext(store, cfg, new_run_id(), force)
     results: list[SessionResult] = []
-    with dask_client(cfg.dask_address, cfg.n_workers) as client:
+    with dask_client(cfg.dask_address, cfg.n_workers, memory_limit=cfg.worker_memory_limit) as client:
         scheduler = client.scheduler.address
         sessions, rejected, unchanged = discover_task(source, ctx, scheduler)
         if sessions:

@@ -165,7 +165,7 @@ def ingest(
         from pipeline.ingest.cluster import dask_client
 
         cfg = load_config(config, target_spacing=tuple(spacing) if spacing else None, dask_address=dask_address, n_workers=workers)
-        with _progress() as progress, dask_client(cfg.dask_address, cfg.n_workers) as client:
+        with _progress() as progress, dask_client(cfg.dask_address, cfg.n_workers, memory_limit=cfg.worker_memory_limit) as client:
             summary = run_ingest(source, store, cfg, pseudonym_key(), client=client, progress=progress, force=force).as_dict()
     else:
         from flows.ingest import ingest as ingest_flow

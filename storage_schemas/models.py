@@ -171,6 +171,9 @@ class ReasonCode(StrEnum):
     """session: no input of a configured channel (only localizers, 4-D series, unmapped series…)"""
     INTERNAL_ERROR = "internal_error"
     """a bug in lesionflow while converting the session (please report it)"""
+    WORKER_DIED = "worker_died"
+    """session: the Dask worker converting it died twice (out of memory past the worker's memory
+    limit, or a crash in a native library); the rest of the cohort was converted"""
 
 
 ReasonCodeValue = Literal[tuple(code.value for code in ReasonCode)]  # type: ignore[valid-type]

@@ -51,3 +51,29 @@ def write_session(folder: Path, prefix: str, seed: int, label: bool = True) -> N
     write_nifti(t2, folder / f"{prefix}T2w.nii.gz")
     if label:
         write_nifti(lesion_mask_on(flair), folder / f"{prefix}lesion_mask.nii.gz")
+
+
+def convert_or_poison(plan, ctx, victims: dict[str, str]):
+    """``convert_session``, except for the sessions whose folder names are keys of ``victims``:
+    they kill the Dask worker converting them, ``"oom"`` by allocating (and touching) memory until
+    the worker's nanny kills it for passing its memory limit, ``"crash"`` by exiting the process
+    at once as a segfault in a native library would. For tests of poisoned sessions::
+
+        monkeypatch.setattr(cluster, "convert_session", functools.partial(convert_or_poison, victims={"p2": "oom"}))
+    """
+    import os
+    import time
+
+    from pipeline.ingest.session import convert_session
+
+    how = victims.get(Path(plan.root_relpath).name)
+    if how is None:
+        return convert_session(plan, ctx)
+    if how == "crash":
+        os._exit(139)
+    hoard = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # 16 MiB every 20 ms: the nanny checks every 500 ms
+        hoard.append(np.ones(16 * 2**20, np.uint8))
+        time.sleep(0.02)
+    os._exit(70)  # never reached while the worker has a memory limit

@@ -41,14 +41,37 @@ class ModalityRule(BaseModel):
     fields: tuple[str, ...] = ("SeriesDescription", "ProtocolName", "SequenceName")
 
 
+# Building blocks of the default rules. Series descriptions are free text: "T1 SPACE",
+# "t1_mprage_sag_p2_iso_post", "Ax BRAVO +C", "T1W_3D_TFE_Gd", a surname. A keyword counts only
+# as a token: not preceded by a letter or digit (``_`` and ``-`` separate tokens) and, where it
+# could be the start of a longer word, not followed by one; so "ce" in "SPACE" or "Pearce", "post"
+# in "POSTERIOR" and "gd" inside a word are not contrast markers.
+_T1 = r"(?<![a-z0-9])s?t1(?![0-9])|mprage|spgr|bravo|tfl3d"
+"""T1-weighted: a T1 token (Philips' "sT1W" too; not "T12") or a T1 sequence (MPRAGE, (F)SPGR, BRAVO)."""
+_PRE = (r"(?<![a-z])pre(?![a-z])|(?<![a-z])pre[\s_-]?(?:gad|gd|contrast|c(?![a-z]))|(?<![a-z])w/?o(?![a-z])|without"
+        r"|non[\s_-]?(?:contrast|gad|gd|enhanced)")
+"""Explicitly before contrast: "PRE", "pre-gad", "w/o", "without", "non-contrast"."""
+_POST = (r"(?<![a-z])post(?=gad|gd|con|c(?![a-z])|[^a-z]|$)|(?<![a-z])(?:gd|gad|gado[a-z]*|ce|km)(?![a-z])"
+         r"|\+\s*(?:c|gd|gad|contrast)(?![a-z])|(?<![a-z])c\s*\+|t1w?ce?(?![a-z0-9])|(?<![a-z])contrast")
+"""After contrast: "POST" (not "POSTERIOR"), Gd/GAD/gadolinium, "CE" (not "SPACE"), German "KM",
+"+C", "C+", "T1C"/"T1CE" (BraTS), "contrast" (negations are caught by :data:`_PRE` first)."""
+_T2_STAR = r"swi(?![a-z])|swan|t2\s*\*|t2[\s_-]*star|(?<![a-z0-9])(?:m?gre|ffe|hemo|medic)(?![a-z])|fl[23]d"
+"""T2*-weighted / susceptibility (SWI, SWAN, GRE, FFE, FLASH "fl2d"): not T2."""
+
 DEFAULT_MODALITY_RULES: tuple[ModalityRule, ...] = (
     ModalityRule(modality="MASK", pattern=r"(lesion|mask|seg(mentation)?\b|gold[_\s-]?standard|consensus|(^|[_\-\s])gt([_\-\s.]|$)|label)"),
-    ModalityRule(modality="FLAIR", pattern=r"flair|dark[_\s-]?fluid|\bt2[_\s-]?fl"),
-    ModalityRule(modality="T1POST", pattern=r"(?<![a-z0-9])t1.*(post|\+c\b|gd|gad|contrast|ce\b)|(post|gd|gad).*(?<![a-z0-9])t1"),
-    ModalityRule(modality="T1", pattern=r"(?<![a-z0-9])t1|mprage|spgr|bravo|tfl3d"),
-    ModalityRule(modality="T2", pattern=r"(?<![a-z0-9])(t2|tse|fse)"),
-    ModalityRule(modality="PD", pattern=r"(^|[_\-\s])pd([_\-\s.]|$)|proton[_\s-]?density"),
+    # FLAIR, but not GE's T1-weighted "T1 FLAIR"; "t2_fl2d" is a FLASH (T2*) sequence, not FLAIR
+    ModalityRule(modality="FLAIR", pattern=r"^(?!.*(?<![a-z0-9])s?t1w?[\s_-]*flair)"
+                                           r"(?=.*(?:flair|dark[_\s-]?fluid|(?<![a-z0-9])s?t2w?[_\s-]?fl(?:air)?(?![a-z0-9])))"),
+    ModalityRule(modality="T1", pattern=rf"^(?=.*(?:{_T1}))(?=.*(?:{_PRE}))"),
+    ModalityRule(modality="T1POST", pattern=rf"^(?=.*(?:{_T1}))(?=.*(?:{_POST}))"),
+    ModalityRule(modality="T1", pattern=_T1),
+    ModalityRule(modality="PD", pattern=r"(?<![a-z0-9])pd(?:w|fs)?(?![a-z0-9])|proton[_\s-]?density"),
+    ModalityRule(modality="T2", pattern=rf"^(?!.*(?:{_T2_STAR}))"
+                                        r"(?=.*(?:(?<![a-z0-9])s?t2(?![0-9])|(?<![a-z0-9])(?:tse|fse|frfse|ssfse|haste|propeller|blade)(?![a-z])))"),
 )
+"""Rules tried in order (first match wins). Changing them changes
+:meth:`PipelineConfig.processing_hash`, so a store converted with other rules is re-converted."""
 
 
 class PipelineConfig(BaseModel):
@@ -75,6 +98,9 @@ class PipelineConfig(BaseModel):
     dask_address: str | None = Field(None, description="tcp://host:8786 of an existing scheduler; None = LocalCluster")
     n_workers: int = 2
     read_limits: ReadLimits = Field(default_factory=ReadLimits, description="ceilings every reader checks before allocating (pipeline.core.limits)")
+    worker_memory_limit: str | None = Field(
+        None, description="memory per Dask worker of the LocalCluster, e.g. '4GiB'; a worker that exceeds it is restarted and "
+        "its session retried once, then rejected (worker_died). None: Dask's default, the machine's memory shared among the workers")
 
     @field_validator("target_spacing")
     @classmethod

@@ -16,18 +16,34 @@ LocalCluster is started without it; for workers started by hand, ``deploy/dask.y
 same, and the worker plugin logs a warning when a worker still has it. The LocalCluster also runs
 without what only a dashboard uses (:data:`QUIET_CLUSTER`), whose CPU time the workers would
 otherwise lose when every core converts.
+
+A poisoned session (one whose conversion kills its worker: memory past the worker's limit, a
+crash in a native library) is isolated. The LocalCluster's workers have a memory limit
+(``PipelineConfig.worker_memory_limit``; Dask's default shares the machine's memory among them),
+past which the nanny restarts the worker; the scheduler retries the session once on another
+worker (:data:`SESSION_SETTINGS`, ``allowed-failures: 1``), then gives up on it, and
+:func:`map_sessions` records it as rejected (``worker_died``) while the other sessions are
+converted as usual. An existing scheduler retries as its own configuration says
+(``deploy/dask.yaml`` sets the same).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
-from typing import Any, Callable, Iterator
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from pipeline.ingest.context import IngestContext
 from pipeline.ingest.discover import SessionPlan
+from pipeline.ingest.incremental import existing_case_meta
 from pipeline.ingest.session import SessionResult, convert_session
+from pipeline.store import append_catalog
+from storage_schemas.models import ReasonCode
 
 log = logging.getLogger("lesionflow.parallel")
 
@@ -37,7 +53,7 @@ class OneCorePerWorker:
 
     name = "lesionflow-one-core-per-worker"
 
-    def setup(self, worker: Any = None) -> None:  # noqa: D401 - dask plugin hook
+    def setup(self, worker: Any = None) -> None:
         import SimpleITK as sitk
         import zarr
 
@@ -65,6 +81,13 @@ QUIET_CLUSTER = {
 }
 """Dask settings of the LocalCluster (also in ``deploy/dask.yaml`` for workers started by hand)."""
 
+SESSION_SETTINGS = {
+    # a session whose worker dies (out of memory, a native crash) is retried once on another
+    # worker, then reported (KilledWorker) instead of killing a third and a fourth (Dask's default 3)
+    "distributed.scheduler.allowed-failures": 1,
+}
+"""Scheduler settings of the LocalCluster (also in ``deploy/dask.yaml`` for a scheduler started by hand)."""
+
 
 @contextlib.contextmanager
 def _local_cluster_config() -> Iterator[None]:
@@ -76,7 +99,7 @@ def _local_cluster_config() -> Iterator[None]:
 
     inherited = os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
     try:
-        with dask.config.set({**QUIET_CLUSTER, "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        with dask.config.set({**QUIET_CLUSTER, **SESSION_SETTINGS, "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
             yield
     finally:
         if inherited is not None:
@@ -84,13 +107,16 @@ def _local_cluster_config() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def dask_client(address: str | None = None, n_workers: int = 2, connect_timeout: str = "20s") -> Iterator[Any]:
+def dask_client(address: str | None = None, n_workers: int = 2, connect_timeout: str = "20s",
+                memory_limit: str | None = None) -> Iterator[Any]:
     """A connected ``dask.distributed.Client``.
 
     Args:
         address: scheduler address of an existing cluster; None starts a LocalCluster.
         n_workers: worker processes of the LocalCluster (one thread each).
         connect_timeout: how long to try reaching ``address``.
+        memory_limit: memory per LocalCluster worker (``"4GiB"``); a worker past 95 % of it is
+            restarted by its nanny. None: Dask's default (the machine's memory / ``n_workers``).
     """
     from dask.distributed import Client, LocalCluster
     from distributed.diagnostics.plugin import WorkerPlugin
@@ -104,7 +130,8 @@ def dask_client(address: str | None = None, n_workers: int = 2, connect_timeout:
         cluster = None
     else:
         with _local_cluster_config():
-            cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR)
+            cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                                   silence_logs=logging.ERROR, memory_limit=memory_limit or "auto")
         client = Client(cluster)
     try:
         client.register_plugin(plugin_cls(), name=OneCorePerWorker.name)
@@ -124,7 +151,10 @@ def map_sessions(
     """Run :func:`~pipeline.ingest.session.convert_session` over ``plans``; results in input order.
 
     With ``client`` the sessions run on the Dask cluster (one task per session, the largest
-    first); without, in this process one after another.
+    first, at most one per worker thread at a time); without, in this process one after another.
+    A session whose workers died while converting it (the scheduler gave up on it:
+    ``KilledWorker``) is recorded as rejected with
+    :attr:`~storage_schemas.models.ReasonCode.WORKER_DIED`; the others are converted as usual.
     """
     total = len(plans)
     results: list[Any] = [None] * total
@@ -136,16 +166,88 @@ def map_sessions(
             if progress:
                 progress("convert", i + 1, total)
         return results
-    from dask.distributed import as_completed
+    from collections import deque
 
-    # largest sessions first (higher priority runs first), so that no big one is left running
-    # alone at the end while the other workers idle
+    from distributed import wait
+    from distributed.scheduler import KilledWorker
+
+    # largest sessions first, so that no big one is left running alone at the end while the
+    # other workers idle; and no more sessions in flight than the cluster has threads, counted
+    # over every map_sessions of this process (the ingest flow converts batches concurrently): a
+    # worker that dies takes every task the scheduler had sent it, so a session queued behind a
+    # poisoned one would be charged with its death (and rejected at the second)
     work = [plan.work_estimate() for plan in plans]
-    order = sorted(range(total), key=lambda i: -work[i])
-    futures = [client.submit(convert_session, plans[i], ctx, pure=False, priority=total - rank) for rank, i in enumerate(order)]
-    index = {f.key: i for f, i in zip(futures, order)}
-    for done, fut in enumerate(as_completed(futures), start=1):
-        results[index[fut.key]] = fut.result()
-        if progress:
-            progress("convert", done, total)
+    pending = deque(sorted(range(total), key=lambda i: -work[i]))
+    in_flight: dict[Any, int] = {}
+    scheduler = client.scheduler.address
+
+    def submit_more() -> None:
+        slots = max(1, sum(client.nthreads().values()))
+        with _SLOTS:
+            while pending and _IN_FLIGHT[scheduler] < slots:
+                i = pending.popleft()
+                in_flight[client.submit(convert_session, plans[i], ctx, pure=False, priority=len(pending))] = i
+                _IN_FLIGHT[scheduler] += 1
+
+    done = 0
+    try:
+        while pending or in_flight:
+            submit_more()
+            if not in_flight:  # every slot is another batch's: wait for one to free
+                with _SLOTS:
+                    _SLOTS.wait(timeout=0.5)
+                continue
+            try:
+                finished = wait(list(in_flight), timeout=0.5, return_when="FIRST_COMPLETED").done
+            except TimeoutError:
+                continue  # look again for slots other batches freed
+            for fut in finished:
+                i = in_flight.pop(fut)
+                with _SLOTS:
+                    _IN_FLIGHT[scheduler] -= 1
+                    _SLOTS.notify_all()
+                try:
+                    results[i] = _converted_earlier_in_this_run(fut.result(), ctx)
+                except KilledWorker as exc:
+                    results[i] = worker_died(plans[i], ctx, exc)
+                done += 1
+                if progress:
+                    progress("convert", done, total)
+    finally:
+        with _SLOTS:
+            _IN_FLIGHT[scheduler] -= len(in_flight)
+            _SLOTS.notify_all()
     return results
+
+
+_SLOTS = threading.Condition()
+_IN_FLIGHT: Counter[str] = Counter()
+"""Sessions in flight per scheduler address, over every :func:`map_sessions` of this process."""
+
+
+def _converted_earlier_in_this_run(result: SessionResult, ctx: IngestContext) -> SessionResult:
+    """A session's result as converted when its case was committed by this very run.
+
+    A finished task's result lives in its worker's memory until fetched; when that worker dies
+    first (a poisoned session after it), the scheduler runs the task again, which finds the case
+    it committed up to date and says "skipped".
+    """
+    if result.status != "skipped":
+        return result
+    meta = existing_case_meta(ctx.store_root, result.case_id)
+    if meta is None or meta.run_id != ctx.run_id:
+        return result
+    return dataclasses.replace(result, status="converted", rows=list(meta.catalog_rows))
+
+
+def worker_died(plan: SessionPlan, ctx: IngestContext, exc: BaseException) -> SessionResult:
+    """The rejected result (and catalog row) of a session whose conversion killed its workers."""
+    attempts = getattr(exc, "allowed_failures", None)
+    tried = f"{attempts + 1} workers" if isinstance(attempts, int) else "its workers"
+    limit = ctx.cfg.worker_memory_limit or "Dask's default"
+    reason = (f"worker died while converting: {tried} running this session died (out of memory past the worker memory "
+              f"limit, {limit}, or a crash in a native library); the rest of the cohort was converted")
+    log.error("session %s: %s", plan.case_id, reason)
+    row = ctx.row(plan, "rejected", plan.root_relpath, reason=reason, reason_code=ReasonCode.WORKER_DIED)
+    append_catalog(ctx.store_root, [row])
+    return SessionResult(plan.case_id, "rejected", reason=reason, reason_code=ReasonCode.WORKER_DIED, rows=[row])

@@ -1,7 +1,11 @@
 """Map series and files to modalities (FLAIR, T1, T1POST, T2, PD, MASK) with ordered regex rules.
 
 Rules come from :class:`pipeline.core.config.PipelineConfig` (``modality_rules``); the first rule
-whose pattern matches wins. For DICOM the rule's ``fields`` are searched; for files the
+whose pattern matches wins. The default rules
+(:data:`~pipeline.core.config.DEFAULT_MODALITY_RULES`) match keywords as tokens, so "T1 SPACE"
+is T1 and "T1 POSTERIOR FOSSA" is not post-contrast; ``tests/pipeline/ingest/test_modality.py``
+holds the table of real-world Siemens, GE and Philips series descriptions they are checked against.
+For DICOM the rule's ``fields`` are searched; for files the
 file name (without extension) is searched, with BIDS suffixes understood (``_T1w``, ``_T2w``,
 ``_FLAIR``, ``_mask``, ``_dseg``).
 
@@ -40,12 +44,28 @@ def _match(text: str, rules: Iterable[ModalityRule]) -> str | None:
 
 
 def modality_of_filename(name: str, rules: Iterable[ModalityRule]) -> str | None:
-    """Modality of an image file from its name, or ``None`` when no rule matches."""
+    """Modality of an image file from its name, or ``None`` when no rule matches.
+
+    A T1 image with a BIDS contrast entity (``ce-<agent>``, e.g. ``sub-01_ce-gadolinium_T1w``)
+    is ``T1POST``.
+
+    >>> from pipeline.core.config import DEFAULT_MODALITY_RULES as R
+    >>> modality_of_filename("sub-01_ce-gadolinium_T1w.nii.gz", R), modality_of_filename("sub-01_acq-space_T1w.nii", R)
+    ('T1POST', 'T1')
+    """
     stem = strip_extension(Path(name).name)
     # BIDS entities such as sub-01_ses-02 must not trigger rules: match on the suffix part
-    parts = [p for p in re.split(r"_", stem) if not re.match(r"^(sub|ses|run|acq|rec|ce|echo)-", p, re.IGNORECASE)]
+    tokens = re.split(r"_", stem)
+    parts = [p for p in tokens if not _BIDS_ENTITY.match(p)]
     text = " ".join(parts) if parts else stem
-    return _match(text, rules)
+    modality = _match(text, rules)
+    if modality == "T1" and any(_BIDS_CONTRAST.match(p) for p in tokens):
+        return "T1POST"
+    return modality
+
+
+_BIDS_ENTITY = re.compile(r"^(sub|ses|run|acq|rec|ce|echo)-", re.IGNORECASE)
+_BIDS_CONTRAST = re.compile(r"^ce-(?!none$)[a-z0-9]+$", re.IGNORECASE)
 
 
 def modality_of_series(header_text_by_fields: dict[tuple[str, ...], str], rules: Iterable[ModalityRule]) -> str | None:

@@ -1,13 +1,17 @@
 """Lesion-volume tables for every scored case of a store.
 
-Two tables, each written as Parquet and CSV under ``<store>/tables/``:
+Two tables under ``<store>/tables/`` (:mod:`pipeline.store.tables`: a Parquet dataset of one
+part per scoring run, with ``.parquet`` and ``.csv`` exports of the current rows):
 
 * ``case_volumes``: one row per (case, model version): total lesion volume (mL), lesion count,
   with the case's source fingerprint and configuration hash for lineage.
 * ``lesions``: one row per lesion: voxels, volume (mm³), LPS centroid (mm), bounding box.
 
-Rows of other model versions already in the tables are kept, so the tables accumulate the
-history of re-scoring an archive with newer models.
+Both are keyed by ``(model_version, case_id)``: a scoring run adds one part to each table, which
+replaces the rows of the cases it scored with that model (a case re-scored with no lesion left
+loses its old lesion rows). Rows of other model versions and other cases are kept, so the
+tables accumulate the history of re-scoring an archive with newer models, and two scoring runs
+at once (different models, or different cases) both keep every row.
 """
 
 from __future__ import annotations
@@ -18,9 +22,21 @@ from typing import Any
 import numpy as np
 
 from pipeline.lesions.components import lesion_table
-from pipeline.store import list_cases, open_case, prediction_mask, read_case_meta, read_table, reference_label, volume_from_geometry, write_table
+from pipeline.store import (
+    append_table,
+    list_cases,
+    open_case,
+    prediction_mask,
+    read_case_meta,
+    read_table,
+    reference_label,
+    volume_from_geometry,
+    write_table,
+)
 from storage_schemas.models import CaseVolumeRow, LesionRow
 
+TABLE_KEYS = ("model_version", "case_id")
+"""The key of both lesion tables: one scoring of one case by one model."""
 
 
 def mask_of(store_root: str | Path, case_id: str, model_version: str | None) -> np.ndarray | None:
@@ -53,7 +69,9 @@ def case_lesion_rows(store_root: str | Path, case_id: str, model_version: str, c
 
 
 def write_lesion_tables(store_root: str | Path, model_version: str, case_ids: list[str] | None = None, connectivity: int = 26, min_size_mm3: float = 0.0) -> dict[str, Any]:
-    """Compute and write both tables for ``model_version``; returns paths and the case table."""
+    """Compute both tables' rows for ``model_version`` and add them (one part each); returns the
+    locations (``paths[<table>]``: ``part``, ``dataset``, ``parquet`` and ``csv`` exports) and the
+    new rows."""
     import pandas as pd
 
     case_rows: list[dict[str, Any]] = []
@@ -66,12 +84,9 @@ def write_lesion_tables(store_root: str | Path, model_version: str, case_ids: li
         lesion_rows.extend(out[1])
     new_cases = pd.DataFrame(case_rows, columns=list(CaseVolumeRow.model_fields))
     new_lesions = pd.DataFrame(lesion_rows, columns=list(LesionRow.model_fields))
-    merged = {}
-    for name, new in (("case_volumes", new_cases), ("lesions", new_lesions)):
-        old = read_table(store_root, name)  # local path or object-store URL
-        if old is not None:
-            keep = ~((old["model_version"] == model_version) & old["case_id"].isin(new_cases["case_id"]))
-            new = pd.concat([old[keep], new], ignore_index=True) if len(new) else old[keep]
-        merged[name] = new.sort_values([c for c in ("model_version", "case_id", "lesion_id") if c in new.columns]).reset_index(drop=True)
-    paths = {name: write_table(store_root, name, df) for name, df in merged.items()}
+    scored = new_cases[list(TABLE_KEYS)]  # a case with no lesion left still replaces its old lesion rows
+    paths = {
+        "case_volumes": append_table(store_root, "case_volumes", new_cases, keys=TABLE_KEYS),
+        "lesions": append_table(store_root, "lesions", new_lesions, keys=TABLE_KEYS, covers=scored),
+    }
     return {"paths": paths, "case_volumes": new_cases, "lesions": new_lesions}

@@ -19,7 +19,7 @@ Map of the package::
       ngff.py          the OME-Zarr 0.5 metadata of a case (image, labels/) and the mask readers of either layout
       upgrade.py       upgrade_store: a store of an older schema rewritten in place to the current layout (no voxel rewritten)
       catalog.py       append_catalog, compact_catalog, read_catalog, query_catalog (DuckDB), Arrow schema
-      tables.py        write_table, read_table
+      tables.py        append_table, write_table, read_table, compact_table, export_table (a Parquet dataset per table)
       files.py         location, split_location, store_name, put_bytes, read_bytes, has_file, list_dir,
                        write_bytes_atomic, write_json_atomic
 
@@ -95,7 +95,7 @@ from pipeline.store.ngff import (
     prediction_versions,
     reference_label,
 )
-from pipeline.store.tables import read_table, write_table
+from pipeline.store.tables import append_table, compact_table, export_table, read_table, write_table
 from pipeline.store.upgrade import upgrade_case, upgrade_store
 
 __all__ = [
@@ -116,7 +116,7 @@ __all__ = [
     # catalog
     "COMPACT_MIN_PARTS", "append_catalog", "catalog_arrow_schema", "compact_catalog", "read_catalog", "query_catalog",
     # tables
-    "write_table", "read_table",
+    "append_table", "write_table", "read_table", "compact_table", "export_table",
     # single files and locations
     "location", "split_location", "store_name", "put_bytes", "read_bytes", "has_file", "list_dir",
     "write_bytes_atomic", "write_json_atomic",

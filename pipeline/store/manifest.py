@@ -106,10 +106,14 @@ def resolve_channels(root: StoreLike, requested: Sequence[str] | None = None) ->
 
 
 def clean_staging(root: StoreLike, older_than_s: float = 6 * 3600) -> int:
-    """Remove leftovers of interrupted writes older than ``older_than_s`` seconds.
+    """Remove the leftovers of interrupted writes: staging entries whose writer is dead.
 
-    The age guard keeps a concurrent writer's work in progress alive. Returns how many
-    entries were removed. A no-op (0) on object stores, which have no staging area: an
-    interrupted case write there leaves an invisible case that the next write replaces.
+    Each staging entry records its writer (pid, process start time, host). An entry whose writer
+    is a process of this host that no longer runs (or whose pid now belongs to another process)
+    is removed at once; a live writer's entry is kept, however old. Entries this host cannot check
+    (written on another host of a shared file system, or by an older version) are removed when
+    older than ``older_than_s`` seconds. Returns how many entries were removed. A no-op (0) on
+    object stores, which have no staging area: an interrupted case write there leaves an
+    invisible case that the next write replaces.
     """
     return open_store(root).backend.clean_staging(older_than_s)

@@ -140,7 +140,8 @@ class Backend(ABC):
         """Create folders where the storage has them (object stores: nothing to do)."""
 
     def clean_staging(self, older_than_s: float) -> int:
-        """Remove staging debris older than ``older_than_s``; returns how many entries went."""
+        """Remove the staging debris of dead writers (``older_than_s``: the age after which debris
+        whose writer cannot be checked goes); returns how many entries went."""
         return 0
 
     @abstractmethod

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import REPO
-from tests.session_factory import write_session
-
 from pipeline.core.config import PipelineConfig
 from pipeline.ingest import run_ingest
 from pipeline.ingest.cluster import dask_client
 from pipeline.store import list_cases
+from tests.conftest import REPO
+from tests.session_factory import write_session
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -41,11 +40,11 @@ def test_unreachable_scheduler_says_what_to_do():
 
 
 def test_parallel_header_scan_equals_serial(tmp_path, monkeypatch):
+    import numpy as np
+
     import pipeline.io.readers.dicom as dicom_reader
     from pipeline.ingest.discover import discover
-
     from tests import dicom_factory as fac
-    import numpy as np
 
     for k in range(3):
         fac.write_series(tmp_path / f"s{k}", np.zeros((12, 8, 8), np.int16), spacing=(1, 1, 2), series_number=k + 1,
@@ -54,17 +53,16 @@ def test_parallel_header_scan_equals_serial(tmp_path, monkeypatch):
     monkeypatch.setattr(dicom_reader, "PARALLEL_SCAN_MIN_FILES", 0)
     with dask_client(None, 2) as client:
         parallel = discover(tmp_path, PipelineConfig(), b"k", client=client)
-    key = lambda disc: sorted((s.case_id, tuple(tuple(i.relpaths) for i in s.items)) for s in disc.sessions)  # noqa: E731
+    key = lambda disc: sorted((s.case_id, tuple(tuple(i.relpaths) for i in s.items)) for s in disc.sessions)
     assert key(parallel) == key(serial) and len(serial.sessions) == 3
 
 
 def _worker_settings() -> dict:
     import os
 
+    import dask
     import SimpleITK as sitk
     import zarr
-
-    import dask
 
     return {"sitk": sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(), "zarr": zarr.config.get("threading.max_workers"),
             "malloc_trim": os.environ.get("MALLOC_TRIM_THRESHOLD_"), "profiler": dask.config.get("distributed.worker.profile.enabled")}
@@ -78,26 +76,26 @@ def test_local_cluster_workers_use_one_core_and_glibc_default_malloc():
 
 def test_deploy_dask_config_removes_malloc_trim_for_hand_started_workers():
     import dask.config
+    import distributed  # noqa: F401 - loads the distributed defaults into dask.config
 
     (cfg,) = dask.config.collect_yaml([str(REPO / "deploy" / "dask.yaml")])
     merged = dask.config.merge(dask.config.config, cfg)
     assert "MALLOC_TRIM_THRESHOLD_" in dask.config.config["distributed"]["nanny"]["pre-spawn-environ"]  # Dask's default
     assert merged["distributed"]["nanny"]["pre-spawn-environ"]["MALLOC_TRIM_THRESHOLD_"] is None
-    from pipeline.ingest.cluster import QUIET_CLUSTER
+    from pipeline.ingest.cluster import QUIET_CLUSTER, SESSION_SETTINGS
 
-    for key, value in QUIET_CLUSTER.items():  # the LocalCluster's settings and the file agree
+    for key, value in {**QUIET_CLUSTER, **SESSION_SETTINGS}.items():  # the LocalCluster's settings and the file agree
         assert dask.config.get(key, config=merged) == value, key
 
 
 def test_largest_sessions_are_converted_first(tmp_path):
     """Longest-first order: no big session is left running alone while the other workers idle."""
-    from tests.session_factory import blob_image
-    from pipeline.io.writers import write_nifti
-
-    from pipeline.ingest.discover import discover
     from pipeline.ingest import IngestContext
     from pipeline.ingest.cluster import map_sessions
+    from pipeline.ingest.discover import discover
+    from pipeline.io.writers import write_nifti
     from pipeline.store import read_catalog
+    from tests.session_factory import blob_image
 
     src = tmp_path / "c"
     # names whose alphabetical (discovery) order is not the size order, so only the priorities can
@@ -136,3 +134,41 @@ def test_worker_with_dask_malloc_setting_is_warned_about(monkeypatch, caplog):
     finally:  # the plugin's settings are meant for worker processes, not this one
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
         zarr.config.set({"threading.max_workers": zarr_workers})
+
+
+# ------------------------------------------------------------------------------- poisoned sessions
+@pytest.mark.timeout(400)
+def test_ingest_flow_completes_when_sessions_kill_their_workers(prefect_harness, tmp_path, monkeypatch):
+    """Two poisoned sessions among three good ones: one allocates past the configured worker
+    memory limit, one exits its worker as a crash in a C library would. Each is retried once on
+    another worker, then rejected (worker_died); the good ones are converted (none charged with a
+    neighbour's death, also when several batches convert at once), the summary lists the two, and
+    the flow run ends Completed."""
+    import functools
+    import json
+
+    from flows.ingest import ingest
+    from pipeline.ingest import cluster
+    from pipeline.store import read_catalog
+    from tests.session_factory import convert_or_poison
+
+    src = tmp_path / "c"
+    for name in ("p0", "p1", "p2", "oom", "crash"):
+        write_session(src / name, f"{name}_", seed=len(name), label=False)
+    victims = {"oom": "oom", "crash": "crash"}
+    monkeypatch.setattr(cluster, "convert_session", functools.partial(convert_or_poison, victims=victims))
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"worker_memory_limit": "800MiB"}))
+    store = tmp_path / "s.zarr"
+    # batches of 2: three convert tasks at once share the cluster's two worker slots
+    state = ingest(str(src), str(store), config_path=str(config), n_workers=2, batch_size=2, report=False, return_state=True)
+    assert state.is_completed()
+    summary = state.result()
+    assert (summary["converted"], summary["rejected"], summary["skipped"]) == (3, 2, 0)
+    died = {r["path"]: r["reason"] for r in summary["rejected_inputs"] if r["code"] == "worker_died"}
+    assert set(died) == set(victims)
+    assert all(r.startswith("worker died while converting: 2 workers") and "800MiB" in r for r in died.values())
+    assert len(list_cases(store)) == 3
+    cat = read_catalog(store)
+    rows = cat[cat["reason_code"] == "worker_died"]
+    assert sorted(rows["source_relpath"]) == ["crash", "oom"] and set(rows["status"]) == {"rejected"}

@@ -67,8 +67,14 @@ def test_cases_catalog_and_tables(root):
     assert store.read_catalog(root)["status"].tolist() == ["converted"]
 
     paths = store.write_table(root, "t", pd.DataFrame({"a": [1, 2]}))
-    assert paths == {ext: str(store.location(root, f"tables/t.{ext}")) for ext in ("parquet", "csv")}
+    assert {k: paths[k] for k in ("parquet", "csv", "dataset")} == {
+        "parquet": str(store.location(root, "tables/t.parquet")), "csv": str(store.location(root, "tables/t.csv")),
+        "dataset": str(store.location(root, "tables/t"))}
+    assert paths["part"].startswith(paths["dataset"] + "/part-")
     assert store.read_table(root, "t")["a"].tolist() == [1, 2]
+    store.append_table(root, "t", pd.DataFrame({"a": [3]}))
+    assert store.read_table(root, "t")["a"].tolist() == [1, 2, 3]
+    assert store.read_bytes(root, "tables/t.csv") == b"a\n1\n2\n3\n"
 
 
 def test_functions_take_an_opened_store(root):

@@ -84,10 +84,9 @@ def test_an_old_store_records_the_channels_of_its_next_ingest(tmp_path):
 
 
 def test_ingest_records_its_configured_channels(tmp_path):
-    from tests.session_factory import write_session
-
     from pipeline.core.config import PipelineConfig
     from pipeline.ingest import run_ingest
+    from tests.session_factory import write_session
 
     write_session(tmp_path / "c" / "p1", "p1_", seed=1)
     root = tmp_path / "s.zarr"

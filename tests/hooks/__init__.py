@@ -1,0 +1,1 @@
+"""Test-only hooks installed into subprocesses (see :mod:`tests.hooks.sitecustomize`)."""
