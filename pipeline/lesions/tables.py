@@ -28,10 +28,8 @@ from pipeline.store import (
     open_case,
     prediction_mask,
     read_case_meta,
-    read_table,
     reference_label,
     volume_from_geometry,
-    write_table,
 )
 from storage_schemas.models import CaseVolumeRow, LesionRow
 
