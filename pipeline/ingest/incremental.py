@@ -8,7 +8,10 @@ committed case is up to date (:func:`is_up_to_date`: same files by size and mtim
 configuration) out of the work sent to the cluster. In a worker, :func:`cached_digests` reuses
 the committed digests of unchanged files, so only new or changed bytes are hashed.
 
-Nothing here reads image data.
+Nothing here reads image data. The store holds sealed paths (:mod:`pipeline.core.lineage`):
+digests are reused by sealed path (:func:`cached_digests` needs no key), and the driver, which
+holds the key, opens the committed paths for discovery's shortcut (:func:`known_cases`), after
+checking that the key opens them at all (:func:`check_key`).
 
 Example (a store's state before an ingest)::
 
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.core.config import PipelineConfig
+from pipeline.core.lineage import Lineage, is_sealed
 from pipeline.ingest.discover import KnownCase, SessionPlan
 from pipeline.store import (
     StoreError,
@@ -43,6 +47,7 @@ log = logging.getLogger("lesionflow.ingest")
 __all__ = [
     "StoreState",
     "cached_digests",
+    "check_key",
     "committed_metas",
     "existing_case_meta",
     "is_up_to_date",
@@ -69,7 +74,8 @@ def committed_metas(store_root: str | Path) -> list[CaseMeta]:
 def cached_digests(plan: SessionPlan, existing: CaseMeta | None) -> tuple[dict[str, str], dict[str, os.stat_result], list[tuple[str, Path]]]:
     """Digests of the plan's used input files that are unchanged (same size and mtime) since the
     committed case ``existing`` hashed them, the stat of every used file, and the files that still
-    need hashing (``(relpath, path)``)."""
+    need hashing (``(relpath, path)``); keyed by plain relpath, matched with the committed
+    sources by sealed path (a case stored with plain paths, before schema 1.3, is hashed again)."""
     known = _known_sources(existing) if existing is not None else {}
     digests: dict[str, str] = {}
     file_stats: dict[str, os.stat_result] = {}
@@ -77,9 +83,9 @@ def cached_digests(plan: SessionPlan, existing: CaseMeta | None) -> tuple[dict[s
     for item in plan.items:
         if item.unused_reason:
             continue
-        for rel, path in zip(item.relpaths, item.paths):
+        for rel, path, token in zip(item.relpaths, item.paths, item.sealed_files):
             st = file_stats[rel] = path.stat()
-            cached = known.get(rel)
+            cached = known.get(token)
             if cached is not None and cached.size_bytes == st.st_size and cached.mtime_ns == st.st_mtime_ns:
                 digests[rel] = cached.sha256  # unchanged since it was hashed: no need to read it again
             else:
@@ -104,7 +110,7 @@ def is_up_to_date(plan: SessionPlan, existing: CaseMeta | None, cfg: PipelineCon
 
 
 def _known_sources(meta: CaseMeta) -> dict[str, SourceFile]:
-    """The committed case's source records by relpath (a digest cache keyed by size + mtime)."""
+    """The committed case's source records by their stored (sealed) relpath (a digest cache keyed by size + mtime)."""
     known = {s.relpath: s for ch in meta.channel_info for s in ch.sources}
     if meta.label_source is not None:
         known[meta.label_source.relpath] = meta.label_source
@@ -132,23 +138,42 @@ def repair_catalog(store_root: str | Path, metas: list[CaseMeta] | None = None) 
     return repaired
 
 
-def known_cases(store_root: str | Path, cfg: PipelineConfig, metas: list[CaseMeta] | None = None) -> list[KnownCase]:
+def known_cases(store_root: str | Path, cfg: PipelineConfig, metas: list[CaseMeta] | None = None,
+                lineage: Lineage | None = None) -> list[KnownCase]:
     """Committed DICOM cases converted with this configuration, with their source files' size and
-    mtime, so that discovery can skip re-reading the headers of unchanged studies."""
+    mtime, so that discovery can skip re-reading the headers of unchanged studies. Their sealed
+    paths are opened with ``lineage``; without it (or for cases stored with plain paths, before
+    schema 1.3, which ingest converts again) a case is left out and discovery reads its headers."""
     out = []
     for meta in committed_metas(store_root) if metas is None else metas:
         if meta.config_hash != cfg.processing_hash():
             continue
         files = [s for ch in meta.channel_info for s in ch.sources]
-        dicom = [s.relpath for ch in meta.channel_info if ch.source_format == "dicom" for s in ch.sources]
         if meta.label_source is not None:
             files.append(meta.label_source)
+        if lineage is None or not files or not all(is_sealed(f.relpath) for f in files):
+            continue
+        dicom = [lineage.open(s.relpath) for ch in meta.channel_info if ch.source_format == "dicom" for s in ch.sources]
         if not dicom or any(f.mtime_ns is None for f in files):
             continue
         root = os.path.commonpath([posixpath.dirname(r) or "." for r in dicom])  # relpaths are POSIX
-        accounted = tuple(r.source_relpath for r in meta.catalog_rows if r.status in ("unused", "rejected") and r.case_id == meta.case_id)
-        out.append(KnownCase(meta.case_id, "" if root == "." else root, {f.relpath: (f.size_bytes, f.mtime_ns) for f in files}, accounted))
+        accounted = tuple(lineage.reveal(r.source_relpath) for r in meta.catalog_rows
+                          if r.status in ("unused", "rejected") and r.case_id == meta.case_id)
+        sources = {lineage.open(f.relpath): (f.size_bytes, f.mtime_ns) for f in files}
+        out.append(KnownCase(meta.case_id, "" if root == "." else root, sources, accounted))
     return out
+
+
+def check_key(metas: list[CaseMeta], lineage: Lineage) -> None:
+    """Raise :class:`~pipeline.core.lineage.LineageKeyError` when ``lineage``'s key does not open
+    the store's sealed paths: ingesting with another key would give every subject a second
+    pseudonym in the same store. Checks one sealed path (stores before schema 1.3 have none)."""
+    for meta in metas:
+        for ch in meta.channel_info:
+            for src in ch.sources:
+                if is_sealed(src.relpath):
+                    lineage.open(src.relpath)
+                    return
 
 
 @dataclass
@@ -172,16 +197,20 @@ class StoreState:
         return todo, unchanged
 
 
-def open_store_for_ingest(store_root: str | Path, cfg: PipelineConfig, force: bool = False) -> StoreState:
+def open_store_for_ingest(store_root: str | Path, cfg: PipelineConfig, force: bool = False, lineage: Lineage | None = None) -> StoreState:
     """Create the store if needed, clear what crashed runs left in staging, restore catalog rows
     a crash lost, merge the catalog's parts when there are many, and return the committed cases'
     metadata with the :func:`known_cases` for discovery (none with ``force``).
 
+    ``lineage``: the run's key (:func:`pipeline.core.lineage.lineage`); when given, a store whose
+    sealed paths this key does not open is refused (:func:`check_key`) before anything is written.
     Reads every committed case's metadata once for all of that.
     """
     init_store(store_root, channels=cfg.channels)
-    clean_staging(store_root)
     metas = committed_metas(store_root)
+    if lineage is not None:
+        check_key(metas, lineage)
+    clean_staging(store_root)
     repair_catalog(store_root, metas)
     compact_catalog(store_root)
-    return StoreState({m.case_id: m for m in metas}, [] if force else known_cases(store_root, cfg, metas))
+    return StoreState({m.case_id: m for m in metas}, [] if force else known_cases(store_root, cfg, metas, lineage))
