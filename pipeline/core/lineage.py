@@ -141,7 +141,8 @@ def scrub(text: str, replacements: Mapping[str, str], min_len: int = 5, withhold
     (not inside a longer word or path component); keys shorter than ``min_len`` characters (a
     file named ``1``) are left alone, as they cannot name a patient and would garble the text.
     Then any other path under a folder of ``withhold`` (absolute ingest folders) becomes
-    :data:`WITHHELD`, up to the next blank, quote or bracket.
+    :data:`WITHHELD`, up to the next blank, quote or bracket (punctuation in between goes with it:
+    it may belong to a folder's name).
 
     >>> scrub("duplicate slice: IM0001, IM00010 at z=3", {"IM0001": "src:a", "3": "src:b"})
     'duplicate slice: src:a, IM00010 at z=3'
@@ -157,5 +158,5 @@ def scrub(text: str, replacements: Mapping[str, str], min_len: int = 5, withhold
     for folder in withhold:
         folder = folder.rstrip("/")
         if folder and folder in text:
-            text = re.sub(rf"{re.escape(folder)}(?:/[^\s'\"()\[\]<>]*)?", WITHHELD, text)
+            text = re.sub(rf"{re.escape(folder)}(?![\w.\-])(?:/[^\s'\"()\[\]<>]*)?", WITHHELD, text)
     return text

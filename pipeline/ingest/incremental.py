@@ -167,7 +167,12 @@ def known_cases(store_root: str | Path, cfg: PipelineConfig, metas: list[CaseMet
 def check_key(metas: list[CaseMeta], lineage: Lineage) -> None:
     """Raise :class:`~pipeline.core.lineage.LineageKeyError` when ``lineage``'s key does not open
     the store's sealed paths: ingesting with another key would give every subject a second
-    pseudonym in the same store. Checks one sealed path (stores before schema 1.3 have none)."""
+    pseudonym in the same store. Checks one sealed path (stores before schema 1.3 have none: a
+    warning says that their catalog keeps plain paths)."""
+    plain = sum(1 for m in metas if any(not is_sealed(s.relpath) for ch in m.channel_info for s in ch.sources))
+    if plain:
+        log.warning("%d case(s) of this store were written before schema 1.3 with plain source paths: they are converted again "
+                    "(and sealed), but the catalog parts written then keep the plain paths; ingest into a new store to be rid of them", plain)
     for meta in metas:
         for ch in meta.channel_info:
             for src in ch.sources:
