@@ -27,15 +27,22 @@ def read_truth(truth_cases_csv: str | Path) -> "Any":
     return pd.read_csv(io.BytesIO(blob))
 
 
-def evaluate(store_root: str | Path, model_version: str, truth_cases_csv: str | Path | None = None) -> "Any":
+def evaluate(store_root: str | Path, model_version: str, truth_cases_csv: str | Path | None = None, key: bytes | None = None) -> "Any":
     """One row per scored case: Dice vs the stored label, predicted vs truth volume (mL).
 
     Truth rows are matched to cases through lineage: a truth row's ``session_dir`` (relative to
-    the ingested source folder) is the folder that holds the case's source files.
+    the ingested source folder) is the folder that holds the case's source files. The store keeps
+    those paths sealed: with a truth table they are opened with ``key`` (default: the
+    pseudonymisation key of the environment, :func:`pipeline.core.config.pseudonym_key`).
     """
     import pandas as pd
 
     truth = read_truth(truth_cases_csv) if truth_cases_csv else None
+    if truth is not None:
+        from pipeline.core.config import pseudonym_key
+        from pipeline.core.lineage import lineage
+
+        lin = lineage(key or pseudonym_key())
     rows = []
     volumes = read_table(store_root, "case_volumes")
     if volumes is None:
@@ -53,7 +60,7 @@ def evaluate(store_root: str | Path, model_version: str, truth_cases_csv: str | 
             row["pred_lesions"] = int(volumes.loc[case_id, "lesion_count"])
         row["dice"] = round(dice(pred, label), 4) if label is not None else None
         if truth is not None:
-            sources = [s.relpath for ch in meta.channel_info for s in ch.sources]
+            sources = [lin.reveal(s.relpath) for ch in meta.channel_info for s in ch.sources]
             match = truth[[any(s.startswith(str(d).rstrip("/") + "/") for s in sources) for d in truth["session_dir"]]]
             if len(match) == 1:
                 t = match.iloc[0]
