@@ -158,9 +158,9 @@ def texts_of_file(path: Path) -> list[str]:
     data = path.read_bytes()
     out = [data.decode("latin-1")]
     if path.suffix == ".parquet":
-        out.append(pd.read_parquet(path).astype(str).to_csv())
+        out.append(pd.read_parquet(path).astype(str).to_csv())  # pages are compressed: read the values
     elif path.suffix == ".json":
-        out.append(json.dumps(json.loads(data), ensure_ascii=False))
+        out.append(json.dumps(json.loads(data), ensure_ascii=False))  # \u escapes decoded
     return out
 
 

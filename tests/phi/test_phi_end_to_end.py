@@ -193,15 +193,20 @@ def test_no_identity_in_prefect(run):
         for item in items:
             text = item.model_dump_json()
             assert find_phi(text, needles) == [], (kind, text[:2000])
-    # and the database itself, whatever the API shows
-    from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
+    # and the database itself, whatever the API shows (the harness's SQLite file and its write-ahead log)
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, PREFECT_SERVER_DATABASE_CONNECTION_URL
 
-    url = PREFECT_API_DATABASE_CONNECTION_URL.value()
-    db = Path(url.split("///", 1)[1]) if url and url.startswith("sqlite") else None
-    if db is not None and db.exists():
-        for f in (db, db.with_name(db.name + "-wal")):
-            if f.exists():
-                assert find_phi(f.read_bytes().decode("latin-1"), needles) == [], f
+    url = PREFECT_SERVER_DATABASE_CONNECTION_URL.value()
+    assert url.startswith("sqlite"), url
+    db = Path(url.split("///", 1)[1])
+    raw = "".join(f.read_bytes().decode("latin-1") for f in (db, db.with_name(db.name + "-wal")) if f.exists())
+    assert ingest_runs[0].parameters["source"] in raw  # the right database: it holds this test's runs
+    assert find_phi(raw, needles) == []
+    # results Prefect persisted, if any (none by default: the tasks' plans hold plain paths in memory)
+    storage = Path(PREFECT_LOCAL_STORAGE_PATH.value())
+    if storage.is_dir():
+        fresh = [f for f in storage.rglob("*") if f.is_file() and f.stat().st_mtime >= run["started"]]
+        assert not [f for f in fresh for t in texts_of_file(f) if find_phi(t, needles)]
 
 
 def test_lineage_resolves_a_case_with_the_key_and_refuses_without(run):
