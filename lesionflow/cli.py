@@ -1,7 +1,7 @@
 """The ``lesionflow`` command.
 
-Imports are lazy: ``lesionflow --help``, ``convert``, ``lesions`` and ``phantom`` never import
-torch or Prefect, so they start fast and work without a training stack.
+Imports are lazy: ``lesionflow --help``, ``convert``, ``lesions``, ``compare`` and ``phantom`` never
+import torch or Prefect, so they start fast and work without a training stack.
 """
 
 from __future__ import annotations
@@ -393,6 +393,163 @@ def report(
         _print_json({"html": str(result.html_path), "summary": result.summary, "flagged": result.flagged})
     else:
         typer.echo(f"report → {result.html_path} ({len(result.flagged)} findings)")
+
+
+# ------------------------------------------------------------------------------- evaluate / compare / segment
+def _jsonable(value: Any) -> Any:
+    """NaN and numpy scalars → JSON values (NaN becomes null)."""
+    import math
+
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    import math
+
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+@app.command()
+def evaluate(
+    store: str = _store_option(),
+    model: str = typer.Option(..., "--model", help="model version in the store, 'latest', or a model folder / model.pt"),
+    truth: Optional[str] = typer.Option(None, "--truth", help="truth table CSV (the phantom's truth/truth_cases.csv), optional"),
+    case_score: str = typer.Option("predicted_volume", "--case-score", help="case-level score: predicted_volume or max_probability"),
+    no_score: bool = typer.Option(False, "--no-score", help="evaluate only the cases MODEL has scored already"),
+    as_json: bool = typer.Option(False, "--json", help="print the cohort figures and every case as JSON"),
+) -> None:
+    """Evaluate MODEL against the store's reference labels: Dice, HD95, volumes, lesion-wise
+    detection (MSSEG-1 and ISLES'22 rules), case-level AUC; tables and an HTML page in the store."""
+    from flows.evaluate import CASE_SCORES
+
+    if case_score not in CASE_SCORES:
+        _fail(f"--case-score must be one of {', '.join(CASE_SCORES)}")
+    from training.checkpoint import CheckpointError, resolve_model_version
+
+    try:
+        resolve_model_version(model, store)
+    except CheckpointError as exc:
+        _fail(str(exc))
+    from flows.evaluate import evaluate as evaluate_flow
+
+    out = evaluate_flow(str(store), model, truth_cases=truth, case_score=case_score, score_missing=not no_score)
+    if as_json:
+        _print_json(_jsonable({k: out[k] for k in ("model_version", "cases", "scored", "cohort", "tables", "page", "case_rows")}))
+        return
+    rows = [r for r in out["case_rows"] if r.get("has_reference")]
+    _print_table(rows, ["case_id", "split", "has_lesion", "dice", "hd95_mm", "volume_ref_ml", "volume_pred_ml", "msseg_ref_lesions",
+                        "msseg_tp_ref", "msseg_f1", "isles_f1", "case_score"],
+                 f"evaluation of {out['model_version']}",
+                 headers={"has_lesion": "lesion?", "hd95_mm": "HD95 mm", "volume_ref_ml": "ref mL", "volume_pred_ml": "pred mL",
+                          "msseg_ref_lesions": "ref n", "msseg_tp_ref": "found", "msseg_f1": "F1 MSSEG", "isles_f1": "F1 ISLES"})
+    c = out["cohort"]
+    typer.echo(f"{c['n_cases']} cases ({c['n_with_lesions']} with lesions, {c['n_lesion_free']} lesion-free); "
+               f"Dice {_num(c['dice_mean'])} (median {_num(c['dice_median'])}), HD95 median {_num(c['hd95_median_mm'])} mm")
+    typer.echo(f"lesion-wise MSSEG-1: sensitivity {_num(c['msseg_sensitivity'])}, precision {_num(c['msseg_precision'])}, "
+               f"F1 {_num(c['msseg_f1'])}; ISLES'22 F1 {_num(c['isles_f1'])}")
+    typer.echo(f"volume: mean |error| {_num(c['abs_rel_volume_error_pct_mean'], 1)} %, r {_num(c['volume_pearson_r'])}, "
+               f"Bland-Altman bias {_num(c['bland_altman_bias_ml'])} mL "
+               f"[{_num(c['bland_altman_loa_low_ml'])}, {_num(c['bland_altman_loa_high_ml'])}]")
+    typer.echo(f"case AUC {_num(c['case_auc'])} ({c['case_score_kind']}), slice AUC {_num(c['slice_auc'])}")
+    typer.echo(f"page   → {out['page'].get('html')}\ntables → {out['tables']['evaluation_cases']['csv']}")
+
+
+@app.command()
+def compare(
+    ref: Path = typer.Argument(..., help="reference mask (NIfTI or MetaImage)"),
+    pred: Path = typer.Argument(..., help="mask to evaluate, on the reference's grid"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write one row per lesion of both masks (both rules) to this CSV"),
+    as_json: bool = typer.Option(False, "--json", help="print dice, lesion_sensitivity, lesion_precision, lesion_f1, ref_lesions, "
+                                                        "pred_lesions, volume_ref_ml, volume_pred_ml and the rest as JSON"),
+) -> None:
+    """Evaluate PRED against REF by every rule: Dice, HD95, volumes, lesion-wise detection
+    (MSSEG-1 as Anima's analyzer; ISLES'22 beside it)."""
+    from pipeline.lesions.evaluation import MaskFileError, compare_files
+
+    for path in (ref, pred):
+        if not path.is_file():
+            _fail(f"{path} does not exist or is not a file")
+    try:
+        metrics, lesion_rows = compare_files(ref, pred)
+    except MaskFileError as exc:
+        _fail(str(exc))
+    payload = {
+        "dice": metrics["dice"],
+        "lesion_sensitivity": metrics["msseg_sensitivity"],
+        "lesion_precision": metrics["msseg_precision"],
+        "lesion_f1": metrics["msseg_f1"],
+        "ref_lesions": metrics["msseg_ref_lesions"],
+        "pred_lesions": metrics["msseg_pred_lesions"],
+        "volume_ref_ml": metrics["volume_ref_ml"],
+        "volume_pred_ml": metrics["volume_pred_ml"],
+        **{k: v for k, v in metrics.items() if k != "predicted_volume_ml"},
+        "rules": {"lesion_*": "MSSEG-1 (Anima): 6-connected, lesions > 3 mm3, alpha 0.10, beta 0.70, gamma 0.65",
+                  "isles_*": "ISLES'22: 26-connected, any overlap"},
+    }
+    if out is not None:
+        import pandas as pd
+
+        pd.DataFrame(lesion_rows, columns=["rule", "side", "lesion_id", "voxels", "volume_mm3", "overlap_fraction", "outside_fraction",
+                                           "detected"]).to_csv(out, index=False)
+    if as_json:
+        _print_json(_jsonable(payload))
+        return
+    m = payload
+    typer.echo(f"reference  {ref}: {m['volume_ref_ml']:.3f} mL, {m['ref_lesions']} lesions (MSSEG-1), {m['isles_ref_lesions']} (ISLES'22)")
+    typer.echo(f"prediction {pred}: {m['volume_pred_ml']:.3f} mL, {m['pred_lesions']} lesions (MSSEG-1), {m['isles_pred_lesions']} (ISLES'22)")
+    typer.echo(f"Dice {_num(m['dice'])}, HD95 {_num(m['hd95_mm'])} mm, volume difference {m['volume_diff_ml']:+.3f} mL "
+               f"({_num(m['rel_volume_error_pct'], 1)} %)")
+    typer.echo(f"lesion-wise MSSEG-1: {m['msseg_tp_ref']}/{m['ref_lesions']} reference lesions detected, {m['msseg_tp_pred']}/{m['pred_lesions']} "
+               f"predicted lesions true; sensitivity {_num(m['lesion_sensitivity'])}, precision {_num(m['lesion_precision'])}, "
+               f"F1 {_num(m['lesion_f1'])}")
+    typer.echo(f"lesion-wise ISLES'22: sensitivity {_num(m['isles_sensitivity'])}, precision {_num(m['isles_precision'])}, F1 {_num(m['isles_f1'])}")
+
+
+@app.command()
+def segment(
+    session_dir: Path = typer.Argument(..., help="the folder of one session's images (DICOM, NIfTI, MetaImage, BIDS)"),
+    model: Path = typer.Option(..., "--model", help="model folder (model.json + model.pt) or its model.pt"),
+    out: Path = typer.Option(..., "--out", help="lesion mask to write (.nii.gz), in the session's reference geometry"),
+    config: Optional[Path] = typer.Option(None, "--config", help="pipeline configuration JSON as given to ingest (default: the model's channels)"),
+    probability: Optional[Path] = typer.Option(None, "--probability", help="also write the lesion probability map (.nii.gz)"),
+    device: Optional[str] = typer.Option(None, help="cuda or cpu (default: CUDA when available)"),
+    connectivity: int = typer.Option(26, help="lesion table: 6, 18 or 26"),
+    min_size_mm3: float = typer.Option(0.0, "--min-size-mm3", help="lesion table: drop lesions smaller than this (mm3)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Segment one session without a store: mask + lesion table (CSV beside it), like LST-AI."""
+    if connectivity not in (6, 18, 26):
+        _fail("--connectivity must be 6, 18 or 26")
+    if not session_dir.is_dir():
+        _fail(f"{session_dir} is not a folder; give the folder holding one session's images")
+    if not model.exists():
+        _fail(f"--model {model} does not exist; give a model folder (model.json + model.pt)")
+    from lesionflow.segment import SegmentError, segment_session
+    from training.checkpoint import CheckpointError
+
+    try:
+        result = segment_session(session_dir, model, out, config=config, device=device, connectivity=connectivity,
+                                 min_size_mm3=min_size_mm3, probability_out=probability)
+    except (SegmentError, CheckpointError) as exc:
+        _fail(str(exc))
+    if as_json:
+        _print_json(result)
+        return
+    for w in result["warnings"]:
+        typer.echo(f"warning: {w}", err=True)
+    typer.echo(f"{result['lesion_count']} lesions, {result['total_volume_ml']:.3f} mL (max probability {result['max_probability']:.3f}) "
+               f"by {result['model_version']}")
+    typer.echo(f"mask    → {result['mask']}\nlesions → {result['lesions_csv']}")
 
 
 # ------------------------------------------------------------------------------- demo

@@ -4,7 +4,7 @@ Every model carries ``schema_version``; readers validate on read and refuse a
 different major version with a message that says how to migrate (see ``LAYOUT.md``).
 No model has a field for a name, birth date, patient ID or accession number:
 identifiers are keyed-hash pseudonyms (``sub-…``/``ses-…``), source paths are sealed
-(``src:…``/``root:…`` tokens, :mod:`pipeline.core.lineage`, schema 1.3) and free-text
+(``src:…``/``root:…`` tokens, :mod:`pipeline.core.lineage`, schema 1.4) and free-text
 descriptions are cleaned (:mod:`pipeline.core.descriptors`). ``storage_schemas/LAYOUT.md`` ("What
 is stored about the sources") lists every field and why it is safe.
 """
@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-SCHEMA_VERSION = "1.3"
+SCHEMA_VERSION = "1.4"
 """Version of the store layout and of every model below (major.minor)."""
 
 
@@ -61,7 +61,7 @@ class SourceFile(BaseModel):
     """One input that contributed to a stored case: its sealed path, digest, size and time."""
 
     model_config = ConfigDict(extra="forbid")
-    relpath: str = Field(description="the path relative to the ingest folder, sealed (a 'src:' token, schema 1.3; "
+    relpath: str = Field(description="the path relative to the ingest folder, sealed (a 'src:' token, schema 1.4; "
                                      "stores written before hold it in the clear); `lesionflow lineage` opens it with the key")
     sha256: str
     size_bytes: int
@@ -73,7 +73,7 @@ class ChannelInfo(BaseModel):
     modality: str
     source_format: Literal["dicom", "nifti", "metaimage"]
     source_series: str = Field(description="'series-<SeriesNumber>' for DICOM, 'file <cleaned name stem>' for image files")
-    series_description: str | None = Field(None, description="SeriesDescription (else ProtocolName) after clean_descriptor (schema 1.3)")
+    series_description: str | None = Field(None, description="SeriesDescription (else ProtocolName) after clean_descriptor (schema 1.4)")
     native_spacing: tuple[float, float, float]
     native_shape_zyx: tuple[int, int, int]
     native_orientation: str
@@ -124,6 +124,12 @@ class ReasonCode(StrEnum):
     """NaN or infinite voxel values"""
     MISSING_DATA_FILE = "missing_data_file"
     """a MetaImage header whose data file is missing"""
+    TOO_LARGE = "too_large"
+    """the header declares more voxels, bytes or files than a reader limit allows (``ReadLimits``)"""
+    OUTSIDE_SOURCE = "outside_source"
+    """a header names a data file outside the header's own folder"""
+    NOT_REGULAR_FILE = "not_regular_file"
+    """a device, FIFO, socket or folder where a regular file was expected"""
     # DICOM series assembly (readers)
     NO_SERIES_UID = "no_series_uid"
     """no SeriesInstanceUID: cannot be grouped into a series"""
@@ -182,7 +188,7 @@ class CatalogRow(_Versioned):
     Machine-readable outcomes beside the human ones (schema 1.2): ``reason_code`` next to
     ``reason``; the native grid as numbers (``shape_*``, ``spacing_*_mm``, ITK x, y, z order) next
     to the display strings ``shape_zyx`` / ``spacing_mm``; ``label_on_grid`` for lesion-mask rows.
-    Rows written by schema 1.1 read with these fields empty. Schema 1.3 seals the source paths
+    Rows written by schema 1.1 read with these fields empty. Schema 1.4 seals the source paths
     (``source_relpath``, ``source_root``) and keeps no path or identifier in ``reason``.
     """
 
@@ -194,9 +200,9 @@ class CatalogRow(_Versioned):
     reason: str | None = None
     reason_code: ReasonCodeValue | None = Field(None, description="ReasonCode of a rejected/unused row (schema 1.2)")
     source_format: str | None = None
-    source_relpath: str = Field(description="the input's path relative to the ingest folder, sealed (a 'src:' token, schema 1.3; "
+    source_relpath: str = Field(description="the input's path relative to the ingest folder, sealed (a 'src:' token, schema 1.4; "
                                             "a DICOM series' folder ends in '/'); stores written before hold it in the clear")
-    source_root: str | None = Field(None, description="the ingest folder of the run, sealed (a 'root:' token, schema 1.3)")
+    source_root: str | None = Field(None, description="the ingest folder of the run, sealed (a 'root:' token, schema 1.4)")
     source_sha256: str | None = None
     shape_zyx: str | None = Field(None, description="display text 'ZxYxX'; use shape_x/_y/_z")
     spacing_mm: str | None = Field(None, description="display text 'XxYxZ' (mm); use spacing_x_mm/_y_mm/_z_mm")
@@ -228,7 +234,7 @@ class CaseMeta(_Versioned):
     label_source: SourceFile | None = None
     geometry: Geometry
     source_fingerprint: str = Field(description="sha256 over the sorted (sealed path, digest) pairs of the sources")
-    source_root: str | None = Field(None, description="the ingest folder it was converted from, sealed (a 'root:' token, schema 1.3)")
+    source_root: str | None = Field(None, description="the ingest folder it was converted from, sealed (a 'root:' token, schema 1.4)")
     config_hash: str
     pipeline_version: str
     run_id: str | None = None
@@ -279,3 +285,121 @@ class StoreManifest(_Versioned):
     layout_doc: str = "storage_schemas/LAYOUT.md"
     channels: list[str] | None = Field(
         None, description="modalities stacked into each case's image, in order, as ingest was configured; None: not recorded (schema < 1.2)")
+
+
+# ------------------------------------------------------------------------------ evaluation (schema 1.3)
+class EvaluationCaseRow(_Versioned):
+    """One row per (case, model version): a prediction against the case's reference label.
+
+    Voxel-wise figures use every lesion voxel; lesion-wise ones follow the two detection rules
+    (``msseg_*``: MSSEG-1 as Anima's analyzer, 6-connected, lesions > 3 mm³; ``isles_*``:
+    ISLES'22, 26-connected, any overlap). NaN where a figure is undefined (see
+    :mod:`pipeline.lesions.evaluation`).
+    """
+
+    case_id: str
+    subject: str
+    session: str
+    model_version: str
+    has_reference: bool = Field(description="the case holds a reference label; without one every figure is NaN")
+    split: Literal["train", "validation", "unseen", "unknown"] = Field(
+        "unknown", description="the case's part in this model's training (its model.json); unknown without one")
+    voxel_volume_mm3: float
+    dice: float
+    hd95_mm: float = Field(description="95th-percentile symmetric surface distance, mm; NaN when exactly one mask is empty")
+    volume_ref_ml: float
+    volume_pred_ml: float
+    volume_diff_ml: float = Field(description="predicted minus reference total lesion volume, mL")
+    abs_volume_error_ml: float
+    rel_volume_error_pct: float = Field(description="100 x (pred - ref) / ref; NaN when the reference is empty")
+    has_lesion: bool = Field(description="case-level truth: the reference has at least one lesion voxel")
+    case_score: float = Field(description="case-level 'is there a lesion?' score (see case_score_kind)")
+    case_score_kind: Literal["predicted_volume_ml", "max_probability"]
+    msseg_ref_lesions: int
+    msseg_pred_lesions: int
+    msseg_tp_ref: int = Field(description="reference lesions detected")
+    msseg_tp_pred: int = Field(description="predicted lesions that detect the reference (the symmetric rule)")
+    msseg_sensitivity: float
+    msseg_precision: float
+    msseg_f1: float
+    isles_ref_lesions: int
+    isles_pred_lesions: int
+    isles_tp_ref: int
+    isles_tp_pred: int
+    isles_sensitivity: float
+    isles_precision: float
+    isles_f1: float
+    evaluated_at: datetime = Field(default_factory=utcnow)
+
+
+class EvaluationLesionRow(_Versioned):
+    """One lesion of the reference or of the prediction of a case, as a detection rule sees it."""
+
+    case_id: str
+    model_version: str
+    rule: Literal["msseg", "isles"]
+    side: Literal["reference", "prediction"]
+    lesion_id: int = Field(description="1 = largest lesion of that side under that rule's connectivity and size floor")
+    voxels: int
+    volume_mm3: float
+    overlap_fraction: float = Field(description="fraction of its voxels covered by the other side's lesions")
+    outside_fraction: float = Field(description="fraction of its voxels outside the other side's lesions (1 - overlap_fraction)")
+    detected: bool = Field(description="reference side: detected; prediction side: a true-positive prediction")
+
+
+class EvaluationSliceRow(_Versioned):
+    """One slice (array axis 0 of the stored grid) of a case: slice-level 'is there a lesion?'."""
+
+    case_id: str
+    model_version: str
+    z: int
+    has_lesion: bool
+    ref_area_mm2: float
+    pred_area_mm2: float
+    score: float = Field(description="predicted lesion area (mm²) or the slice's maximum probability, as the case score")
+
+
+class EvaluationCohortRow(_Versioned):
+    """One row per model version: the cohort's figures (means over cases with reference lesions,
+    lesion counts pooled over cases, ROC AUC over cases and over slices)."""
+
+    model_version: str
+    n_cases: int
+    n_with_lesions: int
+    n_lesion_free: int
+    n_train_cases: int = Field(0, description="cases among n_cases the model was trained on (figures include them)")
+    dice_mean: float
+    dice_median: float
+    dice_sd: float
+    hd95_mean_mm: float
+    hd95_median_mm: float
+    abs_volume_error_ml_mean: float
+    rel_volume_error_pct_mean: float = Field(description="mean of the signed relative volume errors, %")
+    abs_rel_volume_error_pct_mean: float
+    volume_pearson_r: float
+    volume_spearman_rho: float
+    bland_altman_bias_ml: float = Field(description="mean of (pred - ref) total lesion volume, mL")
+    bland_altman_loa_low_ml: float = Field(description="bias - 1.96 SD of the differences")
+    bland_altman_loa_high_ml: float
+    msseg_ref_lesions: int
+    msseg_pred_lesions: int
+    msseg_tp_ref: int
+    msseg_tp_pred: int
+    msseg_sensitivity: float = Field(description="pooled over cases: detected reference lesions / reference lesions")
+    msseg_precision: float
+    msseg_f1: float
+    msseg_f1_case_mean: float
+    isles_ref_lesions: int
+    isles_pred_lesions: int
+    isles_tp_ref: int
+    isles_tp_pred: int
+    isles_sensitivity: float
+    isles_precision: float
+    isles_f1: float
+    isles_f1_case_mean: float
+    case_score_kind: str
+    case_auc: float = Field(description="ROC AUC of the case score against has_lesion; NaN without both classes")
+    slice_auc: float
+    n_slices: int
+    rules_json: str = Field(description="the detection rules' parameters as used (JSON)")
+    evaluated_at: datetime = Field(default_factory=utcnow)

@@ -41,3 +41,23 @@ def phantom_cohort(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("phantom")
     return make_cohort(out, n_subjects=3, seed=7, spacing_mm=3.0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """The folder of a 3-D U-Net trained for 20 iterations (1 thread) on two synthetic cases
+    (FLAIR, T1, T2): a real model for the commands and flows that run one, not a good one."""
+    import torch
+
+    from tests.store_factory import make_store
+    from training.loop import train
+
+    root = tmp_path_factory.mktemp("tiny-model") / "store"
+    ids = make_store(root, n_cases=2, shape_zyx=(40, 56, 48), seed=0)
+    previous = torch.get_num_threads()
+    try:
+        result = train(root, case_ids=ids, val_case_ids=[], patch_zyx=(32, 32, 32), batch_size=2, iterations=20, lr=2e-3, seed=0,
+                       num_threads=1)
+    finally:
+        torch.set_num_threads(previous)
+    return result.checkpoint_path

@@ -305,3 +305,66 @@ def expected_world(array_shape_zyx: Sequence[int], spacing: Sequence[float], ori
     kk, jj, ii = np.meshgrid(np.arange(z), np.arange(y), np.arange(x), indexing="ij")
     ijk = np.stack([ii.ravel(), jj.ravel(), kk.ravel()], axis=1).astype(float)
     return ijk @ (np.asarray(direction) * np.asarray(spacing)[None, :]).T + np.asarray(origin)
+
+
+# JPEG process name in GDCM for the syntaxes that pydicom cannot encode itself
+_GDCM_SYNTAX = {
+    "1.2.840.10008.1.2.4.50": "JPEGBaselineProcess1",
+    "1.2.840.10008.1.2.4.51": "JPEGExtendedProcess2_4",
+    "1.2.840.10008.1.2.4.57": "JPEGLosslessProcess14",
+    "1.2.840.10008.1.2.4.70": "JPEGLosslessProcess14_1",
+}
+
+
+def encoder_missing(syntax: str) -> str | None:
+    """Why ``syntax`` cannot be encoded here (``None`` when :func:`recompress` can do it)."""
+    from pydicom.pixels import get_encoder
+    from pydicom.uid import UID
+
+    if syntax in _GDCM_SYNTAX:
+        try:
+            import gdcm  # noqa: F401
+        except ImportError:
+            return f"{UID(syntax).name}: pydicom has no encoder for it and python-gdcm is not installed"
+        return None
+    try:
+        encoder = get_encoder(syntax)
+    except NotImplementedError:
+        return f"{UID(syntax).name}: pydicom has no encoder for it"
+    if not encoder.is_available:
+        return f"{UID(syntax).name}: no encoder plugin installed ({encoder.missing_dependencies})"
+    return None
+
+
+def recompress(path: str | Path, syntax: str, **kwargs: Any) -> Path:
+    """Re-encode the pixel data of the DICOM file ``path`` in place with transfer syntax ``syntax``.
+
+    pydicom's own encoders (``Dataset.compress``: RLE natively, JPEG-LS with pyjpegls,
+    JPEG 2000 with pylibjpeg-openjpeg; ``kwargs`` go to it) are used when they exist; the JPEG
+    processes pydicom cannot encode (baseline .50, extended .51, lossless .57/.70) go through
+    GDCM's ``ImageChangeTransferSyntax``.
+    """
+    path = Path(path)
+    if syntax not in _GDCM_SYNTAX:
+        d = pydicom.dcmread(path)
+        d.compress(syntax, **kwargs)
+        d.save_as(path, enforce_file_format=True)
+        return path
+    import gdcm
+
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(path))
+    if not reader.Read():
+        raise RuntimeError(f"GDCM could not read {path}")
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(getattr(gdcm.TransferSyntax, _GDCM_SYNTAX[syntax])))
+    change.SetInput(reader.GetImage())
+    if not change.Change():
+        raise RuntimeError(f"GDCM could not encode {path} as {syntax}")
+    writer = gdcm.ImageWriter()
+    writer.SetFileName(str(path))
+    writer.SetFile(reader.GetFile())
+    writer.SetImage(change.GetOutput())
+    if not writer.Write():
+        raise RuntimeError(f"GDCM could not write {path}")
+    return path

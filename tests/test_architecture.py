@@ -21,13 +21,13 @@ ALLOWED: dict[str, set[str]] = {
     "storage_schemas": set(),
     "pipeline": set(),  # pipeline/__init__.py: the version only
     "pipeline.core": set(),
-    "pipeline.io": {"pipeline", "pipeline.core"},
+    "pipeline.io": {"pipeline", "pipeline.core", "storage_schemas"},  # ReasonCode: the shared vocabulary of outcomes
     "pipeline.store": {"pipeline", "pipeline.core", "storage_schemas"},
     "pipeline.ingest": {"pipeline", "pipeline.core", "pipeline.io", "pipeline.store", "storage_schemas"},
     "pipeline.prepare": {"pipeline", "pipeline.core", "pipeline.store", "storage_schemas"},
     "pipeline.lesions": {"pipeline", "pipeline.core", "pipeline.io", "pipeline.store", "storage_schemas"},
     "pipeline.quality": {"pipeline", "pipeline.core", "pipeline.io", "pipeline.store", "pipeline.lesions", "storage_schemas"},
-    "pipeline.phantom": {"pipeline", "pipeline.core", "pipeline.io"},
+    "pipeline.phantom": {"pipeline", "pipeline.core", "pipeline.io", "storage_schemas"},
     "training": {"pipeline", "pipeline.core", "pipeline.store", "pipeline.prepare", "pipeline.lesions", "storage_schemas"},
     "flows": {"pipeline", *(f"pipeline.{s}" for s in ("core", "io", "ingest", "store", "prepare", "lesions", "quality", "phantom")),
               "training", "storage_schemas"},

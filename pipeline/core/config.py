@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from pipeline.core.limits import ReadLimits
+
 MODALITIES = ("FLAIR", "T1", "T1POST", "T2", "PD", "MASK")
 DEFAULT_CHANNELS: tuple[str, ...] = ("FLAIR", "T1", "T2")
 """Channels of a new configuration, and of a store that records none and holds no case."""
@@ -72,6 +74,7 @@ class PipelineConfig(BaseModel):
     # --- runtime (not hashed) ---------------------------------------------------------
     dask_address: str | None = Field(None, description="tcp://host:8786 of an existing scheduler; None = LocalCluster")
     n_workers: int = 2
+    read_limits: ReadLimits = Field(default_factory=ReadLimits, description="ceilings every reader checks before allocating (pipeline.core.limits)")
 
     @field_validator("target_spacing")
     @classmethod

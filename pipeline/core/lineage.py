@@ -120,7 +120,7 @@ class Lineage:
         return data.rstrip(b"\0").decode("utf-8", "surrogateescape")
 
     def reveal(self, value: str) -> str:
-        """``value`` opened when it is a token, else as it is (paths stored before schema 1.3)."""
+        """``value`` opened when it is a token, else as it is (paths stored before schema 1.4)."""
         return self.open(value) if is_sealed(value) else value
 
 

@@ -75,7 +75,7 @@ def cached_digests(plan: SessionPlan, existing: CaseMeta | None) -> tuple[dict[s
     """Digests of the plan's used input files that are unchanged (same size and mtime) since the
     committed case ``existing`` hashed them, the stat of every used file, and the files that still
     need hashing (``(relpath, path)``); keyed by plain relpath, matched with the committed
-    sources by sealed path (a case stored with plain paths, before schema 1.3, is hashed again)."""
+    sources by sealed path (a case stored with plain paths, before schema 1.4, is hashed again)."""
     known = _known_sources(existing) if existing is not None else {}
     digests: dict[str, str] = {}
     file_stats: dict[str, os.stat_result] = {}
@@ -143,7 +143,7 @@ def known_cases(store_root: str | Path, cfg: PipelineConfig, metas: list[CaseMet
     """Committed DICOM cases converted with this configuration, with their source files' size and
     mtime, so that discovery can skip re-reading the headers of unchanged studies. Their sealed
     paths are opened with ``lineage``; without it (or for cases stored with plain paths, before
-    schema 1.3, which ingest converts again) a case is left out and discovery reads its headers."""
+    schema 1.4, which ingest converts again) a case is left out and discovery reads its headers."""
     out = []
     for meta in committed_metas(store_root) if metas is None else metas:
         if meta.config_hash != cfg.processing_hash():
@@ -167,11 +167,11 @@ def known_cases(store_root: str | Path, cfg: PipelineConfig, metas: list[CaseMet
 def check_key(metas: list[CaseMeta], lineage: Lineage) -> None:
     """Raise :class:`~pipeline.core.lineage.LineageKeyError` when ``lineage``'s key does not open
     the store's sealed paths: ingesting with another key would give every subject a second
-    pseudonym in the same store. Checks one sealed path (stores before schema 1.3 have none: a
+    pseudonym in the same store. Checks one sealed path (stores before schema 1.4 have none: a
     warning says that their catalog keeps plain paths)."""
     plain = sum(1 for m in metas if any(not is_sealed(s.relpath) for ch in m.channel_info for s in ch.sources))
     if plain:
-        log.warning("%d case(s) of this store were written before schema 1.3 with plain source paths: they are converted again "
+        log.warning("%d case(s) of this store were written before schema 1.4 with plain source paths: they are converted again "
                     "(and sealed), but the catalog parts written then keep the plain paths; ingest into a new store to be rid of them", plain)
     for meta in metas:
         for ch in meta.channel_info:

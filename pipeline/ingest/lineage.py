@@ -8,7 +8,7 @@ the case's inputs that were left unused or rejected, with their reasons.
 :func:`input_lineage` does the same for every rejected/unused input of the store (discovery's
 rejections belong to no case). A key that did not seal the paths raises
 :class:`~pipeline.core.lineage.LineageKeyError`; nothing is guessed. Paths stored before schema
-1.3 are plain and are returned as they are (``sealed`` is then False).
+1.4 are plain and are returned as they are (``sealed`` is then False).
 
 This is what ``lesionflow lineage`` prints.
 

@@ -39,6 +39,7 @@ import numpy as np
 from pipeline import __version__
 from pipeline.core.descriptors import clean_descriptor
 from pipeline.core.geometry import orientation_code
+from pipeline.core.limits import ReadLimits
 from pipeline.core.volume import Volume
 from pipeline.ingest.context import IngestContext
 from pipeline.ingest.discover import SessionPlan, SourceItem, file_sha256
@@ -83,11 +84,12 @@ class SessionResult:
 
 
 # ------------------------------------------------------------------------------ helpers
-def read_item(item: SourceItem) -> Volume:
-    """Read one source item (DICOM series or image file) into a Volume; raises ReaderError."""
+def read_item(item: SourceItem, limits: ReadLimits | None = None) -> Volume:
+    """Read one source item (DICOM series or image file) into a Volume, within ``limits`` (the
+    readers' defaults when None); raises ReaderError."""
     if item.kind == "dicom":
-        return read_series(item.series)
-    return read_volume(item.paths[0])
+        return read_series(item.series, limits=limits)
+    return read_volume(item.paths[0], limits=limits)
 
 
 def on_grid(mask: Volume, image: Volume) -> bool:
@@ -267,7 +269,7 @@ class _SessionConversion:
         volumes: dict[str, tuple[Volume, SourceItem]] = {}
         for item in sorted(used, key=lambda i: (i.series.series_number or 0) if i.series is not None else 0, reverse=True):
             try:
-                vol = read_item(item)
+                vol = read_item(item, self.ctx.cfg.read_limits)
             except ReaderError as err:
                 self.row("rejected", _relpath_of_error(err, item), modality=item.modality, source_format=item.kind,
                          reason=err.reason, reason_code=err.code)

@@ -24,6 +24,9 @@ The same seed gives byte-identical files.
 Faults that a data-quality check must find can be planted: ``thick_slices`` (5 mm FLAIR among
 thin ones), ``missing_flair``, ``label_offgrid`` (mask written on a shifted grid), ``noisy``
 (SNR about 3).
+
+Lesion-free subjects (``lesion_free=n``: an all-zero mask, ``lesion_count`` 0) are what a
+case-level "is there a lesion?" score is evaluated against.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class CohortInfo:
     truth_lesions_csv: Path
     truth: Any  # pandas DataFrame of truth_cases.csv
     faults: dict[str, str] = field(default_factory=dict)  # fault → subject label
+    lesion_free: list[str] = field(default_factory=list)  # labels of the subjects without lesions
 
 
 def _fault_subjects(n_subjects: int, faults: Sequence[str]) -> dict[str, int]:
@@ -115,7 +119,8 @@ def _clear_output(out: Path) -> None:
     (out / "phantom.json").unlink()
 
 
-def make_cohort(out: str | Path, n_subjects: int = 6, seed: int = 0, spacing_mm: float = 1.5, faults: Sequence[str] = ()) -> CohortInfo:
+def make_cohort(out: str | Path, n_subjects: int = 6, seed: int = 0, spacing_mm: float = 1.5, faults: Sequence[str] = (),
+                lesion_free: int = 0) -> CohortInfo:
     """Write a phantom cohort of ``n_subjects`` into ``out`` (see the module docstring).
 
     Args:
@@ -126,6 +131,9 @@ def make_cohort(out: str | Path, n_subjects: int = 6, seed: int = 0, spacing_mm:
         seed: random seed; the same seed writes identical files.
         spacing_mm: base voxel size (mm); thick FLAIRs use twice this.
         faults: planted faults (see ``FAULTS``), one subject each.
+        lesion_free: this many subjects get no lesion (the last ones before the faulty
+            subjects; subject 0 always has lesions). Every other subject is the same as
+            without this option (each subject draws from its own seed).
     """
     import pandas as pd
 
@@ -137,6 +145,10 @@ def make_cohort(out: str | Path, n_subjects: int = 6, seed: int = 0, spacing_mm:
     _clear_output(out)
     truth_dir.mkdir(parents=True, exist_ok=True)
     fault_of = {v: k for k, v in _fault_subjects(n_subjects, faults).items()}
+    if lesion_free < 0 or n_subjects - len(fault_of) - lesion_free < 1:
+        raise ValueError(f"lesion_free={lesion_free}: needs 0 <= lesion_free <= {n_subjects - len(fault_of) - 1} "
+                         f"with {n_subjects} subjects and {len(fault_of)} fault(s) (subject 0 keeps its lesions)")
+    free = set(range(n_subjects - len(fault_of) - lesion_free, n_subjects - len(fault_of)))
     cases: list[dict[str, Any]] = []
     lesions: list[dict[str, Any]] = []
     subjects_json = []
@@ -148,7 +160,8 @@ def make_cohort(out: str | Path, n_subjects: int = 6, seed: int = 0, spacing_mm:
         params = A.random_subject(rng, label, snr=3.0 if fault == "noisy" else None)
         grids = _grids(i, params, spacing_mm, fmt, thick=(fault == "thick_slices"))
         mask_grid = grids["T2"] if fault == "missing_flair" else grids["FLAIR"]
-        params = A.place_lesions(params, rng, int(rng.integers(3, 9)), mask_grid)
+        n_lesions = int(rng.integers(3, 9))
+        params = A.place_lesions(params, rng, 0 if i in free else n_lesions, mask_grid)
         if fault == "label_offgrid":
             mask_grid = mask_grid.shifted((3.0, -2.0, 1.0), (4, 0, -2))
         mask, rows = _truth_rows(label, params, mask_grid)
@@ -210,5 +223,5 @@ def make_cohort(out: str | Path, n_subjects: int = 6, seed: int = 0, spacing_mm:
     faults_by_label = {f: f"PH{i:03d}" for f, i in _fault_subjects(n_subjects, faults).items()}
     (out / "phantom.json").write_text(json.dumps({
         "phantom_version": PHANTOM_VERSION, "seed": seed, "n_subjects": n_subjects, "spacing_mm": spacing_mm,
-        "faults": faults_by_label, "subjects": subjects_json}, indent=1))
-    return CohortInfo(out, cohort, truth_cases, truth_lesions, truth, faults_by_label)
+        "faults": faults_by_label, "lesion_free": [f"PH{i:03d}" for i in sorted(free)], "subjects": subjects_json}, indent=1))
+    return CohortInfo(out, cohort, truth_cases, truth_lesions, truth, faults_by_label, [f"PH{i:03d}" for i in sorted(free)])

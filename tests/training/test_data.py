@@ -69,3 +69,34 @@ def test_dataset_pads_when_volume_smaller_than_patch(store):
     ds = PatchDataset(store["root"], store["labelled"][:1], patch_zyx=(48, 64, 64), seed=0)
     image, label = ds[0]
     assert image.shape == (3, 48, 64, 64) and label.shape == (1, 48, 64, 64)
+
+
+def test_a_different_seed_gives_different_samples(store):
+    """The seed reaches every draw: which case, which centre, which flips, and the patch index a
+    case without a stored one gets in memory."""
+    kwargs = dict(patch_zyx=PATCH, samples_per_epoch=16)
+
+    def specs(ds):
+        return [{k: v for k, v in ds.sample_spec(i).items() if k != "_case"} for i in range(len(ds))]
+
+    # the case with a stored patch index (written once, seed 0): the centres to choose from are
+    # fixed, so any difference comes from the per-sample draws
+    (case_with_index,) = [c for c in store["labelled"] if PatchDataset(store["root"], [c], **kwargs).cases[0].index_source == "store"]
+    a, b, again = (PatchDataset(store["root"], [case_with_index], seed=s, **kwargs) for s in (5, 6, 5))
+    np.testing.assert_array_equal(a.cases[0].lesion, b.cases[0].lesion)
+    assert specs(a) == specs(again)
+    differing = sum(x != y for x, y in zip(specs(a), specs(b)))
+    assert differing >= len(a) // 2, differing
+    assert [s["flips"] for s in specs(a)] != [s["flips"] for s in specs(b)]
+    assert any(not torch.equal(a[i][0], b[i][0]) for i in range(4))
+
+    # every labelled case: which case each sample comes from follows the seed
+    a, b, again = (PatchDataset(store["root"], store["labelled"], seed=s, **kwargs) for s in (5, 6, 5))
+    assert [s["case_id"] for s in specs(a)] != [s["case_id"] for s in specs(b)]
+    # the cases without a stored patch index: their in-memory index is drawn with the dataset's seed
+    built = [i for i, c in enumerate(a.cases) if c.index_source == "built-in-memory"]
+    assert built
+    for i in built:
+        np.testing.assert_array_equal(a.cases[i].lesion, again.cases[i].lesion)
+        assert not np.array_equal(a.cases[i].lesion, b.cases[i].lesion)
+        assert not np.array_equal(a.cases[i].background, b.cases[i].background)

@@ -1,7 +1,11 @@
 """Readers: DICOM series (:mod:`pipeline.io.readers.dicom`), NIfTI and MetaImage files.
 
 Every reader returns a :class:`~pipeline.core.volume.Volume` (geometry in LPS) or raises
-:class:`~pipeline.io.readers.errors.ReaderError` naming the file and a specific reason.
+:class:`~pipeline.io.readers.errors.ReaderError` naming the file, a specific reason and a
+machine-readable ``code``. Every reader takes ``limits=``
+(:class:`~pipeline.io.readers.limits.ReadLimits`, default
+:data:`~pipeline.core.limits.DEFAULT_READ_LIMITS`) and checks what a header declares against
+them and against the file's size before it allocates anything.
 
 Example:
     >>> is_volume_file("sub-01_FLAIR.nii.gz"), is_volume_file("scan.raw")
@@ -11,12 +15,14 @@ Example:
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from pipeline.io.readers.errors import ReaderError, ReasonCode
+from pipeline.core.limits import ReadLimits
 from pipeline.core.volume import Volume
 
-__all__ = ["ReaderError", "read_volume", "is_volume_file", "is_dicom_file", "VOLUME_SUFFIXES"]
+__all__ = ["ReaderError", "ReadLimits", "read_volume", "is_volume_file", "is_dicom_file", "VOLUME_SUFFIXES"]
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mhd", ".mha")
 """File endings read by :func:`read_volume` (case-insensitive)."""
@@ -37,8 +43,11 @@ def is_volume_file(path: str | Path) -> bool:
     return _ending(path) is not None
 
 
-def read_volume(path: str | Path) -> Volume:
+def read_volume(path: str | Path, limits: ReadLimits | None = None) -> Volume:
     """Read a NIfTI or MetaImage file, dispatching on its ending.
+
+    ``limits`` bounds what the file may make the reader allocate (default: the module default
+    :data:`~pipeline.core.limits.DEFAULT_READ_LIMITS`; a pipeline passes ``cfg.read_limits``).
 
     Raises:
         ReaderError: unsupported ending, or any reader failure (see the readers).
@@ -47,11 +56,11 @@ def read_volume(path: str | Path) -> Volume:
     if ending in (".nii", ".nii.gz"):
         from pipeline.io.readers.nifti import read_nifti
 
-        return read_nifti(path)
+        return read_nifti(path, limits)
     if ending in (".mhd", ".mha"):
         from pipeline.io.readers.metaimage import read_metaimage
 
-        return read_metaimage(path)
+        return read_metaimage(path, limits)
     raise ReaderError(path, f"unsupported file type (supported endings: {', '.join(VOLUME_SUFFIXES)})", ReasonCode.UNSUPPORTED_FORMAT)
 
 
@@ -64,6 +73,8 @@ def is_dicom_file(path: str | Path) -> bool:
     """
     path = Path(path)
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False  # never open a FIFO (it would block) or a device
         with open(path, "rb") as fh:
             head = fh.read(132)
     except OSError:

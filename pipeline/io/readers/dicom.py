@@ -41,9 +41,12 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from pipeline.core.geometry import decompose_affine
+from pipeline.core.limits import ReadLimits
+from pipeline.core.volume import Volume
 from pipeline.io.readers.dicom_pixels import (
     DICOMDIR_SOP_CLASS,
     RawPixels,
+    declared_pixel_size,
     decode_pixels,
     dicom_time_seconds,
     dicom_value,
@@ -58,7 +61,7 @@ from pipeline.io.readers.dicom_pixels import (
     to_str,
 )
 from pipeline.io.readers.errors import ReaderError, ReasonCode
-from pipeline.core.volume import Volume
+from pipeline.io.readers.limits import check_declared, check_file_count, resolve
 
 __all__ = ["DicomSeries", "find_dicom_files", "scan_series", "read_series", "sidecar"]
 
@@ -793,7 +796,42 @@ def _read_full(path: Path) -> Any:
     return read_dataset(path, header_only=False)
 
 
-def _read_mosaic(series: DicomSeries) -> tuple[np.ndarray, np.ndarray, list[str]]:
+class _Budget:
+    """Running total of the voxels / bytes a series' files declare, checked before each decode."""
+
+    def __init__(self, series: DicomSeries, limits: ReadLimits) -> None:
+        self.n_files, self.limits = len(series.files), limits
+        self.voxels = self.nbytes = self.files = 0
+
+    def add(self, path: Path, ds: Any) -> None:
+        voxels, nbytes, _ = declared_pixel_size(ds)
+        self.voxels, self.nbytes, self.files = self.voxels + voxels, self.nbytes + nbytes, self.files + 1
+        if self.files == 1:
+            return  # one file alone: decode_pixels checks it, naming its own attributes
+        what = f"{self.files} of the series' {self.n_files} files together"
+        check_declared(path, self.limits, voxels=self.voxels, nbytes=self.nbytes, what=what)
+
+
+def _check_series_size(series: DicomSeries, limits: ReadLimits) -> None:
+    """Refuse, before any pixel is read, a series of too many files or declared voxels/bytes.
+
+    The totals come from the scan's headers (``Rows x Columns`` x images per file; bytes
+    where the scan saw native pixels). Without them (a series built by hand) the per-file
+    :class:`_Budget` still bounds the reading.
+    """
+    check_file_count(series.files[0], limits, len(series.files))
+    headers = series._headers
+    if not headers:
+        return
+    images = sum(max(len(h.slices), 1) for h in headers)
+    voxels = sum(h.rows * h.cols * max(len(h.slices), 1) for h in headers)
+    nbytes = sum(h.rows * h.cols * max(len(h.slices), 1) * (np.dtype(h.pixels.dtype).itemsize if h.pixels is not None else 1) for h in headers)
+    h0 = headers[0]
+    what = f"a series of {len(headers)} files, {images} images of {h0.rows}x{h0.cols}"
+    check_declared(series.files[0], limits, voxels=voxels, nbytes=nbytes, what=what)
+
+
+def _read_mosaic(series: DicomSeries, limits: ReadLimits) -> tuple[np.ndarray, np.ndarray, list[str]]:
     import warnings as _warnings
 
     with _warnings.catch_warnings():
@@ -803,12 +841,14 @@ def _read_mosaic(series: DicomSeries) -> tuple[np.ndarray, np.ndarray, list[str]
 
     vols: list[tuple[tuple, np.ndarray, np.ndarray, float, float, Path]] = []
     warnings: list[str] = []
+    budget = _Budget(series, limits)
     for path in series.files:
         ds = _read_full(path)
         header = _read_header(path, ds)
         if header is None or not header.is_mosaic:
             raise ReaderError(path, "expected a Siemens mosaic (ImageType MOSAIC) like the rest of the series", ReasonCode.INCONSISTENT_SERIES)
-        stored = decode_pixels(ds, path)
+        budget.add(path, ds)
+        stored = decode_pixels(ds, path, limits=limits)
         try:
             wrapper = MosaicWrapper(ds)
             data = np.asarray(wrapper.get_unscaled_data())  # [rows, cols, slices]
@@ -837,17 +877,19 @@ def _read_mosaic(series: DicomSeries) -> tuple[np.ndarray, np.ndarray, list[str]
     return array, aff, sorted(set(warnings))
 
 
-def _read_parsed(series: DicomSeries) -> tuple[np.ndarray, _Plan, list[_Slice]]:
+def _read_parsed(series: DicomSeries, limits: ReadLimits) -> tuple[np.ndarray, _Plan, list[_Slice]]:
     """Parse every file again with pydicom (headers + pixels): ``[t, z, y, x]`` stack."""
     slices: list[_Slice] = []
     cache: dict = {}
+    budget = _Budget(series, limits)
     for path in series.files:
         ds = _read_full(path)
         header = _read_header(path, ds, cache)
         if header is None:
             raise ReaderError(path, "DICOMDIR index file in an image series", ReasonCode.NOT_AN_IMAGE)
         n_frames = len(header.slices) if header.is_multiframe else 1
-        pixels = decode_pixels(ds, path, n_frames=n_frames)
+        budget.add(path, ds)
+        pixels = decode_pixels(ds, path, n_frames=n_frames, limits=limits)
         if header.is_multiframe:
             if pixels.ndim == 2:
                 pixels = pixels[None]
@@ -902,17 +944,22 @@ def _read_scanned(series: DicomSeries) -> tuple[np.ndarray, _Plan, list[_Slice]]
     return stack, plan, slices
 
 
-def read_series(series: DicomSeries) -> Volume:
+def read_series(series: DicomSeries, limits: ReadLimits | None = None) -> Volume:
     """Assemble a series into a 3-D (``[z, y, x]``) or 4-D (``[t, z, y, x]``) Volume.
+
+    ``limits`` (default :data:`~pipeline.core.limits.DEFAULT_READ_LIMITS`) bounds the number
+    of files and the voxels / bytes the headers declare, checked before pixels are read.
 
     Raises:
         ReaderError: naming a file and the reason (truncated file, no pixel data, missing
-            decoder, missing/duplicated slice, mixed orientation, …).
+            decoder, missing/duplicated slice, mixed orientation, beyond the limits, …).
     """
     if not series.files:
         raise ReaderError(series.key, "series has no files", ReasonCode.EMPTY_SERIES)
+    limits = resolve(limits)
+    _check_series_size(series, limits)
     if series.is_mosaic:
-        array, aff, warns = _read_mosaic(series)
+        array, aff, warns = _read_mosaic(series, limits)
         try:
             spacing, origin, direction = decompose_affine(aff)
         except ValueError as exc:
@@ -923,7 +970,7 @@ def read_series(series: DicomSeries) -> Volume:
         if fast is not None:
             stack, plan, slices = fast
         else:
-            stack, plan, slices = _read_parsed(series)
+            stack, plan, slices = _read_parsed(series, limits)
         slopes = np.array([[s.slope for s in vol] for vol in plan.grid], float)
         inters = np.array([[s.intercept for s in vol] for vol in plan.grid], float)
         array = _apply_rescale(stack, slopes, inters)

@@ -6,6 +6,8 @@ Example:
     '/data/a.dcm: truncated pixel data'
     >>> err.path, err.reason, err.code
     ('/data/a.dcm', 'truncated pixel data', <ReasonCode.TRUNCATED: 'truncated'>)
+    >>> ReaderError("/data/b.nii", "declares 8e9 voxels", "too_large").code
+    <ReasonCode.TOO_LARGE: 'too_large'>
 """
 
 from __future__ import annotations

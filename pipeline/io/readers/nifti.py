@@ -5,6 +5,16 @@ its code is non-zero, else the qform), then converted from RAS to LPS by
 :func:`pipeline.core.geometry.decompose_ras_affine`. A file whose sform and qform codes are both
 0 has no defined orientation and is refused, as is a sheared affine.
 
+Bounded: before nibabel allocates anything, :func:`check_nifti_header` parses the header
+(for ``.nii.gz`` the first 544 decompressed bytes) and compares what it declares (shape x
+sample size, data offset, extension sizes) with the reader limits
+(:class:`~pipeline.io.readers.limits.ReadLimits`) and with what the file can hold: an
+uncompressed file must be at least ``vox_offset + voxel bytes`` long, a gzip file must be
+able to inflate to that (deflate never exceeds 1032:1). nibabel then reads exactly
+``vox_offset + voxel bytes`` from the stream (it reads into a buffer of the declared
+size and stops), so a ``.nii.gz`` whose stream inflates to gigabytes beyond its declared
+volume is never decompressed past the declared size.
+
 Example:
     >>> from pipeline.io.readers.nifti import read_nifti   # doctest: +SKIP
     >>> vol = read_nifti("FLAIR.nii.gz")                  # doctest: +SKIP
@@ -13,6 +23,8 @@ Example:
 from __future__ import annotations
 
 import gzip
+import math
+import os
 import zlib
 from pathlib import Path
 
@@ -20,7 +32,9 @@ import numpy as np
 
 from pipeline.core.geometry import decompose_ras_affine
 from pipeline.io.readers.errors import ReaderError, ReasonCode
+from pipeline.core.limits import ReadLimits
 from pipeline.core.volume import Volume
+from pipeline.io.readers.limits import check_declared, gzip_can_hold, human_bytes, regular_file, resolve, too_large
 
 GZIP_MAGIC = b"\x1f\x8b"
 
@@ -42,25 +56,122 @@ def check_finite(array: np.ndarray, path: str | Path) -> None:
             raise ReaderError(path, f"{bad} non-finite voxels", ReasonCode.NON_FINITE_VOXELS)
 
 
-def read_nifti(path: str | Path) -> Volume:
-    """Read a NIfTI file into a Volume (3-D or 4-D, geometry in LPS).
+_HEADER_SIZES = {348: 352, 540: 544}  # sizeof_hdr → first byte after header + extension flag
+
+
+def _parse_header(block: bytes):  # -> nibabel Nifti1Header | Nifti2Header | None
+    import nibabel as nib
+
+    for order in ("little", "big"):
+        n = int.from_bytes(block[:4], order) if len(block) >= 4 else 0
+        if n in _HEADER_SIZES and len(block) >= n:
+            klass = nib.Nifti1Header if n == 348 else nib.Nifti2Header
+            try:
+                return klass(block[:n], check=False)
+            except Exception:  # nibabel's own load reports a broken header
+                return None
+    return None
+
+
+def check_nifti_header(path: str | Path, limits: ReadLimits | None = None, *, size: int | None = None) -> None:
+    """Refuse a NIfTI file whose header declares more than the limits or than the file holds.
 
     Raises:
-        ReaderError: not gzip although named ``.gz``, unreadable header, no sform/qform,
-            sheared affine, more than 4 non-singleton dimensions, non-finite voxels.
+        ReaderError: ``too_large`` (voxels, bytes or data offset beyond ``limits``),
+            ``truncated`` (an uncompressed file shorter than its declared data, a gzip file
+            too small to inflate to it), ``unreadable`` (a header extension that runs past the
+            voxel data offset). A header it cannot parse is left to nibabel's own errors.
+    """
+    path = Path(path)
+    limits = resolve(limits)
+    size = os.path.getsize(path) if size is None else size
+    gz = path.name.lower().endswith(".gz")
+    try:
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
+            block = fh.read(544)
+            hdr = _parse_header(block)
+            if hdr is None:
+                return
+            try:
+                shape = tuple(int(d) for d in hdr.get_data_shape())
+                dtype = np.dtype(hdr.get_data_dtype())
+                offset = int(hdr.get_data_offset())
+            except Exception:  # nibabel's own load reports it
+                return
+            if any(d < 0 for d in shape):
+                return
+            voxels = math.prod(shape)
+            nbytes = voxels * dtype.itemsize
+            what = f"{'x'.join(map(str, shape))} {dtype.name} voxels"
+            check_declared(path, limits, voxels=voxels, nbytes=nbytes, what=what)
+            header_end = _HEADER_SIZES[int(hdr["sizeof_hdr"])]
+            if offset > limits.max_bytes:
+                raise too_large(path, f"header declares a voxel data offset (vox_offset) of {human_bytes(offset)}", "max_bytes", offset, limits)
+            end = max(offset, header_end) + nbytes
+            if not gz and size < end:
+                raise ReaderError(
+                    path,
+                    f"truncated: the header declares {what} ({human_bytes(nbytes)} from byte {max(offset, header_end):,}) "
+                    f"but the file has only {size:,} bytes",
+                    code="truncated",
+                )
+            if gz and not gzip_can_hold(size, end):
+                raise ReaderError(
+                    path,
+                    f"truncated or forged: the header declares {what} ({human_bytes(nbytes)}) but a gzip file of {human_bytes(size)} "
+                    f"cannot inflate to that much (deflate expands at most 1032:1)",
+                    code="truncated",
+                )
+            if len(block) >= header_end and block[header_end - 4] != 0:
+                _check_extensions(path, fh, hdr, header_end, offset)
+    except (OSError, EOFError, zlib.error):
+        return  # unreadable bytes: nibabel's load below reports them as before
+
+
+def _check_extensions(path: Path, fh, hdr, header_end: int, offset: int) -> None:
+    """Header extensions must lie between the header and the voxel data (nibabel trusts their sizes)."""
+    if offset < header_end:
+        raise ReaderError(path, f"header extension flag is set but vox_offset {offset} leaves no room for extensions: corrupt header")
+    order = "<" if hdr.endianness == "<" else ">"
+    pos = header_end
+    while offset - pos >= 16:
+        fh.seek(pos)
+        raw = fh.read(8)
+        if len(raw) < 8:
+            return
+        esize = int(np.frombuffer(raw[:4], f"{order}i4")[0])
+        if esize < 16 or pos + esize > offset:
+            raise ReaderError(
+                path,
+                f"header extension at byte {pos:,} declares {esize:,} bytes, running outside the header "
+                f"(voxel data starts at byte {offset:,}): corrupt header",
+            )
+        pos += esize
+
+
+def read_nifti(path: str | Path, limits: ReadLimits | None = None) -> Volume:
+    """Read a NIfTI file into a Volume (3-D or 4-D, geometry in LPS).
+
+    ``limits`` (default :data:`~pipeline.core.limits.DEFAULT_READ_LIMITS`) bounds what the
+    header may declare; it is checked before anything is allocated (:func:`check_nifti_header`).
+
+    Raises:
+        ReaderError: not a regular file, not gzip although named ``.gz``, declared size beyond
+            the limits or the file, unreadable header, no sform/qform, sheared affine, more
+            than 4 non-singleton dimensions, non-finite voxels.
     """
     import nibabel as nib
 
     path = Path(path)
-    if not path.is_file():
-        raise ReaderError(path, "file not found", ReasonCode.UNREADABLE)
-    if path.stat().st_size == 0:
+    st = regular_file(path)
+    if st.st_size == 0:
         raise ReaderError(path, "empty file (0 bytes)", ReasonCode.EMPTY_FILE)
     if path.name.lower().endswith(".gz"):
         with open(path, "rb") as fh:
             magic = fh.read(2)
         if magic != GZIP_MAGIC:
             raise ReaderError(path, f"named .gz but not gzip-compressed (starts with {magic!r}, expected {GZIP_MAGIC!r})", ReasonCode.CORRUPT)
+    check_nifti_header(path, limits, size=st.st_size)
     try:
         img = nib.load(str(path))
     except Exception as exc:  # nibabel raises many types for broken headers

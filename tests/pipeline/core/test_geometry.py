@@ -98,3 +98,59 @@ def test_sagittal_orientation_is_pir():
     from tests import dicom_factory as fac
 
     assert orientation_code(fac.SAGITTAL, "RAS") == "PIR"
+
+
+def test_degenerate_and_sheared_affines_are_refused_with_their_reason():
+    zero = np.eye(4)
+    zero[:3, 1] = 0.0
+    with pytest.raises(ValueError, match=r"affine has a zero or invalid axis: column norms \[1.0, 0.0, 1.0\]"):
+        decompose_affine(zero)
+    nan = np.eye(4)
+    nan[0, 2] = np.nan
+    with pytest.raises(ValueError, match="zero or invalid axis"):
+        decompose_affine(nan)
+    sheared = np.eye(4)
+    sheared[0, 1] = 1e-3  # 0.06° of shear: more than rounding, refused
+    with pytest.raises(ValueError, match=r"^affine is sheared \(non-orthogonal axes\); cannot be stored as spacing\+direction$"):
+        decompose_affine(sheared)
+
+
+def test_affines_rounded_like_real_headers_still_decompose():
+    """Direction cosines with 6 decimals (DICOM IOP) or a float32 sform (NIfTI) are orthogonal
+    only to ~1e-6: that is rounding, not shear."""
+    d = rotation(17.0, 0) @ rotation(-29.0, 1) @ rotation(41.0, 2)
+    for direction in (np.round(d, 6), d.astype(np.float32).astype(float)):
+        aff = np.eye(4)
+        aff[:3, :3] = direction * np.array([0.9375, 0.9375, 3.3])[None, :]
+        aff[:3, 3] = (-120.5, 80.25, 33.0)
+        spacing, origin, out = decompose_affine(aff.astype(np.float32))
+        np.testing.assert_allclose(spacing, (0.9375, 0.9375, 3.3), atol=1e-5)
+        np.testing.assert_allclose(origin, (-120.5, 80.25, 33.0), atol=1e-4)
+        np.testing.assert_allclose(out, d, atol=1e-5)
+
+
+@pytest.mark.parametrize("deg,axis", [(37.0, 2), (53.0, 2), (37.0, 0), (53.0, 0), (37.0, 1)])
+def test_orientation_code_of_axes_between_two_world_axes(deg, axis):
+    """Nearest axis where two world components are close (37°/53°): still nibabel's answer;
+    the default convention is RAS."""
+    d = rotation(deg, axis)
+    lps = np.eye(4)
+    lps[:3, :3] = d
+    ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+    assert orientation_code(d) == orientation_code(d, "RAS") == "".join(nib.aff2axcodes(ras))
+    assert orientation_code(d, "lps") == "".join(nib.aff2axcodes(lps, labels=(("R", "L"), ("A", "P"), ("I", "S"))))
+
+
+def test_unknown_convention_is_refused():
+    with pytest.raises(ValueError, match=r"unknown convention 'XYZ'; use 'RAS' or 'LPS'"):
+        orientation_code(np.eye(3), "XYZ")
+
+
+def test_obliquity_is_the_largest_angle_of_a_voxel_axis_to_its_nearest_world_axis():
+    d = rotation(30.0, 2) @ rotation(45.0, 0)
+    # per voxel axis (a column of d): the angle to the nearest world axis
+    angles = [np.degrees(np.arccos(np.max(np.abs(d[:, i])))) for i in range(3)]
+    assert obliquity_deg(d) == pytest.approx(max(angles)) == pytest.approx(45.0)
+    assert obliquity_deg(np.eye(3)) == 0.0
+    assert obliquity_deg(np.eye(3) * (1 + 1e-12)) == 0.0  # cosines a rounding above 1: 0°, not NaN
+    assert obliquity_deg(rotation(10.0, 1)) == pytest.approx(10.0)

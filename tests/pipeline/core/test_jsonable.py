@@ -70,3 +70,36 @@ def test_pydantic_models_and_unknown_objects():
             return "thing"
 
     assert to_jsonable(Thing()) == "thing"
+
+
+def test_pydantic_models_take_their_own_json_form():
+    """A model becomes what its model_dump_json says (UTC as 'Z', bytes as text, sets as lists)."""
+    from pydantic import BaseModel
+
+    class Row(BaseModel):
+        when: dt.datetime
+        path: Path
+        colour: Colour
+        blob: bytes
+        tags: set[int]
+
+    row = Row(when=dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC), path=Path("/a/b"), colour=Colour.RED, blob=b"ab", tags={2})
+    assert to_jsonable(row) == json.loads(row.model_dump_json())
+    assert to_jsonable(row)["when"] == "2026-01-02T03:04:05Z" and to_jsonable(row)["blob"] == "ab"
+
+
+def test_sets_of_mixed_types_are_listed_in_a_stable_order():
+    assert to_jsonable({"b", 1, 2.5, None}) == to_jsonable({None, 2.5, 1, "b"}) == ["b", 1, 2.5, None]  # sorted by repr
+
+
+def test_numpy_dates_and_durations():
+    assert to_jsonable(np.datetime64("2026-01-02T03:04:05")) == "2026-01-02T03:04:05"
+    assert to_jsonable(np.timedelta64(1500, "ms")) == 1.5
+    assert to_jsonable(np.timedelta64(2, "m")) == 120.0
+    assert to_jsonable(np.timedelta64("NaT")) is None and to_jsonable(np.datetime64("NaT")) is None
+
+
+def test_pandas_containers_are_lists_not_missing():
+    assert to_jsonable(pd.Series([1.0, np.nan, 3.0])) == [1.0, None, 3.0]
+    assert to_jsonable(pd.Index(["a", "b"])) == ["a", "b"]
+    assert to_jsonable(pd.Timestamp("2026-01-02")) == "2026-01-02T00:00:00" and to_jsonable(pd.Timedelta(seconds=3)) == 3.0

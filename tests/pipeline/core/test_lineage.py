@@ -58,7 +58,7 @@ def test_the_key_is_derived_not_used_as_is():
 
 def test_reveal_passes_plain_paths_through():
     lin = lineage(b"k")
-    assert lin.reveal("a/b.nii.gz") == "a/b.nii.gz"  # stores before schema 1.3
+    assert lin.reveal("a/b.nii.gz") == "a/b.nii.gz"  # stores before schema 1.4
     assert lin.reveal(lin.seal("a/b.nii.gz")) == "a/b.nii.gz"
 
 

@@ -29,3 +29,15 @@ def test_pseudonym_is_not_a_plain_hash_of_the_identifier():
 def test_empty_key_is_refused():
     with pytest.raises(ValueError, match="key"):
         pseudonymise("PAT-0001", b"")
+
+
+def test_no_prefix_by_default_and_the_length_is_the_number_of_hex_digits():
+    plain = pseudonymise("PAT-0001", b"secret")
+    assert plain == "4a133905e944" and pseudonymise("PAT-0001", b"secret", "sub-") == "sub-" + plain
+    assert pseudonymise(" PAT-0001 ", b"secret") == plain  # surrounding blanks are not part of the identifier
+    assert len(pseudonymise("PAT-0001", b"secret", length=20)) == 20
+
+
+def test_empty_key_message():
+    with pytest.raises(ValueError, match="^pseudonymisation key must not be empty$"):
+        pseudonymise("PAT-0001", b"")

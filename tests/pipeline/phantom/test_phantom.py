@@ -103,3 +103,19 @@ def test_rewriting_a_phantom_folder_leaves_no_stale_subjects_and_other_folders_a
     with pytest.raises(FileExistsError, match="not an earlier phantom output"):
         make_cohort(mine, n_subjects=1, spacing_mm=4.0)
     assert (mine / "notes.txt").read_text() == "keep me"
+
+
+def test_lesion_free_subjects(tmp_path):
+    """Lesion-free subjects have an empty mask and a zero truth row; the others are unchanged."""
+    base = make_cohort(tmp_path / "base", n_subjects=3, seed=5, spacing_mm=4.0)
+    info = make_cohort(tmp_path / "free", n_subjects=3, seed=5, spacing_mm=4.0, lesion_free=1)
+    assert info.lesion_free == ["PH002"] and json.loads((info.out / "phantom.json").read_text())["lesion_free"] == ["PH002"]
+    row = info.truth.set_index("subject_label").loc["PH002"]
+    assert (row["lesion_count"], row["total_volume_ml"]) == (0, 0.0)
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(info.cohort_dir / row["mask_relpath"])))
+    assert mask.shape and not mask.any()
+    pd.testing.assert_frame_equal(base.truth.iloc[:2], info.truth.iloc[:2])
+    first = base.truth.loc[0, "mask_relpath"]
+    assert digest(base.cohort_dir / first) == digest(info.cohort_dir / first)
+    with pytest.raises(ValueError, match="lesion_free"):
+        make_cohort(tmp_path / "bad", n_subjects=2, seed=5, lesion_free=2)

@@ -81,6 +81,11 @@ def test_deterministic_per_seed():
     for kind in ("lesion", "background"):
         np.testing.assert_array_equal(a[kind], b[kind])
     assert not np.array_equal(a["background"], c["background"])
+    assert not np.array_equal(a["lesion"], c["lesion"])  # the lesion centres follow the seed too
+    # 48 centres over 4 components: 12 each whatever the seed, so only the draws within each
+    # component can differ, and they must (as a multiset, not only in order)
+    d, e = (build_patch_index(label, fg, (16, 16, 16), n_lesion=48, n_background=0, seed=s)["lesion"] for s in (7, 8))
+    assert sorted(map(tuple, d)) != sorted(map(tuple, e))
 
 
 def test_empty_or_missing_label_gives_background_only():

@@ -87,7 +87,7 @@ def test_ingest_records_its_configured_channels(tmp_path):
     from tests.session_factory import write_session
 
     from pipeline.core.config import PipelineConfig
-    from pipeline.ingest.session import run_ingest
+    from pipeline.ingest import run_ingest
 
     write_session(tmp_path / "c" / "p1", "p1_", seed=1)
     root = tmp_path / "s.zarr"
