@@ -101,8 +101,9 @@ def ingest(
     cfg = load_config(config_path, target_spacing=tuple(target_spacing) if target_spacing else None, dask_address=dask_address, n_workers=n_workers)
     t0 = time.perf_counter()
     key = pseudonym_key()
-    sealed = lineage(key).seal_root(str(open_source(source, key)))
-    ctx = IngestContext(store, cfg, new_run_id(), force, source_root=sealed)
+    lin = lineage(key)
+    sealed = lin.seal_root(str(open_source(source, key)))
+    ctx = IngestContext(store, cfg, new_run_id(), force, source_root=sealed, stat_key=lin.stat_key)
     results: list[SessionResult] = []
     with dask_client(cfg.dask_address, cfg.n_workers) as client:
         scheduler = client.scheduler.address

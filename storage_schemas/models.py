@@ -65,7 +65,10 @@ class SourceFile(BaseModel):
                                      "stores written before hold it in the clear); `lesionflow lineage` opens it with the key")
     sha256: str
     size_bytes: int
-    mtime_ns: int | None = Field(None, description="modification time when hashed; unchanged size+mtime lets a rerun reuse sha256 (schema 1.1)")
+    mtime_ns: int | None = Field(None, description="modification time when hashed; unchanged size+mtime lets a rerun reuse sha256 (schema 1.1; "
+                                                   "not written since 1.4: stat_tag)")
+    stat_tag: str | None = Field(None, description="keyed HMAC of (size, mtime) when hashed, in place of the time (schema 1.4; "
+                                                   "pipeline.core.lineage.stat_tag); an unchanged tag lets a rerun reuse sha256")
 
 
 class ChannelInfo(BaseModel):

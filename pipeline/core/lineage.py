@@ -18,6 +18,11 @@ source path is identifying. What lesionflow stores, prints and logs instead of a
 * Without the key a token shows its kind and the path's length rounded up to 16 bytes (the
   plaintext is padded), nothing else.
 
+A file's modification time, which incremental ingest compares to know a file is unchanged, can be
+close to the day of the scan, so it is not stored either: :func:`stat_tag` is an HMAC of (size,
+mtime) under a third derived key (:attr:`Lineage.stat_key`, which can verify a guessed (size, mtime)
+and nothing else: it travels to the Dask workers, the pseudonymisation key does not).
+
 Example:
     >>> lin = Lineage(b"secret")
     >>> token = lin.seal("DOE^JANE_MRN123/20240101_ACC456/IM0001")
@@ -37,10 +42,12 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import hashlib
+import hmac
 import re
 from collections.abc import Mapping
 
-__all__ = ["ROOT", "SRC", "WITHHELD", "Lineage", "LineageKeyError", "is_sealed", "lineage", "scrub"]
+__all__ = ["ROOT", "SRC", "WITHHELD", "Lineage", "LineageKeyError", "is_sealed", "lineage", "scrub", "stat_tag"]
 
 SRC = "src:"
 """Prefix of a sealed path relative to the ingest folder."""
@@ -49,6 +56,7 @@ ROOT = "root:"
 
 _KINDS = (SRC, ROOT)
 _INFO = b"lesionflow lineage v1 AES-SIV-512"
+_STAT_INFO = b"lesionflow file-stat tag v1 HMAC-SHA256"
 _SALT = b"lesionflow-lineage"
 _BLOCK = 16
 _TOKEN = re.compile(r"^(src|root):[A-Za-z0-9_-]{43,}$")
@@ -83,6 +91,8 @@ class Lineage:
 
         derived = HKDF(algorithm=hashes.SHA256(), length=64, salt=_SALT, info=_INFO).derive(bytes(key))
         self._aead = AESSIV(derived)
+        self.stat_key = HKDF(algorithm=hashes.SHA256(), length=32, salt=_SALT, info=_STAT_INFO).derive(bytes(key))
+        """The key of :func:`stat_tag` (derived; it opens no sealed path)."""
 
     def seal(self, relpath: str, kind: str = SRC) -> str:
         """The token of ``relpath`` (POSIX, relative to the ingest folder; a folder ends in ``/``)."""
@@ -122,6 +132,18 @@ class Lineage:
     def reveal(self, value: str) -> str:
         """``value`` opened when it is a token, else as it is (paths stored before schema 1.4)."""
         return self.open(value) if is_sealed(value) else value
+
+
+def stat_tag(stat_key: bytes, size: int, mtime_ns: int) -> str:
+    """The stored stand-in of a file's (size, modification time): 32 hex digits of
+    HMAC-SHA256(``stat_key``, "size:mtime_ns"). Equal tags mean an unchanged file; the time itself
+    is not recoverable (``stat_key``: :attr:`Lineage.stat_key`).
+
+    >>> k = Lineage(b"secret").stat_key
+    >>> stat_tag(k, 10, 1) == stat_tag(k, 10, 1) != stat_tag(k, 10, 2)
+    True
+    """
+    return hmac.new(stat_key, f"{int(size)}:{int(mtime_ns)}".encode(), hashlib.sha256).hexdigest()[:32]
 
 
 @functools.lru_cache(maxsize=8)

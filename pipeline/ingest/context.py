@@ -16,7 +16,7 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +41,9 @@ class IngestContext:
         force: re-convert sessions even when their committed case is up to date.
         source_root: the ingest folder, sealed (a ``root:`` token of :mod:`pipeline.core.lineage`),
             recorded on every catalog row and committed case.
+        stat_key: the key of the files' stored (size, mtime) tags (:attr:`Lineage.stat_key
+            <pipeline.core.lineage.Lineage.stat_key>`; derived, it opens no sealed path); None
+            stores and compares no tag (every file is hashed).
     """
 
     store_root: str
@@ -48,6 +51,7 @@ class IngestContext:
     run_id: str
     force: bool = False
     source_root: str | None = None
+    stat_key: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "store_root", str(self.store_root))

@@ -39,7 +39,7 @@ from typing import Any, Callable, Sequence
 
 from pipeline.core.config import PipelineConfig
 from pipeline.core.descriptors import clean_descriptor
-from pipeline.core.lineage import Lineage, lineage, scrub
+from pipeline.core.lineage import Lineage, lineage, scrub, stat_tag
 from pipeline.core.pseudonym import pseudonymise
 from pipeline.ingest.modality import Unusable, modality_of_filename, modality_of_series, strip_extension, unusable_series
 from pipeline.io.readers.dicom import scan_series_parallel
@@ -189,7 +189,8 @@ class KnownCase:
     Attributes:
         case_id: the case.
         root: folder (relative to the ingest root) holding all its DICOM files.
-        sources: relpath → (size in bytes, mtime in ns) of every file it was converted from.
+        sources: relpath → (size in bytes, keyed (size, mtime) tag, :func:`~pipeline.core.lineage.stat_tag`)
+            of every file it was converted from.
         accounted: relpaths (files) or folder prefixes (ending in "/") of its unused/rejected inputs.
     """
 
@@ -323,20 +324,21 @@ def _plan_dicom(root: Path, files: list[Path], config: PipelineConfig, key: byte
 
 
 def _unchanged_cases(root: Path, known: Sequence[KnownCase], dicom_files: list[Path], volume_files: list[Path],
-                     stats: dict[Path, os.stat_result]) -> dict[str, KnownCase]:
-    """Known DICOM cases whose every source file is present with the size and mtime it was hashed at,
-    and whose folder holds no file the case does not account for. ``stats``: files already stat'ed."""
+                     stats: dict[Path, os.stat_result], stat_key: bytes) -> dict[str, KnownCase]:
+    """Known DICOM cases whose every source file is present with the size and mtime it was hashed at
+    (compared by keyed tag), and whose folder holds no file the case does not account for.
+    ``stats``: files already stat'ed."""
     if not known:
         return {}
     present = {_rel(p, root): p for p in (*dicom_files, *volume_files)}
     fresh: dict[str, KnownCase] = {}
     for kc in known:
-        for rel, (size, mtime) in kc.sources.items():
+        for rel, (size, tag) in kc.sources.items():
             p = present.get(rel)
             if p is None:
                 break
             st = stats.get(p) or p.stat()
-            if (st.st_size, st.st_mtime_ns) != (size, mtime):
+            if st.st_size != size or stat_tag(stat_key, st.st_size, st.st_mtime_ns) != tag:
                 break
         else:
             fresh[kc.case_id] = kc
@@ -434,7 +436,8 @@ def discover(
             rejected.append(_rejected(lin, root, path, f"unsupported image format '{suffix}' (supported: DICOM, .nii, .nii.gz, .mhd/.raw, .mha)",
                                      ReasonCode.UNSUPPORTED_FORMAT))
             continue
-        if known_files.get(_rel(path, root)) == (size, st.st_mtime_ns) or is_dicom_file(path):
+        was = known_files.get(_rel(path, root))
+        if (was is not None and was == (size, stat_tag(lin.stat_key, size, st.st_mtime_ns))) or is_dicom_file(path):
             dicom_files.append(path)
         elif suffix in (".dcm", ".ima", ""):
             rejected.append(_rejected(lin, root, path, "not a readable DICOM file (no DICM preamble and not parseable)",
@@ -446,7 +449,7 @@ def discover(
     study_roots: dict[Path, tuple[str, str]] = {}
 
     # ---------------------------------------------------------------- DICOM
-    fresh = _unchanged_cases(root, known, dicom_files, volume_files, stats)
+    fresh = _unchanged_cases(root, known, dicom_files, volume_files, stats, lin.stat_key)
     claimed = _claimed_files(root, fresh, dicom_files + volume_files)
     dicom_errors: list[Rejected] = []
     if dicom_files:

@@ -161,7 +161,7 @@ def run_ingest(
     """
     t0 = time.perf_counter()
     lin = lineage(key)
-    ctx = IngestContext(str(store_root), cfg, new_run_id(), force, source_root=lin.seal_root(str(Path(source).resolve())))
+    ctx = IngestContext(str(store_root), cfg, new_run_id(), force, source_root=lin.seal_root(str(Path(source).resolve())), stat_key=lin.stat_key)
     state = open_store_for_ingest(store_root, cfg, force, lineage=lin)
     disc = discover(source, cfg, key, progress=progress, client=client, known=state.known)
     rejected = record_rejected(disc, ctx)

@@ -39,6 +39,7 @@ import numpy as np
 from pipeline import __version__
 from pipeline.core.descriptors import clean_descriptor
 from pipeline.core.geometry import orientation_code
+from pipeline.core.lineage import stat_tag
 from pipeline.core.limits import ReadLimits
 from pipeline.core.volume import Volume
 from pipeline.ingest.context import IngestContext
@@ -141,11 +142,13 @@ def _relpath_of_error(err: ReaderError, item: SourceItem) -> str:
     return _item_relpath(item)
 
 
-def _source(item: SourceItem, index: int, digests: dict[str, str], file_stats: dict[str, os.stat_result]) -> SourceFile:
-    """The stored record of the item's ``index``-th file: sealed path, digest, size and mtime."""
+def _source(item: SourceItem, index: int, digests: dict[str, str], file_stats: dict[str, os.stat_result], stat_key: bytes | None) -> SourceFile:
+    """The stored record of the item's ``index``-th file: sealed path, digest, size and the keyed
+    tag of (size, mtime) (no tag without ``stat_key``: the file is then hashed again next time)."""
     rel = item.relpaths[index]
     st = file_stats[rel]
-    return SourceFile(relpath=item.sealed_files[index], sha256=digests[rel], size_bytes=st.st_size, mtime_ns=st.st_mtime_ns)
+    tag = stat_tag(stat_key, st.st_size, st.st_mtime_ns) if stat_key is not None else None
+    return SourceFile(relpath=item.sealed_files[index], sha256=digests[rel], size_bytes=st.st_size, stat_tag=tag)
 
 
 def _source_series(item: SourceItem) -> str:
@@ -253,7 +256,7 @@ class _SessionConversion:
     def hash_sources(self) -> tuple[str, CaseMeta | None]:
         """The plan's source fingerprint (hashing only what changed) and the committed case."""
         existing = existing_case_meta(self.ctx.store_root, self.plan.case_id)
-        self.digests, self.file_stats, to_hash = cached_digests(self.plan, None if self.ctx.force else existing)
+        self.digests, self.file_stats, to_hash = cached_digests(self.plan, None if self.ctx.force else existing, self.ctx.stat_key)
         for rel, path in to_hash:
             self.digests[rel] = file_sha256(path)
             self.bytes_read += self.file_stats[rel].st_size
@@ -339,7 +342,7 @@ class _SessionConversion:
                     native_spacing=vol.spacing,
                     native_shape_zyx=vol.shape_zyx,
                     native_orientation=orientation_code(vol.direction, "RAS"),
-                    sources=[_source(item, i, self.digests, self.file_stats) for i in range(len(item.relpaths))],
+                    sources=[_source(item, i, self.digests, self.file_stats, self.ctx.stat_key) for i in range(len(item.relpaths))],
                     intensity_mean=stats["mean"],
                     intensity_std=stats["std"],
                     intensity_p01=stats["p01"],
@@ -371,4 +374,4 @@ class _SessionConversion:
             return None, None
         label = resample_to_grid(mask.with_array((mask.array > 0).astype(np.uint8)), grid, "label").array
         self.item_row("converted", item, source_sha256=self.digests[item.relpaths[0]], **fields)
-        return label, _source(item, 0, self.digests, self.file_stats)
+        return label, _source(item, 0, self.digests, self.file_stats, self.ctx.stat_key)

@@ -141,7 +141,8 @@ def test_no_identity_in_the_store(run):
     from pipeline.store import list_cases, read_case_meta
 
     metas = [read_case_meta(store, c) for c in list_cases(store)]
-    assert all(s.relpath.startswith("src:") for m in metas for ch in m.channel_info for s in ch.sources)
+    sources = [s for m in metas for ch in m.channel_info for s in ch.sources]
+    assert all(s.relpath.startswith("src:") and s.stat_tag and s.mtime_ns is None for s in sources)  # no file time either
     assert all(m.source_root.startswith("root:") for m in metas)
     descriptions = {ch.series_description for m in metas for ch in m.channel_info if ch.source_format == "dicom"}
     assert descriptions == {"AX FLAIR", "SAG T1 MPRAGE", "AX T2 TSE"}

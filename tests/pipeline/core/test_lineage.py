@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from pipeline.core.lineage import ROOT, WITHHELD, Lineage, LineageKeyError, is_sealed, lineage, scrub
+from pipeline.core.lineage import ROOT, WITHHELD, Lineage, LineageKeyError, is_sealed, lineage, scrub, stat_tag
 
 PATHS = ["DOE^JANE_MRN123/20240101_ACC456/s3/IM0001.dcm", "DOE^JANE_MRN123/20240101_ACC456/s3/", "a", "ünïcödé/Straße.nii.gz",
          "bad\udcffname/x.dcm", "x" * 300]
@@ -54,6 +54,15 @@ def test_the_key_is_derived_not_used_as_is():
     assert Lineage(b"k").seal_root("/data/in") == lineage(b"k").seal_root("/data/in")
     with pytest.raises(ValueError, match="key"):
         Lineage(b"")
+
+
+def test_file_times_are_stored_as_keyed_tags():
+    a, b = Lineage(b"key-a").stat_key, Lineage(b"key-b").stat_key
+    t = 1_704_067_200_000_000_000  # 2024-01-01, the day of a scan
+    assert stat_tag(a, 10, t) == stat_tag(a, 10, t) and stat_tag(a, 10, t) != stat_tag(a, 10, t + 1) != stat_tag(a, 11, t)
+    assert stat_tag(a, 10, t) != stat_tag(b, 10, t)
+    assert "2024" not in stat_tag(a, 10, t) and str(t) not in stat_tag(a, 10, t)
+    assert len(a) == 32 and a != b"key-a".ljust(32, b"\0")  # derived, a key of its own
 
 
 def test_reveal_passes_plain_paths_through():
