@@ -39,8 +39,8 @@ import numpy as np
 from pipeline import __version__
 from pipeline.core.descriptors import clean_descriptor
 from pipeline.core.geometry import orientation_code
-from pipeline.core.lineage import stat_tag
 from pipeline.core.limits import ReadLimits
+from pipeline.core.lineage import stat_tag
 from pipeline.core.volume import Volume
 from pipeline.ingest.context import IngestContext
 from pipeline.ingest.discover import SessionPlan, SourceItem, file_sha256

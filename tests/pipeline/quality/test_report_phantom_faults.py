@@ -10,8 +10,8 @@ from pipeline.phantom import make_cohort
 from pipeline.quality.expectations import build_tables, flags_from_results, validate_tables
 from pipeline.quality.report import build_report
 from pipeline.store import list_cases, read_case_meta, read_catalog
-from tests.sealed import reveal
 from storage_schemas.expectations import build_suites
+from tests.sealed import reveal
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -25,8 +25,8 @@ from pipeline.core.config import PipelineConfig
 from pipeline.ingest.discover import discover
 from pipeline.ingest import run_ingest
 from pipeline.core.volume import Volume
-from tests.sealed import reveal
 from storage_schemas.models import CaseMeta, CatalogRow
+from tests.sealed import reveal
 
 pytestmark = pytest.mark.integration
 
