@@ -152,7 +152,7 @@ def export_nnunet_raw(store: Path, raw: Path) -> int:
         for c in range(len(meta.channels)):
             v = volume_from_geometry(meta.geometry, np.asarray(g["image"][c]))
             nib.save(nib.Nifti1Image(v.array.transpose(2, 1, 0), affine_ras(v)), raw / "imagesTr" / f"case{i:03d}_{c:04d}.nii.gz")
-        v = volume_from_geometry(meta.geometry, np.asarray(g["label"][:]))
+        v = volume_from_geometry(meta.geometry, np.asarray(g["labels/reference/0"][:]))
         nib.save(nib.Nifti1Image(v.array.transpose(2, 1, 0).astype(np.uint8), affine_ras(v)), raw / "labelsTr" / f"case{i:03d}.nii.gz")
     (raw / "dataset.json").write_text(json.dumps({
         "channel_names": {str(i): m for i, m in enumerate(channels)},

@@ -33,7 +33,7 @@ def probability_summary(store: str, model: str, case_ids: list[str]) -> dict[str
     """
     import numpy as np
 
-    from pipeline.store import open_case
+    from pipeline.store import foreground_mask, open_case
     from training.checkpoint import load_model
     from training.data import check_case
     from training.infer import default_device, predict_array
@@ -48,8 +48,9 @@ def probability_summary(store: str, model: str, case_ids: list[str]) -> dict[str
         group = open_case(store, case_id)
         image = np.stack([np.asarray(group["image"][i], dtype=np.float32) for i in index])
         prob = predict_array(net, image, roi)
-        if "foreground" in group:
-            prob = prob * (np.asarray(group["foreground"][...]) != 0)
+        fg = foreground_mask(group)
+        if fg is not None:
+            prob = prob * (np.asarray(fg[...]) != 0)
         out[case_id] = {"max": float(prob.max()), "slice_max": [float(v) for v in prob.reshape(prob.shape[0], -1).max(axis=1)]}
     return out
 

@@ -30,7 +30,7 @@ def tables_task(store: str, model_version: str, connectivity: int, min_lesion_mm
 def score(store: str, model: str, connectivity: int = 26, min_lesion_mm3: float = 0.0, batch_size: int = 8, overwrite: bool = False) -> dict[str, Any]:
     """Score every case of ``store`` with ``model`` (a version in the store or a model folder/file).
 
-    Masks go to ``cases/<id>/predictions/<model_version>/mask``; tables to ``tables/``.
+    Masks go to ``cases/<id>/labels/prediction-<model_version>/0`` (NGFF labels); tables to ``tables/``.
     Cases already scored by this model are skipped unless ``overwrite``.
     """
     from pipeline.store import list_cases

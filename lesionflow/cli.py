@@ -552,6 +552,85 @@ def segment(
     typer.echo(f"mask    → {result['mask']}\nlesions → {result['lesions_csv']}")
 
 
+# ------------------------------------------------------------------------------- upgrade / export / show
+@app.command()
+def upgrade(
+    store: str = _store_option(),
+    dry_run: bool = typer.Option(False, "--dry-run", help="list what would change, change nothing"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Bring a store written by an older lesionflow to the current layout, in place (metadata only; no voxel rewritten).
+
+    Run it while nothing else writes to the store. Safe to interrupt and to run again.
+    """
+    from pipeline.store import StoreError, upgrade_store
+
+    try:
+        out = upgrade_store(store, dry_run=dry_run)
+    except StoreError as exc:
+        _fail(str(exc))
+    if as_json:
+        _print_json(out)
+        return
+    for case_id, lines in out["actions"].items():
+        for line in lines:
+            typer.echo(f"  {case_id}: {line}")
+    verb = "would change" if dry_run else "changed"
+    typer.echo(f"{out['cases_changed']} of {out['cases']} cases {verb}; schema {out['schema_before']} → {out['schema_after']} ({out['store']})")
+
+
+@app.command()
+def export(
+    out: Path = typer.Argument(..., help="output folder: the tree is written to OUT/derivatives/lesionflow"),
+    store: str = _store_option(),
+    case: list[str] = typer.Option([], "--case", help="case id (sub-…_ses-…); repeat for several (default: every case)"),
+    model: list[str] = typer.Option([], "--model", help="model version or 'latest'; repeat for several (default: every model that scored a case)"),
+    channels: bool = typer.Option(True, "--channels/--no-channels", help="export the stored channels too"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Write cases, reference masks and predictions as BIDS derivatives (NIfTI + JSON sidecars) for ITK-SNAP, 3D Slicer, FSLeyes."""
+    from pipeline.export.bids import export_bids
+    from pipeline.store import StoreError
+
+    try:
+        summary = export_bids(store, out, case_ids=case or None, models=model or None, channels=channels).as_dict()
+    except StoreError as exc:
+        _fail(str(exc))
+    if as_json:
+        _print_json(summary)
+        return
+    for line in summary["skipped"]:
+        typer.echo(f"  skipped: {line}", err=True)
+    models = ", ".join(summary["models"]) or "no predictions"
+    typer.echo(f"{summary['cases']} cases ({models}), {summary['files']} files → {summary['root']}")
+
+
+@app.command()
+def show(
+    store: str = _store_option(),
+    case: str = typer.Option(..., "--case", help="case id (sub-…_ses-…)"),
+    model: str | None = typer.Option(None, "--model", help="prediction to outline (default: the most recently scored)"),
+    out: Path = typer.Option(..., "--out", help="PNG file to write"),
+    middle: bool = typer.Option(False, "--middle", help="mid-slices instead of the slices through the largest lesion"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """One PNG of a case: axial, coronal and sagittal slices of each channel, reference label (red) and prediction (yellow) outlined."""
+    from pipeline.export.show import render_case
+    from pipeline.store import StoreError
+
+    try:
+        info = render_case(store, case, out, model=model, focus="middle" if middle else "lesion")
+    except (StoreError, ValueError) as exc:
+        _fail(str(exc))
+    if as_json:
+        _print_json(info)
+        return
+    z, y, x = info["voxel_zyx"]
+    typer.echo(f"{info['png']}: rows {', '.join(info['channels'])}; columns axial z={z}, coronal y={y}, sagittal x={x} "
+               f"({info['focus']}); reference {'red' if info['reference'] else 'none'}, "
+               f"prediction {info['model_version'] + ' yellow' if info['model_version'] else 'none'}, overlap orange")
+
+
 # ------------------------------------------------------------------------------- demo
 @app.command()
 def demo(

@@ -115,7 +115,7 @@ def segment_session(
     from pipeline.ingest import run_ingest
     from pipeline.io.writers import write_nifti
     from pipeline.lesions.components import lesion_table
-    from pipeline.store import list_cases, open_case, read_case_meta, volume_from_geometry
+    from pipeline.store import foreground_mask, list_cases, open_case, read_case_meta, volume_from_geometry
     from training.checkpoint import load_model
     from training.data import check_case
     from training.infer import default_device, predict_array
@@ -164,7 +164,7 @@ def segment_session(
         image = np.stack([np.asarray(group["image"][i], dtype=np.float32) for i in index])
         roi = tuple(int(r) for r in (info.get("patch_zyx") or (48, 48, 48)))
         prob = predict_array(net, image, roi, device=dev)
-        prob = prob * (np.asarray(group["foreground"][...]) != 0)
+        prob = prob * (np.asarray(foreground_mask(group)[...]) != 0)
         grid = volume_from_geometry(meta.geometry, prob.astype(np.float32))
         ref_mod = cfg.reference_modality if cfg.reference_modality in meta.channels else meta.channels[0]
     if cfg.target_spacing is not None:  # the stored grid is resampled: back onto the reference image's own grid

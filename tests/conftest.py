@@ -61,3 +61,15 @@ def tiny_model(tmp_path_factory):
     finally:
         torch.set_num_threads(previous)
     return result.checkpoint_path
+
+
+@pytest.fixture(scope="session")
+def phantom_store(phantom_cohort, tmp_path_factory):
+    """The phantom cohort ingested into a store (about 2 s), shared by the tests that only read it."""
+    from pipeline.core.config import PipelineConfig
+    from pipeline.ingest import run_ingest
+
+    root = tmp_path_factory.mktemp("phantom-store") / "s.zarr"
+    summary = run_ingest(phantom_cohort.cohort_dir, root, PipelineConfig(), b"phantom-store-key")
+    assert summary.converted == 3, summary
+    return root

@@ -67,7 +67,7 @@ def check_case(root: str | Path, case_id: str, channels: Sequence[str], require_
             return None, f"channel(s) {absent} absent in the source (filled, not measured)"
     except _store.StoreError:
         pass  # metadata problems are not a reason to refuse a readable image
-    if require_label and "label" not in group:
+    if require_label and _store.reference_label(group) is None:
         return None, "no reference label"
     return tuple(stored.index(c) for c in channels), None
 
@@ -129,7 +129,7 @@ class PatchDataset(Dataset):
         if channel_index is None:
             return None, reason
         group = _store.open_case(self.store_root, case_id)
-        shape = tuple(int(s) for s in group["label"].shape)
+        shape = tuple(int(s) for s in _store.reference_label(group).shape)
         if has_patch_index(self.store_root, case_id):
             try:
                 index = read_patch_index(self.store_root, case_id)
@@ -144,7 +144,7 @@ class PatchDataset(Dataset):
             index, origin = None, "built-in-memory"
         if index is None:
             log.info("training: case %s has no usable patch index; building one in memory", case_id)
-            index = build_patch_index(group["label"][...], group["foreground"][...], self.patch_zyx, seed=self.seed)
+            index = build_patch_index(_store.reference_label(group)[...], _store.foreground_mask(group)[...], self.patch_zyx, seed=self.seed)
         lesion = clip_centres(index["lesion"], shape, self.patch_zyx)
         background = clip_centres(index["background"], shape, self.patch_zyx)
         if len(lesion) == 0 and len(background) == 0:
@@ -163,7 +163,7 @@ class PatchDataset(Dataset):
         arrays = self._arrays.get(case_id)
         if arrays is None:
             group = _store.open_case(self.store_root, case_id)
-            arrays = (group["image"], group["label"])
+            arrays = (group["image"], _store.reference_label(group))
             self._arrays[case_id] = arrays
         return arrays
 

@@ -3,13 +3,13 @@
 :func:`predict_case` runs MONAI's ``sliding_window_inference`` (Gaussian blending of softmax
 probabilities, windows of the training patch size by default) over a case's image and returns
 the argmax mask. :func:`score_cases` does that for many cases with one model and stores each
-mask at ``cases/<id>/predictions/<model_version>/mask`` (uint8 ``(Z, Y, X)``, 1 = lesion),
+mask as the case's NGFF label ``cases/<id>/labels/prediction-<model_version>/0`` (uint8 ``(Z, Y, X)``, 1 = lesion),
 atomically, skipping cases already scored by that model unless ``overwrite=True``.
 
 Example:
     >>> results = score_cases("store", "latest")  # doctest: +SKIP
     >>> results[0]["mask_path"]  # doctest: +SKIP
-    'cases/sub-…_ses-…/predictions/unet3d-20250101T120000-1a2b3c4d/mask'
+    'cases/sub-…_ses-…/labels/prediction-unet3d-20250101T120000-1a2b3c4d/0'
 """
 
 from __future__ import annotations
@@ -38,13 +38,13 @@ def default_device() -> torch.device:
 
 
 def mask_path(case_id: str, model_version: str) -> str:
-    """Store-relative path of a case's predicted mask."""
-    return f"{_store.CASES}/{case_id}/{_store.PREDICTIONS}/{model_version}/mask"
+    """Store-relative path of a case's predicted mask (see :func:`pipeline.store.prediction_path`)."""
+    return _store.prediction_path(case_id, model_version)
 
 
 def has_prediction(store_root: str | Path, case_id: str, model_version: str) -> bool:
-    """True when the case already holds this model's mask."""
-    return _store.has_node(store_root, mask_path(case_id, model_version))
+    """True when the case already holds this model's mask (either store layout)."""
+    return _store.has_prediction(store_root, case_id, model_version)
 
 
 def _autocast(device: torch.device):
@@ -125,8 +125,9 @@ def predict_case(
     device = torch.device(device) if device is not None else next(model.parameters()).device
     prob = predict_array(model, image, roi, device=device, overlap=overlap, sw_batch_size=sw_batch_size)
     mask = (prob > 0.5).astype(np.uint8)  # 2 classes: argmax == probability of lesion > 0.5
-    if restrict_to_foreground and "foreground" in group:
-        mask &= (np.asarray(group["foreground"][...]) != 0).astype(np.uint8)
+    foreground = _store.foreground_mask(group) if restrict_to_foreground else None
+    if foreground is not None:
+        mask &= (np.asarray(foreground[...]) != 0).astype(np.uint8)
     return mask
 
 
@@ -188,7 +189,7 @@ def score_cases(
                         "created_at": datetime.now(timezone.utc).isoformat(),
                     }
                 }
-                _store.write_case_array(store_root, case_id, f"{_store.PREDICTIONS}/{version}/mask", mask, attrs=attrs)
+                _store.write_label(store_root, case_id, _store.prediction_label(version), mask, attrs=attrs)
                 row = {"case_id": case_id, "mask_path": rel, "status": "scored", "model_version": version, "lesion_voxels": int(mask.sum())}
         row["seconds"] = round(time.perf_counter() - t0, 3)
         results.append(row)

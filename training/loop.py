@@ -303,11 +303,12 @@ def validate(state: TrainState, case_ids: Sequence[str] | None = None) -> dict[s
         for case_id in ids:
             try:
                 group = _store.open_case(state.store_root, case_id)
-                if "label" not in group:
+                label = _store.reference_label(group)
+                if label is None:
                     log.warning("validation: %s has no label; skipped", case_id)
                     continue
                 mask = predict_case(state.model, info, state.store_root, case_id, device=state.device, overlap=state.cfg.val_overlap)
-                per_case[case_id] = dice(mask, group["label"][...])
+                per_case[case_id] = dice(mask, label[...])
             except _store.StoreError as exc:
                 log.warning("validation: skipping %s: %s", case_id, exc)
                 continue

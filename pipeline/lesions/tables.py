@@ -18,19 +18,16 @@ from typing import Any
 import numpy as np
 
 from pipeline.lesions.components import lesion_table
-from pipeline.store import PREDICTIONS, list_cases, open_case, read_case_meta, read_table, volume_from_geometry, write_table
+from pipeline.store import list_cases, open_case, prediction_mask, read_case_meta, read_table, reference_label, volume_from_geometry, write_table
 from storage_schemas.models import CaseVolumeRow, LesionRow
 
 
 
 def mask_of(store_root: str | Path, case_id: str, model_version: str | None) -> np.ndarray | None:
-    """The predicted mask of ``model_version`` (or, with None, the reference ``label``)."""
+    """The predicted mask of ``model_version`` (or, with None, the reference label); None when absent."""
     g = open_case(store_root, case_id)
-    path = "label" if model_version is None else f"{PREDICTIONS}/{model_version}/mask"
-    try:
-        return np.asarray(g[path][...])
-    except KeyError:
-        return None
+    arr = reference_label(g) if model_version is None else prediction_mask(g, model_version)
+    return None if arr is None else np.asarray(arr[...])
 
 
 def case_lesion_rows(store_root: str | Path, case_id: str, model_version: str, connectivity: int = 26, min_size_mm3: float = 0.0) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:

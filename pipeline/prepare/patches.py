@@ -190,8 +190,9 @@ def write_patch_index(
     """
     patch = _as_patch(patch_zyx)
     group = _store.open_case(root, case_id)
-    foreground = np.asarray(group["foreground"][...])
-    label = np.asarray(group["label"][...]) if "label" in group else None
+    foreground = np.asarray(_store.foreground_mask(group)[...])
+    label_arr = _store.reference_label(group)
+    label = np.asarray(label_arr[...]) if label_arr is not None else None
     index = build_patch_index(label, foreground, patch, n_lesion=n_lesion, n_background=n_background, seed=seed)
 
     lesion_mask = None if label is None else label != 0

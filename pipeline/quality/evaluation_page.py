@@ -81,20 +81,20 @@ def volume_plot_png(ref_ml: Any, pred_ml: Any, bias: float, loa: tuple[float, fl
 def _thumbnail(store_root: str | Path, case_id: str, model_version: str) -> dict[str, Any] | None:
     """Base64 PNG of a case's first channel on the slice with most reference (else predicted)
     lesion: reference filled red, this model's prediction outlined yellow."""
-    from pipeline.store import PREDICTIONS, open_case, read_case_meta
+    from pipeline.store import foreground_mask, open_case, prediction_mask, read_case_meta, reference_label
 
     g = open_case(store_root, case_id)
-    keys = set(g.array_keys())
-    try:
-        pred = np.asarray(g[f"{PREDICTIONS}/{model_version}/mask"][...])
-    except KeyError:
+    pred_arr = prediction_mask(g, model_version)
+    if pred_arr is None:
         return None
-    label = np.asarray(g["label"][...]) if "label" in keys else None
+    pred = np.asarray(pred_arr[...])
+    label_arr, fg_arr = reference_label(g), foreground_mask(g)
+    label = np.asarray(label_arr[...]) if label_arr is not None else None
     weight = (label > 0) if label is not None and label.any() else (pred > 0)
     z = int(np.argmax(weight.sum(axis=(1, 2)))) if weight.any() else pred.shape[0] // 2
     meta = read_case_meta(store_root, case_id)
     img = np.asarray(g["image"][0, z])
-    fg = np.asarray(g["foreground"][z]).astype(bool) if "foreground" in keys else None
+    fg = np.asarray(fg_arr[z]).astype(bool) if fg_arr is not None else None
     vals = img[fg] if fg is not None and fg.any() else img.reshape(-1)
     vals = vals[np.isfinite(vals)]
     window = (float(np.percentile(vals, 1)), float(np.percentile(vals, 99.5))) if vals.size else None

@@ -66,9 +66,12 @@ LABEL_REASON_CODES = frozenset({ReasonCode.LABEL_OFF_GRID.value, ReasonCode.LABE
 
 # ------------------------------------------------------------------------------ tables
 def _label_values(group: Any) -> str | None:
-    if "label" not in set(group.array_keys()):
+    from pipeline.store import reference_label
+
+    arr = reference_label(group)
+    if arr is None:
         return None
-    lab = np.asarray(group["label"][...])
+    lab = np.asarray(arr[...])
     if lab.dtype.kind in "iu" and lab.size and lab.min() >= 0:
         vals = np.flatnonzero(np.bincount(lab.reshape(-1).astype(np.int64)))
     else:

@@ -358,14 +358,14 @@ def case_metrics(store_root: str | Path, case_id: str, channels: Sequence[str] |
     from the raw foreground statistics the ingest recorded (``intensity_mean / intensity_std``)
     because the stored arrays are z-scored; it falls back to the array when those are absent.
     """
-    from pipeline.store import open_case, read_case_meta
+    from pipeline.store import foreground_mask, open_case, read_case_meta, reference_label
 
     g = open_case(store_root, case_id)
     meta = read_case_meta(store_root, case_id)
     names = list(g["image"].attrs.get("channels", meta.channels))
-    keys = set(g.array_keys())
-    fg = np.asarray(g["foreground"][...]).astype(bool) if "foreground" in keys else None
-    label = np.asarray(g["label"][...]) if "label" in keys else None
+    fg_arr, label_arr = foreground_mask(g), reference_label(g)
+    fg = np.asarray(fg_arr[...]).astype(bool) if fg_arr is not None else None
+    label = np.asarray(label_arr[...]) if label_arr is not None else None
     info = {ci.modality: ci for ci in meta.channel_info}
     wanted = list(channels) if channels is not None else names
     rows: list[dict[str, Any]] = []

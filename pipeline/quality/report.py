@@ -123,46 +123,39 @@ def overlay_png(slice2d: np.ndarray, label: np.ndarray | None = None, prediction
 
 
 def _latest_prediction(group: Any) -> tuple[str | None, np.ndarray | None]:
-    """(model_version, mask) of the most recent ``predictions/<model>/mask``; (None, None) if none."""
-    from pipeline.store import PREDICTIONS
+    """(model_version, mask) of the most recent prediction of a case; (None, None) if none."""
+    from pipeline.store import prediction_mask, prediction_versions
 
-    try:
-        preds = group[PREDICTIONS]
-    except KeyError:
-        return None, None
     best: tuple[str, str] | None = None
-    for name in sorted(preds.group_keys()):
-        try:
-            arr = preds[name]["mask"]
-        except KeyError:
-            continue
+    for name in prediction_versions(group):
+        arr = prediction_mask(group, name)
         attrs = arr.attrs.asdict()
         stamp = str(attrs.get("scored_at") or attrs.get("created_at") or "")
         if best is None or (stamp, name) >= best:
             best = (stamp, name)
     if best is None:
         return None, None
-    return best[1], np.asarray(preds[best[1]]["mask"][...])
+    return best[1], np.asarray(prediction_mask(group, best[1])[...])
 
 
 def case_thumbnail(store_root: str | Path, case_id: str, reference: str = "FLAIR") -> dict[str, Any]:
     """Base64 PNG of one case's reference channel: the slice with most label voxels, else the middle one."""
-    from pipeline.store import open_case, read_case_meta
+    from pipeline.store import foreground_mask, open_case, read_case_meta, reference_label
 
     g = open_case(store_root, case_id)
     meta = read_case_meta(store_root, case_id)
     names = list(g["image"].attrs.get("channels", meta.channels))
     present = [ci.modality for ci in meta.channel_info if ci.present and ci.modality in names]
     channel = reference if reference in present else (present[0] if present else names[0])
-    keys = set(g.array_keys())
-    label = np.asarray(g["label"][...]) if "label" in keys else None
+    label_arr, fg_arr = reference_label(g), foreground_mask(g)
+    label = np.asarray(label_arr[...]) if label_arr is not None else None
     model, pred = _latest_prediction(g)
     nz = g["image"].shape[1]
     z = nz // 2
     if label is not None and label.any():
         z = int(np.argmax((label > 0).sum(axis=(1, 2))))
     img = np.asarray(g["image"][names.index(channel), z])
-    fg = np.asarray(g["foreground"][z]).astype(bool) if "foreground" in keys else None
+    fg = np.asarray(fg_arr[z]).astype(bool) if fg_arr is not None else None
     vals = img[fg] if fg is not None and fg.any() else img.reshape(-1)
     vals = vals[np.isfinite(vals)]
     window = (float(np.percentile(vals, 1)), float(np.percentile(vals, 99.5))) if vals.size else None

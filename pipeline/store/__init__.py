@@ -15,7 +15,9 @@ Map of the package::
         local.py       POSIX file system: staging + os.replace (its commit protocol is described there)
         fsspec.py      object stores: marker last (protocol described there); storage options
       manifest.py      init_store, read_manifest, store_channels, resolve_channels, clean_staging
-      cases.py         write_case, list_cases, open_case, read_case_meta, write_case_array, has_node, geometry
+      cases.py         write_case, list_cases, open_case, read_case_meta, write_case_array, write_label, has_node, geometry
+      ngff.py          the OME-Zarr 0.5 metadata of a case (image, labels/) and the mask readers of either layout
+      upgrade.py       upgrade_store: a store of an older schema rewritten in place to the current layout (no voxel rewritten)
       catalog.py       append_catalog, compact_catalog, read_catalog, query_catalog (DuckDB), Arrow schema
       tables.py        write_table, read_table
       files.py         location, split_location, store_name, put_bytes, read_bytes, has_file, list_dir,
@@ -39,12 +41,16 @@ from pipeline.store.backend import ENV_S3_ENDPOINT, ENV_STORAGE_OPTIONS, is_remo
 from pipeline.store.cases import (
     geometry_of,
     has_node,
+    has_prediction,
     list_cases,
     open_case,
+    prediction_path,
     read_case_meta,
+    refresh_labels,
     volume_from_geometry,
     write_case,
     write_case_array,
+    write_label,
 )
 from pipeline.store.catalog import (
     COMPACT_MIN_PARTS,
@@ -78,7 +84,19 @@ from pipeline.store.layout import (
     StoreError,
 )
 from pipeline.store.manifest import clean_staging, init_store, read_manifest, resolve_channels, store_channels
+from pipeline.store.ngff import (
+    FOREGROUND,
+    LABELS,
+    REFERENCE,
+    foreground_mask,
+    mask_array,
+    prediction_label,
+    prediction_mask,
+    prediction_versions,
+    reference_label,
+)
 from pipeline.store.tables import read_table, write_table
+from pipeline.store.upgrade import upgrade_case, upgrade_store
 
 __all__ = [
     # handle and errors
@@ -91,6 +109,10 @@ __all__ = [
     # cases
     "geometry_of", "volume_from_geometry", "write_case", "list_cases", "open_case", "read_case_meta",
     "write_case_array", "has_node",
+    # masks (OME-Zarr labels; either layout)
+    "LABELS", "REFERENCE", "FOREGROUND", "prediction_label", "mask_array", "reference_label", "foreground_mask", "prediction_mask",
+    "prediction_versions", "write_label", "refresh_labels", "prediction_path", "has_prediction",
+    "upgrade_store", "upgrade_case",
     # catalog
     "COMPACT_MIN_PARTS", "append_catalog", "catalog_arrow_schema", "compact_catalog", "read_catalog", "query_catalog",
     # tables

@@ -2,12 +2,16 @@
 
 ::
 
-    cases/<case_id>/
+    cases/<case_id>/                     an OME-Zarr 0.5 image (see :mod:`pipeline.store.ngff`)
         image       float32 (C, Z, Y, X)   normalised channels, names in attrs; chunks (C, 64, 64, 64)
-        label       uint8   (Z, Y, X)      reference lesion mask (when the source has one)
-        foreground  uint8   (Z, Y, X)      head/brain mask used for normalisation and sampling
+        labels/reference/0   uint8 (Z, Y, X)   reference lesion mask (when the source has one)
+        labels/foreground/0  uint8 (Z, Y, X)   head/brain mask used for normalisation and sampling
+        labels/prediction-<model_version>/0    written by `score` (:func:`write_label`)
         patch_index/…                       written by `prepare` (:func:`write_case_array`)
-        predictions/<model_version>/mask  uint8 (Z, Y, X)   written by `score`
+
+Stores written before schema 1.3 keep the masks at ``label``, ``foreground`` and
+``predictions/<model_version>/mask``; read masks through :func:`pipeline.store.ngff.mask_array`
+and friends (re-exported by :mod:`pipeline.store`), which find either.
 
 A case and every array added later are committed whole through the store's backend
 (:meth:`~pipeline.store.backend.base.Backend.commit_node`): staging and rename on a file system,
@@ -26,10 +30,14 @@ Example:
     >>> _ = write_case(root, meta, np.zeros((1, 4, 5, 6), np.float32), np.ones((4, 5, 6), np.uint8))
     >>> list_cases(root), open_case(root, "sub-a_ses-b")["image"].shape
     (['sub-a_ses-b'], (1, 4, 5, 6))
+    >>> write_case_array(root, "sub-a_ses-b", "predictions/m1/mask", np.zeros((4, 5, 6), np.uint8))
+    >>> has_prediction(root, "sub-a_ses-b", "m1"), prediction_path("sub-a_ses-b", "m1")
+    (True, 'cases/sub-a_ses-b/labels/prediction-m1/0')
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +47,10 @@ from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
 
 from pipeline.core.geometry import affine_ras, orientation_code
 from pipeline.core.volume import Volume
-from pipeline.store.backend.base import join
+from pipeline.store import ngff
+from pipeline.store.backend.base import group_json, join
 from pipeline.store.handle import StoreLike, open_store
-from pipeline.store.layout import CASE_META_KEY, CASES, StoreError
+from pipeline.store.layout import CASE_META_KEY, CASES, NODE_MARKER, StoreError
 from storage_schemas.models import CaseMeta, Geometry
 
 
@@ -64,39 +73,6 @@ def volume_from_geometry(geometry: Geometry, array: np.ndarray) -> Volume:
     return Volume(array, spacing=geometry.spacing, origin=geometry.origin, direction=np.asarray(geometry.direction).reshape(3, 3))
 
 
-def _ome_multiscales(geometry: Geometry, name: str, channels: list[str]) -> dict[str, Any]:
-    sx, sy, sz = geometry.spacing
-    ox, oy, oz = geometry.origin
-    return {
-        "version": "0.5",
-        "multiscales": [
-            {
-                "name": name,
-                "axes": [
-                    {"name": "c", "type": "channel"},
-                    {"name": "z", "type": "space", "unit": "millimeter"},
-                    {"name": "y", "type": "space", "unit": "millimeter"},
-                    {"name": "x", "type": "space", "unit": "millimeter"},
-                ],
-                "datasets": [
-                    {
-                        "path": "image",
-                        "coordinateTransformations": [
-                            {"type": "scale", "scale": [1.0, sz, sy, sx]},
-                            {"type": "translation", "translation": [0.0, oz, oy, ox]},
-                        ],
-                    }
-                ],
-                "metadata": {
-                    "channels": channels,
-                    "note": "OME-NGFF has no rotation: translation/scale are LPS origin/spacing; "
-                    "use attributes['lesionflow_case'].geometry.affine_lps for exact (oblique) geometry",
-                },
-            }
-        ],
-    }
-
-
 # ------------------------------------------------------------------------------- encoding
 def _compressor(dtype: np.dtype) -> BloscCodec | ZstdCodec:
     """Zstd level 3 for float images; Blosc-zstd with bit shuffle for uint8 masks (see LAYOUT.md)."""
@@ -105,25 +81,39 @@ def _compressor(dtype: np.dtype) -> BloscCodec | ZstdCodec:
     return ZstdCodec(level=3)
 
 
-def _write_array(group: zarr.Group, name: str, data: np.ndarray, chunks: tuple[int, ...], attrs: dict[str, Any] | None = None) -> None:
+def _write_array(group: zarr.Group, name: str, data: np.ndarray, chunks: tuple[int, ...], attrs: dict[str, Any] | None = None,
+                 dims: Sequence[str] | None = None) -> None:
     chunks = tuple(min(c, s) for c, s in zip(chunks, data.shape))
     # masks: all-zero chunks (most of a label map) are not written; images: a z-scored chunk is
     # never all fill value, so zarr's per-chunk comparison (about 20 % of the write time) is skipped
     skip_empty = data.dtype == np.uint8
     arr = group.create_array(name, shape=data.shape, chunks=chunks, dtype=data.dtype, compressors=[_compressor(data.dtype)],
+                             dimension_names=tuple(dims) if dims is not None else None,
                              config={"write_empty_chunks": not skip_empty})
     arr[...] = data
     if attrs:
         arr.attrs.update(attrs)
 
 
-def _fill_case_group(g: zarr.Group, meta: CaseMeta, image: np.ndarray, foreground: np.ndarray, label: np.ndarray | None, chunk_zyx: tuple[int, int, int]) -> None:
-    """Write a case's arrays and attributes into an empty group."""
-    _write_array(g, "image", image.astype(np.float32, copy=False), (image.shape[0], *chunk_zyx), {"channels": list(meta.channels)})
-    _write_array(g, "foreground", foreground.astype(np.uint8, copy=False), chunk_zyx)
+def _fill_label_group(g: zarr.Group, meta: CaseMeta, name: str, data: np.ndarray, chunk_zyx: Sequence[int],
+                      attrs: dict[str, Any] | None = None, colour_index: int = 0) -> None:
+    """Write the NGFF label image ``name`` (its array ``0`` and its ``ome`` metadata) into an empty group."""
+    _write_array(g, ngff.LEVEL0, data.astype(np.uint8, copy=False), tuple(chunk_zyx), attrs, ngff.MASK_DIMS)
+    g.attrs.update({"ome": ngff.label_ome(meta.geometry, name, colour_index)})
+
+
+def _fill_case_group(g: zarr.Group, meta: CaseMeta, image: np.ndarray, foreground: np.ndarray, label: np.ndarray | None,
+                     chunk_zyx: tuple[int, int, int]) -> None:
+    """Write a case's arrays and attributes into an empty group (the OME-Zarr 0.5 layout of :mod:`pipeline.store.ngff`)."""
+    _write_array(g, ngff.IMAGE, image.astype(np.float32, copy=False), (image.shape[0], *chunk_zyx), {"channels": list(meta.channels)},
+                 ngff.IMAGE_DIMS)
+    labels = g.create_group(ngff.LABELS)
+    names = [ngff.FOREGROUND] if label is None else [ngff.REFERENCE, ngff.FOREGROUND]
+    _fill_label_group(labels.create_group(ngff.FOREGROUND), meta, ngff.FOREGROUND, foreground, chunk_zyx)
     if label is not None:
-        _write_array(g, "label", label.astype(np.uint8, copy=False), chunk_zyx)
-    g.attrs.update({CASE_META_KEY: meta.model_dump(mode="json"), "ome": _ome_multiscales(meta.geometry, meta.case_id, list(meta.channels))})
+        _fill_label_group(labels.create_group(ngff.REFERENCE), meta, ngff.REFERENCE, label, chunk_zyx)
+    labels.attrs.update({"ome": ngff.labels_ome(names)})
+    g.attrs.update({CASE_META_KEY: meta.model_dump(mode="json"), "ome": ngff.image_ome(meta.geometry, meta.case_id, list(meta.channels))})
 
 
 def _check_shapes(meta: CaseMeta, image: np.ndarray, foreground: np.ndarray, label: np.ndarray | None) -> None:
@@ -198,28 +188,123 @@ def read_case_meta(root: StoreLike, case_id: str) -> CaseMeta:
 
 
 def write_case_array(root: StoreLike, case_id: str, path: str, data: np.ndarray, chunk_zyx: tuple[int, ...] = (64, 64, 64),
-                     attrs: dict[str, Any] | None = None) -> None:
-    """Add or replace one array (e.g. ``predictions/<model>/mask``) inside a committed case, atomically.
+                     attrs: dict[str, Any] | None = None, dimension_names: Sequence[str] | None = None) -> None:
+    """Add or replace one array (e.g. ``patch_index/lesion``) inside a committed case, atomically.
+
+    A mask given by its schema-1.2 path (``predictions/<model_version>/mask``, ``label``,
+    ``foreground``) is written where schema 1.3 keeps it, as an NGFF label image
+    (:func:`write_label`: ``labels/prediction-<model_version>/0``, ...). ``dimension_names``
+    default to :func:`pipeline.store.ngff.dimension_names` of the path and shape.
 
     Missing intermediate groups are created first. Locally the array is written to staging, then
     moved into place with ``os.replace``. On an object store an existing array's ``zarr.json`` is
     deleted first (with its chunks), then the new chunks are uploaded and the array's
     ``zarr.json`` last.
     """
+    label = ngff.label_of_legacy_path(path)
+    if label is not None:
+        write_label(root, case_id, label, data, chunk_zyx=chunk_zyx[-3:], attrs=attrs)
+        return
     st = open_store(root)
     case = join(CASES, case_id)
-    if st.backend.committed_attrs(case, CASE_META_KEY) is None:
-        raise StoreError(f"case {case_id!r} is not in store {st.root}")
+    meta = _meta_for_write(st, case_id)
     chunks = chunk_zyx if data.ndim == len(chunk_zyx) else (*([1] * (data.ndim - len(chunk_zyx))), *chunk_zyx)
+    dims = tuple(dimension_names) if dimension_names is not None else ngff.dimension_names(path, data.shape, meta.geometry.shape_zyx)
     parent, _, name = path.strip("/").rpartition("/")
     st.backend.ensure_groups(case, parent)
 
     def build(scratch: zarr.Group, node: str) -> None:
-        _write_array(scratch, node, data, tuple(chunks), attrs)
+        _write_array(scratch, node, data, tuple(chunks), attrs, dims)
 
     st.backend.commit_node(join(case, parent, name), build)
 
 
+def _meta_for_write(st: Any, case_id: str) -> CaseMeta:
+    attrs = st.backend.committed_attrs(join(CASES, case_id), CASE_META_KEY)
+    if attrs is None:
+        raise StoreError(f"case {case_id!r} is not in store {st.root}")
+    try:
+        return CaseMeta.model_validate(attrs[CASE_META_KEY])
+    except Exception as exc:
+        raise StoreError(f"case {case_id}: invalid metadata: {exc}") from exc
+
+
+def write_label(root: StoreLike, case_id: str, name: str, data: np.ndarray, chunk_zyx: Sequence[int] = (64, 64, 64),
+                attrs: dict[str, Any] | None = None) -> Path | str:
+    """Add or replace the NGFF label image ``labels/<name>`` of a committed case, atomically, and
+    list it in ``labels/zarr.json``.
+
+    ``name`` is :data:`~pipeline.store.ngff.REFERENCE`, :data:`~pipeline.store.ngff.FOREGROUND` or
+    :func:`~pipeline.store.ngff.prediction_label`; ``data`` a ``(Z, Y, X)`` mask on the case grid
+    (stored uint8); ``attrs`` go on its array ``0`` (e.g. a prediction's provenance). The label
+    group (array and ``ome`` metadata) is committed whole like any node; the labels list is then
+    rewritten from the committed label groups, so two writers of different labels of one case
+    never lose a label for good (a list that missed one is complete again after the next write or
+    ``lesionflow upgrade``). Returns the label group's location.
+    """
+    st = open_store(root)
+    case = join(CASES, case_id)
+    meta = _meta_for_write(st, case_id)
+    if tuple(data.shape) != tuple(meta.geometry.shape_zyx):
+        raise StoreError(f"case {case_id}: label {name} shape {tuple(data.shape)} is not the grid {tuple(meta.geometry.shape_zyx)}")
+    st.backend.ensure_groups(case, ngff.LABELS)
+    present = _label_names(st, case)
+    colour = ngff.prediction_colour_index(present, name) if name.startswith(ngff.PREDICTION_PREFIX) else 0
+
+    def build(scratch: zarr.Group, node: str) -> None:
+        _fill_label_group(scratch.create_group(node), meta, name, data, chunk_zyx, attrs, colour)
+
+    where = st.backend.commit_node(join(case, ngff.LABELS, name), build)
+    refresh_labels(st, case_id)
+    return where
+
+
+def _label_names(st: Any, case: str) -> list[str]:
+    """Names of the committed NGFF label images of a case (groups under ``labels/`` with ``image-label``)."""
+    labels = join(case, ngff.LABELS)
+    names = []
+    for child in st.backend.committed_children(labels, "ome"):
+        ome = (st.backend.node_attrs(join(labels, child)) or {}).get("ome") or {}
+        if "image-label" in ome:
+            names.append(child)
+    return names
+
+
+def refresh_labels(root: StoreLike, case_id: str) -> list[str]:
+    """Rewrite a case's ``labels/zarr.json`` (one atomic file write) to list its committed label
+    images; returns the names listed."""
+    st = open_store(root)
+    case = join(CASES, case_id)
+    names = _label_names(st, case)
+    st.backend.put(join(case, ngff.LABELS, NODE_MARKER), group_json({"ome": ngff.labels_ome(names)}))
+    return ngff.labels_ome(names)["labels"]
+
+
+def prediction_path(case_id: str, model_version: str) -> str:
+    """Store-relative path of the array of a model's prediction (schema 1.3:
+    ``cases/<id>/labels/prediction-<model_version>/0``)."""
+    return join(CASES, case_id, ngff.label_array(ngff.prediction_label(model_version)))
+
+
+def has_prediction(root: StoreLike, case_id: str, model_version: str) -> bool:
+    """True when the case holds a committed prediction of ``model_version`` (either layout)."""
+    label = ngff.prediction_label(model_version)
+    b = open_store(root).backend
+    return any(b.has_node(join(CASES, case_id, p)) for p in (ngff.label_array(label), ngff.legacy_array(label)))
+
+
 def has_node(root: StoreLike, relpath: str) -> bool:
-    """True when the committed Zarr node ``relpath`` (e.g. ``cases/<id>/predictions/<v>/mask``) exists."""
-    return open_store(root).backend.has_node(relpath)
+    """True when the committed Zarr node ``relpath`` (e.g. ``cases/<id>/labels/prediction-<v>/0``) exists.
+
+    A case mask named by its schema-1.2 path (``cases/<id>/predictions/<v>/mask``, ``cases/<id>/label``)
+    counts when it exists at either place (see :mod:`pipeline.store.ngff`).
+    """
+    b = open_store(root).backend
+    if b.has_node(relpath):
+        return True
+    parts = relpath.strip("/").split("/")
+    if len(parts) >= 3 and parts[0] == CASES:
+        label = ngff.label_of_legacy_path("/".join(parts[2:]))
+        if label is not None:
+            return b.has_node(join(CASES, parts[1], ngff.label_array(label)))
+    return False

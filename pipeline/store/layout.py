@@ -5,7 +5,8 @@
     STORE/
       zarr.json                      root group; attributes[MANIFEST_KEY] = StoreManifest
       cases/<case_id>/               CASES: one group per committed case, attributes[CASE_META_KEY]
-          predictions/<model>/mask   PREDICTIONS
+          labels/<name>/0            the masks as OME-Zarr labels (schema 1.3; see pipeline.store.ngff)
+          predictions/<model>/mask   PREDICTIONS: where schema <= 1.2 kept a prediction (still read)
       catalog/part-*.parquet         CATALOG
       tables/                        TABLES
       models/<model_version>/        MODELS
@@ -19,7 +20,7 @@ Example:
 from __future__ import annotations
 
 CASES = "cases"
-PREDICTIONS = "predictions"  # cases/<id>/predictions/<model_version>/mask
+PREDICTIONS = "predictions"  # schema <= 1.2: cases/<id>/predictions/<model_version>/mask (1.3: labels/prediction-<v>/0)
 CATALOG = "catalog"
 TABLES = "tables"
 MODELS = "models"

@@ -30,11 +30,11 @@ def test_case_auc_on_the_phantom_cohort_with_lesion_free_cases(lesion_free_store
     """Lesion-free phantom subjects become cases with an empty label (has_lesion False); a
     prediction that is right about which case has lesions scores case AUC 1.0, whatever its Dice."""
     from pipeline.lesions.evaluation import evaluate_model
-    from pipeline.store import list_cases, open_case, write_case_array
+    from pipeline.store import list_cases, open_case, reference_label, write_case_array
 
     cohort, store = lesion_free_store
     for case_id in list_cases(store):
-        label = np.asarray(open_case(store, case_id)["label"][...])
+        label = np.asarray(reference_label(open_case(store, case_id))[...])
         pred = label.copy()  # lesion cases: the reference itself
         if not label.any():
             pred[10, 20, 20:22] = 1  # lesion-free case: a 2-voxel false positive (54 mm³)

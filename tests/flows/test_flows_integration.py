@@ -31,7 +31,7 @@ def test_ingest_prepare_train_score_flows(prefect_harness, phantom_cohort, tmp_p
         meta = read_case_meta(store, case_id)
         assert meta.channels == ["FLAIR", "T1", "T2"] and meta.has_label
         g = zarr.open_group(f"{store}/cases/{case_id}", mode="r")  # plain zarr reads it
-        assert g["image"].shape[0] == 3 and g["label"].shape == g["image"].shape[1:]
+        assert g["image"].shape[0] == 3 and g["labels/reference/0"].shape == g["image"].shape[1:]
     cat = read_catalog(store)
     assert set(cat.loc[cat["status"] == "converted", "modality"]) == {"FLAIR", "T1", "T2", "MASK"}
 
@@ -59,3 +59,17 @@ def test_ingest_prepare_train_score_flows(prefect_harness, phantom_cohort, tmp_p
 
     ev = evaluate(store, trained["model_version"], phantom_cohort.truth_cases_csv)
     assert len(ev) == len(truth) and ev["truth_volume_ml"].notna().all() and ev["dice"].notna().all()
+
+    # export: the scored store as BIDS derivatives, through the flow; every case group is OME-Zarr 0.5 with its prediction as a label
+    from ome_zarr_models.v05.image import Image
+
+    from flows.export import export
+    from tests.pipeline.export.test_bids import bids_derivative_problems
+
+    version = trained["model_version"]
+    exported = export(store, str(tmp_path / "bids"), models=["latest"])
+    assert (exported["cases"], exported["models"], exported["skipped"]) == (len(truth), [version], [])
+    assert bids_derivative_problems(tmp_path / "bids" / "derivatives" / "lesionflow") == []
+    for case_id in cases:
+        labels = Image.from_zarr(zarr.open_group(f"{store}/cases/{case_id}", mode="r")).labels
+        assert set(labels.label_paths) == {"reference", "foreground", f"prediction-{version}"}

@@ -157,3 +157,34 @@ def test_score_passes_26_connectivity_and_no_minimum_size_by_default(tmp_path, m
     cfg = PipelineConfig()
     assert calls == [{"connectivity": cfg.connectivity, "min_lesion_mm3": cfg.min_lesion_mm3, "overwrite": False}]
     assert (cfg.connectivity, cfg.min_lesion_mm3) == (26, 0.0)
+
+
+def test_upgrade_then_export_a_legacy_store(tmp_path):
+    from typer.testing import CliRunner
+
+    from lesionflow.cli import app
+    from tests.pipeline.store.test_ngff import _legacy_store
+
+    def run_cli(*args: str):  # in process: four commands, no interpreter start-up each
+        return CliRunner().invoke(app, list(args))
+
+    root = tmp_path / "s.zarr"
+    case_id, _ = _legacy_store(root)
+    dry = run_cli("upgrade", "--store", str(root), "--dry-run", "--json")
+    assert dry.exit_code == 0, dry.output
+    assert json.loads(dry.stdout)["cases_changed"] == 1 and (root / "cases" / case_id / "label").is_dir()
+    done = run_cli("upgrade", "--store", str(root))
+    assert done.exit_code == 0, done.output
+    assert f"{case_id}: moved label -> labels/reference/0" in done.stdout.splitlines()[0]
+    assert done.stdout.splitlines()[-1].startswith("1 of 1 cases changed; schema 1.2 → ")
+
+    out = run_cli("export", str(tmp_path / "out"), "--store", str(root), "--case", case_id, "--model", "m1", "--json")
+    assert out.exit_code == 0, out.output
+    summary = json.loads(out.stdout)
+    assert summary["models"] == ["m1"] and summary["cases"] == 1
+    anat = tmp_path / "out" / "derivatives" / "lesionflow" / "sub-a" / "ses-1" / "anat"
+    assert {p.name for p in anat.glob("*.nii.gz")} == {
+        "sub-a_ses-1_desc-preproc_FLAIR.nii.gz", "sub-a_ses-1_desc-preproc_T1w.nii.gz",
+        "sub-a_ses-1_label-lesion_desc-reference_mask.nii.gz", "sub-a_ses-1_label-lesion_desc-m1_mask.nii.gz"}
+    missing = run_cli("export", str(tmp_path / "out"), "--store", str(root), "--case", "sub-x_ses-y")
+    assert missing.exit_code == 2 and "not in store" in missing.output

@@ -62,7 +62,7 @@ def test_dataset_reads_requested_channels_in_order(store):
     z, y, x = (c - p // 2 for c, p in zip(spec["centre"], PATCH))
     window = (slice(z, z + PATCH[0]), slice(y, y + PATCH[1]), slice(x, x + PATCH[2]))
     np.testing.assert_array_equal(image.numpy(), g["image"][(slice(None), *window)][[2, 0]])
-    np.testing.assert_array_equal(label[0].numpy(), g["label"][window])
+    np.testing.assert_array_equal(label[0].numpy(), g["labels/reference/0"][window])
 
 
 def test_dataset_pads_when_volume_smaller_than_patch(store):

@@ -32,10 +32,11 @@ def test_score_cases_writes_and_skips(trained, store):
     assert [e["index"] for e in events] == [1, 2, 3]
     for row in first[:2]:
         assert row["mask_path"] == mask_path(row["case_id"], version)
-        group = zarr.open_group(str(root / "cases" / row["case_id"] / "predictions" / version), mode="r")
-        mask = group["mask"][...]
+        assert row["mask_path"] == f"cases/{row['case_id']}/labels/prediction-{version}/0"  # an NGFF label of the case
+        arr = zarr.open_array(str(root / row["mask_path"]), mode="r")
+        mask = arr[...]
         assert mask.shape == SHAPE and mask.dtype == np.uint8
-        attrs = group["mask"].attrs["lesionflow_prediction"]
+        attrs = arr.attrs["lesionflow_prediction"]
         assert attrs["model_version"] == version and attrs["overlap"] == 0.25 and attrs["roi_zyx"] == list(PATCH)
         assert attrs["lesion_voxels"] == int(mask.sum()) == row["lesion_voxels"]
     second = score_cases(root, version, case_ids=ids[:2])

@@ -137,7 +137,7 @@ def test_tiny_model_overfits_one_case(store):
     case = store["labelled"][0]
     result = train(store["root"], case_ids=[case], val_case_ids=[case], patch_zyx=PATCH, iterations=100, lr=3e-3, seed=1, save=False, num_threads=THREADS)
     assert result.metrics["val_dice"] > 0.7, result.metrics["val_dice"]
-    label = zarr.open_group(str(store["root"] / "cases" / case), mode="r")["label"][...]
+    label = zarr.open_group(str(store["root"] / "cases" / case), mode="r")["labels/reference/0"][...]
     mask = predict_case(result.model, {"channels": ["FLAIR", "T1", "T2"], "patch_zyx": list(PATCH)}, store["root"], case)
     assert dice(mask, label) == pytest.approx(result.metrics["val_dice"])  # validation uses the pipeline's one Dice
 

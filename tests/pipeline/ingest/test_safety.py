@@ -52,7 +52,7 @@ def assert_valid_store(store: Path, n_cases: int) -> None:
         g = open_case(store, case_id)
         assert g["image"].shape == (len(meta.channels), *meta.geometry.shape_zyx)
         assert np.isfinite(g["image"][:]).all()
-        assert g["label"].shape == tuple(meta.geometry.shape_zyx)
+        assert g["labels/reference/0"].shape == tuple(meta.geometry.shape_zyx)
     leftovers = [p.name for p in (store / "cases").iterdir() if p.is_dir() and p.name not in cases]
     assert leftovers == []
 

@@ -45,12 +45,12 @@ def test_ingest_geometry_resampling_and_incremental_reruns(cohort, tmp_path):
     t1_stored = g["image"][1]
     t1 = sitk.ReadImage(str(cohort / "site/patient02/patient02_T1w.nii.gz"), sitk.sitkFloat32)
     expected = sitk.GetArrayFromImage(sitk.Resample(t1, flair, sitk.Transform(), sitk.sitkLinear, 0.0))
-    fg = g["foreground"][:] > 0
+    fg = g["labels/foreground/0"][:] > 0
     corr = np.corrcoef(t1_stored[fg], expected[fg])[0, 1]
     assert corr > 0.9999
     # label is the source mask (same grid → identical voxels)
     mask = sitk.GetArrayFromImage(sitk.ReadImage(str(cohort / "site/patient02/patient02_lesion_mask.nii.gz")))
-    np.testing.assert_array_equal(g["label"][:], mask)
+    np.testing.assert_array_equal(g["labels/reference/0"][:], mask)
 
     # rerun: nothing converted, and nothing of the stored cases re-read (unchanged size + mtime reuse
     # the stored digests); only the rejected session's broken file is tried again

@@ -19,7 +19,7 @@ from pipeline.prepare.patches import (
     read_patch_index_attrs,
     write_patch_index,
 )
-from pipeline.store import StoreError, write_case_array
+from pipeline.store import StoreError, foreground_mask, reference_label, write_case_array
 
 from tests.store_factory import make_store
 
@@ -153,8 +153,9 @@ def test_write_and_read_patch_index(tmp_path):
         assert attrs["n_background"] == 40 == len(idx["background"])
         assert read_patch_index_attrs(root, case_id)["index_id"] == attrs["index_id"]
         g = zarr.open_group(str(root / "cases" / case_id), mode="r")
-        label = g["label"][...] if "label" in g else None
-        expected = build_patch_index(label, g["foreground"][...], (16, 16, 16), n_lesion=30, n_background=40, seed=11)
+        label_arr = reference_label(g)
+        label = label_arr[...] if label_arr is not None else None
+        expected = build_patch_index(label, foreground_mask(g)[...], (16, 16, 16), n_lesion=30, n_background=40, seed=11)
         for kind in ("lesion", "background"):
             np.testing.assert_array_equal(idx[kind], expected[kind])
             assert g[f"patch_index/{kind}"].dtype == np.int32

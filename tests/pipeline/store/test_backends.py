@@ -55,7 +55,7 @@ def test_cases_catalog_and_tables(root):
     assert store.read_case_meta(root, "sub-a_ses-b").geometry.spacing == (1.0, 1.0, 2.0)
     store.write_case_array(root, "sub-a_ses-b", "predictions/m/mask", np.ones((4, 5, 6), np.uint8), chunk_zyx=(2, 2, 2))
     assert store.has_node(root, "cases/sub-a_ses-b/predictions/m/mask") and not store.has_node(root, "cases/sub-a_ses-b/predictions/x/mask")
-    assert int(store.open_case(root, "sub-a_ses-b")["predictions/m/mask"][:].sum()) == 120
+    assert int(store.prediction_mask(store.open_case(root, "sub-a_ses-b"), "m")[:].sum()) == 120
     with pytest.raises(store.StoreError, match="not in store"):
         store.read_case_meta(root, "sub-x_ses-y")
 

@@ -25,7 +25,7 @@ def test_case_round_trip_with_geometry_and_ome(tmp_path):
     assert store.list_cases(root) == ["sub-a_ses-b"]
     g = zarr.open_group(str(root / "cases" / "sub-a_ses-b"), mode="r")  # plain zarr reads it
     np.testing.assert_array_equal(g["image"][:], img)
-    np.testing.assert_array_equal(g["label"][:], lab)
+    np.testing.assert_array_equal(g["labels/reference/0"][:], lab)
     meta = store.read_case_meta(root, "sub-a_ses-b")
     np.testing.assert_allclose(np.reshape(meta.geometry.affine_lps, (4, 4)), vol.affine_lps)
     ms = g.attrs["ome"]["multiscales"][0]

@@ -127,20 +127,21 @@ def test_case_catalog_and_tables_round_trip_on_s3(s3_endpoint, bucket):
 
     g = plain_group(s3_endpoint, out)
     np.testing.assert_array_equal(g["image"][:], img)
-    np.testing.assert_array_equal(g["label"][:], lab)
+    np.testing.assert_array_equal(g["labels/reference/0"][:], lab)
     assert g["image"].attrs["channels"] == ["FLAIR"]
     meta = store.read_case_meta(url, "sub-a_ses-b")
     np.testing.assert_allclose(np.reshape(meta.geometry.affine_lps, (4, 4)), vol.affine_lps)
     assert g.attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 3.0, 1.1, 0.9]
-    np.testing.assert_array_equal(store.open_case(url, "sub-a_ses-b")["foreground"][:], np.ones_like(lab))
+    np.testing.assert_array_equal(store.foreground_mask(store.open_case(url, "sub-a_ses-b"))[:], np.ones_like(lab))
     with pytest.raises(store.StoreError, match="not in store"):
         store.open_case(url, "sub-x_ses-y")
 
     # arrays added later; a replacement never shows old chunks (all-zero chunks are not written)
     store.write_case_array(url, "sub-a_ses-b", "predictions/m1/mask", lab, chunk_zyx=(4, 4, 4), attrs={"model_version": "m1"})
-    assert store.has_node(url, "cases/sub-a_ses-b/predictions/m1/mask")
+    assert store.has_node(url, "cases/sub-a_ses-b/predictions/m1/mask") and store.has_prediction(url, "sub-a_ses-b", "m1")
+    assert store.has_node(url, "cases/sub-a_ses-b/labels/prediction-m1/0")
     store.write_case_array(url, "sub-a_ses-b", "predictions/m1/mask", np.zeros_like(lab), chunk_zyx=(2, 2, 2))
-    mask = store.open_case(url, "sub-a_ses-b")["predictions/m1/mask"]
+    mask = store.prediction_mask(store.open_case(url, "sub-a_ses-b"), "m1")
     assert mask.chunks == (2, 2, 2) and not mask[:].any()
     store.write_case_array(url, "sub-a_ses-b", "predictions/m1/mask", lab, chunk_zyx=(4, 4, 4))
     with pytest.raises(store.StoreError):
@@ -237,16 +238,26 @@ def test_object_writes_are_marker_last(s3_endpoint, bucket, request_log):
     assert puts[-1] == "zarr.json"
     first_marker = min(i for i, k in enumerate(puts) if k.endswith("zarr.json"))
     assert first_marker > 0 and all(not k.endswith("zarr.json") for k in puts[:first_marker])
-    assert sorted(puts[first_marker:-1]) == ["foreground/zarr.json", "image/zarr.json", "label/zarr.json"]
+    markers = puts[first_marker:-1]
+    assert sorted(markers) == ["image/zarr.json", "labels/foreground/0/zarr.json", "labels/foreground/zarr.json",
+                               "labels/reference/0/zarr.json", "labels/reference/zarr.json", "labels/zarr.json"]
+    depth = [k.count("/") for k in markers]
+    assert depth == sorted(depth, reverse=True)  # deepest first: an array's zarr.json before its group's
 
     log = request_log("s.zarr/cases/sub-a_ses-b/")
+    store.write_case_array(url, "sub-a_ses-b", "patch_index/lesion", np.zeros((5, 3), np.int32))
+    puts = log.puts()
+    assert puts[0] == "patch_index/zarr.json"  # the intermediate group
+    assert puts[-1] == "patch_index/lesion/zarr.json" and all("zarr.json" not in k for k in puts[1:-1]) and len(puts) > 2
+    # a prediction: the label group (array, then its group zarr.json), then the labels list
+    log = request_log("s.zarr/cases/sub-a_ses-b/labels/")
     store.write_case_array(url, "sub-a_ses-b", "predictions/m/mask", fg, chunk_zyx=(4, 4, 4))
     puts = log.puts()
-    assert puts[:2] == ["predictions/zarr.json", "predictions/m/zarr.json"]  # intermediate groups
-    assert puts[-1] == "predictions/m/mask/zarr.json" and all("zarr.json" not in k for k in puts[2:-1]) and len(puts) > 3
-    log = request_log("s.zarr/cases/sub-a_ses-b/predictions/")
+    assert puts[-3:] == ["prediction-m/0/zarr.json", "prediction-m/zarr.json", "zarr.json"]
+    assert all("zarr.json" not in k for k in puts[:-3]) and len(puts) > 3
+    log = request_log("s.zarr/cases/sub-a_ses-b/labels/")
     store.write_case_array(url, "sub-a_ses-b", "predictions/m/mask", fg, chunk_zyx=(4, 4, 4))
-    assert log.events[0] == ("DELETE", "m/mask/zarr.json") and log.puts()[-1] == "m/mask/zarr.json"
+    assert log.events[0] == ("DELETE", "prediction-m/zarr.json") and log.puts()[-2:] == ["prediction-m/zarr.json", "zarr.json"]
     assert store.list_cases(url) == ["sub-a_ses-b"]
 
 
@@ -282,10 +293,10 @@ def test_ingest_into_s3_with_dask_workers(s3_endpoint, bucket, dask, tmp_path):
         assert meta.channels == ["FLAIR", "T1", "T2"]
         assert g["image"].shape == (3, *meta.geometry.shape_zyx) and g["image"].dtype == np.float32
         np.testing.assert_allclose(g["image"][:], ref["image"][:], rtol=0, atol=1e-5)
-        np.testing.assert_array_equal(g["foreground"][:], ref["foreground"][:])
-        assert ("label" in g) == meta.has_label == ("label" in ref)
+        np.testing.assert_array_equal(store.foreground_mask(g)[:], store.foreground_mask(ref)[:])
+        assert (store.reference_label(g) is not None) == meta.has_label == (store.reference_label(ref) is not None)
         if meta.has_label:
-            np.testing.assert_array_equal(g["label"][:], ref["label"][:])
+            np.testing.assert_array_equal(store.reference_label(g)[:], store.reference_label(ref)[:])
         # geometry is the source FLAIR grid
         folder = src / plans[case_id].root_relpath
         flair = sitk.ReadImage(str(next(folder.glob("*FLAIR.nii.gz"))))
@@ -399,12 +410,12 @@ def test_prepare_train_score_report_evaluate_on_s3(s3_endpoint, bucket, tmp_path
             torch.testing.assert_close(model(x), expected)
     assert resolve_model_version("latest", url) == version
 
-    # score: predictions/<version>/mask in every case; a second run finds them
+    # score: labels/prediction-<version>/0 in every case; a second run finds them
     scored = score_cases(url, version, device="cpu")
     assert [r["status"] for r in scored] == ["scored"] * 3
     for case_id in cases:
         g = plain_group(s3_endpoint, f"{url}/cases/{case_id}")
-        mask = g[f"predictions/{version}/mask"]
+        mask = g[f"labels/prediction-{version}/0"]
         assert mask.shape == g["image"].shape[1:] and mask.dtype == np.uint8
         assert mask.attrs["lesionflow_prediction"]["lesion_voxels"] == int(mask[:].sum())
     assert {r["status"] for r in score_cases(url, "latest", device="cpu")} == {"exists"}
@@ -426,7 +437,7 @@ def test_prepare_train_score_report_evaluate_on_s3(s3_endpoint, bucket, tmp_path
     assert len(json.loads(fs.cat_file(f"{base}/quality/expectations.json"))["results"]) == len(report.expectations) > 0
     assert set(pd.read_parquet(f"{url}/quality/metrics.parquet", storage_options=so)["case_id"]) == set(cases)
 
-    # a newer model scored afterwards is seen (no stale listing of predictions/)
+    # a newer model scored afterwards is seen (no stale listing of labels/)
     tweaked = result.model
     with torch.no_grad():
         next(tweaked.parameters()).add_(0.01)
