@@ -9,3 +9,7 @@ import os
 # small machine, and a hospital network should not be asked to send telemetry.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from flows.common import route_library_logs  # after the environment above
+
+route_library_logs()

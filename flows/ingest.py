@@ -1,8 +1,18 @@
-"""Flow ``ingest``: discover studies, convert them in parallel on Dask, catalog, report."""
+"""Flow ``ingest``: discover studies, convert them in parallel on Dask, catalog, report.
+
+Prefect records a flow run's parameters in its database, and an ingest folder may be named after
+a patient (``/exports/DOE^JANE_MRN123``). So ``source`` is best given *sealed*: a ``root:`` token
+(:func:`seal_source`, what ``lesionflow ingest`` passes), which the flow opens with the
+pseudonymisation key; what Prefect then holds is the token, the same one the catalog records
+(``source_root``). A plain path is accepted too (a deployment's fixed drop folder) and is then
+recorded by Prefect as given. Tasks get the token, never the path; the summary, artefacts and
+logs name inputs by sealed path only.
+"""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, task, unmapped
@@ -11,6 +21,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.common import batches, progress_logger
 from pipeline.core.config import load_config, pseudonym_key
+from pipeline.core.lineage import ROOT, is_sealed, lineage
 from pipeline.ingest.cluster import dask_client, map_sessions
 from pipeline.ingest.context import IngestContext
 from pipeline.ingest.discover import SessionPlan, discover
@@ -19,15 +30,33 @@ from pipeline.ingest.run import new_run_id, record_rejected, summarize
 from pipeline.ingest.session import SessionResult
 
 
+def seal_source(source: str | Path, key: bytes | None = None) -> str:
+    """The ``root:`` token of the ingest folder ``source`` (absolute), to pass as the flow's
+    ``source`` so that Prefect records no path; ``key``: the pseudonymisation key (default: the
+    environment's)."""
+    return lineage(key or pseudonym_key()).seal_root(str(Path(source).resolve()))
+
+
+def open_source(source: str, key: bytes | None = None) -> Path:
+    """The ingest folder of the flow's ``source``: a ``root:`` token opened with the key, or a plain path."""
+    if is_sealed(source):
+        if not source.startswith(ROOT):
+            raise ValueError("source: a sealed ingest folder is a 'root:' token (seal_source), not a 'src:' one")
+        return Path(lineage(key or pseudonym_key()).open(source))
+    return Path(source).resolve()
+
+
 @task(name="discover", cache_policy=NO_CACHE)
 def discover_task(source: str, ctx: IngestContext, scheduler: str) -> tuple[list[SessionPlan], list[dict[str, str]], list[str]]:
-    """Open the store (staging cleared, catalog repaired and compacted), discover the source and
-    return the sessions to convert, the rejected inputs and the ids of the cases up to date."""
+    """Open the store (staging cleared, catalog repaired and compacted; refused when the key does
+    not open its sealed paths), discover ``source`` (sealed or plain) and return the sessions to
+    convert, the rejected inputs and the ids of the cases up to date."""
     from dask.distributed import Client
 
-    state = open_store_for_ingest(ctx.store_root, ctx.cfg, ctx.force)
+    key = pseudonym_key()
+    state = open_store_for_ingest(ctx.store_root, ctx.cfg, ctx.force, lineage=lineage(key))
     with Client(scheduler, timeout="30s") as client:
-        disc = discover(source, ctx.cfg, pseudonym_key(), progress=progress_logger(), client=client, known=state.known)
+        disc = discover(open_source(source, key), ctx.cfg, key, progress=progress_logger(), client=client, known=state.known)
     rejected = record_rejected(disc, ctx)
     todo, unchanged = state.pending(disc.sessions, ctx.cfg, ctx.force)
     return todo, rejected, disc.unchanged + unchanged
@@ -65,16 +94,20 @@ def ingest(
 ) -> dict[str, Any]:
     """Ingest every study under ``source`` into the Zarr ``store``; returns the run summary.
 
+    ``source``: the ingest folder, best sealed (:func:`seal_source`; see the module docstring).
     Conversion runs on Dask: an existing scheduler at ``dask_address`` or a LocalCluster of
     ``n_workers`` processes. Unchanged sessions are skipped; bad inputs are recorded, not fatal.
     """
     cfg = load_config(config_path, target_spacing=tuple(target_spacing) if target_spacing else None, dask_address=dask_address, n_workers=n_workers)
     t0 = time.perf_counter()
-    ctx = IngestContext(store, cfg, new_run_id(), force)
+    key = pseudonym_key()
+    lin = lineage(key)
+    sealed = lin.seal_root(str(open_source(source, key)))
+    ctx = IngestContext(store, cfg, new_run_id(), force, source_root=sealed, stat_key=lin.stat_key)
     results: list[SessionResult] = []
     with dask_client(cfg.dask_address, cfg.n_workers, memory_limit=cfg.worker_memory_limit) as client:
         scheduler = client.scheduler.address
-        sessions, rejected, unchanged = discover_task(source, ctx, scheduler)
+        sessions, rejected, unchanged = discover_task(sealed, ctx, scheduler)
         if sessions:
             futures = convert_batch.map(batches(sessions, batch_size), unmapped(ctx), unmapped(scheduler))
             for batch_result in futures.result():

@@ -168,9 +168,10 @@ def ingest(
         with _progress() as progress, dask_client(cfg.dask_address, cfg.n_workers, memory_limit=cfg.worker_memory_limit) as client:
             summary = run_ingest(source, store, cfg, pseudonym_key(), client=client, progress=progress, force=force).as_dict()
     else:
-        from flows.ingest import ingest as ingest_flow
+        from flows.ingest import ingest as ingest_flow, seal_source
 
-        summary = ingest_flow(str(source), str(store), config_path=str(config) if config else None, target_spacing=spacing,
+        # the flow run's parameters are kept in Prefect's database: the folder goes there sealed
+        summary = ingest_flow(seal_source(source), str(store), config_path=str(config) if config else None, target_spacing=spacing,
                               dask_address=dask_address, n_workers=workers, force=force)
     if as_json:
         _print_json(summary)
@@ -185,6 +186,9 @@ def _print_ingest(summary: dict[str, Any]) -> None:
         typer.echo(f"  rejected {r['path']}: {r['reason']}")
     for r in summary["unused_inputs"]:
         typer.echo(f"  unused   {r['path']}: {r['reason']}")
+    if summary["rejected_inputs"] or summary["unused_inputs"]:
+        typer.echo(f"inputs are named by sealed path (src:…); `lesionflow lineage --store {summary['store']} --inputs` lists them "
+                   "with their paths (needs the pseudonymisation key)")
 
 
 class _progress:
@@ -205,6 +209,64 @@ class _progress:
 
     def __exit__(self, *exc: Any) -> None:
         self._p.stop()
+
+
+# ------------------------------------------------------------------------------- lineage
+@app.command()
+def lineage(
+    targets: list[str] = typer.Argument(None, help="case ids and/or sealed paths (src:…, root:…) to resolve"),
+    store: str | None = typer.Option(None, "--store", help="store folder or URL (needed for case ids and --inputs)"),
+    inputs: bool = typer.Option(False, "--inputs", help="also list every rejected and unused input of the store"),
+    as_json: bool = typer.Option(False, "--json", help="print the resolved paths as JSON"),
+) -> None:
+    """Resolve cases or sealed paths back to their source files (needs the pseudonymisation key).
+
+    The store, the catalog, reports, logs and JSON output name source files by sealed path only;
+    with LESIONFLOW_PSEUDONYM_KEY set to the key the store was ingested with, this opens them.
+    A different key is refused (exit 2); it never yields a wrong path.
+    """
+    _ensure_key()
+    from pipeline.core.config import pseudonym_key
+    from pipeline.core.lineage import LineageKeyError, is_sealed
+    from pipeline.ingest.lineage import case_lineage, input_lineage, open_token
+    from pipeline.store import StoreError
+
+    targets = list(targets or [])
+    if not targets and not inputs:
+        _fail("name a case id or a sealed path (src:…/root:…), or give --inputs")
+    if (inputs or any(not is_sealed(t) for t in targets)) and store is None:
+        _fail("--store is needed to resolve a case id or list --inputs")
+    if store is not None:
+        _existing_store(store)
+    key = pseudonym_key()
+    out: dict[str, Any] = {"cases": [], "tokens": [], "inputs": None}
+    try:
+        for t in targets:
+            if is_sealed(t):
+                out["tokens"].append({"token": t, "path": open_token(t, key)})
+            else:
+                out["cases"].append(case_lineage(store, t, key))
+        if inputs:
+            out["inputs"] = input_lineage(store, key)
+    except LineageKeyError as exc:
+        _fail(f"{exc}; nothing resolved")
+    except StoreError as exc:
+        _fail(str(exc))
+    except ValueError as exc:
+        _fail(str(exc))
+    if as_json:
+        _print_json(out)
+        return
+    for t in out["tokens"]:
+        typer.echo(f"{t['token']}\n  {t['path']}")
+    for c in out["cases"]:
+        typer.echo(f"{c['case_id']}  (ingest folder: {c['source_root'] or 'not recorded'})")
+        for f in c["files"]:
+            typer.echo(f"  {f['role']:<8} {f['path']}  sha256 {f['sha256'][:16]}  {f['size_bytes']} B")
+        for i in c["inputs"]:
+            typer.echo(f"  {i['role']:<8} {i['path']}: {i['reason']}")
+    for i in out["inputs"] or []:
+        typer.echo(f"{i['role']:<8} {i['absolute'] or i['path']}  [{i['code']}] {i['reason']}")
 
 
 # ------------------------------------------------------------------------------- prepare / train / score

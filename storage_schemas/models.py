@@ -3,7 +3,10 @@
 Every model carries ``schema_version``; readers validate on read and refuse a
 different major version with a message that says how to migrate (see ``LAYOUT.md``).
 No model has a field for a name, birth date, patient ID or accession number:
-identifiers are keyed-hash pseudonyms (``sub-…``/``ses-…``).
+identifiers are keyed-hash pseudonyms (``sub-…``/``ses-…``), source paths are sealed
+(``src:…``/``root:…`` tokens, :mod:`pipeline.core.lineage`, schema 1.4) and free-text
+descriptions are cleaned (:mod:`pipeline.core.descriptors`). ``storage_schemas/LAYOUT.md`` ("What
+is stored about the sources") lists every field and why it is safe.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-SCHEMA_VERSION = "1.3"
+SCHEMA_VERSION = "1.4"
 """Version of the store layout and of every model below (major.minor)."""
 
 
@@ -55,21 +58,25 @@ class Geometry(BaseModel):
 
 
 class SourceFile(BaseModel):
-    """One input that contributed to a stored case (path relative to the ingest root)."""
+    """One input that contributed to a stored case: its sealed path, digest, size and time."""
 
     model_config = ConfigDict(extra="forbid")
-    relpath: str
+    relpath: str = Field(description="the path relative to the ingest folder, sealed (a 'src:' token, schema 1.4; "
+                                     "stores written before hold it in the clear); `lesionflow lineage` opens it with the key")
     sha256: str
     size_bytes: int
-    mtime_ns: int | None = Field(None, description="modification time when hashed; unchanged size+mtime lets a rerun reuse sha256 (schema 1.1)")
+    mtime_ns: int | None = Field(None, description="modification time when hashed; unchanged size+mtime lets a rerun reuse sha256 (schema 1.1; "
+                                                   "not written since 1.4: stat_tag)")
+    stat_tag: str | None = Field(None, description="keyed HMAC of (size, mtime) when hashed, in place of the time (schema 1.4; "
+                                                   "pipeline.core.lineage.stat_tag); an unchanged tag lets a rerun reuse sha256")
 
 
 class ChannelInfo(BaseModel):
     model_config = ConfigDict(extra="forbid")
     modality: str
     source_format: Literal["dicom", "nifti", "metaimage"]
-    source_series: str = Field(description="pseudonymised series key or file name stem")
-    series_description: str | None = None
+    source_series: str = Field(description="'series-<SeriesNumber>' for DICOM, 'file <cleaned name stem>' for image files")
+    series_description: str | None = Field(None, description="SeriesDescription (else ProtocolName) after clean_descriptor (schema 1.4)")
     native_spacing: tuple[float, float, float]
     native_shape_zyx: tuple[int, int, int]
     native_orientation: str
@@ -187,7 +194,8 @@ class CatalogRow(_Versioned):
     Machine-readable outcomes beside the human ones (schema 1.2): ``reason_code`` next to
     ``reason``; the native grid as numbers (``shape_*``, ``spacing_*_mm``, ITK x, y, z order) next
     to the display strings ``shape_zyx`` / ``spacing_mm``; ``label_on_grid`` for lesion-mask rows.
-    Rows written by schema 1.1 read with these fields empty.
+    Rows written by schema 1.1 read with these fields empty. Schema 1.4 seals the source paths
+    (``source_relpath``, ``source_root``) and keeps no path or identifier in ``reason``.
     """
 
     case_id: str | None = None
@@ -198,7 +206,9 @@ class CatalogRow(_Versioned):
     reason: str | None = None
     reason_code: ReasonCodeValue | None = Field(None, description="ReasonCode of a rejected/unused row (schema 1.2)")
     source_format: str | None = None
-    source_relpath: str
+    source_relpath: str = Field(description="the input's path relative to the ingest folder, sealed (a 'src:' token, schema 1.4; "
+                                            "a DICOM series' folder ends in '/'); stores written before hold it in the clear")
+    source_root: str | None = Field(None, description="the ingest folder of the run, sealed (a 'root:' token, schema 1.4)")
     source_sha256: str | None = None
     shape_zyx: str | None = Field(None, description="display text 'ZxYxX'; use shape_x/_y/_z")
     spacing_mm: str | None = Field(None, description="display text 'XxYxZ' (mm); use spacing_x_mm/_y_mm/_z_mm")
@@ -229,7 +239,8 @@ class CaseMeta(_Versioned):
     has_label: bool
     label_source: SourceFile | None = None
     geometry: Geometry
-    source_fingerprint: str = Field(description="sha256 over the sorted source digests")
+    source_fingerprint: str = Field(description="sha256 over the sorted (sealed path, digest) pairs of the sources")
+    source_root: str | None = Field(None, description="the ingest folder it was converted from, sealed (a 'root:' token, schema 1.4)")
     config_hash: str
     pipeline_version: str
     run_id: str | None = None

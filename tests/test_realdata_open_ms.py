@@ -32,7 +32,7 @@ def test_longitudinal_modalities_onto_flair_with_supplied_transforms(shared_data
     assert summary.converted == 2
 
     for plan in disc.sessions:
-        study = "study1" if any("study1" in i.name for i in plan.items) else "study2"
+        study = "study1" if any("study1" in r for i in plan.items for r in i.relpaths) else "study2"  # plain paths: in memory only
         meta = read_case_meta(tmp_path / "s.zarr", plan.case_id)
         flair = sitk.ReadImage(str(src / f"{study}_FLAIR.nii.gz"), sitk.sitkFloat32)
         # direction and origin equal the FLAIR's

@@ -16,7 +16,7 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -39,12 +39,19 @@ class IngestContext:
         cfg: the pipeline configuration.
         run_id: the run's id, recorded on every catalog row and committed case.
         force: re-convert sessions even when their committed case is up to date.
+        source_root: the ingest folder, sealed (a ``root:`` token of :mod:`pipeline.core.lineage`),
+            recorded on every catalog row and committed case.
+        stat_key: the key of the files' stored (size, mtime) tags (:attr:`Lineage.stat_key
+            <pipeline.core.lineage.Lineage.stat_key>`; derived, it opens no sealed path); None
+            stores and compares no tag (every file is hashed).
     """
 
     store_root: str
     cfg: PipelineConfig
     run_id: str
     force: bool = False
+    source_root: str | None = None
+    stat_key: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "store_root", str(self.store_root))
@@ -55,9 +62,9 @@ class IngestContext:
         return self.cfg.processing_hash()
 
     def row(self, plan: SessionPlan | None, status: str, relpath: str, **fields: Any) -> CatalogRow:
-        """A catalog row of this run for ``relpath`` (in ``plan``'s case; ``None`` for inputs
-        that belong to no session). ``fields``: the other :class:`CatalogRow` fields, e.g.
-        ``reason`` and ``reason_code``, which every rejected or unused row must have."""
+        """A catalog row of this run for ``relpath`` (the input's sealed path; in ``plan``'s case,
+        ``None`` for inputs that belong to no session). ``fields``: the other :class:`CatalogRow`
+        fields, e.g. ``reason`` and ``reason_code``, which every rejected or unused row must have."""
         if status in ("rejected", "unused") and not (fields.get("reason") and fields.get("reason_code")):
             raise ValueError(f"a {status} catalog row needs a reason and a reason_code ({relpath})")
         return CatalogRow(
@@ -66,6 +73,7 @@ class IngestContext:
             session=plan.session if plan else None,
             status=status,
             source_relpath=relpath,
+            source_root=self.source_root,
             pipeline_version=__version__,
             config_hash=self.config_hash,
             run_id=self.run_id,

@@ -17,13 +17,20 @@ Rules, in order:
   reason comes with its :class:`~storage_schemas.models.ReasonCode` (``unused_code``, ``Rejected.code``).
 
 Identifiers (PatientID, StudyInstanceUID, folder names) are pseudonymised here, with the keyed
-hash, before anything leaves this module: a :class:`SessionPlan` carries only pseudonyms.
+hash, and every path is sealed (:mod:`pipeline.core.lineage`) beside the plain one the readers
+need: what leaves this module for the store, the catalog and messages is the pseudonyms, the
+sealed paths (``SourceItem.sealed``, ``Rejected.sealed``…) and descriptions cleaned by
+:func:`~pipeline.core.descriptors.clean_descriptor`; the plain paths and the raw header text
+stay in memory (the modality rules read the raw text). The reasons of rejected inputs name files
+by their sealed path (:func:`~pipeline.core.lineage.scrub`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import posixpath
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -31,40 +38,94 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from pipeline.core.config import PipelineConfig
-from pipeline.ingest.modality import Unusable, modality_of_filename, modality_of_series, strip_extension, unusable_series
+from pipeline.core.descriptors import clean_descriptor
+from pipeline.core.lineage import Lineage, lineage, scrub, stat_tag
 from pipeline.core.pseudonym import pseudonymise
+from pipeline.ingest.modality import Unusable, modality_of_filename, modality_of_series, strip_extension, unusable_series
 from pipeline.io.readers.dicom import scan_series_parallel
 from storage_schemas.models import ReasonCode
+
+log = logging.getLogger("lesionflow.ingest.discover")
 
 IGNORED_SUFFIXES = {".raw", ".zraw", ".json", ".txt", ".tfm", ".csv", ".tsv", ".md", ".pdf", ".html", ".py", ".xml", ".log", ".bval", ".bvec", ".png", ".jpg"}
 UNSUPPORTED_IMAGE_SUFFIXES = {".nrrd", ".nhdr", ".mgz", ".mgh", ".hdr", ".img", ".gipl", ".vtk", ".npy", ".npz", ".h5"}
 IGNORED_NAMES = {"DICOMDIR", "LICENSE", "README", ".DS_Store", "Thumbs.db"}
 
 
-@dataclass
+@dataclass(repr=False)
 class SourceItem:
-    """One input of a session: a DICOM series or an image file."""
+    """One input of a session: a DICOM series or an image file.
+
+    ``relpaths``, ``paths`` and ``series`` are identifying (plain paths, raw headers): memory
+    only. What is stored or shown: ``name``, ``sealed``, ``sealed_files``, ``series_description``.
+    """
 
     kind: str  # "dicom" | "nifti" | "metaimage"
-    name: str  # display name, never PHI: relpath for files, "series <n> <description>" for DICOM
-    relpaths: list[str]  # relative to the ingest root
+    name: str  # display name, never PHI: the sealed path for files, "series <n> <clean description>" for DICOM
+    relpaths: list[str]  # relative to the ingest root (memory only)
     paths: list[Path]
     modality: str | None = None
     unused_reason: str | None = None  # set together with unused_code: why the item is left unused
     unused_code: ReasonCode | None = None
     series: Any = None  # pipeline.io.readers.dicom.DicomSeries for DICOM items
     transform: Path | None = None  # ITK transform mapping reference-space points into this image
-    series_description: str | None = None
+    series_description: str | None = None  # cleaned (clean_descriptor)
+    sealed: str = ""  # the sealed catalog path: the file, or the series' folder + "/" for a multi-file DICOM series
+    sealed_files: list[str] = field(default_factory=list)  # sealed relpaths, parallel to relpaths
+    sealed_transform: str | None = None
+    aliases: dict[str, str] = field(default_factory=dict)  # other plain names of its files (a missing MetaImage data file) → sealed
+
+    def __repr__(self) -> str:  # without paths or raw text: safe in logs and error reports
+        return f"SourceItem({self.kind}, {self.name!r}, modality={self.modality}, files={len(self.paths)}, unused={self.unused_code})"
+
+    def replacements(self) -> dict[str, str]:
+        """Plain path, relpath and file name of each of its files → sealed path (for :func:`scrub`)."""
+        out: dict[str, str] = dict(self.aliases)
+        for rel, path, token in zip(self.relpaths, self.paths, self.sealed_files):
+            out[path.name] = out[rel] = out[str(path)] = token
+        if self.kind == "dicom" and len(self.relpaths) > 1:
+            folder = posixpath.dirname(self.relpaths[0])
+            out[folder + "/"] = out[folder] = out[str(self.paths[0].parent)] = self.sealed
+        return out
 
 
-@dataclass
+@dataclass(repr=False)
 class SessionPlan:
-    """Everything needed to convert one subject session; only pseudonymised identifiers."""
+    """Everything needed to convert one subject session; pseudonymised identifiers, and the plain
+    paths in memory only (``root_relpath``, the items' ``relpaths``/``paths``)."""
 
     subject: str
     session: str
     root_relpath: str
     items: list[SourceItem] = field(default_factory=list)
+    root_sealed: str = ""  # the session folder, sealed
+    source_root: str | None = None  # the ingest folder, sealed (a "root:" token)
+
+    def __repr__(self) -> str:
+        return f"SessionPlan({self.case_id}, {len(self.items)} items)"
+
+    def ingest_folder(self) -> str | None:
+        """The absolute ingest folder (plain, memory only): what :func:`scrub` withholds paths under."""
+        for item in self.items:
+            for rel, path in zip(item.relpaths, item.paths):
+                p = str(path)
+                if p.endswith("/" + rel):
+                    return p[: -len(rel) - 1] or "/"
+        return None
+
+    def scrub(self, text: str) -> str:
+        """``text`` with the session's paths and file names sealed, other paths under the ingest folder withheld."""
+        folder = self.ingest_folder()
+        return scrub(text, self.replacements(), withhold=(folder,) if folder else ())
+
+    def replacements(self) -> dict[str, str]:
+        """Every plain path of the session → its sealed path (for :func:`~pipeline.core.lineage.scrub`)."""
+        out: dict[str, str] = {}
+        if self.root_relpath not in ("", "."):
+            out[self.root_relpath] = out[self.root_relpath + "/"] = self.root_sealed
+        for item in self.items:
+            out.update(item.replacements())
+        return out
 
     @property
     def case_id(self) -> str:
@@ -86,26 +147,30 @@ class SessionPlan:
         return total
 
     def fingerprint(self, digests: dict[str, str]) -> str:
-        """sha256 over (relpath, digest) of every used input, sorted."""
+        """sha256 over (sealed path, digest) of every used input, sorted (``digests`` by plain
+        relpath). Over the sealed paths, not the plain ones: a key-less reader cannot confirm a
+        guessed path (a patient's folder name) against the stored fingerprint and digests."""
         h = hashlib.sha256()
-        for item in sorted(self.items, key=lambda i: i.relpaths[0]):
+        for item in sorted(self.items, key=lambda i: i.sealed_files[0]):
             if item.unused_reason:
                 continue
-            for rel in sorted(item.relpaths):
-                h.update(f"{rel}\0{digests.get(rel, '')}\n".encode())
+            for token, rel in sorted(zip(item.sealed_files, item.relpaths)):
+                h.update(f"{token}\0{digests.get(rel, '')}\n".encode())
             if item.transform is not None:
-                h.update(f"T{item.transform.name}\0{file_sha256(item.transform)}\n".encode())
+                h.update(f"T{item.sealed_transform}\0{file_sha256(item.transform)}\n".encode())
         return h.hexdigest()
 
 
 @dataclass
 class Rejected:
-    """An input discovery rejects: its path, why in words and as a code, and its format when known."""
+    """An input discovery rejects: its path (plain, memory only, and sealed), why in words (naming
+    files by their sealed path) and as a code, and its format when known."""
 
     relpath: str
     reason: str
     code: ReasonCode
     kind: str | None = None
+    sealed: str = ""
 
 
 @dataclass
@@ -114,6 +179,7 @@ class Discovery:
     sessions: list[SessionPlan]
     rejected: list[Rejected]
     unchanged: list[str] = field(default_factory=list)  # committed DICOM cases whose files are all unchanged
+    source_root: str | None = None  # ``root``, sealed (a "root:" token)
 
 
 @dataclass
@@ -123,7 +189,8 @@ class KnownCase:
     Attributes:
         case_id: the case.
         root: folder (relative to the ingest root) holding all its DICOM files.
-        sources: relpath → (size in bytes, mtime in ns) of every file it was converted from.
+        sources: relpath → (size in bytes, keyed (size, mtime) tag, :func:`~pipeline.core.lineage.stat_tag`)
+            of every file it was converted from.
         accounted: relpaths (files) or folder prefixes (ending in "/") of its unused/rejected inputs.
     """
 
@@ -152,6 +219,25 @@ def _rel(path: Path, root: Path) -> str:
     if p.startswith(r.rstrip(os.sep) + os.sep):
         return p[len(r.rstrip(os.sep)) + 1 :].replace(os.sep, "/")
     return p
+
+
+def _rejected(lin: Lineage, root: Path, path: Path, reason: str, code: ReasonCode, kind: str | None = None) -> Rejected:
+    """A :class:`Rejected` input, with its sealed path and its reason naming files by their sealed path."""
+    rel = _rel(path, root)
+    token = lin.seal(rel)
+    return Rejected(rel, scrub(reason, {str(path): token, rel: token, path.name: token}, withhold=(str(root),)), code, kind, token)
+
+
+def _seal_item(item: SourceItem, lin: Lineage, root: Path) -> SourceItem:
+    """``item`` with its sealed paths set (the series' folder for a multi-file DICOM series)."""
+    item.sealed_files = [lin.seal(r) for r in item.relpaths]
+    if item.kind == "dicom" and len(item.relpaths) > 1:
+        item.sealed = lin.seal(posixpath.dirname(item.relpaths[0]) + "/")
+    else:
+        item.sealed = item.sealed_files[0]
+    if item.transform is not None:
+        item.sealed_transform = lin.seal(_rel(item.transform, root))
+    return item
 
 
 def _volume_kind(path: Path) -> str:
@@ -198,9 +284,11 @@ def _plan_dicom(root: Path, files: list[Path], config: PipelineConfig, key: byte
     rejected: list[Rejected] = []
     if not files:
         return sessions, study_roots, rejected
+    lin = lineage(key)
+    source_root = lin.seal_root(str(root))
     series_list, errors = scan_series_parallel(files, client)
     for err in errors:
-        rejected.append(Rejected(_rel(Path(err.path), root), err.reason, err.code, "dicom"))
+        rejected.append(_rejected(lin, root, Path(err.path), err.reason, err.code, "dicom"))
     by_study: dict[str, list[Any]] = defaultdict(list)
     for s in series_list:
         by_study[s.study_uid].append(s)
@@ -210,45 +298,47 @@ def _plan_dicom(root: Path, files: list[Path], config: PipelineConfig, key: byte
         session = pseudonymise(f"{patient}/{study_uid}", key, "ses-", 8)
         files = [f for s in series_of_study for f in s.files]
         study_root = Path(os.path.commonpath([os.path.dirname(f) for f in files]))
-        plan = sessions.setdefault((subject, session), SessionPlan(subject, session, _rel(study_root, root)))
+        study_rel = _rel(study_root, root)
+        plan = sessions.setdefault((subject, session),
+                                   SessionPlan(subject, session, study_rel, root_sealed=lin.seal(study_rel + "/"), source_root=source_root))
         study_roots[study_root] = (subject, session)
         for s in sorted(series_of_study, key=lambda s: (s.series_number or 0, s.key)):
-            fields_text = {tuple(r.fields): s.header_text(r.fields) for r in config.modality_rules}
+            fields_text = {tuple(r.fields): s.header_text(r.fields) for r in config.modality_rules}  # raw text, in memory
             modality = modality_of_series(fields_text, config.modality_rules)
             unused = unusable_series(tuple(s.image_type), s.n_volumes, s.series_description, s.is_mosaic) or _unmapped(
                 modality, config, "no modality rule matched (SeriesDescription/ProtocolName/SequenceName); add a rule to the configuration")
-            desc = s.series_description or s.protocol_name or ""
-            plan.items.append(
-                SourceItem(
-                    kind="dicom",
-                    name=f"series {s.series_number} {desc}".strip(),
-                    relpaths=[_rel(Path(f), root) for f in s.files],
-                    paths=[Path(f) for f in s.files],
-                    modality=modality,
-                    unused_reason=unused.reason if unused else None,
-                    unused_code=unused.code if unused else None,
-                    series=s,
-                    series_description=desc,
-                )
+            desc = clean_descriptor(s.series_description or s.protocol_name or "", [patient])
+            item = SourceItem(
+                kind="dicom",
+                name=f"series {s.series_number} {desc}".strip(),
+                relpaths=[_rel(Path(f), root) for f in s.files],
+                paths=[Path(f) for f in s.files],
+                modality=modality,
+                unused_reason=unused.reason if unused else None,
+                unused_code=unused.code if unused else None,
+                series=s,
+                series_description=desc,
             )
+            plan.items.append(_seal_item(item, lin, root))
     return sessions, study_roots, rejected
 
 
 def _unchanged_cases(root: Path, known: Sequence[KnownCase], dicom_files: list[Path], volume_files: list[Path],
-                     stats: dict[Path, os.stat_result]) -> dict[str, KnownCase]:
-    """Known DICOM cases whose every source file is present with the size and mtime it was hashed at,
-    and whose folder holds no file the case does not account for. ``stats``: files already stat'ed."""
+                     stats: dict[Path, os.stat_result], stat_key: bytes) -> dict[str, KnownCase]:
+    """Known DICOM cases whose every source file is present with the size and mtime it was hashed at
+    (compared by keyed tag), and whose folder holds no file the case does not account for.
+    ``stats``: files already stat'ed."""
     if not known:
         return {}
     present = {_rel(p, root): p for p in (*dicom_files, *volume_files)}
     fresh: dict[str, KnownCase] = {}
     for kc in known:
-        for rel, (size, mtime) in kc.sources.items():
+        for rel, (size, tag) in kc.sources.items():
             p = present.get(rel)
             if p is None:
                 break
             st = stats.get(p) or p.stat()
-            if (st.st_size, st.st_mtime_ns) != (size, mtime):
+            if st.st_size != size or stat_tag(stat_key, st.st_size, st.st_mtime_ns) != tag:
                 break
         else:
             fresh[kc.case_id] = kc
@@ -310,8 +400,10 @@ def discover(
     from pipeline.io.readers import is_dicom_file, is_volume_file, walk_files
 
     root = Path(source).resolve()
+    lin = lineage(key)
+    source_root = lin.seal_root(str(root))
     if not root.is_dir():
-        raise FileNotFoundError(f"source folder {source} does not exist or is not a folder")
+        raise FileNotFoundError(f"source folder {source_root} does not exist or is not a folder (`lesionflow lineage {source_root}` shows it)")
     rejected: list[Rejected] = []
     volume_files: list[Path] = []
     dicom_files: list[Path] = []
@@ -334,20 +426,22 @@ def discover(
         try:
             st = stats[path] = path.stat()
         except OSError as exc:
-            rejected.append(Rejected(_rel(path, root), f"cannot read: {exc.strerror}", ReasonCode.UNREADABLE))
+            rejected.append(_rejected(lin, root, path, f"cannot read: {exc.strerror}", ReasonCode.UNREADABLE))
             continue
         size = st.st_size
         if size == 0:
-            rejected.append(Rejected(_rel(path, root), "zero-byte file", ReasonCode.EMPTY_FILE))
+            rejected.append(_rejected(lin, root, path, "zero-byte file", ReasonCode.EMPTY_FILE))
             continue
         if suffix in UNSUPPORTED_IMAGE_SUFFIXES:
-            rejected.append(Rejected(_rel(path, root), f"unsupported image format '{suffix}' (supported: DICOM, .nii, .nii.gz, .mhd/.raw, .mha)",
+            rejected.append(_rejected(lin, root, path, f"unsupported image format '{suffix}' (supported: DICOM, .nii, .nii.gz, .mhd/.raw, .mha)",
                                      ReasonCode.UNSUPPORTED_FORMAT))
             continue
-        if known_files.get(_rel(path, root)) == (size, st.st_mtime_ns) or is_dicom_file(path):
+        was = known_files.get(_rel(path, root))
+        if (was is not None and was == (size, stat_tag(lin.stat_key, size, st.st_mtime_ns))) or is_dicom_file(path):
             dicom_files.append(path)
         elif suffix in (".dcm", ".ima", ""):
-            rejected.append(Rejected(_rel(path, root), "not a readable DICOM file (no DICM preamble and not parseable)", ReasonCode.NOT_DICOM, "dicom"))
+            rejected.append(_rejected(lin, root, path, "not a readable DICOM file (no DICM preamble and not parseable)",
+                                      ReasonCode.NOT_DICOM, "dicom"))
     if progress:
         progress("scan", len(all_files), len(all_files))
 
@@ -355,7 +449,7 @@ def discover(
     study_roots: dict[Path, tuple[str, str]] = {}
 
     # ---------------------------------------------------------------- DICOM
-    fresh = _unchanged_cases(root, known, dicom_files, volume_files, stats)
+    fresh = _unchanged_cases(root, known, dicom_files, volume_files, stats, lin.stat_key)
     claimed = _claimed_files(root, fresh, dicom_files + volume_files)
     dicom_errors: list[Rejected] = []
     if dicom_files:
@@ -390,38 +484,53 @@ def discover(
                 plan = sessions[study_roots[folder]]
             elif split and prefix == "":
                 reason = "cannot be assigned to one session: its folder holds several sessions and the file name has no session prefix"
-                rejected.extend(Rejected(_rel(p, root), reason, ReasonCode.UNASSIGNABLE, _volume_kind(p)) for p in group)
+                rejected.extend(_rejected(lin, root, p, reason, ReasonCode.UNASSIGNABLE, _volume_kind(p)) for p in group)
                 continue
             else:
                 session_raw = bids_ses or prefix or "ses-01"
                 subject = pseudonymise(subject_raw, key, "sub-")
-                session = pseudonymise(f"{subject_raw}/{_rel(folder, root)}/{session_raw}", key, "ses-", 8)
-                plan = sessions.setdefault((subject, session), SessionPlan(subject, session, _rel(folder, root)))
+                folder_rel = _rel(folder, root)
+                session = pseudonymise(f"{subject_raw}/{folder_rel}/{session_raw}", key, "ses-", 8)
+                plan = sessions.setdefault((subject, session), SessionPlan(subject, session, folder_rel, root_sealed=lin.seal(folder_rel + "/"),
+                                                                           source_root=source_root))
             for p in sorted(group):
                 modality = mods[p]
                 unused = _unmapped(modality, config, "no modality rule matched the file name; rename it (e.g. *_FLAIR.nii.gz) or add a rule")
                 rels = [_rel(p, root)]
                 ps = [p]
+                aliases: dict[str, str] = {}
                 if p.name.lower().endswith(".mhd"):
                     raw = _mhd_data_file(p)
                     if raw is not None and raw.exists():
                         rels.append(_rel(raw, root))
                         ps.append(raw)
-                plan.items.append(
-                    SourceItem(
-                        kind=_volume_kind(p),
-                        name=_rel(p, root),
-                        relpaths=rels,
-                        paths=ps,
-                        modality=modality,
-                        unused_reason=unused.reason if unused else None,
-                        unused_code=unused.code if unused else None,
-                        transform=_find_transform(p, config.reference_modality) if modality not in (None, config.reference_modality, "MASK") else None,
-                    )
+                    elif raw is not None:  # missing: the reader's reason names it
+                        token = lin.seal(_rel(raw, root))
+                        aliases = {str(raw): token, _rel(raw, root): token, raw.name: token}
+                item = SourceItem(
+                    kind=_volume_kind(p),
+                    name="",
+                    relpaths=rels,
+                    paths=ps,
+                    modality=modality,
+                    unused_reason=unused.reason if unused else None,
+                    unused_code=unused.code if unused else None,
+                    transform=_find_transform(p, config.reference_modality) if modality not in (None, config.reference_modality, "MASK") else None,
+                    aliases=aliases,
                 )
+                _seal_item(item, lin, root)
+                item.name = item.sealed
+                plan.items.append(item)
 
     ordered = sorted(sessions.values(), key=lambda s: (s.root_relpath, s.case_id))
-    return Discovery(root=root, sessions=ordered, rejected=rejected, unchanged=sorted(fresh))
+    log.info("discovered %d sessions (%d unchanged) and %d rejected inputs in %s", len(ordered), len(fresh), len(rejected), source_root)
+    for plan in ordered:
+        for item in plan.items:
+            log.debug("%s: %s %s → %s%s", plan.case_id, item.kind, item.name, item.modality or "no modality",
+                      f" (unused: {item.unused_reason})" if item.unused_reason else "")
+    for r in rejected:
+        log.debug("rejected %s [%s]: %s", r.sealed, r.code.value, r.reason)
+    return Discovery(root=root, sessions=ordered, rejected=rejected, unchanged=sorted(fresh), source_root=source_root)
 
 
 def _mhd_data_file(mhd: Path) -> Path | None:

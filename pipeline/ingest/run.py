@@ -5,7 +5,9 @@ the same steps as Prefect tasks, with the pieces here (:func:`new_run_id`,
 :func:`record_rejected`, :func:`summarize`). Inputs rejected at discovery are catalogued by
 :func:`record_rejected`; every session's own rows by
 :func:`~pipeline.ingest.session.convert_session`. The :class:`IngestSummary` lists every
-rejected and unused input with its path, reason and reason code.
+rejected and unused input with its sealed path (a ``src:`` token: ``lesionflow lineage TOKEN``
+opens it with the key, :mod:`pipeline.core.lineage`), reason and reason code; the summary is
+logged (``lesionflow.ingest``, INFO) with the same sealed paths.
 
 Example::
 
@@ -17,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.core.config import PipelineConfig
+from pipeline.core.lineage import lineage
 from pipeline.ingest.cluster import map_sessions
 from pipeline.ingest.context import IngestContext
 from pipeline.ingest.discover import Discovery, discover
@@ -34,17 +38,21 @@ from storage_schemas.models import CatalogRow
 
 __all__ = ["IngestSummary", "new_run_id", "record_rejected", "run_ingest", "summarize"]
 
+log = logging.getLogger("lesionflow.ingest")
+
 
 @dataclass
 class IngestSummary:
     """The outcome of one ingest run (``as_dict()`` is the ``--json`` output).
 
-    ``rejected_inputs`` / ``unused_inputs``: ``{"path", "reason", "code"}`` per input, ``code``
-    being a :class:`~storage_schemas.models.ReasonCode` value.
+    ``rejected_inputs`` / ``unused_inputs``: ``{"path", "reason", "code"}`` per input, ``path``
+    being its sealed path (``src:…``), ``code`` a :class:`~storage_schemas.models.ReasonCode`
+    value. ``source``: the ingest folder, sealed (``root:…``).
     """
 
     run_id: str
     store: str
+    source: str | None = None
     converted: int = 0
     skipped: int = 0
     rejected_sessions: int = 0
@@ -59,6 +67,7 @@ class IngestSummary:
         return {
             "run_id": self.run_id,
             "store": self.store,
+            "source": self.source,
             "converted": self.converted,
             "skipped": self.skipped,
             "rejected": self.rejected_sessions,
@@ -82,8 +91,8 @@ def _listed(row: CatalogRow) -> dict[str, str]:
 
 def record_rejected(discovery: Discovery, ctx: IngestContext) -> list[dict[str, str]]:
     """Catalog rows for the inputs rejected at discovery (unreadable, unsupported, unassignable);
-    returns them as ``{"path", "reason", "code"}``."""
-    rows = [ctx.row(None, "rejected", r.relpath, reason=r.reason, reason_code=r.code, source_format=r.kind) for r in discovery.rejected]
+    returns them as ``{"path", "reason", "code"}`` (``path``: the sealed path)."""
+    rows = [ctx.row(None, "rejected", r.sealed, reason=r.reason, reason_code=r.code, source_format=r.kind) for r in discovery.rejected]
     append_catalog(ctx.store_root, rows)
     return [_listed(r) for r in rows]
 
@@ -91,7 +100,7 @@ def record_rejected(discovery: Discovery, ctx: IngestContext) -> list[dict[str, 
 def summarize(results: list[SessionResult], discovery_rejected: list[dict[str, str]], ctx: IngestContext, seconds: float,
               unchanged: list[str] | None = None) -> IngestSummary:
     """Aggregate per-session results (and the cases discovery found unchanged) into the run summary."""
-    s = IngestSummary(run_id=ctx.run_id, store=ctx.store_root, seconds=seconds)
+    s = IngestSummary(run_id=ctx.run_id, store=ctx.store_root, source=ctx.source_root, seconds=seconds)
     s.rejected_inputs = list(discovery_rejected)
     s.skipped = len(unchanged or [])
     s.cases = list(unchanged or [])
@@ -113,7 +122,21 @@ def summarize(results: list[SessionResult], discovery_rejected: list[dict[str, s
             elif row.status == "unused":
                 s.unused_inputs.append(_listed(row))
     s.cases.sort()
+    _log_summary(s)
     return s
+
+
+def _log_summary(s: IngestSummary) -> None:
+    """The run's outcome on ``lesionflow.ingest``: INFO for the counts and each rejected input,
+    DEBUG for each unused one; inputs by sealed path only."""
+    log.info("ingest %s: %d converted, %d up to date, %d sessions rejected, %d without usable images, %d inputs rejected, %d unused",
+             s.run_id, s.converted, s.skipped, s.rejected_sessions, s.unused_sessions, len(s.rejected_inputs), len(s.unused_inputs))
+    for r in s.rejected_inputs:
+        log.info("rejected %s [%s]: %s", r["path"], r["code"], r["reason"])
+    for r in s.unused_inputs:
+        log.debug("unused %s [%s]: %s", r["path"], r["code"], r["reason"])
+    if s.rejected_inputs or s.unused_inputs:
+        log.info("inputs are named by sealed path; `lesionflow lineage TOKEN --store %s` opens one with the pseudonymisation key", s.store)
 
 
 def run_ingest(
@@ -137,8 +160,9 @@ def run_ingest(
         force: re-convert sessions even when their committed case is up to date.
     """
     t0 = time.perf_counter()
-    ctx = IngestContext(str(store_root), cfg, new_run_id(), force)
-    state = open_store_for_ingest(store_root, cfg, force)
+    lin = lineage(key)
+    ctx = IngestContext(str(store_root), cfg, new_run_id(), force, source_root=lin.seal_root(str(Path(source).resolve())), stat_key=lin.stat_key)
+    state = open_store_for_ingest(store_root, cfg, force, lineage=lin)
     disc = discover(source, cfg, key, progress=progress, client=client, known=state.known)
     rejected = record_rejected(disc, ctx)
     todo, unchanged = state.pending(disc.sessions, cfg, force)

@@ -10,6 +10,11 @@ the catalog: converted, unused or rejected, with the file, the reason in words a
 Lesion masks are kept only when they lie on the native grid of one of the session's images
 (:func:`on_grid`) and hold only 0 and 1; their catalog rows record ``label_on_grid``.
 
+Nothing identifying is written: rows, case metadata and logs name inputs by their sealed path
+(``SourceItem.sealed``, :mod:`pipeline.core.lineage`), reasons are scrubbed of the plain paths
+and file names of the session (an exception's message may hold them), and descriptions are the
+cleaned ones discovery made.
+
 Example (in a worker, or in this process)::
 
     ctx = IngestContext("ms.zarr", PipelineConfig(), run_id="20260101T000000-abcdef")
@@ -32,12 +37,15 @@ from typing import Any
 import numpy as np
 
 from pipeline import __version__
+from pipeline.core.descriptors import clean_descriptor
 from pipeline.core.geometry import orientation_code
 from pipeline.core.limits import ReadLimits
+from pipeline.core.lineage import stat_tag
 from pipeline.core.volume import Volume
 from pipeline.ingest.context import IngestContext
 from pipeline.ingest.discover import SessionPlan, SourceItem, file_sha256
 from pipeline.ingest.incremental import cached_digests, existing_case_meta
+from pipeline.ingest.modality import strip_extension
 from pipeline.ingest.normalize import foreground_mask, intensity_stats, zscore
 from pipeline.ingest.resample import grid_with_spacing, read_transform, resample_to_grid
 from pipeline.io.readers import read_volume
@@ -112,9 +120,8 @@ def _grid_text(v: Volume) -> str:
 
 
 def _item_relpath(item: SourceItem) -> str:
-    if item.kind == "dicom" and len(item.relpaths) > 1:
-        return str(Path(item.relpaths[0]).parent.as_posix()) + "/"
-    return item.relpaths[0]
+    """The item's catalog path: sealed (the file, or a multi-file DICOM series' folder)."""
+    return item.sealed
 
 
 def _item_digest(item: SourceItem, digests: dict[str, str]) -> str:
@@ -127,16 +134,28 @@ def _item_digest(item: SourceItem, digests: dict[str, str]) -> str:
 
 
 def _relpath_of_error(err: ReaderError, item: SourceItem) -> str:
+    """The sealed path of the file a reader error names (the item's, when it names none of them)."""
     path = Path(err.path or "")
-    for rel, p in zip(item.relpaths, item.paths):
+    for token, p in zip(item.sealed_files, item.paths):
         if p == path or p.name == path.name:
-            return rel
+            return token
     return _item_relpath(item)
 
 
-def _source(relpath: str, digests: dict[str, str], file_stats: dict[str, os.stat_result]) -> SourceFile:
-    st = file_stats[relpath]
-    return SourceFile(relpath=relpath, sha256=digests[relpath], size_bytes=st.st_size, mtime_ns=st.st_mtime_ns)
+def _source(item: SourceItem, index: int, digests: dict[str, str], file_stats: dict[str, os.stat_result], stat_key: bytes | None) -> SourceFile:
+    """The stored record of the item's ``index``-th file: sealed path, digest, size and the keyed
+    tag of (size, mtime) (no tag without ``stat_key``: the file is then hashed again next time)."""
+    rel = item.relpaths[index]
+    st = file_stats[rel]
+    tag = stat_tag(stat_key, st.st_size, st.st_mtime_ns) if stat_key is not None else None
+    return SourceFile(relpath=item.sealed_files[index], sha256=digests[rel], size_bytes=st.st_size, stat_tag=tag)
+
+
+def _source_series(item: SourceItem) -> str:
+    """``series-<n>`` for DICOM, ``file <cleaned name stem>`` for an image file (no file name verbatim)."""
+    if item.series is not None:
+        return f"series-{item.series.series_number}"
+    return f"file {clean_descriptor(strip_extension(item.paths[0].name))}".strip()
 
 
 # ------------------------------------------------------------------------------ one session
@@ -150,13 +169,14 @@ def convert_session(plan: SessionPlan, ctx: IngestContext) -> SessionResult:
     try:
         result = _SessionConversion(plan, ctx).run()
     except Exception as exc:  # noqa: BLE001 - a bug must not stop the cohort; it is recorded
-        log.error("session %s failed: %s\n%s", plan.case_id, exc, traceback.format_exc())
-        reason = f"internal error while converting ({type(exc).__name__}: {exc}); please report it with this message"
-        row = ctx.row(plan, "rejected", plan.root_relpath, reason=reason, reason_code=ReasonCode.INTERNAL_ERROR)
+        log.error("session %s failed: %s\n%s", plan.case_id, plan.scrub(str(exc)), plan.scrub(traceback.format_exc()))
+        reason = plan.scrub(f"internal error while converting ({type(exc).__name__}: {exc}); please report it with this message")
+        row = ctx.row(plan, "rejected", plan.root_sealed, reason=reason, reason_code=ReasonCode.INTERNAL_ERROR)
         result = SessionResult(plan.case_id, "rejected", reason=reason, reason_code=ReasonCode.INTERNAL_ERROR, rows=[row])
     result.seconds = time.perf_counter() - t0
     if result.status != "skipped" and result.rows:
         append_catalog(ctx.store_root, result.rows)
+    log.debug("session %s: %s in %.2f s (%d catalog rows)", plan.case_id, result.status, result.seconds, len(result.rows))
     return result
 
 
@@ -171,6 +191,10 @@ class _SessionConversion:
         self.bytes_read = 0
 
     def row(self, status: str, relpath: str, **fields: Any) -> None:
+        """A catalog row for the input at the sealed path ``relpath``; its reason is scrubbed of
+        the session's plain paths and file names (:meth:`SessionPlan.scrub`)."""
+        if fields.get("reason"):
+            fields["reason"] = self.plan.scrub(fields["reason"])
         self.rows.append(self.ctx.row(self.plan, status, relpath, **fields))
 
     def item_row(self, status: str, item: SourceItem, **fields: Any) -> None:
@@ -213,6 +237,7 @@ class _SessionConversion:
             label_source=label_source,
             geometry=geometry_of(grid),
             source_fingerprint=fingerprint,
+            source_root=self.ctx.source_root or self.plan.source_root,
             config_hash=self.ctx.config_hash,
             pipeline_version=__version__,
             run_id=self.ctx.run_id,
@@ -231,7 +256,7 @@ class _SessionConversion:
     def hash_sources(self) -> tuple[str, CaseMeta | None]:
         """The plan's source fingerprint (hashing only what changed) and the committed case."""
         existing = existing_case_meta(self.ctx.store_root, self.plan.case_id)
-        self.digests, self.file_stats, to_hash = cached_digests(self.plan, None if self.ctx.force else existing)
+        self.digests, self.file_stats, to_hash = cached_digests(self.plan, None if self.ctx.force else existing, self.ctx.stat_key)
         for rel, path in to_hash:
             self.digests[rel] = file_sha256(path)
             self.bytes_read += self.file_stats[rel].st_size
@@ -280,7 +305,7 @@ class _SessionConversion:
             counts = Counter((i.unused_reason or "").split(" (")[0] for i in self.plan.items if i.unused_reason)
             detail = "; ".join(f"{n} × {r}" for r, n in counts.most_common())
             reason = f"no structural {wanted} image for lesion work in this session ({detail or 'no image inputs'})"
-        self.row(status, self.plan.root_relpath, reason=reason, reason_code=code)
+        self.row(status, self.plan.root_sealed, reason=reason, reason_code=code)
         return self.result(status, reason, code)
 
     def resample_images(self, volumes: dict[str, tuple[Volume, SourceItem]], channels: list[str], grid: Volume) -> dict[str, np.ndarray]:
@@ -312,12 +337,12 @@ class _SessionConversion:
                 ChannelInfo(
                     modality=m,
                     source_format=item.kind,  # type: ignore[arg-type]
-                    source_series=(f"series-{item.series.series_number}" if item.series is not None else Path(item.relpaths[0]).name),
+                    source_series=_source_series(item),
                     series_description=item.series_description,
                     native_spacing=vol.spacing,
                     native_shape_zyx=vol.shape_zyx,
                     native_orientation=orientation_code(vol.direction, "RAS"),
-                    sources=[_source(r, self.digests, self.file_stats) for r in item.relpaths],
+                    sources=[_source(item, i, self.digests, self.file_stats, self.ctx.stat_key) for i in range(len(item.relpaths))],
                     intensity_mean=stats["mean"],
                     intensity_std=stats["std"],
                     intensity_p01=stats["p01"],
@@ -349,4 +374,4 @@ class _SessionConversion:
             return None, None
         label = resample_to_grid(mask.with_array((mask.array > 0).astype(np.uint8)), grid, "label").array
         self.item_row("converted", item, source_sha256=self.digests[item.relpaths[0]], **fields)
-        return label, _source(item.relpaths[0], self.digests, self.file_stats)
+        return label, _source(item, 0, self.digests, self.file_stats, self.ctx.stat_key)

@@ -519,11 +519,25 @@ def evaluate_case(
     return row, lesion_rows, slice_out
 
 
-def _truth_columns(store_root: str | Path, case_id: str, truth: Any, pred_volume_ml: float | None) -> dict[str, Any]:
+def _source_paths(meta: Any, key: bytes | None) -> list[str]:
+    """The case's source paths relative to the ingested folder: stored sealed (schema 1.4), opened
+    with ``key`` (default: the environment's pseudonymisation key)."""
+    from pipeline.core.lineage import is_sealed, lineage
+
+    rels = [s.relpath for ch in meta.channel_info for s in ch.sources]
+    if any(is_sealed(r) for r in rels):
+        from pipeline.core.config import pseudonym_key
+
+        lin = lineage(key or pseudonym_key())
+        rels = [lin.reveal(r) for r in rels]
+    return rels
+
+
+def _truth_columns(store_root: str | Path, case_id: str, truth: Any, pred_volume_ml: float | None, key: bytes | None = None) -> dict[str, Any]:
     """Truth-table columns of a case: its row is the one whose ``session_dir`` (relative to the
-    ingested folder) holds the case's source files (lineage)."""
+    ingested folder) holds the case's source files (lineage; the sealed paths opened with ``key``)."""
     meta = read_case_meta(store_root, case_id)
-    sources = [s.relpath for ch in meta.channel_info for s in ch.sources]
+    sources = _source_paths(meta, key)
     match = truth[[any(s.startswith(str(d).rstrip("/") + "/") for s in sources) for d in truth["session_dir"]]]
     if len(match) != 1:
         return {}
@@ -567,6 +581,7 @@ def evaluate_model(
     probabilities: dict[str, dict[str, Any]] | None = None,
     rows: Sequence[tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]] | None = None,
     model_info: dict[str, Any] | None = None,
+    key: bytes | None = None,
 ) -> Evaluation:
     """Evaluate every scored case of ``model_version`` (or ``case_ids``); nothing is written.
 
@@ -580,6 +595,8 @@ def evaluate_model(
             the store is then read only for the truth columns.
         model_info: the model's ``model.json`` (its training and validation cases give each case's
             ``split``); default: the store's ``models/<model_version>/model.json`` if there.
+        key: the pseudonymisation key that opens the store's sealed source paths, to match truth
+            rows (default: the environment's, :func:`pipeline.core.config.pseudonym_key`).
     """
     import pandas as pd
 
@@ -611,7 +628,7 @@ def evaluate_model(
             e["pred_volume_ml"] = float(volumes.loc[cid, "total_volume_ml"])
             e["pred_lesions"] = int(volumes.loc[cid, "lesion_count"])
         if truth is not None:
-            e.update(_truth_columns(store_root, cid, truth, e.get("pred_volume_ml")))
+            e.update(_truth_columns(store_root, cid, truth, e.get("pred_volume_ml"), key))
         extra.append(e)
     if extra and any(extra):
         cases = pd.concat([cases, pd.DataFrame(extra, index=cases.index)], axis=1)

@@ -14,7 +14,8 @@ Each file is written whole: locally to a temporary name and renamed, on an objec
 (``store_root`` an fsspec URL such as ``s3://bucket/store``) with one PUT, through
 :func:`pipeline.store.put_bytes`; the result then holds URLs instead of paths.
 
-Only what the store holds is shown (pseudonymised ids, relative source paths, digests).
+Only what the store holds is shown (pseudonymised ids, sealed source paths, digests): inputs are
+named by their sealed path (``src:…``), which ``lesionflow lineage`` opens with the key.
 
 Example (a store with no cases still gets a report)::
 
@@ -434,7 +435,8 @@ Outliers per modality: {% for m, meth in s.outlier_method.items() %}{{ m }}: {{ 
 </section>
 
 <section id="lineage"><h2>Lineage</h2>
-<table class="small"><tr><th>case</th><th>pipeline</th><th>config hash</th><th>created</th><th>sources (relative path, sha256 prefix)</th></tr>
+<p class="small muted">Source paths are sealed (<code>src:…</code>): <code>lesionflow lineage CASE --store STORE</code> lists a case's files, and <code>lesionflow lineage TOKEN</code> opens one path, for holders of the pseudonymisation key.</p>
+<table class="small"><tr><th>case</th><th>pipeline</th><th>config hash</th><th>created</th><th>sources (files, sha256 prefix of the first)</th></tr>
 {% for l in lineage %}<tr><td class="mono">{{ l.case_id }}</td><td>{{ l.pipeline_version }}</td><td class="mono">{{ l.config_hash }}</td><td>{{ l.created_at }}</td>
 <td>{% for src in l.sources %}<span class="mono">{{ src.modality }}: {{ src.relpath }} &middot; {{ src.sha }}</span><br>{% endfor %}</td></tr>{% endfor %}
 </table></section>
@@ -452,9 +454,11 @@ def _lineage(root: Path | str, cases: list[str]) -> list[dict[str, Any]]:
         except StoreError as exc:
             out.append({"case_id": cid, "pipeline_version": "?", "config_hash": "?", "created_at": "?", "sources": [{"modality": "error", "relpath": str(exc)[:200], "sha": ""}]})
             continue
-        srcs = [{"modality": ci.modality, "relpath": s.relpath, "sha": s.sha256[:12]} for ci in meta.channel_info for s in ci.sources]
+        # one line per channel (a DICOM series has a sealed path per file): its file count
+        srcs = [{"modality": ci.modality, "relpath": f"{len(ci.sources)} file(s)", "sha": ci.sources[0].sha256[:12] if ci.sources else ""}
+                for ci in meta.channel_info]
         if meta.label_source is not None:
-            srcs.append({"modality": "label", "relpath": meta.label_source.relpath, "sha": meta.label_source.sha256[:12]})
+            srcs.append({"modality": "label", "relpath": "1 file", "sha": meta.label_source.sha256[:12]})
         out.append({"case_id": cid, "pipeline_version": meta.pipeline_version, "config_hash": meta.config_hash,
                     "created_at": meta.created_at.isoformat(timespec="seconds"), "sources": srcs})
     return out

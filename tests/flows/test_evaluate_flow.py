@@ -14,14 +14,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def lesion_free_store(tmp_path_factory):
     """3 phantom subjects at 3 mm (DICOM, MetaImage, BIDS), the BIDS one without lesions, ingested."""
-    from pipeline.core.config import PipelineConfig
+    from pipeline.core.config import PipelineConfig, pseudonym_key
     from pipeline.ingest import run_ingest
     from pipeline.phantom import make_cohort
 
     out = tmp_path_factory.mktemp("evaluate-flow")
     cohort = make_cohort(out / "phantom", n_subjects=3, seed=7, spacing_mm=3.0, lesion_free=1)
     store = str(out / "store.zarr")
-    summary = run_ingest(cohort.cohort_dir, store, PipelineConfig(), b"test-key")
+    summary = run_ingest(cohort.cohort_dir, store, PipelineConfig(), pseudonym_key())  # the session's key: evaluation opens the sealed paths with it
     assert summary.converted == 3
     return cohort, store
 

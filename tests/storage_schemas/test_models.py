@@ -82,3 +82,18 @@ def test_a_1_1_case_meta_with_its_catalog_rows_still_validates():
                                     "channels": [], "channel_info": [], "has_label": False, "geometry": geometry,
                                     "source_fingerprint": "f", "config_hash": "c", "pipeline_version": "0.1.0", "catalog_rows": [row]})
     assert meta.catalog_rows[0].reason_code is None and meta.catalog_rows[0].label_on_grid is None
+
+
+def test_a_1_2_case_meta_with_plain_source_paths_still_validates():
+    """Schema 1.4 seals source paths and adds source_root; 1.2 metadata (plain paths, no root) reads as it is."""
+    source = {"relpath": "DOE^JANE/s3/IM0001", "sha256": "0" * 64, "size_bytes": 1, "mtime_ns": 1}
+    channel = {"modality": "FLAIR", "source_format": "dicom", "source_series": "series-3", "series_description": "AX FLAIR",
+               "native_spacing": [1, 1, 1], "native_shape_zyx": [1, 2, 3], "native_orientation": "LPS", "sources": [source],
+               "intensity_mean": 0, "intensity_std": 1, "intensity_p01": 0, "intensity_p99": 1}
+    geometry = {"shape_zyx": [1, 2, 3], "spacing": [1, 1, 1], "origin": [0, 0, 0], "direction": [1, 0, 0, 0, 1, 0, 0, 0, 1],
+                "affine_lps": [1] * 16, "affine_ras": [1] * 16, "orientation": "LPS"}
+    meta = CaseMeta.model_validate({"schema_version": "1.2", "case_id": "sub-a_ses-b", "subject": "sub-a", "session": "ses-b",
+                                    "channels": ["FLAIR"], "channel_info": [channel], "has_label": False, "geometry": geometry,
+                                    "source_fingerprint": "f", "config_hash": "c", "pipeline_version": "0.1.0"})
+    assert meta.source_root is None and meta.channel_info[0].sources[0].relpath == "DOE^JANE/s3/IM0001"
+    assert _row(schema_version="1.2").source_root is None

@@ -63,7 +63,8 @@ def test_str_int_float_subclasses_become_plain_types():
 def test_pydantic_models_and_unknown_objects():
     from storage_schemas.models import SourceFile
 
-    assert to_jsonable(SourceFile(relpath="a", sha256="b", size_bytes=1)) == {"relpath": "a", "sha256": "b", "size_bytes": 1, "mtime_ns": None}
+    assert to_jsonable(SourceFile(relpath="a", sha256="b", size_bytes=1)) == {"relpath": "a", "sha256": "b", "size_bytes": 1, "mtime_ns": None,
+                                                                                 "stat_tag": None}
 
     class Thing:
         def __str__(self) -> str:

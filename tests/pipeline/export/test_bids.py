@@ -17,6 +17,7 @@ import pytest
 from pipeline import store
 from pipeline.export.bids import export_bids
 from pipeline.lesions.tables import write_lesion_tables
+from tests.sealed import reveal
 
 MODEL = "unet3d-20260101T120000-0badc0de"
 AFFINE_TOL_MM = 1e-4
@@ -72,7 +73,7 @@ def _scored_copy(src: Path, dst: Path) -> dict[str, np.ndarray]:
 def _source_of(meta, phantom_cohort, modality: str) -> Path:
     """The source file of a stored channel (the test may read the store's lineage; the export never writes it)."""
     (ci,) = [c for c in meta.channel_info if c.modality == modality]
-    return phantom_cohort.cohort_dir / ci.sources[0].relpath
+    return phantom_cohort.cohort_dir / reveal(ci.sources[0].relpath, "phantom-store-key")  # stored sealed
 
 
 def test_export_is_bids_on_the_source_grid(phantom_store, phantom_cohort, tmp_path):
@@ -101,13 +102,14 @@ def test_export_is_bids_on_the_source_grid(phantom_store, phantom_cohort, tmp_pa
         assert all(s.startswith(f"bids::{meta.subject}/{meta.session}/anat/") for s in sidecar["Sources"])
         # the affine against the SOURCE: the FLAIR (reference grid) as a NIfTI file, or the DICOM subject's mask on that grid
         flair = _source_of(meta, phantom_cohort, "FLAIR")
-        source = flair if flair.name.endswith(".nii.gz") else (phantom_cohort.cohort_dir / meta.label_source.relpath)
+        label_source = phantom_cohort.cohort_dir / reveal(meta.label_source.relpath, "phantom-store-key")
+        source = flair if flair.name.endswith(".nii.gz") else label_source
         if source.name.endswith(".nii.gz"):
             src = nib.load(source)
             assert np.abs(img.affine - src.affine).max() < AFFINE_TOL_MM
             ref = nib.load(anat / f"{meta.subject}_{meta.session}_label-lesion_desc-reference_mask.nii.gz")
             assert np.abs(ref.affine - src.affine).max() < AFFINE_TOL_MM and ref.shape == src.shape
-            if source == phantom_cohort.cohort_dir / meta.label_source.relpath:  # the source mask itself: same voxels
+            if source == label_source:  # the source mask itself: same voxels
                 np.testing.assert_array_equal(np.asarray(ref.dataobj) > 0, np.asarray(src.dataobj) > 0)
             checked += 1
         for name in ("FLAIR", "T1w", "T2w"):

@@ -16,6 +16,7 @@ import pydicom
 import pytest
 
 from tests import dicom_factory as fac
+from tests.sealed import reveal, reveal_text
 from tests.session_factory import blob_image, write_session
 
 from pipeline.store import list_cases, read_catalog
@@ -100,21 +101,21 @@ def test_every_bad_input_is_named_with_its_reason_and_the_rest_is_ingested(broke
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Traceback" not in out.stderr
     summary = json.loads(out.stdout)
-    rejected = {r["path"]: r for r in summary["rejected_inputs"]}
+    rejected = {reveal(r["path"], "bad-input-test"): r for r in summary["rejected_inputs"]}  # sealed paths
     for relpath, (fragment, code) in expected.items():
         assert relpath in rejected, f"{relpath} not reported; rejected: {sorted(rejected)}"
-        assert fragment.lower() in rejected[relpath]["reason"].lower(), (relpath, rejected[relpath])
+        assert fragment.lower() in reveal_text(rejected[relpath]["reason"], "bad-input-test").lower(), (relpath, rejected[relpath])
         assert rejected[relpath]["code"] == code, (relpath, rejected[relpath])
     # the good sessions (and the off-grid one, without its label) are in the store
     assert summary["converted"] == 3 and len(list_cases(store)) == 3
     # the catalog keeps every rejection with its reason
     cat = read_catalog(store)
     rej = cat[cat["status"] == "rejected"]
-    assert set(expected) <= set(rej["source_relpath"])
+    assert set(expected) <= {reveal(p, "bad-input-test") for p in rej["source_relpath"]}
     assert rej["reason"].str.len().min() > 5
     # ... and its machine-readable code: every rejected or unused row has one
     outcome = cat[cat["status"].isin(["rejected", "unused"])]
     assert outcome["reason_code"].notna().all(), outcome[outcome["reason_code"].isna()][["source_relpath", "reason"]]
-    codes = dict(zip(rej["source_relpath"], rej["reason_code"]))
+    codes = dict(zip((reveal(p, "bad-input-test") for p in rej["source_relpath"]), rej["reason_code"]))
     assert {p: codes[p] for p in expected} == {p: code.value for p, (_, code) in expected.items()}
     assert all(r["code"] for r in summary["rejected_inputs"] + summary["unused_inputs"])

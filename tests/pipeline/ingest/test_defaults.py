@@ -10,6 +10,7 @@ from pipeline.core.config import DEFAULT_CHANNELS, PipelineConfig, load_config
 from pipeline.ingest import run_ingest
 from pipeline.io.writers import write_nifti
 from pipeline.store import list_cases, open_case, read_case_meta, read_manifest, resolve_channels
+from tests.sealed import reveal
 from tests.session_factory import blob_image, write_session
 
 
@@ -37,5 +38,5 @@ def test_default_configuration_channels_reference_and_manifest(tmp_path):
     np.testing.assert_allclose(meta.geometry.spacing, flair.GetSpacing(), atol=1e-5)
     assert tuple(meta.geometry.shape_zyx) == sitk.GetArrayViewFromImage(flair).shape
     assert open_case(store, case_id)["image"].shape == (3, *meta.geometry.shape_zyx)
-    unused = {u["path"].rsplit("/", 1)[-1]: u["code"] for u in summary.unused_inputs}
+    unused = {reveal(u["path"], "defaults-key").rsplit("/", 1)[-1]: u["code"] for u in summary.unused_inputs}  # sealed paths
     assert unused.get("p01_PD.nii.gz") == "modality_not_configured", summary.unused_inputs

@@ -15,6 +15,7 @@ from pipeline.ingest.run import record_rejected, summarize
 from pipeline.store import init_store, read_catalog
 from storage_schemas.models import ReasonCode
 from tests.conftest import REPO
+from tests.sealed import reveal
 
 INGEST = REPO / "pipeline" / "ingest"
 
@@ -22,13 +23,14 @@ INGEST = REPO / "pipeline" / "ingest"
 def test_summary_lists_every_rejected_and_unused_input_with_its_code(cohort, tmp_path):
     summary = run_ingest(cohort, tmp_path / "s.zarr", PipelineConfig(), b"k")
     assert isinstance(summary, IngestSummary) and (summary.converted, summary.rejected_sessions) == (4, 1)
-    listed = {r["path"]: r["code"] for r in summary.rejected_inputs + summary.unused_inputs}
+    listed = {reveal(r["path"], "k"): r["code"] for r in summary.rejected_inputs + summary.unused_inputs}  # sealed paths
     assert listed == {
         "site/patient04/IM0001": "empty_file",  # discovery
         "long/patient03/gt.nii.gz": "unassignable",  # discovery
         "site/patient04/patient04_FLAIR.nii.gz": "corrupt",  # the reader, in the session
-        "site/patient04": "no_readable_image",  # the session itself
+        "site/patient04/": "no_readable_image",  # the session itself (its folder)
     }
+    assert all(r["path"].startswith("src:") for r in summary.rejected_inputs + summary.unused_inputs)
     assert all(r["code"] in {c.value for c in ReasonCode} and r["reason"] for r in summary.rejected_inputs + summary.unused_inputs)
     assert summary.as_dict()["rejected_inputs"] == summary.rejected_inputs
 
@@ -36,9 +38,10 @@ def test_summary_lists_every_rejected_and_unused_input_with_its_code(cohort, tmp
 def test_record_rejected_and_summarize(tmp_path):
     store = init_store(tmp_path / "s.zarr")
     ctx = IngestContext(str(store), PipelineConfig(), "run-1")
-    disc = Discovery(root=tmp_path, sessions=[], rejected=[Rejected("a/x.nrrd", "unsupported image format '.nrrd'", ReasonCode.UNSUPPORTED_FORMAT)])
+    disc = Discovery(root=tmp_path, sessions=[], rejected=[Rejected("a/x.nrrd", "unsupported image format '.nrrd'", ReasonCode.UNSUPPORTED_FORMAT,
+                                                                    sealed="src:x-nrrd")])
     listed = record_rejected(disc, ctx)
-    assert listed == [{"path": "a/x.nrrd", "reason": "unsupported image format '.nrrd'", "code": "unsupported_format"}]
+    assert listed == [{"path": "src:x-nrrd", "reason": "unsupported image format '.nrrd'", "code": "unsupported_format"}]  # the sealed path
     cat = read_catalog(store)
     assert (cat["run_id"][0], cat["reason_code"][0], cat["config_hash"][0]) == ("run-1", "unsupported_format", ctx.config_hash)
     rows = [ctx.row(None, "unused", "b/loc/", reason="localizer/scout series", reason_code=ReasonCode.LOCALIZER)]

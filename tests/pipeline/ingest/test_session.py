@@ -15,6 +15,7 @@ from pipeline.ingest import run_ingest
 from pipeline.store import list_cases, open_case, query_catalog, read_case_meta, read_catalog
 from pipeline.core.volume import Volume
 from pipeline.io.writers import write_nifti
+from tests.sealed import reveal, revealed_catalog
 from tests.session_factory import blob_image, lesion_mask_on, rot_x, write_session  # noqa: F401
 
 KEY = b"unit-test-key"
@@ -25,7 +26,7 @@ def test_ingest_geometry_resampling_and_incremental_reruns(cohort, tmp_path):
     cfg = PipelineConfig()
     s1 = run_ingest(cohort, store, cfg, KEY)
     assert (s1.converted, s1.skipped, s1.rejected_sessions) == (4, 0, 1)
-    rejected = {r["path"]: r["reason"] for r in s1.rejected_inputs}
+    rejected = {reveal(r["path"], KEY.decode()): r["reason"] for r in s1.rejected_inputs}
     assert "not gzip" in rejected["site/patient04/patient04_FLAIR.nii.gz"].lower() or "gzip" in rejected["site/patient04/patient04_FLAIR.nii.gz"]
     assert len(list_cases(store)) == 4
 
@@ -94,11 +95,11 @@ def test_label_off_grid_is_rejected_and_case_kept(tmp_path):
     write_nifti(shifted, src / "p1" / "p1_lesion_mask.nii.gz")
     s = run_ingest(src, tmp_path / "s.zarr", PipelineConfig(), KEY)
     assert s.converted == 1
-    reason = next(r["reason"] for r in s.rejected_inputs if r["path"].endswith("p1_lesion_mask.nii.gz"))
+    reason = next(r["reason"] for r in s.rejected_inputs if reveal(r["path"], KEY.decode()).endswith("p1_lesion_mask.nii.gz"))
     assert "label grid does not match" in reason
     assert not read_case_meta(tmp_path / "s.zarr", list_cases(tmp_path / "s.zarr")[0]).has_label
     # the decision as columns: code, label_on_grid, and the mask's native grid as numbers (x, y, z)
-    cat = read_catalog(tmp_path / "s.zarr").set_index("source_relpath")
+    cat = revealed_catalog(tmp_path / "s.zarr", KEY.decode()).set_index("source_relpath")
     mask = cat.loc["p1/p1_lesion_mask.nii.gz"]
     assert (mask["status"], mask["reason_code"], mask["label_on_grid"]) == ("rejected", "label_off_grid", False)
     assert (mask["shape_x"], mask["shape_y"], mask["shape_z"]) == (40, 40, 12)
@@ -115,7 +116,7 @@ def test_label_on_grid_and_label_values_are_recorded(tmp_path):
     write_nifti(lesion_mask_on(flair).with_array(lesion_mask_on(flair).array * 2), src / "p2" / "p2_lesion_mask.nii.gz")
     s = run_ingest(src, tmp_path / "s.zarr", PipelineConfig(), KEY)
     assert s.converted == 2
-    masks = read_catalog(tmp_path / "s.zarr").query("modality == 'MASK'").set_index("source_relpath")
+    masks = revealed_catalog(tmp_path / "s.zarr", KEY.decode()).query("modality == 'MASK'").set_index("source_relpath")
     assert (masks.loc["p1/p1_lesion_mask.nii.gz", "status"], masks.loc["p1/p1_lesion_mask.nii.gz", "label_on_grid"]) == ("converted", True)
     bad = masks.loc["p2/p2_lesion_mask.nii.gz"]
     assert (bad["status"], bad["reason_code"], bad["label_on_grid"]) == ("rejected", "label_not_binary", True)
@@ -130,7 +131,7 @@ def test_nan_voxels_reject_only_that_input(tmp_path):
     write_nifti(t2.with_array(arr), src / "p1" / "p1_T2w.nii.gz")
     s = run_ingest(src, tmp_path / "s.zarr", PipelineConfig(), KEY)
     assert s.converted == 1
-    reason = next(r["reason"] for r in s.rejected_inputs if r["path"].endswith("p1_T2w.nii.gz"))
+    reason = next(r["reason"] for r in s.rejected_inputs if reveal(r["path"], KEY.decode()).endswith("p1_T2w.nii.gz"))
     assert "non-finite" in reason
     meta = read_case_meta(tmp_path / "s.zarr", list_cases(tmp_path / "s.zarr")[0])
     assert meta.channels == ["FLAIR", "T1"]
@@ -150,7 +151,7 @@ def test_symlinked_inputs_keep_their_names_in_the_source_tree(tmp_path):
     assert sorted(r for i in plan.items for r in i.relpaths) == sorted(f"patient05/{f.name}" for f in elsewhere.iterdir())
     summary = run_ingest(tmp_path / "cohort", tmp_path / "s.zarr", PipelineConfig(), b"k")
     assert summary.converted == 1
-    assert all(p.startswith("patient05/") for p in read_catalog(tmp_path / "s.zarr")["source_relpath"])
+    assert all(p.startswith("patient05/") for p in revealed_catalog(tmp_path / "s.zarr", "k")["source_relpath"])
 
 
 def test_unreadable_registration_rejects_only_that_image(tmp_path):
@@ -159,6 +160,6 @@ def test_unreadable_registration_rejects_only_that_image(tmp_path):
     (src / "p1" / "p1_T1w_reg_to_FLAIR.txt").write_text("not an ITK transform\n")
     s = run_ingest(src, tmp_path / "s.zarr", PipelineConfig(), KEY)
     assert s.converted == 1
-    (t1,) = [r for r in s.rejected_inputs if r["path"] == "p1/p1_T1w.nii.gz"]
+    (t1,) = [r for r in s.rejected_inputs if reveal(r["path"], KEY.decode()) == "p1/p1_T1w.nii.gz"]
     assert t1["code"] == "bad_transform" and "ITK transform" in t1["reason"]
     assert read_case_meta(tmp_path / "s.zarr", list_cases(tmp_path / "s.zarr")[0]).channels == ["FLAIR", "T2"]

@@ -8,6 +8,7 @@ from pipeline.core.config import PipelineConfig
 from pipeline.ingest import run_ingest
 from pipeline.quality.report import build_report, case_thumbnail
 from pipeline.store import list_cases, read_case_meta
+from tests.sealed import reveal
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
@@ -21,7 +22,7 @@ def test_report_on_all_shared_data(shared_data, tmp_path):
     html = result.html_path.read_text()
 
     # 4-D EPI and mosaic series: listed as not usable for lesion work, with that reason
-    unused = {u["path"]: u["reason"] for u in summary.unused_inputs}
+    unused = {reveal(u["path"], "report-key"): u["reason"] for u in summary.unused_inputs}  # sealed paths
     for n in (4, 5, 6, 7):
         reason = unused[f"dcm_qa_nih/In/20180918GE/mr_000{n}/"]
         assert "4-D series (10 volumes" in reason and reason in html
@@ -31,7 +32,8 @@ def test_report_on_all_shared_data(shared_data, tmp_path):
 
     # the anisotropic raw volumes (0.72 x 0.72 x 4 mm and the like) are flagged, the 1 mm MNI cases are not; with
     # enough FLAIRs to compare (CONSISTENCY_MIN_SERIES) the flag is "thick slices", which names the anisotropy too
-    longitudinal = {c for c in list_cases(store) if any("longitudinal" in s.relpath for ch in read_case_meta(store, c).channel_info for s in ch.sources)}
+    longitudinal = {c for c in list_cases(store)
+                    if any("longitudinal" in reveal(s.relpath, "report-key") for ch in read_case_meta(store, c).channel_info for s in ch.sources)}
     flagged_aniso = {f["case_id"] for f in result.flagged if f["what"] in ("anisotropic voxels", "thick slices")}
     assert flagged_aniso == longitudinal and len(longitudinal) == 2
 

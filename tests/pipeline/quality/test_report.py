@@ -197,8 +197,9 @@ def test_html_self_contained(report):
     assert html.count("data:image/png;base64,") == 8
     assert "label grid does not match" in html  # the rejected label is listed with its reason
     assert "sub-07" in html and "cfg0123456789abc" in html and _sha("sub-01/FLAIR")[:12] in html
-    # PHI: only pseudonymised ids and relative paths appear
-    assert "raw/sub-01/flair.nii.gz" in html
+    # lineage: each channel's file count and digest; the (sealed) paths are for `lesionflow lineage`, not listed per file
+    assert "FLAIR: 1 file(s)" in html and "lesionflow lineage" in html
+    assert "raw/sub-01/flair.nii.gz" not in html.split('id="lineage"')[1]
 
 
 def _browser() -> str | None:

@@ -11,6 +11,7 @@ from pipeline.quality.expectations import build_tables, flags_from_results, vali
 from pipeline.quality.report import build_report
 from pipeline.store import list_cases, read_case_meta, read_catalog
 from storage_schemas.expectations import build_suites
+from tests.sealed import reveal
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -21,6 +22,7 @@ def case_of_subject(store, cohort_info) -> dict[str, str]:
     """Subject label → case id, through lineage (the case's source files lie in the subject's session folder)."""
     out = {}
     cat = read_catalog(store)
+    cat["source_relpath"] = [reveal(p, "faults-key") for p in cat["source_relpath"]]  # sealed in the store
     for _, row in cohort_info.truth.iterrows():
         prefix = row["session_dir"].rstrip("/") + "/"
         hits = set(cat.loc[cat["source_relpath"].str.startswith(prefix) & cat["case_id"].notna(), "case_id"])

@@ -26,6 +26,7 @@ from pipeline.ingest.discover import discover
 from pipeline.ingest import run_ingest
 from pipeline.core.volume import Volume
 from storage_schemas.models import CaseMeta, CatalogRow
+from tests.sealed import reveal
 
 pytestmark = pytest.mark.integration
 
@@ -449,9 +450,9 @@ def test_prepare_train_score_report_evaluate_on_s3(s3_endpoint, bucket, tmp_path
     truth = pd.DataFrame({"session_dir": [f"site/patient{i:02d}" for i in range(3)], "total_volume_ml": [1.5, 0.0, 2.5],
                           "lesion_count": [1, 0, 2]})
     fs.pipe_file(f"{base}/truth_cases.csv", truth.to_csv(index=False).encode())
-    ev = evaluate(url, version, f"{url}/truth_cases.csv").set_index("case_id")
+    ev = evaluate(url, version, f"{url}/truth_cases.csv", key=KEY).set_index("case_id")  # the store's key opens its sealed paths
     assert sorted(ev.index) == cases and ev.loc[labelled, "dice"].notna().all()
-    by_dir = {store.read_case_meta(url, c).channel_info[0].sources[0].relpath.split("/")[1]: c for c in cases}
+    by_dir = {reveal(store.read_case_meta(url, c).channel_info[0].sources[0].relpath, KEY.decode()).split("/")[1]: c for c in cases}
     assert ev.loc[by_dir["patient02"], "truth_volume_ml"] == 2.5 and ev.loc[by_dir["patient01"], "truth_lesions"] == 0
     np.testing.assert_allclose(ev["pred_volume_ml"], volumes.set_index("case_id").loc[ev.index, "total_volume_ml"])
 
