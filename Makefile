@@ -25,6 +25,7 @@ demo: setup
 	$(BIN)/lesionflow demo --workdir work/demo
 
 test: setup
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: setup

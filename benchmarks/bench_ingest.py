@@ -46,12 +46,12 @@ def _warm_up() -> None:
     import SimpleITK  # noqa: F401
     import zarr.codecs  # noqa: F401
 
-    import pipeline.ingest  # noqa: F401  (session, incremental, run)
-    import pipeline.ingest.normalize  # noqa: F401
-    import pipeline.io.readers.dicom  # noqa: F401
-    import pipeline.io.readers.metaimage  # noqa: F401
-    import pipeline.io.readers.nifti  # noqa: F401
-    import pipeline.ingest.resample  # noqa: F401
+    import pipeline.ingest
+    import pipeline.ingest.normalize
+    import pipeline.ingest.resample
+    import pipeline.io.readers.dicom
+    import pipeline.io.readers.metaimage
+    import pipeline.io.readers.nifti
     import pipeline.store  # noqa: F401
 
 
@@ -226,7 +226,7 @@ def main() -> None:
     # 1 and 2 workers take turns, each into a fresh store; the median run of each is reported
     # (a busy spell of a shared machine then spreads over both instead of hitting one)
     runs: dict[int, list[dict]] = {1: [], 2: []}
-    for rep in range(args.repeats):
+    for _ in range(args.repeats):
         for workers in (1, 2):
             store = work / f"store-{workers}w.zarr"
             shutil.rmtree(store, ignore_errors=True)
@@ -244,7 +244,7 @@ def main() -> None:
     shutil.copytree(aside, single / held.relative_to(cohort))
     shutil.move(str(aside), str(held))
     alone_runs, add_runs = [], []
-    for rep in range(args.repeats):
+    for _ in range(args.repeats):
         shutil.rmtree(work / "store-single.zarr", ignore_errors=True)
         alone_runs.append(ingest_once(single, work / "store-single.zarr", 2))
         target = work / "store-add.zarr"

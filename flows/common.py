@@ -12,7 +12,8 @@ Only what runs in this process is routed: Dask workers log to their own stderr.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from prefect import get_run_logger
 from prefect.logging.handlers import APILogHandler

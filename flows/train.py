@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 def train_config(config: dict[str, Any] | None = None, *, iterations: int | None = None, patch_size: int | None = None,
                  batch_size: int | None = None, seed: int | None = None, channels: list[str] | None = None,
-                 val_fraction: float | None = None) -> "TrainConfig":
+                 val_fraction: float | None = None) -> TrainConfig:
     """``config`` (a TrainConfig dict) with the settings that are not None applied; validated.
 
     ``patch_size`` is one edge for a cubic patch; ``channels=None`` keeps the config's (by default

@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -112,13 +112,13 @@ def lesions(
     mask: Path = typer.Argument(..., exists=True, dir_okay=False, help="lesion mask (NIfTI or MetaImage)"),
     connectivity: int = typer.Option(26, help="6, 18 or 26"),
     min_size_mm3: float = typer.Option(0.0, "--min-size-mm3", help="drop components smaller than this (mm³)"),
-    out: Optional[Path] = typer.Option(None, help="write the per-lesion table to this CSV"),
+    out: Path | None = typer.Option(None, help="write the per-lesion table to this CSV"),
     as_json: bool = typer.Option(False, "--json", help='print {"total_volume_ml": ..., "lesion_count": ...}'),
 ) -> None:
     """Lesion table of an existing mask: total volume (mL), count, per-lesion rows."""
-    from pipeline.lesions.components import lesion_table
     from pipeline.io.readers import read_volume
     from pipeline.io.readers.errors import ReaderError
+    from pipeline.lesions.components import lesion_table
 
     if connectivity not in (6, 18, 26):
         _fail("--connectivity must be 6, 18 or 26")
@@ -146,9 +146,9 @@ def lesions(
 def ingest(
     source: Path = typer.Argument(..., exists=True, file_okay=False, help="cohort folder to ingest"),
     store: str = typer.Option(..., "--store", help="Zarr store folder (created if missing) or URL (s3://bucket/store)"),
-    config: Optional[Path] = typer.Option(None, "--config", help="pipeline configuration JSON"),
-    target_spacing: Optional[str] = typer.Option(None, help="resample to this spacing, mm 'x,y,z' (default: keep the reference grid)"),
-    dask_address: Optional[str] = typer.Option(None, envvar="LESIONFLOW_DASK_ADDRESS", help="existing Dask scheduler, e.g. tcp://host:8786"),
+    config: Path | None = typer.Option(None, "--config", help="pipeline configuration JSON"),
+    target_spacing: str | None = typer.Option(None, help="resample to this spacing, mm 'x,y,z' (default: keep the reference grid)"),
+    dask_address: str | None = typer.Option(None, envvar="LESIONFLOW_DASK_ADDRESS", help="existing Dask scheduler, e.g. tcp://host:8786"),
     workers: int = typer.Option(2, help="LocalCluster worker processes (ignored with --dask-address)"),
     force: bool = typer.Option(False, help="re-convert even unchanged sessions"),
     no_prefect: bool = typer.Option(False, "--no-prefect", help="run as a plain function (no Prefect flow run)"),
@@ -168,7 +168,8 @@ def ingest(
         with _progress() as progress, dask_client(cfg.dask_address, cfg.n_workers, memory_limit=cfg.worker_memory_limit) as client:
             summary = run_ingest(source, store, cfg, pseudonym_key(), client=client, progress=progress, force=force).as_dict()
     else:
-        from flows.ingest import ingest as ingest_flow, seal_source
+        from flows.ingest import ingest as ingest_flow
+        from flows.ingest import seal_source
 
         # the flow run's parameters are kept in Prefect's database: the folder goes there sealed
         summary = ingest_flow(seal_source(source), str(store), config_path=str(config) if config else None, target_spacing=spacing,
@@ -304,7 +305,7 @@ def prepare(
     store: str = _store_option(),
     patch_size: int = typer.Option(48, help="patch edge in voxels"),
     seed: int = typer.Option(0),
-    channels: Optional[str] = _channels_option(),
+    channels: str | None = _channels_option(),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Precompute class-balanced patch indices for every labelled case (with --channels: holding them)."""
@@ -324,12 +325,12 @@ def prepare(
 @app.command()
 def train(
     store: str = _store_option(),
-    config: Optional[Path] = typer.Option(None, "--config", exists=True, dir_okay=False,
+    config: Path | None = typer.Option(None, "--config", exists=True, dir_okay=False,
                                           help="training configuration JSON (a TrainConfig; absent keys take the defaults); the options below override it"),
-    iterations: Optional[int] = typer.Option(None, help="optimiser steps (default 300)"),
-    patch_size: Optional[int] = typer.Option(None, help="patch edge in voxels, a multiple of 8 (default 48)"),
-    batch_size: Optional[int] = typer.Option(None, help="patches per step (default 2)"),
-    seed: Optional[int] = typer.Option(None, help="seeds the weights, the sampler and the validation split (default 0)"),
+    iterations: int | None = typer.Option(None, help="optimiser steps (default 300)"),
+    patch_size: int | None = typer.Option(None, help="patch edge in voxels, a multiple of 8 (default 48)"),
+    batch_size: int | None = typer.Option(None, help="patches per step (default 2)"),
+    seed: int | None = typer.Option(None, help="seeds the weights, the sampler and the validation split (default 0)"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Train the 3-D U-Net on the store (CUDA when available); prints the model version.
@@ -339,7 +340,8 @@ def train(
     """
     from pydantic import ValidationError
 
-    from flows.train import train as train_flow, train_config
+    from flows.train import train as train_flow
+    from flows.train import train_config
     from training.config import describe_errors
 
     source = f"--config {config}" if config is not None else "training options"
@@ -377,7 +379,7 @@ def score(
 @app.command()
 def report(
     store: str = _store_option(),
-    channels: Optional[str] = _channels_option(),
+    channels: str | None = _channels_option(),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Write the data-quality report (HTML) of a store."""
@@ -423,7 +425,7 @@ def _num(value: Any, digits: int = 3) -> str:
 def evaluate(
     store: str = _store_option(),
     model: str = typer.Option(..., "--model", help="model version in the store, 'latest', or a model folder / model.pt"),
-    truth: Optional[str] = typer.Option(None, "--truth", help="truth table CSV (the phantom's truth/truth_cases.csv), optional"),
+    truth: str | None = typer.Option(None, "--truth", help="truth table CSV (the phantom's truth/truth_cases.csv), optional"),
     case_score: str = typer.Option("predicted_volume", "--case-score", help="case-level score: predicted_volume or max_probability"),
     no_score: bool = typer.Option(False, "--no-score", help="evaluate only the cases MODEL has scored already"),
     as_json: bool = typer.Option(False, "--json", help="print the cohort figures and every case as JSON"),
@@ -468,7 +470,7 @@ def evaluate(
 def compare(
     ref: Path = typer.Argument(..., help="reference mask (NIfTI or MetaImage)"),
     pred: Path = typer.Argument(..., help="mask to evaluate, on the reference's grid"),
-    out: Optional[Path] = typer.Option(None, "--out", help="write one row per lesion of both masks (both rules) to this CSV"),
+    out: Path | None = typer.Option(None, "--out", help="write one row per lesion of both masks (both rules) to this CSV"),
     as_json: bool = typer.Option(False, "--json", help="print dice, lesion_sensitivity, lesion_precision, lesion_f1, ref_lesions, "
                                                         "pred_lesions, volume_ref_ml, volume_pred_ml and the rest as JSON"),
 ) -> None:
@@ -520,9 +522,9 @@ def segment(
     session_dir: Path = typer.Argument(..., help="the folder of one session's images (DICOM, NIfTI, MetaImage, BIDS)"),
     model: Path = typer.Option(..., "--model", help="model folder (model.json + model.pt) or its model.pt"),
     out: Path = typer.Option(..., "--out", help="lesion mask to write (.nii.gz), in the session's reference geometry"),
-    config: Optional[Path] = typer.Option(None, "--config", help="pipeline configuration JSON as given to ingest (default: the model's channels)"),
-    probability: Optional[Path] = typer.Option(None, "--probability", help="also write the lesion probability map (.nii.gz)"),
-    device: Optional[str] = typer.Option(None, help="cuda or cpu (default: CUDA when available)"),
+    config: Path | None = typer.Option(None, "--config", help="pipeline configuration JSON as given to ingest (default: the model's channels)"),
+    probability: Path | None = typer.Option(None, "--probability", help="also write the lesion probability map (.nii.gz)"),
+    device: str | None = typer.Option(None, help="cuda or cpu (default: CUDA when available)"),
     connectivity: int = typer.Option(26, help="lesion table: 6, 18 or 26"),
     min_size_mm3: float = typer.Option(0.0, "--min-size-mm3", help="lesion table: drop lesions smaller than this (mm3)"),
     as_json: bool = typer.Option(False, "--json"),

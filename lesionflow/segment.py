@@ -111,8 +111,8 @@ def segment_session(
     import torch
 
     from pipeline.core.volume import Volume
-    from pipeline.ingest.resample import resample_to_grid
     from pipeline.ingest import run_ingest
+    from pipeline.ingest.resample import resample_to_grid
     from pipeline.io.writers import write_nifti
     from pipeline.lesions.components import lesion_table
     from pipeline.store import foreground_mask, list_cases, open_case, read_case_meta, volume_from_geometry

@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 # ------------------------------------------------------------------------------ thresholds
 SPACING_RANGE_MM: dict[str, tuple[float, float]] = {

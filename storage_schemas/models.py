@@ -11,7 +11,7 @@ is stored about the sources") lists every field and why it is safe.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Literal
 
@@ -22,7 +22,7 @@ SCHEMA_VERSION = "1.4"
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class _Versioned(BaseModel):

@@ -14,14 +14,14 @@ Example (in a test)::
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from pipeline import __version__
-from pipeline.store import geometry_of, init_store, write_case
 from pipeline.core.volume import Volume
+from pipeline.store import geometry_of, init_store, write_case
 from storage_schemas.models import CaseMeta, ChannelInfo
 
 DEFAULT_CHANNELS = ("FLAIR", "T1", "T2")

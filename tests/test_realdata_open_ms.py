@@ -8,13 +8,13 @@ import pytest
 import SimpleITK as sitk
 
 from pipeline.core.config import PipelineConfig
-from pipeline.ingest.discover import discover
-from pipeline.ingest import run_ingest
-from pipeline.lesions.components import lesion_table
-from pipeline.io.readers import read_volume
-from pipeline.ingest.resample import grid_with_spacing, resample_to_grid
-from pipeline.store import open_case, read_case_meta
 from pipeline.core.volume import Volume
+from pipeline.ingest import run_ingest
+from pipeline.ingest.discover import discover
+from pipeline.ingest.resample import grid_with_spacing, resample_to_grid
+from pipeline.io.readers import read_volume
+from pipeline.lesions.components import lesion_table
+from pipeline.store import open_case, read_case_meta
 
 pytestmark = pytest.mark.realdata
 KEY = b"realdata-test-key"

@@ -32,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +77,7 @@ def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
 
 def make_model_version(state_dict: dict[str, torch.Tensor], when: datetime | None = None, kind: str = "unet") -> str:
     """``<kind>3d-<UTC yyyymmddTHHMMSS>-<first 8 hex of state_dict_sha256>``."""
-    when = (when or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    when = (when or datetime.now(UTC)).astimezone(UTC)
     return f"{version_prefix(kind)}-{when.strftime('%Y%m%dT%H%M%S')}-{state_dict_sha256(state_dict)[:8]}"
 
 
@@ -134,7 +134,7 @@ def save_checkpoint(model: torch.nn.Module, info: dict[str, Any], store_root: st
         raise ValueError("give exactly one of store_root or models_dir")
     parent = _store.location(store_root, MODELS) if store_root is not None else _store.location(models_dir)  # type: ignore[arg-type]
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     version = make_model_version(state, now, kind=_network_kind(info))
     payload = {
         **info,

@@ -35,8 +35,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -65,7 +66,7 @@ class UNetConfig(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _levels(self) -> "UNetConfig":
+    def _levels(self) -> UNetConfig:
         if len(self.features) < 2:
             raise ValueError(f"features needs at least 2 levels, got {list(self.features)}")
         if len(self.strides) != len(self.features) - 1:
@@ -106,7 +107,7 @@ class DiceCELossConfig(_Strict):
     batch: bool = True
 
     @model_validator(mode="after")
-    def _some_weight(self) -> "DiceCELossConfig":
+    def _some_weight(self) -> DiceCELossConfig:
         if self.lambda_dice == 0 and self.lambda_ce == 0:
             raise ValueError("lambda_dice and lambda_ce are both 0: the loss would be constant")
         return self
@@ -173,7 +174,7 @@ class TrainConfig(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _patch_fits_network(self) -> "TrainConfig":
+    def _patch_fits_network(self) -> TrainConfig:
         m = self.model.size_multiple
         if any(p < m or p % m for p in self.patch_zyx):
             raise ValueError(f"patch_zyx {self.patch_zyx}: each side must be a multiple of {m} "
@@ -198,7 +199,7 @@ class TrainConfig(_Strict):
         return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
     # ------------------------------------------------------------------ building
-    def with_overrides(self, **overrides: Any) -> "TrainConfig":
+    def with_overrides(self, **overrides: Any) -> TrainConfig:
         """A new, validated config with ``overrides`` applied.
 
         Keys are field names (``iterations=2000``), the sub-models merged key by key
@@ -221,7 +222,7 @@ class TrainConfig(_Strict):
         return type(self).model_validate(data)
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "TrainConfig":
+    def from_file(cls, path: str | Path) -> TrainConfig:
         """Load a JSON file holding a (partial) TrainConfig; absent keys take the defaults."""
         return cls.model_validate_json(Path(path).read_text())
 

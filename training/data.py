@@ -18,17 +18,18 @@ Example:
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from pipeline import store as _store
-from pipeline.store import resolve_channels
 from pipeline.prepare.patches import build_patch_index, clip_centres, has_patch_index, patch_bounds, read_patch_index
+from pipeline.store import resolve_channels
 
 log = logging.getLogger("lesionflow.training")
 

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -186,7 +187,7 @@ def score_cases(
                         "blending": "gaussian",
                         "restrict_to_foreground": bool(restrict_to_foreground),
                         "lesion_voxels": int(mask.sum()),
-                        "created_at": datetime.now(timezone.utc).isoformat(),
+                        "created_at": datetime.now(UTC).isoformat(),
                     }
                 }
                 _store.write_label(store_root, case_id, _store.prediction_label(version), mask, attrs=attrs)

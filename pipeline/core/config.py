@@ -118,7 +118,7 @@ class PipelineConfig(BaseModel):
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "PipelineConfig":
+    def from_file(cls, path: str | Path) -> PipelineConfig:
         """Load a JSON configuration file (keys as the field names)."""
         return cls.model_validate_json(Path(path).read_text())
 

@@ -111,7 +111,7 @@ class Volume:
         ijk = np.asarray(ijk, dtype=float)
         return ijk @ (self.direction * np.asarray(self.spacing)[None, :]).T + np.asarray(self.origin)
 
-    def same_grid(self, other: "Volume", atol: float = 1e-4) -> bool:
+    def same_grid(self, other: Volume, atol: float = 1e-4) -> bool:
         """True when both volumes share shape, spacing, origin and direction (within ``atol`` mm)."""
         return (
             self.shape_zyx == other.shape_zyx
@@ -120,12 +120,12 @@ class Volume:
             and np.allclose(self.direction, other.direction, atol=atol)
         )
 
-    def with_array(self, array: np.ndarray, **changes: Any) -> "Volume":
+    def with_array(self, array: np.ndarray, **changes: Any) -> Volume:
         """A copy with a new array (and optionally other fields) on the same geometry."""
         return replace(self, array=array, **changes)
 
     # ----------------------------------------------------------------- SimpleITK bridge
-    def to_sitk(self) -> "Any":
+    def to_sitk(self) -> Any:
         """A SimpleITK image (3-D only) carrying the same geometry."""
         import SimpleITK as sitk
 
@@ -138,7 +138,7 @@ class Volume:
         return img
 
     @classmethod
-    def from_sitk(cls, img: Any, meta: dict[str, Any] | None = None) -> "Volume":
+    def from_sitk(cls, img: Any, meta: dict[str, Any] | None = None) -> Volume:
         """Build a Volume from a 3-D SimpleITK image."""
         import SimpleITK as sitk
 

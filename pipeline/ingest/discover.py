@@ -33,9 +33,10 @@ import os
 import posixpath
 import re
 from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from pipeline.core.config import PipelineConfig
 from pipeline.core.descriptors import clean_descriptor
@@ -536,7 +537,7 @@ def discover(
 def _mhd_data_file(mhd: Path) -> Path | None:
     """The ``ElementDataFile`` named in a MetaImage header (None for LOCAL / LIST)."""
     try:
-        with open(mhd, "r", errors="replace") as fh:
+        with open(mhd, errors="replace") as fh:
             for line in fh:
                 if line.strip().lower().startswith("elementdatafile"):
                     value = line.split("=", 1)[1].strip()

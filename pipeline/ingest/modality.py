@@ -18,8 +18,9 @@ Example:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, NamedTuple
+from typing import NamedTuple
 
 from pipeline.core.config import ModalityRule
 from storage_schemas.models import ReasonCode

@@ -168,7 +168,7 @@ def convert_session(plan: SessionPlan, ctx: IngestContext) -> SessionResult:
     t0 = time.perf_counter()
     try:
         result = _SessionConversion(plan, ctx).run()
-    except Exception as exc:  # noqa: BLE001 - a bug must not stop the cohort; it is recorded
+    except Exception as exc:
         log.error("session %s failed: %s\n%s", plan.case_id, plan.scrub(str(exc)), plan.scrub(traceback.format_exc()))
         reason = plan.scrub(f"internal error while converting ({type(exc).__name__}: {exc}); please report it with this message")
         row = ctx.row(plan, "rejected", plan.root_sealed, reason=reason, reason_code=ReasonCode.INTERNAL_ERROR)

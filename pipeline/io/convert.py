@@ -124,7 +124,7 @@ def _init_worker() -> None:
     _IN_WORKER = True  # SimpleITK is limited to one thread when (and only if) a task needs it
     import nibabel  # noqa: F401
 
-    import pipeline.io.readers.dicom  # noqa: F401
+    import pipeline.io.readers.dicom
     import pipeline.io.writers  # noqa: F401
 
 
@@ -212,8 +212,7 @@ def convert_tree(src: str | os.PathLike[str], outdir: str | os.PathLike[str], *,
     Returns:
         :class:`ConvertSummary`; never raises for bad input files.
     """
-    from pipeline.io.readers import is_dicom_file, is_volume_file
-    from pipeline.io.readers import walk_files
+    from pipeline.io.readers import is_dicom_file, is_volume_file, walk_files
 
     summary = ConvertSummary()
     src_path = Path(src)

@@ -40,7 +40,6 @@ from pipeline.core.geometry import affine_ras
 from pipeline.core.jsonable import to_jsonable
 from pipeline.core.volume import Volume
 
-
 GZIP_LEVEL = 1
 GZIP_STRATEGY = zlib.Z_RLE
 """zlib strategy for .nii.gz: Z_RLE (runs only, no string matching) suits image data."""

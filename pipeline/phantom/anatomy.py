@@ -34,8 +34,9 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import cc3d
 import numpy as np
@@ -120,7 +121,7 @@ class Grid(NamedTuple):
         a = self.affine_lps
         return tuple(a[r, 3] + a[r, 0] * i + a[r, 1] * j + a[r, 2] * k for r in range(3))  # type: ignore[return-value]
 
-    def shifted(self, voxels_xyz: Sequence[float], shape_delta_xyz: Sequence[int] = (0, 0, 0)) -> "Grid":
+    def shifted(self, voxels_xyz: Sequence[float], shape_delta_xyz: Sequence[int] = (0, 0, 0)) -> Grid:
         """The same orientation/spacing, origin moved by ``voxels_xyz`` voxels, shape changed."""
         origin = self.index_to_world(np.asarray(voxels_xyz, float))
         shape = tuple(int(s + d) for s, d in zip(self.shape_xyz, shape_delta_xyz))
@@ -130,7 +131,7 @@ class Grid(NamedTuple):
         return Volume(array, spacing=self.spacing, origin=self.origin, direction=self.direction, meta=dict(meta or {}))
 
     @classmethod
-    def from_volume(cls, v: Volume) -> "Grid":
+    def from_volume(cls, v: Volume) -> Grid:
         return cls(v.shape_xyz, v.spacing, v.origin, np.asarray(v.direction, float))
 
     def to_json(self) -> dict[str, Any]:
@@ -142,7 +143,7 @@ class Grid(NamedTuple):
         }
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "Grid":
+    def from_json(cls, d: dict[str, Any]) -> Grid:
         return cls(
             tuple(int(s) for s in d["shape_xyz"]),  # type: ignore[arg-type]
             tuple(float(s) for s in d["spacing"]),  # type: ignore[arg-type]

@@ -10,8 +10,9 @@ voxel x then y axis, ``PixelSpacing`` = [row spacing (y), column spacing (x)].
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -36,9 +36,10 @@ Example:
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -216,7 +217,7 @@ def write_patch_index(
         "lesion_fraction": (lesion_voxels / foreground_voxels) if foreground_voxels else 0.0,
         "shape_zyx": list(foreground.shape),
         "centre_convention": "voxel (z, y, x); patch = [c - p//2, c - p//2 + p); clipped to fit, padded where volume < patch",
-        "created_at": datetime.now(timezone.utc).isoformat(),
+        "created_at": datetime.now(UTC).isoformat(),
     }
     for kind in KINDS:
         data = index[kind]

@@ -29,10 +29,11 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -40,8 +41,8 @@ from pipeline.core.jsonable import to_jsonable
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
-from storage_schemas.expectations import CONSISTENCY_MIN_SERIES, LABEL_VALUE_SETS, SuiteSpec, build_suites  # noqa: E402
-from storage_schemas.models import ReasonCode  # noqa: E402
+from storage_schemas.expectations import CONSISTENCY_MIN_SERIES, LABEL_VALUE_SETS, SuiteSpec, build_suites
+from storage_schemas.models import ReasonCode
 
 QUALITY_DIR = "quality"
 EXPECTATIONS_FILE = "expectations.json"
@@ -133,7 +134,7 @@ def build_tables(store_root: str | Path, channels: Sequence[str] | None = None, 
     """
     import pandas as pd
 
-    from pipeline.store import StoreError, list_cases, location, open_case, read_catalog, read_case_meta, resolve_channels
+    from pipeline.store import StoreError, list_cases, location, open_case, read_case_meta, read_catalog, resolve_channels
 
     root = location(store_root)  # a local Path or the store's URL
     channels = resolve_channels(root, channels)
@@ -434,7 +435,7 @@ def run_expectations(
     if save:
         path = location(root, f"{QUALITY_DIR}/{EXPECTATIONS_FILE}")
         payload = {
-            "generated_at": datetime.now(timezone.utc).isoformat(),
+            "generated_at": datetime.now(UTC).isoformat(),
             "channels": list(channels),
             "statistics": {
                 "evaluated": len(results),

@@ -30,10 +30,11 @@ import io
 import math
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -270,7 +271,7 @@ def _summary(root: Path | str, catalog: Any, cases: list[str], channels: Sequenc
     failed = [r for r in exp_results if not r["success"]]
     return to_jsonable({
         "store": store_name(root),
-        "generated_at": datetime.now(timezone.utc).isoformat(),
+        "generated_at": datetime.now(UTC).isoformat(),
         "report_version": __version__,
         "channels": list(channels),
         "n_cases": len(cases),
@@ -484,8 +485,7 @@ def build_report(store_root: str | Path, out_html: str | Path | None = None, cha
     import jinja2
     import pandas as pd
 
-    from pipeline.store import (StoreError, list_cases, location, put_bytes, read_catalog, resolve_channels, write_bytes_atomic,
-                                write_json_atomic)
+    from pipeline.store import StoreError, list_cases, location, put_bytes, read_catalog, resolve_channels, write_bytes_atomic, write_json_atomic
 
     root = location(store_root)  # a local Path or the store's URL
     channels = resolve_channels(root, channels)

@@ -24,9 +24,9 @@ from __future__ import annotations
 import fnmatch
 import io
 import uuid
-from datetime import datetime, timezone
-from pathlib import Path
 from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from pipeline.store.backend.base import join
@@ -123,7 +123,7 @@ def compact_catalog(root: StoreLike, min_parts: int | None = None) -> int:
     if len(parts) < max(2, COMPACT_MIN_PARTS if min_parts is None else min_parts):
         return 0
     table = _read_parts(root, parts, None)
-    _write_part(root, table, _part_name(datetime.now(timezone.utc), "compact"))
+    _write_part(root, table, _part_name(datetime.now(UTC), "compact"))
     backend = open_store(root).backend
     for part in parts:
         backend.remove(part)  # already gone when another ingest compacted it first

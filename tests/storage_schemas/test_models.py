@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pickle
 import typing
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from pipeline.io.readers.errors import ReaderError
 from pipeline.store import append_catalog, catalog_arrow_schema, init_store, query_catalog, read_catalog
-from storage_schemas.models import SCHEMA_VERSION, CaseMeta, CatalogRow, ReasonCodeValue, ReasonCode
+from storage_schemas.models import SCHEMA_VERSION, CaseMeta, CatalogRow, ReasonCode, ReasonCodeValue
 
 FIELDS_1_2 = ["reason_code", "shape_x", "shape_y", "shape_z", "spacing_x_mm", "spacing_y_mm", "spacing_z_mm", "label_on_grid"]
 
@@ -54,7 +54,7 @@ def _part_1_1(folder, rows: list[dict]) -> None:
 
 def test_a_1_1_catalog_reads_into_the_1_2_schema(tmp_path):
     root = init_store(tmp_path / "s.zarr")
-    when = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    when = datetime(2026, 1, 1, tzinfo=UTC)
     common = dict(schema_version="1.1", pipeline_version="0.1.0", config_hash="c", run_id="old", recorded_at=when)
     _part_1_1(root / "catalog", [
         {**common, "case_id": "sub-a_ses-b", "modality": "FLAIR", "status": "converted", "source_relpath": "a/flair.nii.gz",

@@ -108,7 +108,7 @@ def test_config_hash_covers_what_shapes_the_weights():
 
 def test_in_channels_and_arch_need_resolved_channels():
     with pytest.raises(ValueError, match="resolve it first"):
-        TrainConfig().in_channels
+        _ = TrainConfig().in_channels
     cfg = TrainConfig(channels=("FLAIR", "T2"), model={"features": (8, 16), "strides": (2,), "norm": "batch"}, patch_zyx=(16, 16, 16))
     assert cfg.arch() == {"name": "monai.UNet", "spatial_dims": 3, "in_channels": 2, "out_channels": 2, "channels": [8, 16],
                           "strides": [2], "num_res_units": 1, "norm": "batch"}

@@ -11,12 +11,11 @@ import torch
 import zarr
 
 from pipeline.lesions.components import dice
+from tests.training.conftest import PATCH, THREADS
 from training.checkpoint import load_model, state_dict_sha256
 from training.config import TrainConfig
 from training.infer import predict_case
 from training.loop import save_model, setup, split_validation, train, train_step, validate
-
-from tests.training.conftest import PATCH, THREADS
 
 
 def _weights(result) -> str:

@@ -18,9 +18,9 @@ import os
 import stat
 from pathlib import Path
 
-from pipeline.io.readers.errors import ReaderError, ReasonCode
 from pipeline.core.limits import ReadLimits
 from pipeline.core.volume import Volume
+from pipeline.io.readers.errors import ReaderError, ReasonCode
 
 __all__ = ["ReaderError", "ReadLimits", "read_volume", "is_volume_file", "is_dicom_file", "VOLUME_SUFFIXES"]
 

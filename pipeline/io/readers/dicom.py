@@ -34,9 +34,10 @@ import functools
 import math
 import os
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -462,7 +463,7 @@ def _plan(slices: Sequence[_Slice], fallback_dz: float | None) -> _Plan:
             raise ReaderError(s.path, f"mixed PixelSpacing in one series: {list(s.pixel_spacing)} vs {list(first.pixel_spacing)} ({first.path.name})", ReasonCode.INCONSISTENT_SERIES)
     row, col, normal = _normal(first.iop, first.path)
     proj = np.array([float(s.ipp @ normal) for s in slices])
-    order = np.lexsort((np.array([s.tkey for s in slices], float).T[::-1].tolist() + [proj]))
+    order = np.lexsort(np.array([s.tkey for s in slices], float).T[::-1].tolist() + [proj])
     ordered = [slices[i] for i in order]
     pos_sorted = proj[order]
     # cluster by position along the normal

@@ -59,14 +59,15 @@ import io
 import os
 import stat
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from pipeline.io.readers.errors import ReaderError, ReasonCode
 from pipeline.core.limits import ReadLimits
+from pipeline.io.readers.errors import ReaderError, ReasonCode
 from pipeline.io.readers.limits import check_declared, regular_file
 
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
@@ -167,7 +168,7 @@ def dicom_value(elem_value: Any) -> Any:
     A DICOM decoder, not a JSON sanitiser: what is written as JSON goes through
     :func:`pipeline.core.jsonable.to_jsonable`.
     """
-    from pydicom.valuerep import DSdecimal, DSfloat, IS
+    from pydicom.valuerep import IS, DSdecimal, DSfloat
 
     if isinstance(elem_value, IS):
         return int(elem_value)

@@ -31,11 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.io.readers.errors import ReaderError, ReasonCode
-from pipeline.io.readers.nifti import _as_volume_dtype, check_finite
 from pipeline.core.limits import ReadLimits
 from pipeline.core.volume import Volume
+from pipeline.io.readers.errors import ReaderError, ReasonCode
 from pipeline.io.readers.limits import check_declared, human_bytes, inside_folder, regular_file
+from pipeline.io.readers.nifti import _as_volume_dtype, check_finite
 
 HEADER_MAX_BYTES = 1 << 20
 """A MetaImage header (up to and including its ElementDataFile line, or the file list after

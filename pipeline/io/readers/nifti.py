@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.geometry import decompose_ras_affine
-from pipeline.io.readers.errors import ReaderError, ReasonCode
 from pipeline.core.limits import ReadLimits
 from pipeline.core.volume import Volume
+from pipeline.io.readers.errors import ReaderError, ReasonCode
 from pipeline.io.readers.limits import check_declared, gzip_can_hold, human_bytes, regular_file, resolve, too_large
 
 GZIP_MAGIC = b"\x1f\x8b"

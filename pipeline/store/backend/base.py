@@ -136,7 +136,7 @@ class Backend(ABC):
                 self.put(marker, group_json())
 
     # ---------------------------------------------------------------- housekeeping
-    def makedirs(self, *relpaths: str) -> None:
+    def makedirs(self, *relpaths: str) -> None:  # noqa: B027 - a no-op by default on purpose
         """Create folders where the storage has them (object stores: nothing to do)."""
 
     def clean_staging(self, older_than_s: float) -> int:

@@ -16,7 +16,7 @@ import pytest
 from pipeline.core.jsonable import to_jsonable
 
 
-class Colour(str, enum.Enum):
+class Colour(str, enum.Enum):  # noqa: UP042 - a (str, Enum) on purpose: the sanitiser must handle both kinds
     RED = "red"
 
 
@@ -38,7 +38,7 @@ def test_non_finite_and_missing_become_none(bad):
 
 
 def test_paths_dates_enums_decimals_bytes_and_containers():
-    when = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.timezone.utc)
+    when = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.UTC)
     out = strict({
         "path": Path("/data/x.nii.gz"), "when": when, "day": dt.date(2026, 1, 2), "ts": pd.Timestamp("2026-01-02T03:04:05"),
         "colour": Colour.RED, "dec": Decimal("1.25"), "raw": b"\x00\x01", "tuple": (1, 2), "set": {3}, Path("k"): 1,
@@ -53,7 +53,7 @@ def test_paths_dates_enums_decimals_bytes_and_containers():
 def test_str_int_float_subclasses_become_plain_types():
     from pydicom.multival import MultiValue
     from pydicom.uid import UID
-    from pydicom.valuerep import DSfloat, IS
+    from pydicom.valuerep import IS, DSfloat
 
     out = to_jsonable({"uid": UID("1.2.3"), "is": IS("7"), "ds": DSfloat("0.5"), "mv": MultiValue(DSfloat, ["1", "0.5"])})
     assert out == {"uid": "1.2.3", "is": 7, "ds": 0.5, "mv": [1.0, 0.5]}

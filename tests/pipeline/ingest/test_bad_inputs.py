@@ -15,14 +15,13 @@ import numpy as np
 import pydicom
 import pytest
 
+from pipeline.core.volume import Volume
+from pipeline.io.writers import write_nifti
+from pipeline.store import list_cases, read_catalog
+from storage_schemas.models import ReasonCode
 from tests import dicom_factory as fac
 from tests.sealed import reveal, reveal_text
 from tests.session_factory import blob_image, write_session
-
-from pipeline.store import list_cases, read_catalog
-from pipeline.core.volume import Volume
-from pipeline.io.writers import write_nifti
-from storage_schemas.models import ReasonCode
 
 
 def dicom_flair(folder: Path, study: str, n: int = 10) -> list[Path]:

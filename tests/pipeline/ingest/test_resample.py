@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pipeline.lesions.components import lesion_table
-from pipeline.ingest.resample import grid_with_spacing, resample_to_grid
 from pipeline.core.volume import Volume
+from pipeline.ingest.resample import grid_with_spacing, resample_to_grid
+from pipeline.lesions.components import lesion_table
 
 
 def ball(shape_zyx, centre_zyx, radius_vox):

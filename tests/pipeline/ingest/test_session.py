@@ -10,11 +10,11 @@ import pytest
 import SimpleITK as sitk
 
 from pipeline.core.config import PipelineConfig
-from pipeline.ingest.discover import discover
-from pipeline.ingest import run_ingest
-from pipeline.store import list_cases, open_case, query_catalog, read_case_meta, read_catalog
 from pipeline.core.volume import Volume
+from pipeline.ingest import run_ingest
+from pipeline.ingest.discover import discover
 from pipeline.io.writers import write_nifti
+from pipeline.store import list_cases, open_case, query_catalog, read_case_meta, read_catalog
 from tests.sealed import reveal, revealed_catalog
 from tests.session_factory import blob_image, lesion_mask_on, rot_x, write_session  # noqa: F401
 

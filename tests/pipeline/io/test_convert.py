@@ -11,7 +11,6 @@ import pytest
 import SimpleITK as sitk
 
 from pipeline.io.convert import convert_tree, sanitise
-
 from tests import dicom_factory as fac
 
 

@@ -32,7 +32,6 @@ import SimpleITK as sitk
 
 from pipeline.io.convert import convert_tree
 from pipeline.io.readers.dicom import find_dicom_files, read_series, scan_series
-
 from tests import dicom_factory as fac
 from tests import real_volume_dicom as rv
 

@@ -10,10 +10,9 @@ import pytest
 import SimpleITK as sitk
 
 from pipeline.core.geometry import LPS_TO_RAS, affine_ras
-from pipeline.io.readers import ReaderError, is_volume_file, read_volume
 from pipeline.core.volume import Volume
+from pipeline.io.readers import ReaderError, is_volume_file, read_volume
 from pipeline.io.writers import write_nifti, write_sidecar
-
 from tests.dicom_factory import rotation
 
 RAS_A = np.array([[-0.75, 0, 0, 90.5], [0, 1.25, 0, -120.25], [0, 0, 3.0, -60.0], [0, 0, 0, 1]])

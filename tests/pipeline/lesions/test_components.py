@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from pipeline.lesions.components import dice, lesion_table
 from pipeline.core.volume import Volume
+from pipeline.lesions.components import dice, lesion_table
 
 
 def two_touching_diagonally() -> np.ndarray:
@@ -53,8 +53,10 @@ def test_empty_mask_and_bad_connectivity():
 
 
 def test_dice():
-    a = np.zeros((4, 4, 4)); a[:2] = 1
-    b = np.zeros((4, 4, 4)); b[1:3] = 1
+    a = np.zeros((4, 4, 4))
+    a[:2] = 1
+    b = np.zeros((4, 4, 4))
+    b[1:3] = 1
     assert dice(a, b) == pytest.approx(0.5)
     assert dice(np.zeros(3), np.zeros(3)) == 1.0
 

@@ -13,8 +13,8 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from pipeline.phantom import make_cohort
 from pipeline.phantom import anatomy as A
+from pipeline.phantom import make_cohort
 
 
 def digest(path) -> str:

@@ -20,7 +20,6 @@ from pipeline.prepare.patches import (
     write_patch_index,
 )
 from pipeline.store import StoreError, foreground_mask, reference_label, write_case_array
-
 from tests.store_factory import make_store
 
 

@@ -12,11 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline.core.volume import Volume
 from pipeline.quality import metrics as q
 from pipeline.store import geometry_of, init_store, write_case
-from pipeline.core.volume import Volume
 from storage_schemas.models import CaseMeta, ChannelInfo, SourceFile
-
 from tests.conftest import REPO
 
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.store import append_catalog, geometry_of, init_store, write_case
 from pipeline.core.volume import Volume
+from pipeline.store import append_catalog, geometry_of, init_store, write_case
 from storage_schemas.models import CaseMeta, CatalogRow, ChannelInfo, ReasonCode, SourceFile
-
 from tests.conftest import REPO
+
 CHANNELS = ("FLAIR", "T1", "T2")
 GRID = (24, 40, 40)  # stored (Z, Y, X), 4 mm voxels
 NATIVE_SHAPE = (160, 240, 240)

@@ -127,10 +127,9 @@ def test_catalog_compaction_merges_parts_and_duplicates_from_a_crash_are_dropped
 
 
 def test_ingest_compacts_a_catalog_of_many_parts(tmp_path, monkeypatch):
-    from tests.session_factory import write_session
-
     from pipeline.core.config import PipelineConfig
     from pipeline.ingest import run_ingest
+    from tests.session_factory import write_session
 
     src = tmp_path / "c"
     for i in range(3):

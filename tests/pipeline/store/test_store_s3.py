@@ -22,9 +22,9 @@ from zarr.storage import FsspecStore
 
 from pipeline import store
 from pipeline.core.config import PipelineConfig
-from pipeline.ingest.discover import discover
-from pipeline.ingest import run_ingest
 from pipeline.core.volume import Volume
+from pipeline.ingest import run_ingest
+from pipeline.ingest.discover import discover
 from storage_schemas.models import CaseMeta, CatalogRow
 from tests.sealed import reveal
 
