@@ -100,7 +100,7 @@ def test_the_pieces_compose_like_train(store, tmp_path):
 def test_validation_every_n_iterations_leaves_the_weights_alone(store):
     kwargs = dict(case_ids=store["labelled"][:2], val_case_ids=store["labelled"][2:], patch_zyx=PATCH, iterations=4, seed=1, save=False, num_threads=THREADS)
     events = []
-    periodic = train(store["root"], val_every=2, progress=events.append, **kwargs)
+    periodic = train(store["root"], val_every=2, select="last", progress=events.append, **kwargs)
     assert [h["iteration"] for h in periodic.metrics["val_history"]] == [2]  # the final validation is the metric
     assert [e.get("iteration") for e in events if e["event"] == "val"] == [2, 4]
     assert _weights(periodic) == _weights(train(store["root"], **kwargs))
