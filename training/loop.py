@@ -554,11 +554,12 @@ def write_run_checkpoint(state: TrainState, extra_seconds: float = 0.0) -> None:
     state.emit({"event": "checkpoint", "iteration": state.iteration, "run_id": state.run_id})
 
 
-def list_runs(store_root: str | Path) -> list[dict[str, Any]]:
-    """``run.json`` of every run in ``<store>/runs/``, oldest first."""
+def list_runs(store_root: str | Path, runs_root: str | Path | None = None) -> list[dict[str, Any]]:
+    """``run.json`` of every run in ``<store>/runs/`` (or ``runs_root``), oldest first."""
+    root = runs_root if runs_root is not None else _store.location(store_root, RUNS)
     out = []
-    for name in _store.list_dir(store_root, RUNS):
-        blob = _store.read_bytes(store_root, f"{RUNS}/{name}/{RUN_FILE}")
+    for name in _store.list_dir(root):
+        blob = _store.read_bytes(root, f"{name}/{RUN_FILE}")
         if blob is None:
             continue
         try:
@@ -568,18 +569,18 @@ def list_runs(store_root: str | Path) -> list[dict[str, Any]]:
     return sorted(out, key=lambda r: str(r.get("run_id", "")))
 
 
-def resolve_run(store_root: str | Path, run: str) -> dict[str, Any]:
+def resolve_run(store_root: str | Path, run: str, runs_root: str | Path | None = None) -> dict[str, Any]:
     """The ``run.json`` of ``run``: a run id, ``"latest"`` (the newest unfinished run) or a model
-    version (the run that produced it).
+    version (the run that produced it), from ``<store>/runs/`` (or ``runs_root``).
 
     Raises:
         ValueError: no such run.
     """
-    runs = list_runs(store_root)
+    runs = list_runs(store_root, runs_root)
     if run == "latest":
         open_runs = [r for r in runs if r.get("status") == "running"]
         if not open_runs:
-            raise ValueError(f"no unfinished run in {_store.location(store_root, RUNS)}; nothing to resume")
+            raise ValueError(f"no unfinished run in {runs_root if runs_root is not None else _store.location(store_root, RUNS)}; nothing to resume")
         return open_runs[-1]
     for r in runs:
         if r.get("run_id") == run or r.get("model_version") == run:
@@ -592,7 +593,7 @@ def resolve_run(store_root: str | Path, run: str) -> dict[str, Any]:
                 return r
         raise ValueError(f"model {run} records no resumable run (it was trained before runs were kept, or its run folder is gone)")
     known = ", ".join(str(r.get("run_id")) for r in runs[-5:]) or "none"
-    raise ValueError(f"no run {run!r} in {_store.location(store_root, RUNS)} (latest runs: {known}); give a run id, a model version or 'latest'")
+    raise ValueError(f"no run {run!r} in {runs_root if runs_root is not None else _store.location(store_root, RUNS)} (latest runs: {known}); give a run id, a model version or 'latest'")
 
 
 def resume(store_root: str | Path, run: str, *, progress: Progress | None = None, runs_root: str | Path | None = None) -> TrainState:
@@ -605,13 +606,14 @@ def resume(store_root: str | Path, run: str, *, progress: Progress | None = None
     Raises:
         ValueError: the run does not exist or has already finished.
     """
-    record = resolve_run(store_root, run)
+    runs_root = runs_root if runs_root is not None else _store.location(store_root, RUNS)
+    record = resolve_run(store_root, run, runs_root)
     if record.get("status") != "running":
         raise ValueError(f"run {record['run_id']} has {record.get('status', 'finished')} (model {record.get('model_version')}); nothing to resume")
     cfg = TrainConfig.model_validate(record["train_config"])
-    runs_root = runs_root if runs_root is not None else _store.location(store_root, RUNS)
     state = setup(store_root, cfg, case_ids=record["train_case_ids"], val_case_ids=record["val_case_ids"], progress=progress,
                   run_id=record["run_id"], runs_root=runs_root)
+    state.plan = dict(record.get("plan") or {})
     blob = _store.read_bytes(runs_root, f"{record['run_id']}/{LAST_FILE}")
     if blob is None:
         log.warning("run %s has no checkpoint yet; starting it again from iteration 0", record["run_id"])
@@ -762,7 +764,7 @@ def train(
     if resume_run is not None:
         if cfg is not None or case_ids is not None or val_case_ids is not None or overrides:
             raise ValueError("resume continues a run with its own config and cases; give only the run (and progress/models_dir)")
-        record = resolve_run(store_root, resume_run)
+        record = resolve_run(store_root, resume_run, runs_dir)
         run_cfg = TrainConfig.model_validate(record["train_config"])
         dev = pick_device(run_cfg.device)
         threads = run_cfg.threads
