@@ -30,6 +30,11 @@ if TYPE_CHECKING:
 _LISTENERS: list[Callable[[dict[str, Any]], None]] = []
 
 
+def listeners() -> list[Callable[[dict[str, Any]], None]]:
+    """The listeners :func:`progress_to` registered (for other flows that run the training loop)."""
+    return list(_LISTENERS)
+
+
 @contextlib.contextmanager
 def progress_to(listener: Callable[[dict[str, Any]], None]) -> Iterator[None]:
     """Also send the training events of flow runs started in this process to ``listener`` (while in the block)."""
