@@ -107,7 +107,8 @@ def one(args: argparse.Namespace) -> dict:
         "iterations": spec["iterations"], "seconds": round(seconds, 2),
         "it_per_s": round(spec["iterations"] / seconds, 3), "patches_per_s": round(spec["iterations"] * int(used.batch_size or 1) / seconds, 2),
         "final_loss": round(float(np.mean(state.losses[-5:])), 4),
-        "planner_estimate_mb": round(activation_bytes(used, used.patch_zyx, int(used.batch_size or 1), 2 if state.amp_dtype is not None else 4) / 2**20, 1),
+        "planner_estimate_mb": round(
+            activation_bytes(used, used.patch_zyx, int(used.batch_size or 1), 2 if state.amp_dtype is not None else 4) / 2**20, 1),
         "threads": torch.get_num_threads() if dev.type == "cpu" else None,
     }
     if dev.type == "cuda":
@@ -174,7 +175,8 @@ def main() -> None:
     for cfg in combos:
         spec = {"config": cfg, "cases": args.cases, "shape": args.shape, "iterations": args.iterations, "warmup": args.warmup,
                 "threads": threads, "profile": args.profile}
-        label = f"{cfg.get('model', {}).get('kind', 'unet')} {cfg.get('spatial_dims', 3)}-D" + (" channels_last" if cfg.get("channels_last") else "") + (" compile" if cfg.get("compile") else "")
+        label = f"{cfg.get('model', {}).get('kind', 'unet')} {cfg.get('spatial_dims', 3)}-D"
+        label += (" channels_last" if cfg.get("channels_last") else "") + (" compile" if cfg.get("compile") else "")
         _log(f"bench_train: {label} ...")
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         try:

@@ -31,7 +31,8 @@ def tables_task(store: str, model_version: str, connectivity: int, min_lesion_mm
 
 
 @flow(name="score", log_prints=True)
-def score(store: str, model: str | None = None, connectivity: int = 26, min_lesion_mm3: float = 0.0, batch_size: int = 8, overwrite: bool = False) -> dict[str, Any]:
+def score(store: str, model: str | None = None, connectivity: int = 26, min_lesion_mm3: float = 0.0, batch_size: int = 8,
+          overwrite: bool = False) -> dict[str, Any]:
     """Score every case of ``store`` with ``model`` (a version or alias in the store, ``latest``, or a model
     folder/file; default: the store's ``production`` alias).
 

@@ -194,7 +194,8 @@ def train_ms(workdir: str = "work/train-ms", config: dict[str, Any] | None = Non
     exported = export_task(trained["checkpoint"], str(work / "model"))
     timings["total_s"] = round(time.perf_counter() - t0, 1)
     within = timings["total_s"] <= TIME_LIMIT_S
-    create_table_artifact(evaluation, key="train-ms-evaluation", description=f"{trained['model_version']} on {TEST_PATIENT} (trained on {TRAIN_PATIENT})")
+    create_table_artifact(evaluation, key="train-ms-evaluation",
+                          description=f"{trained['model_version']} on {TEST_PATIENT} (trained on {TRAIN_PATIENT})")
     print(f"train_ms: {trained['model_version']} in {timings['total_s'] / 60:.1f} min "
           f"({'within' if within else 'OVER'} the {TIME_LIMIT_S // 60} min limit); model → {exported}")
     return {"workdir": str(work), "store": store, "model_version": trained["model_version"], "model_dir": exported,

@@ -303,7 +303,8 @@ class _TrainBar:
 def train(
     store: str = _store_option(),
     config: Optional[Path] = typer.Option(None, "--config", exists=True, dir_okay=False,
-                                          help="training configuration JSON (a TrainConfig; absent keys take the defaults); the options below override it"),
+                                          help="training configuration JSON (a TrainConfig; absent keys take the defaults); "
+                                               "the options below override it"),
     iterations: Optional[int] = typer.Option(None, help="optimiser steps (default 300)"),
     patch_size: Optional[int] = typer.Option(None, help="patch edge in voxels (in 2-D the slice's); default: planned from the data and memory"),
     batch_size: Optional[int] = typer.Option(None, help="patches per step; default: planned"),
@@ -330,7 +331,8 @@ def train(
     from training.config import describe_errors
 
     given = {"--config": config, "--iterations": iterations, "--patch-size": patch_size, "--batch-size": batch_size, "--seed": seed,
-             "--network": network, "--loss": loss, "--dims": dims, "--val-fraction": val_fraction, "--val-every": val_every, "--early-stop": early_stop}
+             "--network": network, "--loss": loss, "--dims": dims, "--val-fraction": val_fraction, "--val-every": val_every,
+             "--early-stop": early_stop}
     cfg_json: dict[str, Any] | None = None
     if resume is not None:
         extra = [k for k, v in given.items() if v is not None]
@@ -375,7 +377,9 @@ def train(
         _print_json({k: v for k, v in out.items() if k != "metrics"} | {"metrics": {k: v for k, v in out["metrics"].items() if k != "loss_history"}})
     else:
         m = out["metrics"]
-        val = f", validation Dice {m['val_dice']:.3f} ({m.get('selected')}, iteration {m.get('best_iteration') or m.get('iterations')})" if m.get("val_dice") is not None else ""
+        val = ""
+        if m.get("val_dice") is not None:
+            val = f", validation Dice {m['val_dice']:.3f} ({m.get('selected')}, iteration {m.get('best_iteration') or m.get('iterations')})"
         typer.echo(f"model {out['model_version']} → {out['checkpoint']} (run {out.get('run_id')}{val})")
 
 
@@ -427,7 +431,8 @@ def models(
 @app.command()
 def score(
     store: str = _store_option(),
-    model: Optional[str] = typer.Option(None, "--model", help="model version or alias in the store, 'latest', or a model folder / model.pt (default: the 'production' alias)"),
+    model: Optional[str] = typer.Option(None, "--model", help="model version or alias in the store, 'latest', or a model folder / model.pt "
+                                                              "(default: the 'production' alias)"),
     connectivity: int = typer.Option(26),
     min_size_mm3: float = typer.Option(0.0, "--min-size-mm3"),
     overwrite: bool = typer.Option(False, help="re-score cases already scored by this model"),
@@ -489,7 +494,8 @@ def train_ms(
     evaluate on patient19, export the model to WORKDIR/model. Meant to finish within 45 min on 2 CPU cores."""
     _ensure_key(workdir.resolve())
     from flows.train import progress_to
-    from flows.train_ms import TIME_LIMIT_S, train_ms as train_ms_flow
+    from flows.train_ms import TIME_LIMIT_S
+    from flows.train_ms import train_ms as train_ms_flow
 
     cfg = json.loads(config.read_text()) if config is not None else None
     try:

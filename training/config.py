@@ -501,14 +501,16 @@ class TrainConfig(_Strict):
     optim: AdamConfig = Field(default_factory=AdamConfig)
     spatial_dims: Literal[2, 3] = Field(3, description="3 = 3-D patches; 2 = axial slices (patch_zyx (1, y, x)) through a 2-D network")
     channels: tuple[str, ...] | None = Field(None, description="modalities fed to the network, in order; None = the store's channels")
-    patch_zyx: tuple[int, int, int] | None = Field(None, description="patch size in voxels (z, y, x); z = 1 in 2-D; None = planned from the data and memory")
+    patch_zyx: tuple[int, int, int] | None = Field(None, description="patch size in voxels (z, y, x); z = 1 in 2-D; "
+                                                                     "None = planned from the data and memory")
     batch_size: int | None = Field(None, ge=1, le=4096, description="patches per step; None = planned from the data and memory")
     iterations: int = Field(300, ge=1, description="optimiser steps")
     lesion_fraction: float = Field(0.5, ge=0.0, le=1.0, description="probability that a patch is centred on a lesion")
     flip_prob: float = Field(0.5, ge=0.0, le=1.0, description="probability of a flip along each spatial axis")
     seed: int = Field(0, ge=0, description="seeds torch, numpy, the patch sampler and the validation split")
     val_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="hold out this fraction of the usable cases when no validation cases are given")
-    select: Literal["best", "last"] = Field("best", description="weights exported when validation ran during training: the best validation Dice, or the last")
+    select: Literal["best", "last"] = Field("best", description="weights exported when validation ran during training: "
+                                                                 "the best validation Dice, or the last")
     early_stop_patience: int | None = Field(None, ge=1, description="stop after this many validations without improvement; None = never")
     early_stop_min_delta: float = Field(0.0, ge=0.0, le=1.0, description="a validation Dice must beat the best by more than this to count")
 
@@ -516,7 +518,8 @@ class TrainConfig(_Strict):
     val_every: int | None = Field(None, ge=1, description="also validate every this many iterations; None = only after training")
     val_overlap: float = Field(0.25, ge=0.0, lt=1.0, description="sliding-window overlap of validation inference")
     log_every: int = Field(10, ge=1, description="iterations between progress events")
-    checkpoint_every: int | None = Field(100, ge=1, description="iterations between resumable run checkpoints (also at each validation); None = never")
+    checkpoint_every: int | None = Field(100, ge=1, description="iterations between resumable run checkpoints (also at each validation); "
+                                                                  "None = never")
     num_workers: int = Field(0, ge=0, le=256, description="DataLoader worker processes (0 = main process)")
     cache_cases: bool = Field(False, description="hold each training case's arrays in memory (per worker) instead of reading patches from Zarr")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; None = $LESIONFLOW_TORCH_THREADS or all cores")
@@ -547,14 +550,18 @@ class TrainConfig(_Strict):
         if any(p < 1 for p in self.patch_zyx):
             raise ValueError(f"patch_zyx {self.patch_zyx}: sides must be positive")
         if self.spatial_dims == 2 and self.patch_zyx[0] != 1:
-            raise ValueError(f"patch_zyx {self.patch_zyx}: 2-D training takes axial slices, so z must be 1, e.g. (1, {self.patch_zyx[1]}, {self.patch_zyx[2]})")
+            raise ValueError(f"patch_zyx {self.patch_zyx}: 2-D training takes axial slices, so z must be 1, "
+                             f"e.g. (1, {self.patch_zyx[1]}, {self.patch_zyx[2]})")
         seen = _plane(self.patch_zyx, self.spatial_dims)
         multiples = self.model.axis_multiples(self.patch_zyx, self.spatial_dims)
         if any(p < m or p % m for p, m in zip(seen, multiples)):
             fixed = tuple(_round_up(p, m) for p, m in zip(seen, multiples))
             if self.spatial_dims == 2:
                 fixed = (1, *fixed)
-            what = f"the product of the U-Net strides {list(self.model.strides)}" if isinstance(self.model, UNetConfig) else f"the {self.model.kind} network's downsampling"
+            if isinstance(self.model, UNetConfig):
+                what = f"the product of the U-Net strides {list(self.model.strides)}"
+            else:
+                what = f"the {self.model.kind} network's downsampling"
             m = multiples[0] if len(set(multiples)) == 1 else list(multiples)
             raise ValueError(f"patch_zyx {self.patch_zyx}: each side must be a multiple of {m} ({what}), e.g. {fixed}")
         return self
@@ -593,7 +600,8 @@ class TrainConfig(_Strict):
                 raise ValueError(f"unknown training setting {key!r}; known: {', '.join(known)}")
             if sub:
                 data[name] = {**data[name], sub[0]: value}
-            elif isinstance(value, Mapping) and isinstance(data.get(name), dict) and value.get("kind", data[name].get("kind")) != data[name].get("kind"):
+            elif (isinstance(value, Mapping) and isinstance(data.get(name), dict)
+                  and value.get("kind", data[name].get("kind")) != data[name].get("kind")):
                 data[name] = dict(value)  # another network/loss kind: its own fields, not a merge
             elif isinstance(value, Mapping) and isinstance(data.get(name), dict):
                 data[name] = {**data[name], **value}

@@ -234,7 +234,8 @@ def _cosine_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torc
     )
 
 
-def _split_cases(store_root: str | Path, cfg: TrainConfig, case_ids: Sequence[str] | None, val_case_ids: Sequence[str] | None) -> tuple[list[str], list[str]]:
+def _split_cases(store_root: str | Path, cfg: TrainConfig, case_ids: Sequence[str] | None,
+                 val_case_ids: Sequence[str] | None) -> tuple[list[str], list[str]]:
     """``(training candidates, validation ids)``: explicit validation ids, else ``cfg.val_fraction`` held out."""
     val_ids = list(val_case_ids or [])
     if not val_ids and cfg.val_fraction > 0:
@@ -593,7 +594,8 @@ def resolve_run(store_root: str | Path, run: str, runs_root: str | Path | None =
                 return r
         raise ValueError(f"model {run} records no resumable run (it was trained before runs were kept, or its run folder is gone)")
     known = ", ".join(str(r.get("run_id")) for r in runs[-5:]) or "none"
-    raise ValueError(f"no run {run!r} in {runs_root if runs_root is not None else _store.location(store_root, RUNS)} (latest runs: {known}); give a run id, a model version or 'latest'")
+    where = runs_root if runs_root is not None else _store.location(store_root, RUNS)
+    raise ValueError(f"no run {run!r} in {where} (latest runs: {known}); give a run id, a model version or 'latest'")
 
 
 def resume(store_root: str | Path, run: str, *, progress: Progress | None = None, runs_root: str | Path | None = None) -> TrainState:

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from pipeline import store as _store
+from tests.training.conftest import PATCH
 from training.checkpoint import (
     CheckpointError,
     list_models,
@@ -24,8 +25,6 @@ from training.checkpoint import (
 )
 from training.config import TrainConfig
 from training.model import build_model, build_network, default_arch
-
-from tests.training.conftest import PATCH
 
 
 def _shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:

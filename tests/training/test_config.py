@@ -170,4 +170,5 @@ def test_dynunet_is_planned_the_nnunet_way():
     cfg = TrainConfig(model={"kind": "dynunet"}, patch_zyx=(64, 64, 64), channels=("FLAIR", "T1"))
     arch = cfg.arch()
     assert arch["filters"] == [32, 64, 128, 256, 320] and arch["deep_supervision"] and arch["deep_supr_num"] == 2
-    assert TrainConfig(model={"kind": "dynunet", "max_filters": 64}, patch_zyx=(64, 64, 64), channels=("a",)).arch()["filters"] == [32, 64, 64, 64, 64]
+    capped = TrainConfig(model={"kind": "dynunet", "max_filters": 64}, patch_zyx=(64, 64, 64), channels=("a",))
+    assert capped.arch()["filters"] == [32, 64, 64, 64, 64]

@@ -8,9 +8,8 @@ import torch
 import zarr
 
 from pipeline.store import StoreError
-from training.data import PatchDataset, usable_cases
-
 from tests.training.conftest import PATCH
+from training.data import PatchDataset, usable_cases
 
 
 def test_dataset_skips_unusable_cases_with_reasons(store):

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import zarr
 
+from tests.training.conftest import PATCH, SHAPE
 from training.checkpoint import load_model
 from training.infer import mask_path, predict_case, score_cases
-
-from tests.training.conftest import PATCH, SHAPE
 
 
 def test_predict_case_mask(trained, store):

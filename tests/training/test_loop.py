@@ -11,12 +11,11 @@ import torch
 import zarr
 
 from pipeline.lesions.components import dice
+from tests.training.conftest import PATCH, THREADS
 from training.checkpoint import load_model, state_dict_sha256
 from training.config import TrainConfig
 from training.infer import predict_case
 from training.loop import save_model, setup, split_validation, train, train_step, validate
-
-from tests.training.conftest import PATCH, THREADS
 
 
 def _weights(result) -> str:
@@ -135,7 +134,8 @@ def test_train_rejects_bad_inputs_before_any_work(store):
 def test_tiny_model_overfits_one_case(store):
     """Fails when images and labels are misaligned, the loss is wrong or inference is broken."""
     case = store["labelled"][0]
-    result = train(store["root"], case_ids=[case], val_case_ids=[case], patch_zyx=PATCH, iterations=100, lr=3e-3, seed=1, save=False, num_threads=THREADS)
+    result = train(store["root"], case_ids=[case], val_case_ids=[case], patch_zyx=PATCH, iterations=100, lr=3e-3, seed=1, save=False,
+                   num_threads=THREADS)
     assert result.metrics["val_dice"] > 0.7, result.metrics["val_dice"]
     label = zarr.open_group(str(store["root"] / "cases" / case), mode="r")["label"][...]
     mask = predict_case(result.model, {"channels": ["FLAIR", "T1", "T2"], "patch_zyx": list(PATCH)}, store["root"], case)

@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.training.conftest import THREADS
 from training.checkpoint import load_model, state_dict_sha256
 from training.loop import LAST_FILE, list_runs, resolve_run, train
-
-from tests.training.conftest import THREADS
 
 REPO = Path(__file__).resolve().parents[2]
 
