@@ -1,6 +1,7 @@
 # Two commands run everything on a fresh machine:
 #   make demo   - set up the environment, then the whole pipeline on a phantom cohort (no server)
 #   make test   - set up the environment, then the test suite
+#   make train-ms - the real-data recipe: train on MS patient07, evaluate on patient19 (../shared/data; <= 45 min on 2 CPU cores)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -10,7 +11,7 @@ TORCH_VERSION  ?= 2.13.0
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS    ?=
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench train-ms clean
 
 setup: $(VENV)/.installed
 
@@ -23,6 +24,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 demo: setup
 	$(BIN)/lesionflow demo --workdir work/demo
+
+train-ms: setup
+	$(BIN)/lesionflow train-ms --workdir work/train-ms
 
 test: setup
 	$(BIN)/ruff check .

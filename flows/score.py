@@ -1,4 +1,8 @@
-"""Flow ``score``: sliding-window inference over a store's cases, masks written back, lesion tables."""
+"""Flow ``score``: sliding-window inference over a store's cases, masks written back, lesion tables.
+
+``model`` is a model version, an alias (``models/aliases.json``), ``"latest"``, or a model
+folder/file anywhere; left out, the store's ``production`` alias (:mod:`training.registry`).
+"""
 
 from __future__ import annotations
 
@@ -27,18 +31,24 @@ def tables_task(store: str, model_version: str, connectivity: int, min_lesion_mm
 
 
 @flow(name="score", log_prints=True)
-def score(store: str, model: str, connectivity: int = 26, min_lesion_mm3: float = 0.0, batch_size: int = 8, overwrite: bool = False) -> dict[str, Any]:
-    """Score every case of ``store`` with ``model`` (a version in the store or a model folder/file).
+def score(store: str, model: str | None = None, connectivity: int = 26, min_lesion_mm3: float = 0.0, batch_size: int = 8,
+          overwrite: bool = False) -> dict[str, Any]:
+    """Score every case of ``store`` with ``model`` (a version or alias in the store, ``latest``, or a model
+    folder/file; default: the store's ``production`` alias).
 
     Masks go to ``cases/<id>/labels/prediction-<model_version>/0`` (NGFF labels); tables to ``tables/``.
     Cases already scored by this model are skipped unless ``overwrite``.
     """
     from pipeline.store import list_cases
-    from training.checkpoint import resolve_model_version
+    from training.checkpoint import resolve_model_dir, resolve_model_version
+    from training.registry import default_model
 
-    model_version = resolve_model_version(model, store)
+    if model is None:
+        model = default_model(store)
+    model_dir = str(resolve_model_dir(model, store))  # an alias is read once: every batch scores with the same model
+    model_version = resolve_model_version(model_dir)
     cases = list_cases(store)
-    done = [r for batch in predict_batch.map(unmapped(store), unmapped(model), batches(cases, batch_size), unmapped(overwrite)).result() for r in batch]
+    done = [r for batch in predict_batch.map(unmapped(store), unmapped(model_dir), batches(cases, batch_size), unmapped(overwrite)).result() for r in batch]
     tables = tables_task(store, model_version, connectivity, min_lesion_mm3)
     rows = tables["case_volumes"]
     create_table_artifact(

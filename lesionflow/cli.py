@@ -56,7 +56,7 @@ def _ensure_key(workdir: Path | None = None) -> None:
 
         key_file.write_text(secrets.token_hex(32))
         key_file.chmod(0o600)
-        _console().print(f"[yellow]demo: generated a pseudonymisation key in {key_file} (set {PSEUDONYM_KEY_ENV} for real data)[/]")
+        _console().print(f"[yellow]generated a pseudonymisation key in {key_file} (set {PSEUDONYM_KEY_ENV} for real data)[/]")
     os.environ[PSEUDONYM_KEY_ENV] = key_file.read_text().strip()
 
 
@@ -322,53 +322,202 @@ def prepare(
     _print_json(rows) if as_json else typer.echo(f"patch indices written for {len(rows)} cases")
 
 
+def _with_kind(section: Any, kind: str, default: str) -> dict[str, Any]:
+    """A config's ``model``/``loss`` section with ``kind``: the file's settings when it is that kind, else the kind's defaults."""
+    if isinstance(section, dict) and section.get("kind", default) == kind:
+        return {**section, "kind": kind}
+    return {"kind": kind}
+
+
+class _TrainBar:
+    """A rich progress bar fed by the training loop's events (start, train, val, checkpoint, early_stop, done)."""
+
+    def __enter__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self._console = _console()
+        self._p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+                           TextColumn("{task.fields[speed]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=self._console, transient=False)
+        self._p.start()
+        self._task = None
+        return self
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "start":
+            done = event.get("resumed_from") or 0
+            what = f"{event.get('network', 'unet')} {event.get('spatial_dims', 3)}-D, {event.get('loss_kind', 'dice_ce')}"
+            self._p.console.print(f"training {what} on {len(event.get('train_cases') or [])} case(s), patch {event.get('patch_zyx')}, "
+                                  f"batch {event.get('batch_size')}, {event.get('device')}; run {event.get('run_id')}"
+                                  + (f" (resumed at iteration {done})" if event.get("resumed_from") is not None else ""), soft_wrap=True)
+            self._task = self._p.add_task("train", total=event.get("iterations"), completed=done, loss="-", speed="")
+        elif kind == "train" and self._task is not None:
+            speed = f"{event['it_per_s']:.2f} it/s" if event.get("it_per_s") else ""
+            self._p.update(self._task, completed=event["iteration"], loss=f"{event['loss']:.4f}", speed=speed)
+        elif kind == "val":
+            self._p.console.print(f"  validation at {event.get('iteration')}: {event.get('case_id')} Dice {event.get('dice', 0):.3f}")
+        elif kind == "early_stop":
+            self._p.console.print(f"  early stop at {event['iteration']}: best Dice {event['best_val_dice']:.3f} at {event['best_iteration']}")
+
+    def __exit__(self, *exc: Any) -> None:
+        self._p.stop()
+
+
 @app.command()
 def train(
     store: str = _store_option(),
     config: Path | None = typer.Option(None, "--config", exists=True, dir_okay=False,
-                                          help="training configuration JSON (a TrainConfig; absent keys take the defaults); the options below override it"),
+                                          help="training configuration JSON (a TrainConfig; absent keys take the defaults); "
+                                               "the options below override it"),
     iterations: int | None = typer.Option(None, help="optimiser steps (default 300)"),
-    patch_size: int | None = typer.Option(None, help="patch edge in voxels, a multiple of 8 (default 48)"),
-    batch_size: int | None = typer.Option(None, help="patches per step (default 2)"),
+    patch_size: int | None = typer.Option(None, help="patch edge in voxels (in 2-D the slice's); default: planned from the data and memory"),
+    batch_size: int | None = typer.Option(None, help="patches per step; default: planned"),
     seed: int | None = typer.Option(None, help="seeds the weights, the sampler and the validation split (default 0)"),
+    network: str | None = typer.Option(None, help="unet (default), dynunet, vnet or segresnet"),
+    loss: str | None = typer.Option(None, help="dice_ce (default), dice, tversky, focal_tversky, focal or dice_focal"),
+    dims: int | None = typer.Option(None, "--dims", help="3 = 3-D patches (default), 2 = axial slices"),
+    val_fraction: float | None = typer.Option(None, help="hold out this fraction of the cases for validation"),
+    val_every: int | None = typer.Option(None, help="validate every N iterations (best weights kept)"),
+    early_stop: int | None = typer.Option(None, help="stop after N validations without improvement"),
+    resume: str | None = typer.Option(None, "--resume", help="continue a run from its last checkpoint: a run id, 'latest' or a model version"),
+    no_prefect: bool = typer.Option(False, "--no-prefect", help="run as a plain function (no Prefect flow run)"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Train the 3-D U-Net on the store (CUDA when available); prints the model version.
+    """Train a segmentation network on the store (CUDA when available) with a progress bar; prints the model version.
 
     Channels are the store's unless the config names them. Example --config file:
-    {"iterations": 2000, "patch_zyx": [64, 64, 64], "optim": {"lr": 0.001}, "val_fraction": 0.2}
+    {"iterations": 2000, "model": {"kind": "dynunet"}, "loss": {"kind": "focal_tversky"}, "val_fraction": 0.2, "val_every": 200}
+    After a crash, `lesionflow train --store S --resume latest` continues from the last checkpoint.
     """
     from pydantic import ValidationError
 
-    from flows.train import train as train_flow
-    from flows.train import train_config
+    from flows.train import progress_to, train_config
     from training.config import describe_errors
 
-    source = f"--config {config}" if config is not None else "training options"
+    given = {"--config": config, "--iterations": iterations, "--patch-size": patch_size, "--batch-size": batch_size, "--seed": seed,
+             "--network": network, "--loss": loss, "--dims": dims, "--val-fraction": val_fraction, "--val-every": val_every,
+             "--early-stop": early_stop}
+    cfg_json: dict[str, Any] | None = None
+    if resume is not None:
+        extra = [k for k, v in given.items() if v is not None]
+        if extra:
+            _fail(f"--resume continues the run with its own config; leave out {', '.join(extra)}")
+    else:
+        source = f"--config {config}" if config is not None else "training options"
+        try:
+            raw = json.loads(config.read_text()) if config is not None else {}
+            if not isinstance(raw, dict):
+                raise ValueError(f"{config}: a JSON object (a valid dictionary of TrainConfig fields) is needed, got {type(raw).__name__}")
+            extra_fields: dict[str, Any] = {}
+            if network is not None:
+                extra_fields["model"] = _with_kind(raw.get("model"), network, "unet")
+            if loss is not None:
+                extra_fields["loss"] = _with_kind(raw.get("loss"), loss, "dice_ce")
+            for key, value in (("spatial_dims", dims), ("val_every", val_every), ("early_stop_patience", early_stop)):
+                if value is not None:
+                    extra_fields[key] = value
+            cfg = train_config({**raw, **extra_fields}, iterations=iterations, patch_size=patch_size, batch_size=batch_size, seed=seed,
+                               val_fraction=val_fraction)
+        except ValidationError as exc:
+            _fail(f"{source}: {describe_errors(exc)}")
+        except (OSError, ValueError) as exc:  # unreadable file or JSON
+            _fail(f"{source}: {exc}")
+        cfg_json = cfg.model_dump(mode="json")
     try:
-        raw = json.loads(config.read_text()) if config is not None else None
-        cfg = train_config(raw, iterations=iterations, patch_size=patch_size, batch_size=batch_size, seed=seed)
-    except ValidationError as exc:
-        _fail(f"{source}: {describe_errors(exc)}")
-    except (OSError, ValueError) as exc:  # unreadable file or JSON
-        _fail(f"{source}: {exc}")
-    out = train_flow(str(store), config=cfg.model_dump(mode="json"))
-    _print_json(out) if as_json else typer.echo(f"model {out['model_version']} → {out['checkpoint']}")
+        with _TrainBar() as bar, progress_to(bar):
+            if no_prefect:
+                from training.loop import train as train_loop
+
+                result = train_loop(store, resume_run=resume, progress=bar) if resume is not None else train_loop(store, cfg_json, progress=bar)
+                out = {"model_version": result.model_version, "checkpoint": str(result.checkpoint_path), "run_id": result.run_id,
+                       "metrics": result.metrics, "train_config": result.config.model_dump(mode="json") if result.config else cfg_json}
+            else:
+                from flows.train import train as train_flow
+
+                out = train_flow(str(store), config=cfg_json, resume=resume) if resume is None else train_flow(str(store), resume=resume)
+    except ValueError as exc:  # no usable case, an unknown or finished run, CUDA asked for without CUDA
+        _fail(str(exc))
+    if as_json:
+        _print_json({k: v for k, v in out.items() if k != "metrics"} | {"metrics": {k: v for k, v in out["metrics"].items() if k != "loss_history"}})
+    else:
+        m = out["metrics"]
+        val = ""
+        if m.get("val_dice") is not None:
+            val = f", validation Dice {m['val_dice']:.3f} ({m.get('selected')}, iteration {m.get('best_iteration') or m.get('iterations')})"
+        typer.echo(f"model {out['model_version']} → {out['checkpoint']} (run {out.get('run_id')}{val})")
+
+
+@app.command()
+def models(
+    store: str = _store_option(),
+    alias: str | None = typer.Option(None, "--alias", help="an alias to set (with --model) or remove (with --remove), e.g. production"),
+    model: str | None = typer.Option(None, "--model", help="the model version the alias should point to"),
+    remove: bool = typer.Option(False, "--remove", help="remove --alias"),
+    note: str | None = typer.Option(None, "--note", help="why the alias moved (kept in the alias history)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The model registry: every model in the store (metrics, training cases, data fingerprint, config hash,
+    code version) and its aliases. Scoring uses the 'production' alias when no model is named.
+
+    Set an alias: lesionflow models --store S --alias production --model VERSION
+    """
+    from training.checkpoint import CheckpointError
+    from training.registry import registry, remove_alias, set_alias
+
+    if alias is not None:
+        if remove == (model is not None):
+            _fail("--alias needs either --model VERSION (set it) or --remove")
+        try:
+            entry = remove_alias(store, alias) if remove else set_alias(store, alias, model, note=note)  # type: ignore[arg-type]
+        except (ValueError, CheckpointError) as exc:
+            _fail(str(exc))
+        if as_json:
+            _print_json(entry)
+        else:
+            moved = f"{entry['previous']} → {entry['model_version']}" if entry["previous"] else str(entry["model_version"])
+            typer.echo(f"alias {alias}: {moved}")
+        return
+    rows = registry(store)
+    if as_json:
+        _print_json(rows)
+        return
+    for r in rows:
+        r["aliases_"] = ",".join(r["aliases"])
+        r["train_cases"] = len(r["train_case_ids"])
+        r["network_"] = f"{r['network']} {r['spatial_dims']}d"
+        r["data"] = (r["data_fingerprint"] or "")[:12]
+        r["config"] = (r["train_config_hash"] or "")[:12]
+    _print_table(rows, ["model_version", "aliases_", "network_", "loss", "val_dice", "selected", "train_cases", "data", "config", "code_version"],
+                 f"models in {store}", headers={"aliases_": "aliases", "network_": "network", "train_cases": "train cases", "data": "data sha",
+                                                "config": "config sha", "code_version": "code"})
 
 
 @app.command()
 def score(
     store: str = _store_option(),
-    model: str = typer.Option(..., "--model", help="model version in the store, or a model folder / model.pt"),
+    model: str | None = typer.Option(None, "--model", help="model version or alias in the store, 'latest', or a model folder / model.pt "
+                                                              "(default: the 'production' alias)"),
     connectivity: int = typer.Option(26),
     min_size_mm3: float = typer.Option(0.0, "--min-size-mm3"),
     overwrite: bool = typer.Option(False, help="re-score cases already scored by this model"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Score every case with MODEL and write lesion-volume tables (Parquet + CSV)."""
+    """Score every case with MODEL (default: the store's 'production' alias) and write lesion-volume tables (Parquet + CSV)."""
+    from training.checkpoint import CheckpointError
+
+    if model is None:
+        from training.registry import default_model
+
+        try:
+            model = default_model(store)
+        except CheckpointError as exc:
+            _fail(str(exc))
     from flows.score import score as score_flow
 
-    out = score_flow(str(store), model, connectivity=connectivity, min_lesion_mm3=min_size_mm3, overwrite=overwrite)
+    try:
+        out = score_flow(str(store), model, connectivity=connectivity, min_lesion_mm3=min_size_mm3, overwrite=overwrite)
+    except CheckpointError as exc:
+        _fail(str(exc))
     if as_json:
         _print_json(out)
     else:
@@ -631,6 +780,41 @@ def show(
     typer.echo(f"{info['png']}: rows {', '.join(info['channels'])}; columns axial z={z}, coronal y={y}, sagittal x={x} "
                f"({info['focus']}); reference {'red' if info['reference'] else 'none'}, "
                f"prediction {info['model_version'] + ' yellow' if info['model_version'] else 'none'}, overlap orange")
+
+
+# ------------------------------------------------------------------------------- real-data recipe
+@app.command("train-ms")
+def train_ms(
+    workdir: Path = typer.Option(Path("work/train-ms"), help="folder for the store, the truth table and the exported model"),
+    config: Path | None = typer.Option(None, "--config", exists=True, dir_okay=False, help="a TrainConfig JSON instead of the recipe's"),
+    iterations: int | None = typer.Option(None, help="override the recipe's iterations (e.g. 20 for a quick check)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The real-data recipe: ingest the two MS patients of ../shared/data (open_ms MNI), train on patient07,
+    evaluate on patient19, export the model to WORKDIR/model. Meant to finish within 45 min on 2 CPU cores."""
+    _ensure_key(workdir.resolve())
+    from flows.train import progress_to
+    from flows.train_ms import TIME_LIMIT_S
+    from flows.train_ms import train_ms as train_ms_flow
+
+    cfg = json.loads(config.read_text()) if config is not None else None
+    try:
+        with _TrainBar() as bar, progress_to(bar):
+            out = train_ms_flow(str(workdir), config=cfg, iterations=iterations)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    if as_json:
+        _print_json({k: v for k, v in out.items() if k != "scored"})
+        return
+    columns = [c for c in ("patient", "split", "dice", "pred_volume_ml", "truth_volume_ml", "volume_error_pct", "pred_lesions", "truth_lesions",
+                           "lesion_sensitivity", "lesion_precision", "lesion_f1", "hd95_mm") if any(c in r for r in out["evaluation"])]
+    _print_table(out["evaluation"], columns, f"{out['model_version']}: trained on patient07, tested on patient19",
+                 headers={"pred_volume_ml": "pred mL", "truth_volume_ml": "truth mL", "volume_error_pct": "vol err %"})
+    t = out["timings"]
+    verdict = "within" if out["within_limit"] else "OVER"
+    _console().print(f"time: ingest {t['ingest_s']:.0f} s, train {t['train_s']:.0f} s, score {t['score_s']:.0f} s, evaluate {t['evaluate_s']:.0f} s; "
+                     f"total {t['total_s'] / 60:.1f} min, {verdict} the {TIME_LIMIT_S // 60} min limit ({out['threads']} torch thread(s))\n"
+                     f"model → {out['model_dir']}", soft_wrap=True)
 
 
 # ------------------------------------------------------------------------------- demo

@@ -10,9 +10,14 @@
   ``config_hash`` and ``weights_sha256``. Checkpoints written before TrainConfig have a
   top-level ``arch`` dict instead of ``train_config``; they still load.
 
-``model_version`` is ``<kind>3d-<UTC yyyymmddTHHMMSS>-<8 hex>`` (``unet3d-…`` for the U-Net), the
-hex being the start of :func:`state_dict_sha256` — so two different weight sets never share a
-version and a copied checkpoint can be verified on load. Each file is written whole through
+``model_version`` is ``<kind><2|3>d-<UTC yyyymmddTHHMMSS>-<8 hex>`` (``unet3d-…`` for the 3-D
+U-Net, ``dynunet2d-…`` for a 2-D DynUNet), the hex being the start of :func:`state_dict_sha256`
+— so two different weight sets never share a version and a copied checkpoint can be verified
+on load.
+
+**Aliases.** ``<store>/models/aliases.json`` maps names such as ``production`` to model versions
+(:mod:`training.registry` sets them); wherever a model version is accepted
+(:func:`resolve_model_dir`, :func:`load_model`, scoring), an alias is too. Each file is written whole through
 :func:`pipeline.store.put_bytes` (locally a temporary file and a rename, on an object store
 one PUT), ``model.pt`` first and ``model.json`` last: a model is listed and loadable only once
 its ``model.json`` exists, so a half-written one is never used. All file access goes through
@@ -46,11 +51,13 @@ from training.model import build_model, build_network
 
 MODEL_FILE = "model.pt"
 INFO_FILE = "model.json"
+ALIASES_FILE = "aliases.json"
+"""``<store>/models/aliases.json``: ``{"aliases": {name: model_version}, "history": [...]}``."""
 
 
-def version_prefix(kind: str) -> str:
-    """The model-version prefix of a network kind: ``"unet"`` → ``"unet3d"``."""
-    return f"{kind}3d"
+def version_prefix(kind: str, spatial_dims: int = 3) -> str:
+    """The model-version prefix of a network kind: ``"unet"`` → ``"unet3d"``, ``("dynunet", 2)`` → ``"dynunet2d"``."""
+    return f"{kind}{int(spatial_dims)}d"
 
 
 VERSION_PREFIX = version_prefix("unet")
@@ -75,10 +82,10 @@ def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def make_model_version(state_dict: dict[str, torch.Tensor], when: datetime | None = None, kind: str = "unet") -> str:
-    """``<kind>3d-<UTC yyyymmddTHHMMSS>-<first 8 hex of state_dict_sha256>``."""
+def make_model_version(state_dict: dict[str, torch.Tensor], when: datetime | None = None, kind: str = "unet", spatial_dims: int = 3) -> str:
+    """``<kind><dims>d-<UTC yyyymmddTHHMMSS>-<first 8 hex of state_dict_sha256>``."""
     when = (when or datetime.now(UTC)).astimezone(UTC)
-    return f"{version_prefix(kind)}-{when.strftime('%Y%m%dT%H%M%S')}-{state_dict_sha256(state_dict)[:8]}"
+    return f"{version_prefix(kind, spatial_dims)}-{when.strftime('%Y%m%dT%H%M%S')}-{state_dict_sha256(state_dict)[:8]}"
 
 
 def _versions() -> dict[str, str]:
@@ -105,11 +112,24 @@ def train_config_of(info: dict[str, Any]) -> TrainConfig | None:
     return cfg
 
 
-def _network_kind(info: dict[str, Any]) -> str:
+def _network_kind(info: dict[str, Any]) -> tuple[str, int]:
+    """``(network kind, spatial dims)`` of a ``model.json``."""
     raw = info.get("train_config")
     if isinstance(raw, dict) and isinstance(raw.get("model"), dict):
-        return str(raw["model"].get("kind", "unet"))
-    return "unet"
+        return str(raw["model"].get("kind", "unet")), int(raw.get("spatial_dims", 3))
+    return "unet", 3
+
+
+def read_aliases(store_root: str | Path) -> dict[str, Any]:
+    """``models/aliases.json`` of the store: ``{"aliases": {name: model_version}, "history": [...]}`` (empty when absent)."""
+    blob = _store.read_bytes(store_root, f"{MODELS}/{ALIASES_FILE}")
+    if blob is None:
+        return {"aliases": {}, "history": []}
+    try:
+        data = json.loads(blob)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{_store.location(store_root, f'{MODELS}/{ALIASES_FILE}')}: unreadable ({exc}); set the aliases again") from exc
+    return {"aliases": dict(data.get("aliases", {})), "history": list(data.get("history", []))}
 
 
 def save_checkpoint(model: torch.nn.Module, info: dict[str, Any], store_root: str | Path | None = None, models_dir: str | Path | None = None) -> tuple[str, Path | str]:
@@ -135,7 +155,8 @@ def save_checkpoint(model: torch.nn.Module, info: dict[str, Any], store_root: st
     parent = _store.location(store_root, MODELS) if store_root is not None else _store.location(models_dir)  # type: ignore[arg-type]
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     now = datetime.now(UTC)
-    version = make_model_version(state, now, kind=_network_kind(info))
+    kind, dims = _network_kind(info)
+    version = make_model_version(state, now, kind=kind, spatial_dims=dims)
     payload = {
         **info,
         "model_version": version,
@@ -196,7 +217,8 @@ def list_models(store_root: str | Path) -> list[dict[str, Any]]:
 
 def resolve_model_dir(path_or_version: str | Path, store_root: str | Path | None = None) -> Path | str:
     """The checkpoint directory for a model directory, a ``model.pt``/``model.json`` path, a
-    ``model_version`` in ``<store>/models/`` or ``"latest"`` (newest in the store).
+    ``model_version`` in ``<store>/models/``, an alias of one (``models/aliases.json``, e.g.
+    ``production``) or ``"latest"`` (newest in the store).
 
     Directories and files may be local paths or URLs (``s3://...``); a URL result stays a URL.
     """
@@ -228,7 +250,15 @@ def resolve_model_dir(path_or_version: str | Path, store_root: str | Path | None
         rel = f"{MODELS}/{path_or_version}"
         if _store.has_file(store_root, f"{rel}/{INFO_FILE}"):
             return _store.location(store_root, rel)
-        raise CheckpointError(f"model {path_or_version!r} not found in {models_loc}; "
+        aliases = read_aliases(store_root)["aliases"]
+        if str(path_or_version) in aliases:
+            target = aliases[str(path_or_version)]
+            if _store.has_file(store_root, f"{MODELS}/{target}/{INFO_FILE}"):
+                return _store.location(store_root, f"{MODELS}/{target}")
+            raise CheckpointError(f"alias {path_or_version!r} points to model {target!r}, which is not in {models_loc}; "
+                                  "point the alias at an existing model (`lesionflow models --store S --alias NAME VERSION`)")
+        hint = f"aliases: {', '.join(sorted(aliases))}" if aliases else "no aliases are set"
+        raise CheckpointError(f"model {path_or_version!r} not found in {models_loc} ({hint}); "
                               "see the versions there (or use 'latest'), or train one first")
     raise CheckpointError(f"{path_or_version!r} is neither a model directory nor a model file; pass store_root to look up a version")
 

@@ -100,17 +100,20 @@ def predict_case(
     device: str | torch.device | None = None,
     roi_zyx: Sequence[int] | None = None,
     overlap: float = 0.25,
-    sw_batch_size: int = 2,
+    sw_batch_size: int | None = None,
     restrict_to_foreground: bool = True,
 ) -> np.ndarray:
     """Predicted lesion mask of a stored case: uint8 ``(Z, Y, X)``, 1 = lesion.
 
     Args:
         model, info: from :func:`training.checkpoint.load_model` (``info`` gives the channels,
-            in order, and the training patch size).
+            in order, and the training patch size; ``(1, y, x)`` for a 2-D network).
         roi_zyx: sliding-window size in voxels; defaults to the training patch size.
         overlap: fraction of window overlap (0–1).
-        restrict_to_foreground: zero the mask outside the case's ``foreground`` (head) mask.
+        sw_batch_size: windows per forward pass; default 2, or 16 for 2-D slices.
+        restrict_to_foreground: predict only inside the bounding box of the case's ``foreground``
+            (head/brain) mask plus :data:`MARGIN` voxels, and zero the mask outside the foreground
+            (a skull-stripped 182x218x182 MNI brain is a 125x156x125 box: 2.5x fewer voxels to predict).
 
     Raises:
         pipeline.store.StoreError: the case is missing or lacks a channel the model needs.
@@ -121,15 +124,37 @@ def predict_case(
         raise _store.StoreError(f"case {case_id}: cannot score with {info.get('model_version')}: {reason}")
     group = _store.open_case(store_root, case_id)
     image_arr = group["image"]
-    image = np.stack([np.asarray(image_arr[i], dtype=np.float32) for i in channel_index])
+    shape = tuple(int(s) for s in image_arr.shape[1:])
+    fg_arr = _store.foreground_mask(group) if restrict_to_foreground else None
+    foreground = np.asarray(fg_arr[...]) != 0 if fg_arr is not None else None
+    box = foreground_box(foreground, MARGIN) if foreground is not None else tuple(slice(0, n) for n in shape)
+    image = np.stack([np.asarray(image_arr[(i, *box)], dtype=np.float32) for i in channel_index])
     roi = tuple(int(r) for r in (roi_zyx or info.get("patch_zyx") or (48, 48, 48)))
+    if sw_batch_size is None:
+        sw_batch_size = 16 if roi[0] == 1 else 2
     device = torch.device(device) if device is not None else next(model.parameters()).device
     prob = predict_array(model, image, roi, device=device, overlap=overlap, sw_batch_size=sw_batch_size)
-    mask = (prob > 0.5).astype(np.uint8)  # 2 classes: argmax == probability of lesion > 0.5
-    foreground = _store.foreground_mask(group) if restrict_to_foreground else None
+    mask = np.zeros(shape, np.uint8)
+    mask[box] = prob > 0.5  # 2 classes: argmax == probability of lesion > 0.5
     if foreground is not None:
-        mask &= (np.asarray(foreground[...]) != 0).astype(np.uint8)
+        mask &= foreground.astype(np.uint8)
     return mask
+
+
+MARGIN = 4
+"""Voxels kept around the foreground's bounding box when predicting."""
+
+
+def foreground_box(foreground: np.ndarray, margin: int = MARGIN) -> tuple[slice, ...]:
+    """The bounding box (slices) of a mask's non-zero voxels grown by ``margin`` voxels and clipped to
+    the array; the whole array when the mask is empty."""
+    if not foreground.any():
+        return tuple(slice(0, n) for n in foreground.shape)
+    out = []
+    for axis, n in enumerate(foreground.shape):
+        hit = np.flatnonzero(foreground.any(axis=tuple(a for a in range(foreground.ndim) if a != axis)))
+        out.append(slice(max(0, int(hit[0]) - margin), min(n, int(hit[-1]) + 1 + margin)))
+    return tuple(out)
 
 
 def score_cases(
@@ -141,7 +166,7 @@ def score_cases(
     device: str | torch.device | None = None,
     roi_zyx: Sequence[int] | None = None,
     overlap: float = 0.25,
-    sw_batch_size: int = 2,
+    sw_batch_size: int | None = None,
     restrict_to_foreground: bool = True,
 ) -> list[dict[str, Any]]:
     """Predict and store a lesion mask for each case with one model.

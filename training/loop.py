@@ -2,17 +2,31 @@
 
 :func:`train` composes them: a plain function (no Prefect) that flows call, forwarding its
 ``progress`` events. Everything it can be told is one :class:`~training.config.TrainConfig`
-(or keyword overrides of one). It seeds torch and numpy, picks CUDA when available (with
-bf16/fp16 autocast there, full precision on CPU), trains for a fixed number of iterations with
-Adam and a cosine learning-rate decay, optionally measures Dice on validation cases by
-whole-volume sliding-window inference, and writes a checkpoint to ``<store>/models/<model_version>/``
-whose ``model.json`` holds the config as used.
+(or keyword overrides of one). It seeds torch and numpy, plans the patch and batch when the
+config leaves them open (:mod:`training.plan`), picks CUDA when available (bf16 autocast there,
+fp16 with gradient scaling where bf16 is missing; channels-last and ``torch.compile`` when the
+config asks; full precision on CPU), trains with Adam and a cosine learning-rate decay,
+validates every ``val_every`` iterations (whole-volume sliding-window Dice on the validation
+cases) with early stopping, and writes a checkpoint to ``<store>/models/<model_version>/`` whose
+``model.json`` holds the config as used: the best validated weights, or the last
+(``cfg.select``).
+
+**Resume.** Each run has a folder ``<store>/runs/<run_id>/``: ``run.json`` (config, cases,
+status), ``last.pt`` (everything needed to continue: weights, optimiser, scheduler, gradient
+scaler, the torch/numpy/Python RNG states, the iteration, which fixes the data loader's position
+because sample ``i`` is a pure function of ``(seed, i)``, and the loss and validation history),
+rewritten every ``checkpoint_every`` iterations and at each validation, and ``best.pt`` (the best
+validated weights). ``train(store, resume=RUN)`` (``lesionflow train --resume RUN``) continues a
+run killed at any point from its last checkpoint; on the CPU with the same thread count it ends
+with the same weights as a run that was never interrupted (tested with a SIGKILL). On CUDA,
+cuDNN's kernels are not bitwise deterministic, so a resumed run is equivalent, not identical.
 
 Examples:
     >>> result = train("store", iterations=300, val_case_ids=["sub-05_ses-01"])  # doctest: +SKIP
     >>> result.model_version, result.metrics["val_dice"]  # doctest: +SKIP
     ('unet3d-20250101T120000-1a2b3c4d', 0.71)
     >>> result = train("store", TrainConfig.from_file("train.json"), seed=1)  # doctest: +SKIP
+    >>> result = train("store", resume="latest")  # after a crash  # doctest: +SKIP
 
     The pieces, for a custom loop (threads as :func:`train` sets them are up to the caller):
 
@@ -28,13 +42,17 @@ Examples:
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import logging
 import math
 import os
 import random
+import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +69,17 @@ from training.data import PatchDataset, usable_cases
 from training.infer import predict_case
 from training.losses import build_loss
 from training.model import build_network
+from training.plan import plan_training
+from training.slices import CachedPatchDataset, SliceDataset
 
 log = logging.getLogger("lesionflow.training")
 
 Progress = Callable[[dict[str, Any]], None]
 THREADS_ENV = "LESIONFLOW_TORCH_THREADS"
+RUNS = "runs"
+"""``<store>/runs/<run_id>/``: a training run's resumable state (see the module docstring)."""
+RUN_FILE, LAST_FILE, BEST_FILE = "run.json", "last.pt", "best.pt"
+CHECKPOINT_FORMAT = 1
 
 
 @dataclass
@@ -67,9 +91,11 @@ class TrainResult:
     """The model directory: a local path, or its URL when the store is on object storage."""
     metrics: dict[str, Any] = field(default_factory=dict)
     model: torch.nn.Module | None = field(default=None, repr=False, compare=False)
-    """The trained network (eval mode), for callers that go on to predict in the same process."""
+    """The trained network (eval mode, the exported weights), for callers that go on to predict in the same process."""
     config: TrainConfig | None = None
-    """The config as used (channels resolved): what ``model.json`` holds as ``train_config``."""
+    """The config as used (channels, patch and batch resolved): what ``model.json`` holds as ``train_config``."""
+    run_id: str | None = None
+    """The run's folder under ``<store>/runs/`` (None when nothing was saved)."""
 
 
 @dataclass
@@ -77,12 +103,13 @@ class TrainState:
     """Everything a run holds between :func:`setup` and :func:`save_model`."""
 
     cfg: TrainConfig
-    """The config with ``channels`` resolved."""
+    """The config with ``channels``, ``patch_zyx`` and ``batch_size`` resolved."""
     store_root: str | Path
     device: torch.device
     dataset: PatchDataset
     loader: DataLoader
     model: torch.nn.Module
+    """The network (its ``state_dict`` is what is saved)."""
     loss_fn: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -94,6 +121,20 @@ class TrainState:
     losses: list[float] = field(default_factory=list, repr=False)
     val_history: list[dict[str, Any]] = field(default_factory=list)
     """One ``{iteration, val_dice}`` per validation during training (``cfg.val_every``)."""
+    forward: torch.nn.Module | None = field(default=None, repr=False)
+    """What training calls: ``model``, or its ``torch.compile`` on CUDA with ``cfg.compile``."""
+    plan: dict[str, Any] = field(default_factory=dict)
+    """The planner's decisions (:func:`training.plan.plan_training`)."""
+    run_id: str | None = None
+    runs_root: str | Path | None = None
+    """Where ``<run_id>/`` lives (``<store>/runs``); None = no resumable checkpoints."""
+    best: dict[str, Any] | None = None
+    """``{iteration, val_dice, weights}`` of the best validation so far (weights on the CPU)."""
+    bad_validations: int = 0
+    stopped_early: bool = False
+    train_seconds: float = 0.0
+    """Training time so far (validation excluded), across resumes."""
+    resumed_from: int | None = None
 
     @property
     def train_case_ids(self) -> list[str]:
@@ -140,6 +181,33 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def rng_state() -> dict[str, Any]:
+    """The torch (CPU and CUDA), numpy and Python RNG states, in a form ``torch.load(weights_only=True)`` reads."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": (str(name), torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached)),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(_as_tuples(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuples(value: Any) -> Any:
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
 def _amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
     """bf16 (or fp16 where bf16 is unsupported) on CUDA with ``enabled``; ``None`` = full precision."""
     if device.type == "cuda" and enabled:
@@ -167,7 +235,8 @@ def _cosine_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torc
     )
 
 
-def _split_cases(store_root: str | Path, cfg: TrainConfig, case_ids: Sequence[str] | None, val_case_ids: Sequence[str] | None) -> tuple[list[str], list[str]]:
+def _split_cases(store_root: str | Path, cfg: TrainConfig, case_ids: Sequence[str] | None,
+                 val_case_ids: Sequence[str] | None) -> tuple[list[str], list[str]]:
     """``(training candidates, validation ids)``: explicit validation ids, else ``cfg.val_fraction`` held out."""
     val_ids = list(val_case_ids or [])
     if not val_ids and cfg.val_fraction > 0:
@@ -187,6 +256,40 @@ def _tail_mean(values: Sequence[float], n: int = 10, head: bool = False) -> floa
     return float(np.mean(values[:k] if head else values[-k:]))
 
 
+def _make_dataset(store_root: str | Path, cfg: TrainConfig, candidates: Sequence[str]) -> PatchDataset:
+    """The sampler the config asks for: axial slices (2-D), cases in memory, or patches read from Zarr."""
+    common = dict(channels=cfg.channels, lesion_fraction=cfg.lesion_fraction, samples_per_epoch=cfg.iterations * int(cfg.batch_size or 1),
+                  flip_prob=cfg.flip_prob, seed=cfg.seed)
+    assert cfg.patch_zyx is not None
+    if cfg.spatial_dims == 2:
+        return SliceDataset(store_root, candidates, patch_yx=cfg.patch_zyx[1:], **common)  # type: ignore[arg-type]
+    cls = CachedPatchDataset if cfg.cache_cases else PatchDataset
+    return cls(store_root, candidates, patch_zyx=cfg.patch_zyx, **common)  # type: ignore[arg-type]
+
+
+def make_loader(dataset: PatchDataset, cfg: TrainConfig, device: torch.device, start_iteration: int = 0) -> DataLoader:
+    """Batches of ``cfg.batch_size`` samples in index order, starting after ``start_iteration`` batches.
+
+    Each index is already a seeded random draw, so the loader's whole state is its position.
+    """
+    batch = int(cfg.batch_size or 1)
+    return DataLoader(
+        dataset,
+        batch_size=batch,
+        sampler=range(start_iteration * batch, cfg.iterations * batch),
+        num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=cfg.num_workers > 0,
+        drop_last=False,
+    )
+
+
+def new_run_id(when: datetime | None = None) -> str:
+    """``<UTC yyyymmddTHHMMSS>-<6 random hex>`` (the hex from the OS, not from the seeded RNGs)."""
+    when = (when or datetime.now(UTC)).astimezone(UTC)
+    return f"{when.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
+
+
 # ----------------------------------------------------------------------------- the pieces
 def setup(
     store_root: str | Path,
@@ -195,18 +298,23 @@ def setup(
     case_ids: Sequence[str] | None = None,
     val_case_ids: Sequence[str] | None = None,
     progress: Progress | None = None,
+    run_id: str | None = None,
+    runs_root: str | Path | None = None,
 ) -> TrainState:
-    """Seed, resolve channels, choose the cases, and build the loader, network, loss, optimiser and schedule.
+    """Seed, resolve channels, choose the cases, plan patch and batch, and build the loader, network,
+    loss, optimiser and schedule.
 
     Args:
         store_root: the lesionflow store (cases with ``label``; patch indices from ``prepare``,
             built in memory where missing).
-        cfg: the run's configuration; ``cfg.channels=None`` becomes the store's channels.
+        cfg: the run's configuration; ``cfg.channels=None`` becomes the store's channels,
+            ``patch_zyx``/``batch_size`` None are planned (:func:`training.plan.plan_training`).
         case_ids: training cases; default every case in the store not held out for validation.
             Cases without a label or lacking a channel are skipped (``state.dataset.skipped``).
         val_case_ids: validation cases; default ``cfg.val_fraction`` of the usable labelled cases
             (at least one, never all; chosen with ``cfg.seed``), or none.
         progress: receives the run's events (see :func:`train`).
+        run_id, runs_root: where resumable checkpoints go (``<runs_root>/<run_id>/``); None = none.
 
     Raises:
         ValueError: no usable training case, or CUDA requested where there is none.
@@ -215,32 +323,25 @@ def setup(
     seed_everything(cfg.seed)
     cfg = cfg.with_overrides(channels=resolve_channels(store_root, cfg.channels))
     candidates, val_ids = _split_cases(store_root, cfg, case_ids, val_case_ids)
-    dataset = PatchDataset(
-        store_root,
-        candidates,
-        channels=cfg.channels,
-        patch_zyx=cfg.patch_zyx,
-        lesion_fraction=cfg.lesion_fraction,
-        samples_per_epoch=cfg.iterations * cfg.batch_size,
-        flip_prob=cfg.flip_prob,
-        seed=cfg.seed,
-    )
+    usable, skipped = usable_cases(store_root, candidates, cfg.channels or (), require_label=True)
+    if not usable:
+        reasons = "; ".join(f"{s['case_id']}: {s['reason']}" for s in skipped) or "no cases in the store"
+        raise ValueError(f"no usable training cases ({reasons})")
+    cfg, plan = plan_training(store_root, cfg, usable, dev)
+    dataset = _make_dataset(store_root, cfg, candidates)
     if not dataset.cases:
         reasons = "; ".join(f"{s['case_id']}: {s['reason']}" for s in dataset.skipped) or "no cases in the store"
         raise ValueError(f"no usable training cases ({reasons})")
     overlap_ids = sorted(set(dataset.case_ids) & set(val_ids))
     if overlap_ids:
         log.warning("training: validation cases also used for training: %s", overlap_ids)
-    loader = DataLoader(
-        dataset,
-        batch_size=cfg.batch_size,
-        shuffle=False,  # each index is already a seeded random draw
-        num_workers=cfg.num_workers,
-        pin_memory=dev.type == "cuda",
-        persistent_workers=cfg.num_workers > 0,
-        drop_last=False,
-    )
     model = build_network(cfg).to(dev)  # after seeding: the initial weights follow cfg.seed
+    forward = model
+    if dev.type == "cuda" and cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last_3d if cfg.spatial_dims == 3 else torch.channels_last)
+        forward = model
+    if dev.type == "cuda" and cfg.compile:
+        forward = torch.compile(model)  # type: ignore[assignment]
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     amp_dtype = _amp_dtype(dev, cfg.amp)
     model.train()
@@ -249,7 +350,7 @@ def setup(
         store_root=store_root,
         device=dev,
         dataset=dataset,
-        loader=loader,
+        loader=make_loader(dataset, cfg, dev),
         model=model,
         loss_fn=build_loss(cfg.loss),
         optimizer=optimizer,
@@ -258,6 +359,10 @@ def setup(
         amp_dtype=amp_dtype,
         val_case_ids=val_ids,
         emit=progress or (lambda _event: None),
+        forward=forward,
+        plan=plan,
+        run_id=run_id,
+        runs_root=runs_root,
     )
 
 
@@ -269,9 +374,11 @@ def train_step(state: TrainState, batch: tuple[torch.Tensor, torch.Tensor]) -> f
     """
     dev = state.device
     image, label = (t.to(dev, non_blocking=True) for t in batch)
+    if dev.type == "cuda" and state.cfg.channels_last:
+        image = image.contiguous(memory_format=torch.channels_last_3d)
     state.optimizer.zero_grad(set_to_none=True)
     with torch.autocast(dev.type, dtype=state.amp_dtype, enabled=state.amp_dtype is not None):
-        logits = state.model(image)
+        logits = (state.forward or state.model)(image)
     loss = state.loss_fn(logits.float(), label)
     if not torch.isfinite(loss):
         raise FloatingPointError(f"training diverged: loss {float(loss)} at iteration {state.iteration + 1}")
@@ -296,7 +403,7 @@ def validate(state: TrainState, case_ids: Sequence[str] | None = None) -> dict[s
         ``{"iteration", "val_dice" (mean, or None without a scored case), "val_dice_per_case"}``.
     """
     ids = state.val_case_ids if case_ids is None else list(case_ids)
-    info = {"channels": list(state.cfg.channels or ()), "patch_zyx": list(state.cfg.patch_zyx)}
+    info = {"channels": list(state.cfg.channels or ()), "patch_zyx": list(state.cfg.patch_zyx or ())}
     was_training = state.model.training
     state.model.eval()
     per_case: dict[str, float] = {}
@@ -320,13 +427,41 @@ def validate(state: TrainState, case_ids: Sequence[str] | None = None) -> dict[s
     return {"iteration": state.iteration, "val_dice": mean, "val_dice_per_case": per_case}
 
 
+def _cpu_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def record_validation(state: TrainState, scores: Mapping[str, Any]) -> bool:
+    """Keep the weights when ``scores`` beat the best validation by more than ``early_stop_min_delta``;
+    count validations without improvement and set ``state.stopped_early`` at the patience.
+    Returns True when these are the new best weights."""
+    value = scores.get("val_dice")
+    if value is None:
+        return False
+    cfg = state.cfg
+    if state.best is None or value > state.best["val_dice"] + cfg.early_stop_min_delta:
+        state.best = {"iteration": state.iteration, "val_dice": float(value), "weights": _cpu_weights(state.model)}
+        state.bad_validations = 0
+        if state.runs_root is not None and state.run_id:
+            _put_torch(state, BEST_FILE, {"model": state.best["weights"], "iteration": state.iteration, "val_dice": float(value)})
+        return True
+    state.bad_validations += 1
+    if cfg.early_stop_patience and state.bad_validations >= cfg.early_stop_patience:
+        state.stopped_early = True
+        state.emit({"event": "early_stop", "iteration": state.iteration, "best_iteration": state.best["iteration"],
+                    "best_val_dice": state.best["val_dice"]})
+    return False
+
+
 def fit(state: TrainState) -> float:
-    """Run :func:`train_step` until ``cfg.iterations``, emitting ``train`` events every ``cfg.log_every``
-    and validating every ``cfg.val_every`` (into ``state.val_history``); returns the training seconds
-    (validation time excluded)."""
+    """Run :func:`train_step` until ``cfg.iterations`` (or early stopping), emitting ``train`` events
+    every ``cfg.log_every``, validating every ``cfg.val_every`` (into ``state.val_history``, keeping
+    the best weights) and writing the resumable checkpoint every ``cfg.checkpoint_every`` and at each
+    validation; returns the training seconds of this call (validation time excluded)."""
     cfg = state.cfg
     t_loop = time.perf_counter()
     val_seconds = 0.0
+    start_it = state.iteration
     window: list[float] = []
     for batch in state.loader:
         if state.iteration >= cfg.iterations:
@@ -341,18 +476,178 @@ def fit(state: TrainState) -> float:
                 "iterations": cfg.iterations,
                 "loss": float(np.mean(window)),
                 "lr": float(state.optimizer.param_groups[0]["lr"]),
-                "elapsed_s": round(elapsed, 2),
-                "it_per_s": round(it / elapsed, 3) if elapsed > 0 else None,
+                "elapsed_s": round(state.train_seconds + elapsed, 2),
+                "it_per_s": round((it - start_it) / elapsed, 3) if elapsed > 0 else None,
             })
             window = []
+        validated = False
         if cfg.val_every and state.val_case_ids and it % cfg.val_every == 0 and it < cfg.iterations:
             t_val = time.perf_counter()
             scores = validate(state)
             state.val_history.append({"iteration": it, "val_dice": scores["val_dice"]})
+            record_validation(state, scores)
             val_seconds += time.perf_counter() - t_val
-    return time.perf_counter() - t_loop - val_seconds
+            validated = True
+        if (it < cfg.iterations and not state.stopped_early and state.runs_root is not None
+                and ((cfg.checkpoint_every and it % cfg.checkpoint_every == 0) or validated)):
+            write_run_checkpoint(state, extra_seconds=time.perf_counter() - t_loop - val_seconds)
+        if state.stopped_early:
+            break
+    seconds = time.perf_counter() - t_loop - val_seconds
+    state.train_seconds += seconds
+    return seconds
 
 
+# ----------------------------------------------------------------------------- runs: checkpoints and resume
+def _put_torch(state: TrainState, name: str, payload: Any) -> None:
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    _store.put_bytes(state.runs_root, f"{state.run_id}/{name}", buf.getvalue())  # type: ignore[arg-type]
+
+
+def _run_record(state: TrainState, status: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "run_id": state.run_id,
+        "status": status,
+        "iteration": state.iteration,
+        "iterations": state.cfg.iterations,
+        "train_config": state.cfg.model_dump(mode="json"),
+        "train_case_ids": state.train_case_ids,
+        "val_case_ids": state.val_case_ids,
+        "skipped": state.dataset.skipped,
+        "plan": state.plan,
+        "best_iteration": state.best["iteration"] if state.best else None,
+        "best_val_dice": state.best["val_dice"] if state.best else None,
+        "updated_at": datetime.now(UTC).isoformat(),
+        **extra,
+    }
+
+
+def write_run_record(state: TrainState, status: str = "running", **extra: Any) -> None:
+    """``<runs_root>/<run_id>/run.json`` (status ``running``, ``finished`` or ``stopped_early``)."""
+    if state.runs_root is None or not state.run_id:
+        return
+    _store.put_bytes(state.runs_root, f"{state.run_id}/{RUN_FILE}", json.dumps(_run_record(state, status, **extra), indent=2, default=str).encode())
+
+
+def write_run_checkpoint(state: TrainState, extra_seconds: float = 0.0) -> None:
+    """``last.pt``: everything :func:`resume` needs to continue exactly where the run is now, then ``run.json``.
+
+    Written whole (a temporary file and a rename locally, one PUT on an object store): a kill
+    during the write leaves the previous checkpoint.
+    """
+    if state.runs_root is None or not state.run_id:
+        return
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "iteration": state.iteration,
+        "model": _cpu_weights(state.model),
+        "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict(),
+        "scaler": state.scaler.state_dict(),
+        "rng": rng_state(),
+        "losses": list(state.losses),
+        "val_history": list(state.val_history),
+        "best": {k: v for k, v in state.best.items() if k != "weights"} if state.best else None,
+        "bad_validations": state.bad_validations,
+        "train_seconds": state.train_seconds + extra_seconds,
+    }
+    _put_torch(state, LAST_FILE, payload)
+    write_run_record(state, "running")
+    state.emit({"event": "checkpoint", "iteration": state.iteration, "run_id": state.run_id})
+
+
+def list_runs(store_root: str | Path, runs_root: str | Path | None = None) -> list[dict[str, Any]]:
+    """``run.json`` of every run in ``<store>/runs/`` (or ``runs_root``), oldest first."""
+    root = runs_root if runs_root is not None else _store.location(store_root, RUNS)
+    out = []
+    for name in _store.list_dir(root):
+        blob = _store.read_bytes(root, f"{name}/{RUN_FILE}")
+        if blob is None:
+            continue
+        try:
+            out.append(json.loads(blob))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            continue
+    return sorted(out, key=lambda r: str(r.get("run_id", "")))
+
+
+def resolve_run(store_root: str | Path, run: str, runs_root: str | Path | None = None) -> dict[str, Any]:
+    """The ``run.json`` of ``run``: a run id, ``"latest"`` (the newest unfinished run) or a model
+    version (the run that produced it), from ``<store>/runs/`` (or ``runs_root``).
+
+    Raises:
+        ValueError: no such run.
+    """
+    runs = list_runs(store_root, runs_root)
+    if run == "latest":
+        open_runs = [r for r in runs if r.get("status") == "running"]
+        if not open_runs:
+            raise ValueError(f"no unfinished run in {runs_root if runs_root is not None else _store.location(store_root, RUNS)}; nothing to resume")
+        return open_runs[-1]
+    for r in runs:
+        if r.get("run_id") == run or r.get("model_version") == run:
+            return r
+    blob = _store.read_bytes(store_root, f"{_store.MODELS}/{run}/model.json")
+    if blob is not None:
+        run_id = json.loads(blob).get("run_id")
+        for r in runs:
+            if run_id and r.get("run_id") == run_id:
+                return r
+        raise ValueError(f"model {run} records no resumable run (it was trained before runs were kept, or its run folder is gone)")
+    known = ", ".join(str(r.get("run_id")) for r in runs[-5:]) or "none"
+    where = runs_root if runs_root is not None else _store.location(store_root, RUNS)
+    raise ValueError(f"no run {run!r} in {where} (latest runs: {known}); give a run id, a model version or 'latest'")
+
+
+def resume(store_root: str | Path, run: str, *, progress: Progress | None = None, runs_root: str | Path | None = None) -> TrainState:
+    """The state of run ``run`` (see :func:`resolve_run`) at its last checkpoint, ready for :func:`fit`.
+
+    The network, optimiser, scheduler, gradient scaler, RNG states, loss and validation history,
+    best weights and the loader's position are restored; a run killed before its first
+    checkpoint starts again from iteration 0 with the same config and cases.
+
+    Raises:
+        ValueError: the run does not exist or has already finished.
+    """
+    runs_root = runs_root if runs_root is not None else _store.location(store_root, RUNS)
+    record = resolve_run(store_root, run, runs_root)
+    if record.get("status") != "running":
+        raise ValueError(f"run {record['run_id']} has {record.get('status', 'finished')} (model {record.get('model_version')}); nothing to resume")
+    cfg = TrainConfig.model_validate(record["train_config"])
+    state = setup(store_root, cfg, case_ids=record["train_case_ids"], val_case_ids=record["val_case_ids"], progress=progress,
+                  run_id=record["run_id"], runs_root=runs_root)
+    state.plan = dict(record.get("plan") or {})
+    blob = _store.read_bytes(runs_root, f"{record['run_id']}/{LAST_FILE}")
+    if blob is None:
+        log.warning("run %s has no checkpoint yet; starting it again from iteration 0", record["run_id"])
+        state.resumed_from = 0
+        return state
+    ckpt = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"run {record['run_id']}: checkpoint format {ckpt.get('format')} is not {CHECKPOINT_FORMAT}")
+    state.model.load_state_dict(ckpt["model"])
+    state.optimizer.load_state_dict(ckpt["optimizer"])
+    state.scheduler.load_state_dict(ckpt["scheduler"])
+    state.scaler.load_state_dict(ckpt["scaler"])
+    state.iteration = int(ckpt["iteration"])
+    state.losses = list(ckpt["losses"])
+    state.val_history = list(ckpt["val_history"])
+    state.bad_validations = int(ckpt["bad_validations"])
+    state.train_seconds = float(ckpt.get("train_seconds", 0.0))
+    if ckpt.get("best"):
+        best_blob = _store.read_bytes(runs_root, f"{record['run_id']}/{BEST_FILE}")
+        if best_blob is not None:
+            best = torch.load(io.BytesIO(best_blob), map_location="cpu", weights_only=True)
+            state.best = {"iteration": int(best["iteration"]), "val_dice": float(best["val_dice"]), "weights": best["model"]}
+    state.loader = make_loader(state.dataset, state.cfg, state.device, start_iteration=state.iteration)
+    state.resumed_from = state.iteration
+    set_rng_state(ckpt["rng"])
+    state.model.train()
+    return state
+
+
+# ----------------------------------------------------------------------------- saving
 def save_model(
     state: TrainState,
     validation: Mapping[str, Any] | None = None,
@@ -360,17 +655,27 @@ def save_model(
     models_dir: str | Path | None = None,
     pipeline_config_hash: str | None = None,
 ) -> tuple[str, Path | str]:
-    """Write the checkpoint (to ``<store>/models`` or ``models_dir``); returns ``(model_version, directory)``.
+    """Write the checkpoint of ``state.model`` as it is (to ``<store>/models`` or ``models_dir``);
+    returns ``(model_version, directory)``.
 
-    ``model.json`` holds ``train_config`` (``state.cfg`` as is) beside the run's facts.
+    ``model.json`` holds ``train_config`` (``state.cfg`` as is) beside the run's facts: the plan,
+    the run id, which weights these are (``selected``, ``best_iteration``), the training data's
+    fingerprint and the code version (see :mod:`training.registry`).
     """
+    from training.registry import code_version, data_fingerprint
+
     validation = validation or {}
     root = _store.location(state.store_root)
     info = {
         "train_config": state.cfg.model_dump(mode="json"),
         "train_config_hash": state.cfg.config_hash(),
+        "network": state.cfg.model.kind,
+        "spatial_dims": state.cfg.spatial_dims,
+        "loss": state.cfg.loss.kind,
         "channels": list(state.cfg.channels or ()),
-        "patch_zyx": list(state.cfg.patch_zyx),
+        "patch_zyx": list(state.cfg.patch_zyx or ()),
+        "batch_size": state.cfg.batch_size,
+        "plan": state.plan,
         "normalization": "zscore",
         "train_case_ids": state.train_case_ids,
         "val_case_ids": state.val_case_ids,
@@ -379,14 +684,39 @@ def save_model(
         "val_dice": validation.get("val_dice"),
         "val_dice_per_case": dict(validation.get("val_dice_per_case") or {}),
         "val_history": state.val_history,
+        "selected": validation.get("selected", "last"),
+        "best_iteration": validation.get("best_iteration"),
+        "stopped_early": state.stopped_early,
+        "run_id": state.run_id,
         "device": str(state.device),
         "amp": str(state.amp_dtype).replace("torch.", "") if state.amp_dtype is not None else None,
         "config_hash": pipeline_config_hash,
+        "data_fingerprint": data_fingerprint(state.store_root, [*state.train_case_ids, *state.val_case_ids]),
+        "code_version": code_version(),
         "store": str(root.resolve() if isinstance(root, Path) else root),  # local: absolute; object store: URL
     }
     if models_dir is not None:
         return save_checkpoint(state.model, info, models_dir=models_dir)
     return save_checkpoint(state.model, info, store_root=state.store_root)
+
+
+def _finish(state: TrainState) -> dict[str, Any]:
+    """The final validation, then the weights to export (best or last): ``{val_dice, ..., selected, best_iteration}``."""
+    state.model.eval()
+    last_validated = bool(state.val_history) and state.val_history[-1]["iteration"] == state.iteration
+    if state.stopped_early and last_validated:
+        scores = {"iteration": state.iteration, "val_dice": state.val_history[-1]["val_dice"], "val_dice_per_case": {}}
+    else:
+        scores = validate(state)
+        record_validation(state, scores)
+    last = dict(scores)
+    selected, chosen = "last", scores
+    if state.cfg.select == "best" and state.best is not None and state.best["iteration"] != state.iteration:
+        state.model.load_state_dict(state.best["weights"])
+        selected = "best"
+        chosen = {"iteration": state.best["iteration"], "val_dice": state.best["val_dice"], "val_dice_per_case": {}}
+    return {**chosen, "selected": selected, "best_iteration": state.best["iteration"] if state.best else None,
+            "val_dice_last": last.get("val_dice"), "val_dice_per_case_last": last.get("val_dice_per_case")}
 
 
 # ----------------------------------------------------------------------------- the whole run
@@ -399,21 +729,28 @@ def train(
     progress: Progress | None = None,
     save: bool = True,
     models_dir: str | Path | None = None,
+    runs_dir: str | Path | None = None,
+    resume_run: str | None = None,
     pipeline_config_hash: str | None = None,
     **overrides: Any,
 ) -> TrainResult:
-    """Train a network on stored cases and save a checkpoint: :func:`setup`, :func:`fit`,
-    :func:`validate`, :func:`save_model`.
+    """Train a network on stored cases and save a checkpoint: :func:`setup` (or :func:`resume`),
+    :func:`fit`, :func:`validate`, :func:`save_model`.
 
     Args:
         store_root: the lesionflow store (path or URL).
         cfg: a :class:`TrainConfig` (or a dict of its fields); default ``TrainConfig()``.
         case_ids, val_case_ids: training and validation cases (see :func:`setup`).
-        progress: called with a dict: ``event="start"`` (device, cases, patch, batch size);
-            every ``cfg.log_every`` iterations ``event="train"`` (``iteration``, ``iterations``,
-            ``loss`` (mean since the last event), ``lr``, ``elapsed_s``, ``it_per_s``); once per
-            validation case ``event="val"`` (``case_id``, ``dice``, ``iteration``); ``event="done"``.
-        save: write the checkpoint (to ``<store>/models`` or ``models_dir``).
+        progress: called with a dict: ``event="start"`` (device, cases, patch, batch size, run id,
+            ``resumed_from``); every ``cfg.log_every`` iterations ``event="train"`` (``iteration``,
+            ``iterations``, ``loss`` (mean since the last event), ``lr``, ``elapsed_s``, ``it_per_s``);
+            once per validation case ``event="val"`` (``case_id``, ``dice``, ``iteration``);
+            ``event="checkpoint"`` (``iteration``, ``run_id``); ``event="early_stop"``; ``event="done"``.
+        save: write the model (to ``<store>/models`` or ``models_dir``) and keep the run's resumable
+            checkpoints (in ``<store>/runs`` or ``runs_dir``).
+        resume_run: continue this run (a run id, ``"latest"`` or a model version) from its last
+            checkpoint instead of starting one; ``cfg``, ``case_ids``, ``val_case_ids`` and
+            overrides must then be left out (the run's own are used).
         pipeline_config_hash: the pipeline configuration hash, recorded as ``config_hash`` in ``model.json``.
         **overrides: TrainConfig fields applied over ``cfg`` (``iterations=40``, ``patch_zyx=(32, 32, 32)``,
             ``optim={"lr": 1e-3}``), and the names train() took before (``lr``, ``weight_decay``,
@@ -421,45 +758,68 @@ def train(
 
     Returns:
         :class:`TrainResult` with ``model_version``, ``checkpoint_path`` (the model directory),
-        ``config`` (as used, channels resolved) and ``metrics``: ``final_loss`` (mean of the last
-        10 iterations), ``first_loss`` (mean of the first 10), ``loss_history``, ``val_dice``
-        (mean, or ``None``), ``val_dice_per_case``, ``val_history``, ``seconds``, ``train_seconds``,
-        ``it_per_s``, ``device``, ``cpu_threads``, ``train_case_ids``, ``val_case_ids``, ``skipped``,
-        ``train_config_hash``.
+        ``config`` (as used, channels/patch/batch resolved), ``run_id`` and ``metrics``:
+        ``final_loss`` (mean of the last 10 iterations), ``first_loss`` (mean of the first 10),
+        ``loss_history``, ``val_dice`` (of the exported weights, or ``None``), ``val_dice_last``,
+        ``val_dice_per_case``, ``val_history``, ``selected`` (``best``/``last``), ``best_iteration``,
+        ``stopped_early``, ``seconds``, ``train_seconds``, ``it_per_s``, ``device``, ``cpu_threads``,
+        ``train_case_ids``, ``val_case_ids``, ``skipped``, ``train_config_hash``, ``plan``, ``resumed_from``.
     """
-    cfg = make_config(cfg, **overrides)
-    dev = pick_device(cfg.device)
-    with _cpu_threads(dev, cfg.threads):
+    if resume_run is not None:
+        if cfg is not None or case_ids is not None or val_case_ids is not None or overrides:
+            raise ValueError("resume continues a run with its own config and cases; give only the run (and progress/models_dir)")
+        record = resolve_run(store_root, resume_run, runs_dir)
+        run_cfg = TrainConfig.model_validate(record["train_config"])
+        dev = pick_device(run_cfg.device)
+        threads = run_cfg.threads
+    else:
+        run_cfg = make_config(cfg, **overrides)
+        dev = pick_device(run_cfg.device)
+        threads = run_cfg.threads
+    with _cpu_threads(dev, threads):
         t_start = time.perf_counter()
-        state = setup(store_root, cfg, case_ids=case_ids, val_case_ids=val_case_ids, progress=progress)
-        cfg = state.cfg
-        state.emit({"event": "start", "device": str(dev), "iterations": cfg.iterations, "train_cases": state.train_case_ids,
-                    "skipped": state.dataset.skipped, "patch_zyx": list(cfg.patch_zyx), "batch_size": cfg.batch_size,
-                    "channels": list(cfg.channels or ())})
-        train_seconds = fit(state)
-        state.model.eval()
-        scores = validate(state)
+        runs_root = (runs_dir if runs_dir is not None else _store.location(store_root, RUNS)) if save else None
+        if resume_run is not None:
+            state = resume(store_root, resume_run, progress=progress, runs_root=runs_root)
+        else:
+            state = setup(store_root, run_cfg, case_ids=case_ids, val_case_ids=val_case_ids, progress=progress,
+                          run_id=new_run_id() if save else None, runs_root=runs_root)
+            write_run_record(state, "running")
+        cfg_used = state.cfg
+        state.emit({"event": "start", "device": str(dev), "iterations": cfg_used.iterations, "train_cases": state.train_case_ids,
+                    "skipped": state.dataset.skipped, "patch_zyx": list(cfg_used.patch_zyx or ()), "batch_size": cfg_used.batch_size,
+                    "channels": list(cfg_used.channels or ()), "network": cfg_used.model.kind, "spatial_dims": cfg_used.spatial_dims,
+                    "loss_kind": cfg_used.loss.kind, "run_id": state.run_id, "resumed_from": state.resumed_from, "plan": state.plan})
+        fit(state)
+        scores = _finish(state)
         metrics: dict[str, Any] = {
             "iterations": state.iteration,
             "first_loss": _tail_mean(state.losses, head=True),
             "final_loss": _tail_mean(state.losses),
             "loss_history": state.losses,
             "val_dice": scores["val_dice"],
-            "val_dice_per_case": scores["val_dice_per_case"],
+            "val_dice_last": scores["val_dice_last"],
+            "val_dice_per_case": scores["val_dice_per_case"] or scores["val_dice_per_case_last"],
             "val_history": state.val_history,
-            "train_seconds": round(train_seconds, 2),
-            "it_per_s": round(state.iteration / train_seconds, 3) if train_seconds > 0 else None,
+            "selected": scores["selected"],
+            "best_iteration": scores["best_iteration"],
+            "stopped_early": state.stopped_early,
+            "train_seconds": round(state.train_seconds, 2),
+            "it_per_s": round(state.iteration / state.train_seconds, 3) if state.train_seconds > 0 else None,
             "device": str(dev),
             "cpu_threads": torch.get_num_threads() if dev.type == "cpu" else None,
             "train_case_ids": state.train_case_ids,
             "val_case_ids": state.val_case_ids,
             "skipped": state.dataset.skipped,
-            "train_config_hash": cfg.config_hash(),
+            "train_config_hash": cfg_used.config_hash(),
+            "plan": state.plan,
+            "resumed_from": state.resumed_from,
         }
         version, path = "", Path()
         if save:
             version, path = save_model(state, scores, models_dir=models_dir, pipeline_config_hash=pipeline_config_hash)
+            write_run_record(state, "stopped_early" if state.stopped_early else "finished", model_version=version)
         metrics["seconds"] = round(time.perf_counter() - t_start, 2)
         state.emit({"event": "done", "model_version": version, "checkpoint_path": str(path), "final_loss": metrics["final_loss"],
-                    "val_dice": scores["val_dice"], "seconds": metrics["seconds"]})
-        return TrainResult(model_version=version, checkpoint_path=path, metrics=metrics, model=state.model, config=cfg)
+                    "val_dice": scores["val_dice"], "seconds": metrics["seconds"], "run_id": state.run_id})
+        return TrainResult(model_version=version, checkpoint_path=path, metrics=metrics, model=state.model, config=cfg_used, run_id=state.run_id)

@@ -99,7 +99,7 @@ def test_the_pieces_compose_like_train(store, tmp_path):
 def test_validation_every_n_iterations_leaves_the_weights_alone(store):
     kwargs = dict(case_ids=store["labelled"][:2], val_case_ids=store["labelled"][2:], patch_zyx=PATCH, iterations=4, seed=1, save=False, num_threads=THREADS)
     events = []
-    periodic = train(store["root"], val_every=2, progress=events.append, **kwargs)
+    periodic = train(store["root"], val_every=2, select="last", progress=events.append, **kwargs)
     assert [h["iteration"] for h in periodic.metrics["val_history"]] == [2]  # the final validation is the metric
     assert [e.get("iteration") for e in events if e["event"] == "val"] == [2, 4]
     assert _weights(periodic) == _weights(train(store["root"], **kwargs))
@@ -134,7 +134,8 @@ def test_train_rejects_bad_inputs_before_any_work(store):
 def test_tiny_model_overfits_one_case(store):
     """Fails when images and labels are misaligned, the loss is wrong or inference is broken."""
     case = store["labelled"][0]
-    result = train(store["root"], case_ids=[case], val_case_ids=[case], patch_zyx=PATCH, iterations=100, lr=3e-3, seed=1, save=False, num_threads=THREADS)
+    result = train(store["root"], case_ids=[case], val_case_ids=[case], patch_zyx=PATCH, iterations=100, lr=3e-3, seed=1, save=False,
+                   num_threads=THREADS)
     assert result.metrics["val_dice"] > 0.7, result.metrics["val_dice"]
     label = zarr.open_group(str(store["root"] / "cases" / case), mode="r")["labels/reference/0"][...]
     mask = predict_case(result.model, {"channels": ["FLAIR", "T1", "T2"], "patch_zyx": list(PATCH)}, store["root"], case)
@@ -145,3 +146,29 @@ def test_training_package_does_not_import_prefect():
     code = "import sys, training.loop, training.infer, training.config; print('prefect' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
     assert out == "False"
+
+
+@pytest.mark.parametrize(("network", "dims", "patch"), [("unet", 2, (1, 32, 32)), ("dynunet", 3, (16, 16, 16)), ("segresnet", 2, (1, 32, 32))])
+def test_other_networks_and_slices_train_validate_save_and_score(store, tmp_path, network, dims, patch):
+    """2-D slices and a deep-supervised DynUNet go through the same loop, checkpoint and sliding-window inference."""
+    small = {"unet": {"features": [4, 8, 16], "strides": [2, 2]}, "dynunet": {"base_filters": 4, "max_filters": 16},
+             "segresnet": {"init_filters": 8, "blocks_down": [1, 1], "blocks_up": [1]}}[network]
+    cfg = TrainConfig(model={"kind": network, **small}, spatial_dims=dims, patch_zyx=patch, batch_size=2, iterations=3,
+                      loss={"kind": "focal_tversky"}, device="cpu", threads=THREADS, val_overlap=0.0)
+    result = train(store["root"], cfg, case_ids=store["labelled"][:1], val_case_ids=store["labelled"][2:], models_dir=tmp_path)
+    assert result.model_version.startswith(f"{network}{dims}d-") and 0.0 <= result.metrics["val_dice"] <= 1.0
+    model, info = load_model(result.checkpoint_path, device="cpu")
+    assert info["network"] == network and info["spatial_dims"] == dims and info["patch_zyx"] == list(patch)
+    if network == "dynunet":
+        assert info["train_config"]["model"]["strides"] is not None  # planned strides recorded, so the network rebuilds
+    mask = predict_case(model, info, store["root"], store["labelled"][2], device="cpu", overlap=0.0)
+    assert mask.shape == tuple(zarr.open_group(f"{store['root']}/cases/{store['labelled'][2]}", mode="r")["label"].shape)
+
+
+def test_patch_and_batch_are_planned_when_not_given(store, tmp_path):
+    result = train(store["root"], case_ids=store["labelled"][:2], iterations=1, memory_budget_mb=64, device="cpu",
+                   model={"features": [4, 8, 16], "strides": [2, 2]}, save=False, num_threads=THREADS)
+    plan = result.metrics["plan"]
+    assert plan["planned"] == ["patch_zyx", "batch_size"] and plan["budget_mb"] == 64.0
+    assert tuple(result.config.patch_zyx) == tuple(plan["patch_zyx"]) and result.config.batch_size == plan["batch_size"] >= 2
+    assert all(p % 4 == 0 for p in result.config.patch_zyx)
