@@ -11,6 +11,7 @@ import torch
 import zarr
 
 from pipeline.lesions.components import dice
+from pipeline.store import open_case, reference_label
 from tests.training.conftest import PATCH, THREADS
 from training.checkpoint import load_model, state_dict_sha256
 from training.config import TrainConfig
@@ -162,7 +163,7 @@ def test_other_networks_and_slices_train_validate_save_and_score(store, tmp_path
     if network == "dynunet":
         assert info["train_config"]["model"]["strides"] is not None  # planned strides recorded, so the network rebuilds
     mask = predict_case(model, info, store["root"], store["labelled"][2], device="cpu", overlap=0.0)
-    assert mask.shape == tuple(zarr.open_group(f"{store['root']}/cases/{store['labelled'][2]}", mode="r")["label"].shape)
+    assert mask.shape == tuple(reference_label(open_case(store["root"], store["labelled"][2])).shape)
 
 
 def test_patch_and_batch_are_planned_when_not_given(store, tmp_path):
