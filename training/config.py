@@ -40,6 +40,8 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from training.augment import AugmentationConfig
+
 # Network outputs: background and lesion. Inference reads the lesion probability (class 1).
 NUM_CLASSES = 2
 
@@ -148,6 +150,8 @@ class TrainConfig(_Strict):
     flip_prob: float = Field(0.5, ge=0.0, le=1.0, description="probability of a flip along each spatial axis")
     seed: int = Field(0, ge=0, description="seeds torch, numpy, the patch sampler and the validation split")
     val_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="hold out this fraction of the usable cases when no validation cases are given")
+    augmentation: AugmentationConfig = Field(default_factory=AugmentationConfig,
+                                             description="the augmentation bank (default: used when the store has one) and the transforms on the fly")
 
     # --- how it runs (not hashed) ----------------------------------------------------------
     val_every: int | None = Field(None, ge=1, description="also validate every this many iterations; None = only after training")

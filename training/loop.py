@@ -46,7 +46,7 @@ from pipeline.lesions.components import dice
 from pipeline.store import resolve_channels
 from training.checkpoint import save_checkpoint
 from training.config import TrainConfig, make_config
-from training.data import PatchDataset, usable_cases
+from training.data import BankDataset, BankLoader, PatchDataset, bank_dataset, bank_loader, usable_cases
 from training.infer import predict_case
 from training.losses import build_loss
 from training.model import build_network
@@ -79,8 +79,8 @@ class TrainState:
     """The config with ``channels`` resolved."""
     store_root: str | Path
     device: torch.device
-    dataset: PatchDataset
-    loader: DataLoader
+    dataset: PatchDataset | BankDataset
+    loader: DataLoader | BankLoader
     model: torch.nn.Module
     loss_fn: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -214,23 +214,25 @@ def setup(
     seed_everything(cfg.seed)
     cfg = cfg.with_overrides(channels=resolve_channels(store_root, cfg.channels))
     candidates, val_ids = _split_cases(store_root, cfg, case_ids, val_case_ids)
-    dataset = PatchDataset(
-        store_root,
-        candidates,
-        channels=cfg.channels,
-        patch_zyx=cfg.patch_zyx,
-        lesion_fraction=cfg.lesion_fraction,
-        samples_per_epoch=cfg.iterations * cfg.batch_size,
-        flip_prob=cfg.flip_prob,
-        seed=cfg.seed,
-    )
+    dataset: PatchDataset | BankDataset | None = bank_dataset(store_root, candidates, cfg, dev)  # cfg.augmentation: the store's bank by default
+    if dataset is None:
+        dataset = PatchDataset(
+            store_root,
+            candidates,
+            channels=cfg.channels,
+            patch_zyx=cfg.patch_zyx,
+            lesion_fraction=cfg.lesion_fraction,
+            samples_per_epoch=cfg.iterations * cfg.batch_size,
+            flip_prob=cfg.flip_prob,
+            seed=cfg.seed,
+        )
     if not dataset.cases:
         reasons = "; ".join(f"{s['case_id']}: {s['reason']}" for s in dataset.skipped) or "no cases in the store"
         raise ValueError(f"no usable training cases ({reasons})")
     overlap_ids = sorted(set(dataset.case_ids) & set(val_ids))
     if overlap_ids:
         log.warning("training: validation cases also used for training: %s", overlap_ids)
-    loader = DataLoader(
+    loader = bank_loader(dataset, cfg, dev) if isinstance(dataset, BankDataset) else DataLoader(
         dataset,
         batch_size=cfg.batch_size,
         shuffle=False,  # each index is already a seeded random draw

@@ -15,7 +15,7 @@ Map of the package::
         local.py       POSIX file system: staging + os.replace (its commit protocol is described there)
         fsspec.py      object stores: marker last (protocol described there); storage options
       manifest.py      init_store, read_manifest, store_channels, resolve_channels, clean_staging
-      cases.py         write_case, list_cases, open_case, read_case_meta, write_case_array, has_node, geometry
+      cases.py         write_case, list_cases, open_case, read_case_meta, write_case_array, write_case_group, has_node, geometry
       catalog.py       append_catalog, compact_catalog, read_catalog, query_catalog (DuckDB), Arrow schema
       tables.py        write_table, read_table
       files.py         location, split_location, store_name, put_bytes, read_bytes, has_file, list_dir,
@@ -45,6 +45,7 @@ from pipeline.store.cases import (
     volume_from_geometry,
     write_case,
     write_case_array,
+    write_case_group,
 )
 from pipeline.store.catalog import (
     COMPACT_MIN_PARTS,
@@ -90,7 +91,7 @@ __all__ = [
     "init_store", "read_manifest", "store_channels", "resolve_channels", "clean_staging",
     # cases
     "geometry_of", "volume_from_geometry", "write_case", "list_cases", "open_case", "read_case_meta",
-    "write_case_array", "has_node",
+    "write_case_array", "write_case_group", "has_node",
     # catalog
     "COMPACT_MIN_PARTS", "append_catalog", "catalog_arrow_schema", "compact_catalog", "read_catalog", "query_catalog",
     # tables

@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -218,6 +219,27 @@ def write_case_array(root: StoreLike, case_id: str, path: str, data: np.ndarray,
         _write_array(scratch, node, data, tuple(chunks), attrs)
 
     st.backend.commit_node(join(case, parent, name), build)
+
+
+def write_case_group(root: StoreLike, case_id: str, path: str, build: Callable[[zarr.Group], None]) -> Path | str:
+    """Add or replace a group ``path`` (e.g. ``augment``) inside a committed case, atomically.
+
+    ``build(group)`` fills an empty group (arrays written chunk by chunk, attributes last); the
+    group becomes visible whole, by the same commit as :func:`write_case_array` (staging and
+    rename locally; on an object store the group is built in memory and its ``zarr.json`` goes last).
+    Returns the group's location.
+    """
+    st = open_store(root)
+    case = join(CASES, case_id)
+    if st.backend.committed_attrs(case, CASE_META_KEY) is None:
+        raise StoreError(f"case {case_id!r} is not in store {st.root}")
+    parent, _, name = path.strip("/").rpartition("/")
+    st.backend.ensure_groups(case, parent)
+
+    def node(scratch: zarr.Group, node_name: str) -> None:
+        build(scratch.create_group(node_name))
+
+    return st.backend.commit_node(join(case, parent, name), node)
 
 
 def has_node(root: StoreLike, relpath: str) -> bool:

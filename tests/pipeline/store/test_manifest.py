@@ -10,7 +10,7 @@ import pytest
 from pipeline import store
 from pipeline.core.config import DEFAULT_CHANNELS
 from pipeline.core.volume import Volume
-from storage_schemas.models import CaseMeta
+from storage_schemas.models import SCHEMA_VERSION, CaseMeta
 
 
 def _write_case(root, case_id: str, channels) -> None:
@@ -35,7 +35,7 @@ def _old_store(root, schema_version: str = "1.1"):
 def test_channels_are_recorded_and_resolved(tmp_path):
     root = store.init_store(tmp_path / "s.zarr", channels=("FLAIR", "T1"))
     manifest = store.read_manifest(root)
-    assert manifest.channels == ["FLAIR", "T1"] and manifest.schema_version == "1.2"
+    assert manifest.channels == ["FLAIR", "T1"] and manifest.schema_version == SCHEMA_VERSION
     assert store.store_channels(root) == ("FLAIR", "T1")
     assert store.resolve_channels(root, None) == ("FLAIR", "T1")
     assert store.resolve_channels(root, []) == ("FLAIR", "T1")
@@ -78,7 +78,7 @@ def test_an_old_store_records_the_channels_of_its_next_ingest(tmp_path):
     before = store.read_manifest(root)
     store.init_store(root, channels=("FLAIR", "T1", "T2"))
     after = store.read_manifest(root)
-    assert after.channels == ["FLAIR", "T1", "T2"] and after.schema_version == "1.2"
+    assert after.channels == ["FLAIR", "T1", "T2"] and after.schema_version == SCHEMA_VERSION
     assert after.created_at == before.created_at and after.pipeline_version == before.pipeline_version
     assert store.list_cases(root) == ["sub-a_ses-1"]
 
