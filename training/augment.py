@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -104,54 +105,88 @@ class BatchAugment:
         self.cfg = cfg
         self.flip_prob = float(flip_prob)
 
-    def __call__(self, image: torch.Tensor, label: torch.Tensor | None, seed: Sequence[int | str]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Augment ``image`` (and mirror ``label``) with draws seeded by ``seed``; returns new tensors."""
-        from monai.transforms import AdjustContrast, GaussianSmooth, ScaleIntensity, ScaleIntensityFixedMean
+    def draw(self, n_batch: int, n_channels: int, seed: Sequence[int | str]) -> list[dict[str, Any]]:
+        """The parameters of every sample of a batch, drawn on the CPU with a generator seeded by ``seed``.
 
+        Each sample's dict: ``flips`` (tensor dims 1-3 of the sample), ``noise_std`` (or None) and,
+        per channel, ``blur`` sigmas ``(z, y, x)``, ``brightness``, ``contrast``, ``gamma_inverted``,
+        ``gamma`` (None where the transform does not fire). Every draw is made whether or not it fires,
+        so one probability does not shift the other draws.
+        """
         cfg = self.cfg
-        params = torch.Generator().manual_seed(seed_of(*seed))
-        noise_gen = torch.Generator(device=image.device).manual_seed(seed_of(*seed, "noise"))
-        n_batch, n_chan = image.shape[:2]
-        image = image.clone()
-        label = None if label is None else label.clone()
+        gen = torch.Generator().manual_seed(seed_of(*seed))
 
         def u(n: int = 1) -> list[float]:
-            return torch.rand(n, generator=params, dtype=torch.float64).tolist()
+            return torch.rand(n, generator=gen, dtype=torch.float64).tolist()
 
         def uniform(lo_hi: tuple[float, float], n: int = 1) -> list[float]:
             lo, hi = lo_hi
             return [lo + (hi - lo) * v for v in u(n)]
 
-        for b in range(n_batch):
-            x = image[b]
-            # every draw is made whether or not it fires, so one transform's probability does not shift the others' draws
+        out = []
+        for _ in range(n_batch):
             fire = u(6)
             noise_var = uniform(cfg.noise_variance)[0]
-            blur_ch, blur_sigma = u(n_chan), uniform(cfg.blur_sigma, 3 * n_chan)
-            bright = uniform(cfg.brightness, n_chan)
-            contrast = uniform(cfg.contrast, n_chan)
-            gamma_inv, gamma = uniform(cfg.gamma, n_chan), uniform(cfg.gamma, n_chan)
+            blur_ch, sigma = u(n_channels), uniform(cfg.blur_sigma, 3 * n_channels)
+            bright, contrast = uniform(cfg.brightness, n_channels), uniform(cfg.contrast, n_channels)
+            gamma_inv, gamma = uniform(cfg.gamma, n_channels), uniform(cfg.gamma, n_channels)
             flips = [ax + 1 for ax, v in enumerate(u(3)) if v < self.flip_prob]
-            if fire[0] < cfg.p_noise and noise_var > 0:
-                x = x + math.sqrt(noise_var) * torch.randn(x.shape, generator=noise_gen, device=x.device, dtype=x.dtype)
+            out.append({
+                "flips": flips,
+                "noise_std": math.sqrt(noise_var) if fire[0] < cfg.p_noise and noise_var > 0 else None,
+                "blur": [tuple(sigma[3 * c : 3 * c + 3]) if fire[1] < cfg.p_blur and blur_ch[c] < cfg.blur_p_per_channel else None
+                         for c in range(n_channels)],
+                "brightness": [f if fire[2] < cfg.p_brightness else None for f in bright],
+                "contrast": [f if fire[3] < cfg.p_contrast else None for f in contrast],
+                "gamma_inverted": [g if fire[4] < cfg.p_gamma_inverted else None for g in gamma_inv],
+                "gamma": [g if fire[5] < cfg.p_gamma else None for g in gamma],
+            })
+        return out
+
+    def __call__(self, image: torch.Tensor, label: torch.Tensor | None, seed: Sequence[int | str],
+                 params: list[dict[str, Any]] | None = None, mirrored: bool = False,
+                 inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Augment ``image`` (and mirror ``label``) with draws seeded by ``seed``.
+
+        Args:
+            image: float32 ``(B, C, Z, Y, X)`` on any device.
+            label: ``(B, 1, Z, Y, X)`` or None; mirrored with the image.
+            seed: seeds the draws (:meth:`draw`) and the noise (drawn on the image's device).
+            params: draws made already (:meth:`draw` with the same ``seed``).
+            mirrored: the flips of ``params`` were applied already (the loader folds them into
+                its float conversion on the CPU).
+            inplace: ``image`` and ``label`` may be modified (the caller owns them).
+        """
+        from monai.transforms import AdjustContrast, GaussianSmooth, ScaleIntensity, ScaleIntensityFixedMean
+
+        n_batch, n_chan = image.shape[:2]
+        params = params if params is not None else self.draw(n_batch, n_chan, seed)
+        noise_gen = None
+        if not inplace:
+            image = image.clone()
+            label = None if label is None else label.clone()
+        for b, p in enumerate(params):
+            x = image[b]
+            if p["noise_std"] is not None:
+                if noise_gen is None:
+                    noise_gen = torch.Generator(device=image.device).manual_seed(seed_of(*seed, "noise"))
+                x.add_(torch.randn(x.shape, generator=noise_gen, device=x.device, dtype=x.dtype), alpha=p["noise_std"])
             for c in range(n_chan):
                 xc = x[c : c + 1]
-                if fire[1] < cfg.p_blur and blur_ch[c] < cfg.blur_p_per_channel:
-                    xc = _plain(GaussianSmooth(sigma=blur_sigma[3 * c : 3 * c + 3])(xc))
-                if fire[2] < cfg.p_brightness:
-                    xc = _plain(ScaleIntensity(minv=None, maxv=None, factor=bright[c] - 1.0)(xc))
-                if fire[3] < cfg.p_contrast:
-                    xc = _plain(ScaleIntensityFixedMean(factor=contrast[c] - 1.0, preserve_range=True, fixed_mean=True)(xc))
-                if fire[4] < cfg.p_gamma_inverted:
-                    xc = _plain(AdjustContrast(gamma_inv[c], invert_image=True, retain_stats=True)(xc))
-                if fire[5] < cfg.p_gamma:
-                    xc = _plain(AdjustContrast(gamma[c], invert_image=False, retain_stats=True)(xc))
+                if p["blur"][c] is not None:
+                    xc = _plain(GaussianSmooth(sigma=p["blur"][c])(xc))
+                if p["brightness"][c] is not None:
+                    xc = _plain(ScaleIntensity(minv=None, maxv=None, factor=p["brightness"][c] - 1.0)(xc))
+                if p["contrast"][c] is not None:
+                    xc = _plain(ScaleIntensityFixedMean(factor=p["contrast"][c] - 1.0, preserve_range=True, fixed_mean=True)(xc))
+                if p["gamma_inverted"][c] is not None:
+                    xc = _plain(AdjustContrast(p["gamma_inverted"][c], invert_image=True, retain_stats=True)(xc))
+                if p["gamma"][c] is not None:
+                    xc = _plain(AdjustContrast(p["gamma"][c], invert_image=False, retain_stats=True)(xc))
                 if xc.data_ptr() != x[c : c + 1].data_ptr():
                     x[c : c + 1] = xc.to(x.dtype)
-            if flips:
-                x = torch.flip(x, flips)
+            if p["flips"] and not mirrored:
+                image[b] = torch.flip(x, p["flips"])
                 if label is not None:
-                    label[b] = torch.flip(label[b], flips)
-            if x.data_ptr() != image[b].data_ptr():
-                image[b] = x
+                    label[b] = torch.flip(label[b], p["flips"])
         return image, label

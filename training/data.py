@@ -456,12 +456,18 @@ class BankDataset(Dataset):
         else:
             image, label = self._bank_item(case, spec["sample"], spec["offset"])
             scale = case.scale
+        if self.transform is not None:  # the per-batch transforms, here in the loader's worker
+            seed = (self.seed, int(index))
+            params = self.transform.draw(1, image.shape[0], seed)
+            flips = tuple(params[0]["flips"])
+            if flips:  # mirrored in the stored type, folded into the float conversion (no extra pass)
+                image, label = np.flip(image, flips), np.flip(label, tuple(f - 1 for f in flips))
+            x = np.multiply(image, np.float32(scale), dtype=np.float32) if scale != 1.0 else image.astype(np.float32)
+            x_t, lab_t = self.transform(torch.from_numpy(x)[None], torch.from_numpy(np.ascontiguousarray(label)[None, None]),
+                                        seed=seed, params=params, mirrored=True, inplace=True)
+            return x_t[0], lab_t[0], torch.tensor(1.0)
         image_t = torch.from_numpy(np.ascontiguousarray(image))
         label_t = torch.from_numpy(np.ascontiguousarray(label)[None])
-        if self.transform is not None:
-            x = dequantize_batch(image_t[None], torch.tensor([scale], dtype=torch.float32))
-            x, lab = self.transform(x, label_t[None], seed=(self.seed, int(index)))
-            return x[0], lab[0], torch.tensor(1.0)
         return image_t, label_t, torch.tensor(scale, dtype=torch.float32)
 
 

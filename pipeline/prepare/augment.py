@@ -59,7 +59,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -135,7 +136,7 @@ class SampleParams(BaseModel):
     lowres_zoom: tuple[float | None, ...] = Field((), description="per channel: the zoom of the simulated low resolution, or None")
 
     @model_validator(mode="after")
-    def _finite(self) -> "SampleParams":
+    def _finite(self) -> SampleParams:
         for v in (*(self.rotation_rad or ()), *(self.scale or ())):
             if not math.isfinite(v):
                 raise ValueError("non-finite transform parameter")
