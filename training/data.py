@@ -472,10 +472,11 @@ class BankDataset(Dataset):
 
 
 def dequantize_batch(image: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Stored batch ``(B, C, ...)`` (int16/float16/float32) times per-sample ``scale`` ``(B,)`` → float32."""
+    """Stored batch ``(B, C, ...)`` (int16/float16/float32, any device) times per-sample ``scale`` ``(B,)``
+    (on the CPU) → float32 on the image's device."""
     out = image.float()
-    if image.dtype != torch.float32 or bool((scale != 1).any()):
-        out.mul_(scale.to(out.device, torch.float32).view(-1, *([1] * (out.ndim - 1))))
+    if bool((scale != 1).any()):
+        out.mul_(scale.to(torch.float32).view(-1, *([1] * (out.ndim - 1))).to(out.device, non_blocking=True))
     return out
 
 
@@ -546,7 +547,7 @@ class BankLoader:
         return len(self.batches)
 
     def _finish(self, batch: Sequence[torch.Tensor], number: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, label, scale = batch
+        image, label, scale = batch  # scale stays on the CPU: deciding whether to multiply must not wait for the device
         image = dequantize_batch(image, scale)
         label = label.long()
         if self.augment is not None:
@@ -555,21 +556,21 @@ class BankLoader:
 
     def __iter__(self) -> Any:
         if self.device.type != "cuda":
-            for number, batch in enumerate(self.batches):
-                yield self._finish([t.to(self.device) for t in batch], number)
+            for number, (image, label, scale) in enumerate(self.batches):
+                yield self._finish([image.to(self.device), label.to(self.device), scale], number)
             return
         stream = torch.cuda.Stream(self.device)
         ahead: list[torch.Tensor] | None = None
-        for number, batch in enumerate(self.batches):
-            with torch.cuda.stream(stream):  # copy batch n + 1 while batch n trains
-                copied = [t.to(self.device, non_blocking=True) for t in batch]
+        for number, (image, label, scale) in enumerate(self.batches):
+            with torch.cuda.stream(stream):  # copy batch n + 1 (pinned, int16: half of float32) while batch n trains
+                copied = [image.to(self.device, non_blocking=True), label.to(self.device, non_blocking=True)]
             if ahead is not None:
                 yield self._finish(ahead, number - 1)
             current = torch.cuda.current_stream(self.device)
             current.wait_stream(stream)
             for t in copied:
                 t.record_stream(current)  # the caching allocator must not reuse them before the main stream is done
-            ahead = copied
+            ahead = [*copied, scale]
         if ahead is not None:
             yield self._finish(ahead, number)
 

@@ -128,3 +128,18 @@ def test_unlabelled_and_lesion_free_cases_get_background_samples_only(tmp_path):
     case = make_store(root, n_cases=1, shape_zyx=SHAPE, seed=1, n_lesions=0)[0]
     build_bank(root, case, CFG)
     assert read_bank(root, case).n_lesion == 0 and read_bank(root, case).n_samples == 8
+
+
+def test_object_store_backend_commits_and_reads_the_bank():
+    """memory:// goes through the fsspec backend (built in memory, marker last), like s3://."""
+    import uuid
+
+    from training.data import BankDataset
+
+    root = f"memory://bank-{uuid.uuid4().hex}/s.zarr"
+    case = make_store(root, n_cases=1, shape_zyx=SHAPE, seed=3)[0]
+    assert build_bank(root, case, CFG)["status"] == "built" and bank_status(root, case, CFG) == "up-to-date"
+    image, _, bank = open_bank(root, case)
+    assert regenerate_sample(root, case, 5)[0].tobytes() == np.asarray(image[5]).tobytes() and bank.image_bytes > 0
+    ds = BankDataset(root, [case], patch_zyx=(16, 16, 16), samples_per_epoch=2)
+    assert ds[0][0].shape == (3, 16, 16, 16)
