@@ -323,6 +323,7 @@ class BankDataset(Dataset):
         self.spatial: Any = None  # the bank's SpatialAugmentConfig, for fresh samples
         self._fresh_source: PatchDataset | None = None
         fresh_ids: list[str] = []
+        dtypes: set[str] = set()
         for case_id in case_ids:
             channel_index, reason = check_case(self.store_root, case_id, self.channels, require_label=True)
             if channel_index is None:
@@ -338,6 +339,7 @@ class BankDataset(Dataset):
                 self.cases.append(BankCase(case_id, np.zeros(0, np.int64), np.zeros(0, np.int64), (), self.patch_zyx, 1.0))
                 continue
             kinds = np.array([s.kind == "lesion" for s in bank.samples], bool)
+            dtypes.add(bank.dtype)
             if self.spatial is None:
                 from pipeline.prepare.augment import BankConfig
 
@@ -347,7 +349,9 @@ class BankDataset(Dataset):
         for entry in self.skipped:
             log.warning("training: skipping case %s: %s", entry["case_id"], entry["reason"])
         for entry in self.fresh_only:
-            log.warning("training: case %s has no usable augmentation bank (%s); its samples are cut fresh from the volume", entry["case_id"], entry["reason"])
+            log.warning("training: case %s has no usable augmentation bank (%s); its samples are cut fresh from the volume",
+                        entry["case_id"], entry["reason"])
+        self.stored_dtype = np.dtype(dtypes.pop() if len(dtypes) == 1 else ("int16" if not dtypes else "float32"))
         if self.spatial is None:
             from pipeline.prepare.augment import SpatialAugmentConfig
 
@@ -445,10 +449,20 @@ class BankDataset(Dataset):
         if any(p != (0, 0) for p in pad):
             image, label = np.pad(image, ((0, 0), *pad)), np.pad(label, pad)
         out, out_label, _ = augment_patch(image, label, tuple(b // 2 for b in block), self.patch_zyx, params)
-        scale = int16_scale(float(np.abs(out).max()) if out.size else 0.0)
-        return quantize(out, "int16", scale), out_label if out_label is not None else np.zeros(self.patch_zyx, np.uint8), scale
+        out_label = out_label if out_label is not None else np.zeros(self.patch_zyx, np.uint8)
+        if self.stored_dtype == np.int16:
+            scale = int16_scale(float(np.abs(out).max()) if out.size else 0.0)
+            return quantize(out, "int16", scale), out_label, scale
+        return out.astype(self.stored_dtype), out_label, 1.0
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    @property
+    def item_dtype(self) -> np.dtype:
+        """Type of the items' image: float32 with ``transform``, else the banks' stored type (float32 when they differ)."""
+        return np.dtype(np.float32) if self.transform is not None else self.stored_dtype
+
+    def fill(self, index: int, image_out: np.ndarray, label_out: np.ndarray) -> float:
+        """Write sample ``index`` into ``image_out`` ``(C, p...)`` (:attr:`item_dtype`) and ``label_out``
+        ``(p...)`` uint8 (e.g. slots of a batch buffer, so no copy is made to collate); returns its scale."""
         spec = self.sample_spec(index)
         case: BankCase = spec["_case"]
         if spec["fresh"]:
@@ -456,19 +470,29 @@ class BankDataset(Dataset):
         else:
             image, label = self._bank_item(case, spec["sample"], spec["offset"])
             scale = case.scale
-        if self.transform is not None:  # the per-batch transforms, here in the loader's worker
-            seed = (self.seed, int(index))
-            params = self.transform.draw(1, image.shape[0], seed)
-            flips = tuple(params[0]["flips"])
-            if flips:  # mirrored in the stored type, folded into the float conversion (no extra pass)
-                image, label = np.flip(image, flips), np.flip(label, tuple(f - 1 for f in flips))
-            x = np.multiply(image, np.float32(scale), dtype=np.float32) if scale != 1.0 else image.astype(np.float32)
-            x_t, lab_t = self.transform(torch.from_numpy(x)[None], torch.from_numpy(np.ascontiguousarray(label)[None, None]),
-                                        seed=seed, params=params, mirrored=True, inplace=True)
-            return x_t[0], lab_t[0], torch.tensor(1.0)
-        image_t = torch.from_numpy(np.ascontiguousarray(image))
-        label_t = torch.from_numpy(np.ascontiguousarray(label)[None])
-        return image_t, label_t, torch.tensor(scale, dtype=torch.float32)
+        if self.transform is None:
+            label_out[...] = label
+            if image.dtype == image_out.dtype:
+                image_out[...] = image
+                return float(scale)
+            np.multiply(image, np.float32(scale), out=image_out, dtype=np.float32)  # banks of different types: float32
+            return 1.0
+        # the per-batch transforms, here in the loader's worker
+        seed = (self.seed, int(index))
+        params = self.transform.draw(1, image.shape[0], seed)
+        flips = tuple(params[0]["flips"])
+        if flips:  # mirrored in the stored type, folded into the float conversion (no extra pass)
+            image, label = np.flip(image, flips), np.flip(label, tuple(f - 1 for f in flips))
+        np.multiply(image, np.float32(scale), out=image_out, dtype=np.float32)
+        label_out[...] = label
+        self.transform(torch.from_numpy(image_out)[None], None, seed=seed, params=params, mirrored=True, inplace=True)
+        return 1.0
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        image = np.empty((len(self.channels), *self.patch_zyx), self.item_dtype)
+        label = np.empty(self.patch_zyx, np.uint8)
+        scale = self.fill(index, image, label)
+        return torch.from_numpy(image), torch.from_numpy(label[None]), torch.tensor(scale, dtype=torch.float32)
 
 
 def dequantize_batch(image: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -481,6 +505,9 @@ def dequantize_batch(image: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- the loader
+_TORCH_DTYPES = {np.dtype(np.int16): torch.int16, np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32}
+
+
 class _ThreadBatches:
     """Batches of ``dataset[i]`` read by a pool of threads, in order, ``prefetch`` batches ahead.
 
@@ -509,16 +536,30 @@ class _ThreadBatches:
                 start = next(starts, None)
                 if start is None:
                     return False
-                pending.append([pool.submit(self.dataset.__getitem__, i) for i in range(start, min(start + self.batch_size, n))])
+                indices = range(start, min(start + self.batch_size, n))
+                fill = getattr(self.dataset, "fill", None)
+                if fill is None:
+                    pending.append(([pool.submit(self.dataset.__getitem__, i) for i in indices], None))
+                    return True
+                # each thread writes its sample straight into the batch (pinned for CUDA): no collate copy
+                ds: Any = self.dataset
+                image = torch.empty((len(indices), len(ds.channels), *ds.patch_zyx), dtype=_TORCH_DTYPES[ds.item_dtype], pin_memory=self.pin)
+                label = torch.empty((len(indices), 1, *ds.patch_zyx), dtype=torch.uint8, pin_memory=self.pin)
+                futures = [pool.submit(fill, i, image[j].numpy(), label[j, 0].numpy()) for j, i in enumerate(indices)]
+                pending.append((futures, (image, label)))
                 return True
 
             for _ in range(self.prefetch):
                 if not submit():
                     break
             while pending:
-                items = [f.result() for f in pending.popleft()]
+                futures, buffers = pending.popleft()
+                results = [f.result() for f in futures]
                 submit()
-                batch = default_collate(items)
+                if buffers is not None:
+                    yield [*buffers, torch.tensor(results, dtype=torch.float32)]
+                    continue
+                batch = default_collate(results)
                 yield [t.pin_memory() for t in batch] if self.pin else batch
 
 
