@@ -26,6 +26,12 @@ store; and a phantom cohort of ``--phantom`` cases):
     ``get_training_transforms`` with deep supervision): ``nnUNetDataLoader`` on the same cases
     preprocessed by ``nnUNetv2_plan_and_preprocess``, the same patch and batch size.
 
+``--feed STORE`` (the GPU check): trains the default network from STORE's bank for ``--seconds``
+and reports the share of time spent waiting for data and, with ``nvidia-smi``, the GPU's mean
+utilisation (target: at least 90 %)::
+
+    .venv/bin/python benchmarks/bench_loader.py --feed /data/ms.zarr --seconds 300 --device cuda
+
 nnU-Net must not change this project's torch: install it in its own virtual environment and pass
 its interpreter with ``--nnunet-python``::
 
@@ -300,6 +306,92 @@ def prepare_banks(store: Path, cases: list[str], patch: list[int], k: int) -> di
             "bytes_per_sample": round(statistics.mean(nbytes) / k), "config_hash": cfg.config_hash()}
 
 
+def dtype_tolerance(store: str, model_version: str) -> dict[str, Any]:
+    """What the network tolerates: a trained model's lesion probabilities on float32 input vs the same
+    input stored as float16 or as int16 x a power-of-two scale (the bank's types), per labelled case."""
+    import numpy as np
+    import torch
+
+    from pipeline import store as st
+    from pipeline.lesions.components import dice
+    from pipeline.prepare.augment import int16_scale, quantize
+    from training.checkpoint import load_model
+    from training.infer import predict_array
+
+    torch.set_num_threads(1)
+    model, info = load_model(st.location(store, f"models/{model_version}") if "/" not in model_version else model_version, device="cpu")
+    rows = []
+    for case_id in st.list_cases(store):
+        g = st.open_case(store, case_id)
+        if "label" not in g:
+            continue
+        image, label = np.asarray(g["image"][...], np.float32), np.asarray(g["label"][...])
+        probs = {"float32": predict_array(model, image, info["patch_zyx"])}
+        scale = int16_scale(float(np.abs(image).max()))
+        stored = {"float16": image.astype(np.float16).astype(np.float32),
+                  "int16": quantize(image, "int16", scale).astype(np.float32) * np.float32(scale)}
+        row: dict[str, Any] = {"case_id": case_id, "int16_scale": scale, "dice_float32": round(dice(probs["float32"] > 0.5, label), 4)}
+        for name, x in stored.items():
+            p = predict_array(model, x, info["patch_zyx"])
+            row[f"{name}_max_input_error"] = float(np.abs(x - image).max())
+            row[f"{name}_max_prob_change"] = round(float(np.abs(p - probs["float32"]).max()), 5)
+            row[f"{name}_mask_dice_vs_float32"] = round(dice(p > 0.5, probs["float32"] > 0.5), 5)
+            row[f"dice_{name}"] = round(dice(p > 0.5, label), 4)
+        rows.append(row)
+    return {"store": str(store), "model": model_version, "cases": rows}
+
+
+def feed_check(store: str, seconds: float, device: str | None = None, batch: int = 2) -> dict[str, Any]:
+    """Is the training step ever starved? Train the default network from the bank for ``seconds`` and
+    measure the share of wall time spent waiting for the next batch (CUDA synchronised around it), and,
+    where ``nvidia-smi`` exists, the GPU's utilisation sampled every 0.5 s. Target on a GPU: busy >= 90 %."""
+    import torch
+
+    from pipeline import store as st
+    from pipeline.prepare.bank import read_bank
+    from training.config import TrainConfig
+    from training.loop import pick_device, setup, train_step
+
+    dev = pick_device(device)
+    cases = [c for c in st.list_cases(store) if read_bank(store, c) is not None]
+    patch = tuple(read_bank(store, cases[0]).patch_zyx)
+    cfg = TrainConfig(patch_zyx=tuple(p - p % 8 for p in patch), batch_size=batch, iterations=10**6, device=str(dev), threads=None,
+                      augmentation={"bank": "require"})
+    state = setup(store, cfg, case_ids=cases)
+    util: list[float] = []
+    stop = threading.Event()
+
+    def sample_gpu() -> None:
+        while not stop.is_set():
+            res = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"], capture_output=True, text=True)
+            if res.returncode == 0 and res.stdout.strip():
+                util.append(float(res.stdout.split()[0]))
+            stop.wait(0.5)
+
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    batches = iter(state.loader)
+    for _ in range(5):  # warm-up: first batches, cuDNN autotuning
+        train_step(state, next(batches))
+    sampler = threading.Thread(target=sample_gpu, daemon=True) if dev.type == "cuda" and shutil.which("nvidia-smi") else None
+    if sampler:
+        sampler.start()
+    sync()
+    waited, steps, t0 = 0.0, 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        t_wait = time.perf_counter()
+        batch_ = next(batches)
+        sync()
+        waited += time.perf_counter() - t_wait
+        train_step(state, batch_)
+        steps += 1
+    sync()
+    wall = time.perf_counter() - t0
+    stop.set()
+    return {"device": str(dev), "patch_zyx": list(cfg.patch_zyx), "batch_size": batch, "steps": steps, "it_per_s": round(steps / wall, 3),
+            "loader_wait_fraction": round(waited / wall, 4), "gpu_utilization_mean_pct": round(statistics.mean(util), 1) if util else None,
+            "gpu_utilization_samples": len(util)}
+
+
 def run_source(name: str, source: Path, work: Path, args: argparse.Namespace, channels: list[str] | None) -> dict[str, Any]:
     from pipeline import store as st
 
@@ -389,6 +481,10 @@ def main() -> None:
                     help="python of a separate virtual environment with nnunetv2 (skipped when absent)")
     ap.add_argument("--work", default=None, help="work folder (default: a temporary one, removed after)")
     ap.add_argument("--note", default="", help="free text recorded in the JSON (e.g. what else ran on the machine)")
+    ap.add_argument("--feed", metavar="STORE", help="only check that training from STORE's bank is never starved (GPU: busy share) and exit")
+    ap.add_argument("--device", default=None, help="--feed: cuda or cpu (default: CUDA when available)")
+    ap.add_argument("--tolerance", nargs=2, metavar=("STORE", "MODEL"),
+                    help="only measure what a trained model tolerates of the stored types (float16, int16 x scale) and exit")
     # internal: one measurement in this process
     ap.add_argument("--measure", nargs=2, metavar=("SIDE", "MODE"))
     ap.add_argument("--store")
@@ -417,6 +513,14 @@ def main() -> None:
 
     sys.path.insert(0, str(REPO))
     os.environ.setdefault("LESIONFLOW_PSEUDONYM_KEY", "benchmark-key")
+    if args.feed:
+        print(json.dumps({"benchmark": "bench_loader --feed", "date": time.strftime("%Y-%m-%d"), "machine": machine(),
+                          **feed_check(args.feed, args.seconds, args.device, args.batch)}, indent=2))
+        return
+    if args.tolerance:
+        print(json.dumps({"benchmark": "bench_loader --tolerance", "date": time.strftime("%Y-%m-%d"), "machine": machine(),
+                          **dtype_tolerance(*args.tolerance)}, indent=2))
+        return
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_loader-"))
     work.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"benchmark": "bench_loader", "date": time.strftime("%Y-%m-%d"), "machine_before": machine(), "note": args.note,
