@@ -28,7 +28,8 @@ mirroring              0.5/axis   every spatial axis                          on
 Differences from nnU-Net, on purpose: the low-resolution simulation runs before the intensity
 transforms (it is stored with the spatial ones), and upsamples trilinearly (nnU-Net: cubic, which
 torch has no 3-D kernel for). The transforms themselves are MONAI's: :class:`monai.transforms.Affine`
-(rotation and scaling, trilinear for images, nearest for labels, zero padding),
+(rotation and scaling, trilinear for images; labels as nnU-Net v2 resamples them: the lesion
+indicator interpolated trilinearly and thresholded at 0.5; zero padding),
 :class:`monai.transforms.Rand3DElasticd` (elastic, seeded), :class:`monai.transforms.Resize`
 (low resolution: nearest down, trilinear up).
 
@@ -257,7 +258,7 @@ def _resample(image: np.ndarray, label: np.ndarray | None, centre: tuple[int, ..
     linear = _linear_part(params)
     region = source_block(patch, params)
     img_region = torch.from_numpy(crop(image, centre, region).astype(np.float32, copy=False))
-    lab_region = None if label is None else torch.from_numpy(crop(label, centre, region)[None].astype(np.float32))
+    lab_region = None if label is None else torch.from_numpy((crop(label, centre, region)[None] != 0).astype(np.float32))
     offset = np.eye(4)
     offset[:3, 3] = [c - m // 2 for c, m in zip(centre, region)]
     if params.elastic is None:
@@ -266,7 +267,7 @@ def _resample(image: np.ndarray, label: np.ndarray | None, centre: tuple[int, ..
         out, mat = Affine(mode="bilinear", **kwargs)(img_region)
         lab = None
         if lab_region is not None:
-            lab = Affine(mode="nearest", **kwargs)(lab_region)[0]
+            lab = Affine(mode="bilinear", **kwargs)(lab_region)[0]
         matrix = offset @ np.asarray(mat, dtype=np.float64)
     else:
         e = params.elastic
@@ -275,7 +276,7 @@ def _resample(image: np.ndarray, label: np.ndarray | None, centre: tuple[int, ..
         keys = ["image"] if lab_region is None else ["image", "label"]
         t = Rand3DElasticd(keys=keys, sigma_range=(float(e["sigma"]),) * 2, magnitude_range=(float(e["magnitude"]),) * 2,
                            spatial_size=patch, prob=1.0, rotate_range=[(a, a) for a in rot], scale_range=[(s - 1.0, s - 1.0) for s in scl],
-                           mode=["bilinear", "nearest"][: len(keys)], padding_mode="zeros")
+                           mode="bilinear", padding_mode="zeros")
         t.set_random_state(seed=int(e["seed"]))
         data = {"image": img_region} if lab_region is None else {"image": img_region, "label": lab_region}
         res = t(data)
@@ -290,9 +291,9 @@ def _resample(image: np.ndarray, label: np.ndarray | None, centre: tuple[int, ..
         matrix = offset @ to_centre @ centred @ from_patch
     out_np = np.asarray(out.detach().cpu() if hasattr(out, "detach") else out, dtype=np.float32)
     lab_np = None
-    if lab is not None:
+    if lab is not None:  # the lesion indicator interpolated linearly, then thresholded (nnU-Net v2's mode_seg "bilinear")
         lab_t = lab[0] if lab.ndim == 4 else lab
-        lab_np = np.asarray(lab_t.detach().cpu() if hasattr(lab_t, "detach") else lab_t).round().astype(np.uint8)
+        lab_np = (np.asarray(lab_t.detach().cpu() if hasattr(lab_t, "detach") else lab_t) >= 0.5).astype(np.uint8)
     return out_np, lab_np, matrix
 
 

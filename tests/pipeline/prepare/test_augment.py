@@ -38,7 +38,7 @@ def test_lesion_centroid_moves_exactly_as_the_recorded_matrix_says(params, patch
     source = np.array(ndimage.center_of_mass(label))
     out, lab, matrix = augment_patch(image, label, (24, 30, 27), patch, params)
     assert out.shape == (2, *patch) and lab.shape == patch and lab.dtype == np.uint8
-    assert set(np.unique(lab)) <= {0, 1}  # nearest neighbour: label values stay labels
+    assert set(np.unique(lab)) <= {0, 1}  # interpolated indicator thresholded at 0.5: labels stay labels
     for moved in (ndimage.center_of_mass(lab), ndimage.center_of_mass(out[0])):  # label, and the image's lesion channel
         back = (matrix @ np.r_[moved, 1.0])[:3]
         assert np.abs(back - source).max() < 0.3, (back, source)
