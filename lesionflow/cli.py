@@ -303,12 +303,24 @@ def _channel_list(value: str | None) -> list[str] | None:
 @app.command()
 def prepare(
     store: str = _store_option(),
-    patch_size: int = typer.Option(48, help="patch edge in voxels"),
+    patch_size: int = typer.Option(48, help="patch edge in voxels (patch index and augmentation bank)"),
     seed: int = typer.Option(0),
     channels: str | None = _channels_option(),
+    samples_per_case: int | None = typer.Option(None, "--samples-per-case", min=0,
+                                                   help="augmented samples stored per case (default 64; 0: no augmentation bank)"),
+    bank_config: Path | None = typer.Option(None, "--bank-config", exists=True, dir_okay=False,
+                                               help="augmentation bank configuration JSON (a BankConfig; absent keys take the defaults)"),
+    workers: int = typer.Option(2, help="Dask LocalCluster worker processes for the bank (0: in this process)"),
+    dask_address: str | None = typer.Option(None, envvar="LESIONFLOW_DASK_ADDRESS", help="existing Dask scheduler, e.g. tcp://host:8786"),
+    force: bool = typer.Option(False, help="rebuild every augmentation bank, even up-to-date ones"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Precompute class-balanced patch indices for every labelled case (with --channels: holding them)."""
+    """Precompute class-balanced patch indices and the augmentation bank for every labelled case (with --channels: holding them).
+
+    The bank is incremental: only new cases, re-ingested cases and a changed bank configuration are built.
+    """
+    from pydantic import ValidationError
+
     from pipeline.store import StoreError, resolve_channels
 
     wanted = _channel_list(channels)
@@ -316,10 +328,56 @@ def prepare(
         resolve_channels(store, wanted)  # an unknown channel: one error line, before a flow run starts
     except StoreError as exc:
         _fail(str(exc))
+    from flows.prepare import bank_config as make_bank_config
     from flows.prepare import prepare as prepare_flow
+    from training.config import describe_errors
 
-    rows = prepare_flow(str(store), patch_size=patch_size, seed=seed, channels=wanted)
-    _print_json(rows) if as_json else typer.echo(f"patch indices written for {len(rows)} cases")
+    try:
+        bank = json.loads(bank_config.read_text()) if bank_config is not None else None
+        make_bank_config(bank, patch_size=patch_size, seed=seed)  # refused here, with the field, not in a worker
+    except ValidationError as exc:
+        _fail(f"--bank-config {bank_config}: {describe_errors(exc)}")
+    except (OSError, ValueError) as exc:
+        _fail(f"--bank-config {bank_config}: {exc}")
+    rows = prepare_flow(str(store), patch_size=patch_size, seed=seed, channels=wanted, bank=bank, samples_per_case=samples_per_case,
+                        dask_address=dask_address, n_workers=workers, force_bank=force)
+    if as_json:
+        _print_json(rows)
+        return
+    built = sum(r.get("bank") == "built" for r in rows)
+    banks = f"; augmentation banks: {built} built, {sum(r.get('bank') == 'up-to-date' for r in rows)} up to date" if samples_per_case != 0 else ""
+    typer.echo(f"patch indices written for {len(rows)} cases{banks}")
+
+
+@app.command("augment-preview")
+def augment_preview(
+    store: str = _store_option(),
+    case: str = typer.Option(..., "--case", help="case id (see `lesionflow prepare --json`)"),
+    out: Path | None = typer.Option(None, "--out", help="PNG to write (default: augment-preview-<case>.png here)"),
+    samples: int = typer.Option(16, "--samples", min=1, help="samples shown (lesion-centred first)"),
+    channel: str | None = typer.Option(None, "--channel", help="channel shown (default: the first stored)"),
+    columns: int = typer.Option(8, min=1),
+) -> None:
+    """Write a PNG grid of a case's augmented samples with the label outlined in red."""
+    from pipeline.core.png import png_bytes
+    from pipeline.prepare.bank import read_bank
+    from pipeline.prepare.preview import bank_grid
+    from pipeline.store import StoreError
+
+    try:
+        bank = read_bank(store, case)
+        if bank is None:
+            _fail(f"case {case} has no augmentation bank; build it with `lesionflow prepare --store {store}`")
+        if channel is not None and channel not in bank.channels:
+            _fail(f"--channel {channel}: the bank holds {bank.channels}")
+        rgb = bank_grid(store, case, n_samples=samples, channel=channel, columns=columns)
+    except StoreError as exc:
+        _fail(str(exc))
+    target = out or Path(f"augment-preview-{case}.png")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(png_bytes(rgb))
+    typer.echo(f"{min(samples, bank.n_samples)} of {bank.n_samples} samples of {case} → {target} "
+               f"({bank.n_lesion} lesion-centred, {bank.bytes_stored / 1e6:.1f} MB stored)")
 
 
 def _with_kind(section: Any, kind: str, default: str) -> dict[str, Any]:

@@ -409,3 +409,52 @@ class EvaluationCohortRow(_Versioned):
     n_slices: int
     rules_json: str = Field(description="the detection rules' parameters as used (JSON)")
     evaluated_at: datetime = Field(default_factory=utcnow)
+
+
+# ------------------------------------------------------------------------------ augmentation bank (schema 1.4)
+class BankSample(BaseModel):
+    """One stored sample of an augmentation bank: its seed and every parameter drawn from it (schema 1.4)."""
+
+    model_config = ConfigDict(extra="forbid")
+    index: int = Field(description="position along the bank's first axis")
+    seed: int = Field(description="63-bit seed the parameters were drawn from (pipeline.prepare.augment.sample_seed)")
+    kind: Literal["lesion", "background"]
+    centre_zyx: tuple[int, int, int] = Field(description="source voxel (z, y, x) the sample is centred on")
+    rotation_rad: tuple[float, float, float] | None = Field(None, description="angles about array axes 0, 1, 2 (MONAI rotate_params); None: no rotation")
+    scale: tuple[float, float, float] | None = Field(None, description="per-axis scale (> 1: anatomy smaller); None: no scaling")
+    elastic: dict[str, float | int] | None = Field(None, description="MONAI Rand3DElasticd sigma, magnitude and seed; None: no elastic deformation")
+    lowres_zoom: list[float | None] = Field(default_factory=list, description="per stored channel: zoom of the simulated low resolution, or None")
+    matrix_zyx: tuple[float, ...] = Field(description="row-major 4x4: sample voxel (z, y, x, 1) -> source voxel (elastic displacement on top)")
+    lesion_voxels: int = Field(description="label voxels in the sample")
+
+
+class AugmentBank(_Versioned):
+    """An augmentation bank: ``cases/<case_id>/augment`` group attributes['lesionflow_bank'] (schema 1.4).
+
+    Up to date while ``bank_config_hash``, ``source_fingerprint`` and ``case_config_hash`` match the
+    requested config and the case; anything else is rebuilt by ``prepare``.
+    """
+
+    bank_id: str
+    case_id: str
+    bank_config: dict = Field(description="pipeline.prepare.augment.BankConfig as used (JSON)")
+    bank_config_hash: str
+    source_fingerprint: str = Field(description="the case's source fingerprint when the bank was built")
+    case_config_hash: str = Field(description="the case's pipeline config hash when the bank was built")
+    channels: list[str] = Field(description="channels of the stored image axis 1, in order")
+    patch_zyx: tuple[int, int, int]
+    n_samples: int
+    n_lesion: int
+    dtype: Literal["int16", "float16"]
+    scale: float = Field(description="stored value x scale = z-scored intensity (1.0 for float16)")
+    compressor: str
+    image_bytes: int = Field(description="compressed bytes of the image array (all samples)")
+    label_bytes: int = Field(description="compressed bytes of the label array")
+    build_seconds: float
+    pipeline_version: str
+    created_at: datetime = Field(default_factory=utcnow)
+    samples: list[BankSample]
+
+    @property
+    def bytes_stored(self) -> int:
+        return self.image_bytes + self.label_bytes

@@ -26,7 +26,7 @@ ALLOWED: dict[str, set[str]] = {
     "pipeline.ingest": {"pipeline", "pipeline.core", "pipeline.io", "pipeline.store", "storage_schemas"},
     "pipeline.prepare": {"pipeline", "pipeline.core", "pipeline.store", "storage_schemas"},
     "pipeline.lesions": {"pipeline", "pipeline.core", "pipeline.io", "pipeline.store", "storage_schemas"},
-    "pipeline.quality": {"pipeline", "pipeline.core", "pipeline.io", "pipeline.store", "pipeline.lesions", "storage_schemas"},
+    "pipeline.quality": {"pipeline", "pipeline.core", "pipeline.io", "pipeline.store", "pipeline.lesions", "pipeline.prepare", "storage_schemas"},
     "pipeline.phantom": {"pipeline", "pipeline.core", "pipeline.io", "storage_schemas"},
     "pipeline.export": {"pipeline", "pipeline.core", "pipeline.io", "pipeline.store", "pipeline.lesions", "storage_schemas"},
     "training": {"pipeline", "pipeline.core", "pipeline.store", "pipeline.prepare", "pipeline.lesions", "storage_schemas"},

@@ -58,6 +58,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
+from training.augment import AugmentationConfig
+
 # Network outputs: background and lesion. Inference reads the lesion probability (class 1).
 NUM_CLASSES = 2
 
@@ -511,6 +513,8 @@ class TrainConfig(_Strict):
                                                                  "the best validation Dice, or the last")
     early_stop_patience: int | None = Field(None, ge=1, description="stop after this many validations without improvement; None = never")
     early_stop_min_delta: float = Field(0.0, ge=0.0, le=1.0, description="a validation Dice must beat the best by more than this to count")
+    augmentation: AugmentationConfig = Field(default_factory=AugmentationConfig,
+                                             description="the augmentation bank (default: used when the store has one) and the transforms on the fly")
 
     # --- how it runs (not hashed) ----------------------------------------------------------
     val_every: int | None = Field(None, ge=1, description="also validate every this many iterations; None = only after training")

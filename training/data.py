@@ -225,3 +225,435 @@ def usable_cases(store_root: str | Path, case_ids: Sequence[str] | None, channel
         else:
             ok.append(case_id)
     return ok, skipped
+
+
+# ----------------------------------------------------------------------------- the augmentation bank
+@dataclass
+class BankCase:
+    """What :class:`BankDataset` needs about one case: its bank's lesion/background samples, or a fresh-only source."""
+
+    case_id: str
+    lesion: np.ndarray  # int64 sample indices of the bank centred on a lesion
+    background: np.ndarray  # int64 sample indices centred on background
+    bank_channels: tuple[int, ...]  # positions of the training channels in the bank's channel axis
+    bank_patch: tuple[int, int, int]
+    scale: float
+    fresh: CaseSource | None = None  # for samples cut fresh from the raw volume
+
+    @property
+    def has_bank(self) -> bool:
+        return len(self.lesion) + len(self.background) > 0
+
+
+def bank_usable(store_root: str | Path, case_id: str, channels: Sequence[str], patch_zyx: Sequence[int]) -> tuple[Any, str | None]:
+    """``(AugmentBank, None)`` when the case's bank can feed a training run, else ``(None, reason)``.
+
+    Usable: present and readable, built from the case as it is now (source fingerprint and pipeline
+    config hash), a sample patch at least ``patch_zyx``, and holding every channel in ``channels``.
+    """
+    from pipeline.prepare.bank import read_bank
+
+    try:
+        bank = read_bank(store_root, case_id)
+        meta = _store.read_case_meta(store_root, case_id)
+    except _store.StoreError as exc:
+        return None, str(exc)
+    if bank is None:
+        return None, "no augmentation bank"
+    if bank.source_fingerprint != meta.source_fingerprint or bank.case_config_hash != meta.config_hash:
+        return None, "augmentation bank built from an older version of the case"
+    if any(b < p for b, p in zip(bank.patch_zyx, patch_zyx)):
+        return None, f"augmentation bank samples {tuple(bank.patch_zyx)} smaller than the patch {tuple(patch_zyx)}"
+    missing = [c for c in channels if c not in bank.channels]
+    if missing:
+        return None, f"augmentation bank lacks channel(s) {missing}"
+    return bank, None
+
+
+class BankDataset(Dataset):
+    """Class-balanced samples read from the cases' augmentation banks: one chunk read per sample.
+
+    Args:
+        store_root: the store (path or URL).
+        case_ids: cases to sample from; those without a usable label/channels are skipped
+            (:attr:`skipped`), those without a usable bank are cut fresh from their volumes
+            (:attr:`fresh_only`), or skipped with ``require_bank``.
+        channels: modalities fed to the network, in order; None = the store's.
+        patch_zyx: training patch; a larger bank sample gives a crop at a random offset that keeps its centre voxel.
+        lesion_fraction: probability that a sample is a lesion-centred one (class balance).
+        samples_per_epoch: ``len(self)``.
+        seed: sample ``i`` is a pure function of ``(seed, i)``.
+        fresh_fraction: probability that a sample is cut fresh from the raw volume with the bank's
+            spatial transforms drawn anew (:func:`pipeline.prepare.augment.augment_patch`).
+        transform: a :class:`training.augment.BatchAugment` to apply here (in the loader's workers)
+            instead of on the training device; items are then float32.
+        require_bank: skip cases without a usable bank instead of cutting their samples fresh.
+
+    Items are ``(image, label uint8 (1, p...), scale float32)``: ``image`` is the stored type
+    (int16 or float16) and ``image * scale`` the z-scored intensities; with ``transform`` it is
+    already float32 and augmented (scale 1). :class:`BankLoader` turns batches into what
+    :func:`training.loop.train_step` takes.
+    """
+
+    def __init__(
+        self,
+        store_root: str | Path,
+        case_ids: Sequence[str],
+        channels: Sequence[str] | None = None,
+        patch_zyx: Sequence[int] = (48, 48, 48),
+        lesion_fraction: float = 0.5,
+        samples_per_epoch: int = 1000,
+        seed: int = 0,
+        fresh_fraction: float = 0.0,
+        transform: Any = None,
+        require_bank: bool = False,
+    ) -> None:
+        if not 0.0 <= lesion_fraction <= 1.0 or not 0.0 <= fresh_fraction <= 1.0:
+            raise ValueError(f"lesion_fraction and fresh_fraction must be in [0, 1], got {lesion_fraction}, {fresh_fraction}")
+        self.store_root = _store.location(store_root)
+        self.channels = tuple(resolve_channels(store_root, channels))
+        self.patch_zyx = tuple(int(p) for p in patch_zyx)
+        self.lesion_fraction = float(lesion_fraction)
+        self.samples_per_epoch = int(samples_per_epoch)
+        self.seed = int(seed)
+        self.fresh_fraction = float(fresh_fraction)
+        self.transform = transform
+        self.cases: list[BankCase] = []
+        self.skipped: list[dict[str, str]] = []
+        self.fresh_only: list[dict[str, str]] = []
+        self.spatial: Any = None  # the bank's SpatialAugmentConfig, for fresh samples
+        self._fresh_source: PatchDataset | None = None
+        fresh_ids: list[str] = []
+        dtypes: set[str] = set()
+        for case_id in case_ids:
+            channel_index, reason = check_case(self.store_root, case_id, self.channels, require_label=True)
+            if channel_index is None:
+                self.skipped.append({"case_id": case_id, "reason": str(reason)})
+                continue
+            bank, reason = bank_usable(self.store_root, case_id, self.channels, self.patch_zyx)
+            if bank is None:
+                if require_bank:
+                    self.skipped.append({"case_id": case_id, "reason": str(reason)})
+                    continue
+                self.fresh_only.append({"case_id": case_id, "reason": str(reason)})
+                fresh_ids.append(case_id)
+                self.cases.append(BankCase(case_id, np.zeros(0, np.int64), np.zeros(0, np.int64), (), self.patch_zyx, 1.0))
+                continue
+            kinds = np.array([s.kind == "lesion" for s in bank.samples], bool)
+            dtypes.add(bank.dtype)
+            if self.spatial is None:
+                from pipeline.prepare.augment import BankConfig
+
+                self.spatial = BankConfig.model_validate(bank.bank_config).spatial
+            self.cases.append(BankCase(case_id, np.flatnonzero(kinds), np.flatnonzero(~kinds),
+                                       tuple(bank.channels.index(c) for c in self.channels), tuple(bank.patch_zyx), float(bank.scale)))
+        for entry in self.skipped:
+            log.warning("training: skipping case %s: %s", entry["case_id"], entry["reason"])
+        for entry in self.fresh_only:
+            log.warning("training: case %s has no usable augmentation bank (%s); its samples are cut fresh from the volume",
+                        entry["case_id"], entry["reason"])
+        self.stored_dtype = np.dtype(dtypes.pop() if len(dtypes) == 1 else ("int16" if not dtypes else "float32"))
+        if self.spatial is None:
+            from pipeline.prepare.augment import SpatialAugmentConfig
+
+            self.spatial = SpatialAugmentConfig()
+        needs_fresh = [c.case_id for c in self.cases] if self.fresh_fraction > 0 else fresh_ids
+        if needs_fresh:
+            # the raw-volume side: PatchDataset's case checks and patch indices (built in memory where missing)
+            self._fresh_source = PatchDataset(self.store_root, needs_fresh, channels=self.channels, patch_zyx=self.patch_zyx,
+                                              lesion_fraction=self.lesion_fraction, samples_per_epoch=1, flip_prob=0.0, seed=self.seed)
+            by_id = {c.case_id: c for c in self._fresh_source.cases}
+            for case in self.cases:
+                case.fresh = by_id.get(case.case_id)
+            for entry in self._fresh_source.skipped:
+                self.cases = [c for c in self.cases if c.case_id != entry["case_id"] or c.has_bank]
+                if not any(c.case_id == entry["case_id"] for c in self.cases):
+                    self.skipped.append(entry)
+        self._arrays: dict[str, tuple[Any, Any]] = {}
+
+    @property
+    def case_ids(self) -> list[str]:
+        """Ids of the usable cases, in sampling order."""
+        return [c.case_id for c in self.cases]
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch
+
+    def __getstate__(self) -> dict[str, Any]:  # zarr handles are reopened in each worker
+        state = dict(self.__dict__)
+        state["_arrays"] = {}
+        return state
+
+    def _open(self, case_id: str) -> tuple[Any, Any]:
+        arrays = self._arrays.get(case_id)
+        if arrays is None:
+            from pipeline.prepare.bank import BANK
+
+            group = _store.open_case(self.store_root, case_id)[BANK]
+            arrays = (group["image"], group["label"])
+            self._arrays[case_id] = arrays
+        return arrays
+
+    # ------------------------------------------------------------------ sampling
+    def sample_spec(self, index: int) -> dict[str, Any]:
+        """Which case, kind, source (bank sample or fresh) and crop offset sample ``index`` uses (deterministic)."""
+        if not self.cases:
+            raise IndexError("BankDataset has no usable cases")
+        rng = np.random.default_rng([self.seed, int(index)])
+        case = self.cases[int(rng.integers(len(self.cases)))]
+        want_lesion = rng.random() < self.lesion_fraction
+        fresh = rng.random() < self.fresh_fraction or not case.has_bank
+        pick = rng.random()
+        offsets = rng.random(3)
+        spec: dict[str, Any] = {"case_id": case.case_id, "_case": case, "fresh": fresh, "seed": int(rng.integers(2**62))}
+        if fresh:
+            source = case.fresh
+            if source is None:
+                raise IndexError(f"case {case.case_id}: no raw-volume source for a fresh sample")
+            kind = "lesion" if (want_lesion and len(source.lesion)) or not len(source.background) else "background"
+            centres = source.lesion if kind == "lesion" else source.background
+            spec.update(kind=kind, centre=tuple(int(c) for c in centres[int(pick * len(centres))]))
+        else:
+            kind = "lesion" if (want_lesion and len(case.lesion)) or not len(case.background) else "background"
+            pool = case.lesion if kind == "lesion" else case.background
+            # a crop of a larger bank sample at a random offset that keeps the sample's centre voxel
+            offset = []
+            for b, p, f in zip(case.bank_patch, self.patch_zyx, offsets):
+                lo, hi = max(0, b // 2 - p + 1), min(b - p, b // 2)
+                offset.append(lo + int(f * (hi - lo + 1)) if hi >= lo else (b - p) // 2)
+            spec.update(kind=kind, sample=int(pool[int(pick * len(pool))]), offset=tuple(offset))
+        return spec
+
+    def _bank_item(self, case: BankCase, sample: int, offset: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        image_arr, label_arr = self._open(case.case_id)
+        image = np.asarray(image_arr[sample])
+        label = np.asarray(label_arr[sample])
+        if tuple(case.bank_channels) != tuple(range(image.shape[0])):
+            image = image[list(case.bank_channels)]
+        if case.bank_patch != self.patch_zyx:
+            window = tuple(slice(o, o + p) for o, p in zip(offset, self.patch_zyx))
+            image, label = image[(slice(None), *window)], label[window]
+        return image, label
+
+    def _fresh_item(self, case: BankCase, centre: Sequence[int], seed: int) -> tuple[np.ndarray, np.ndarray, float]:
+        """A sample cut from the raw volume now, with the bank's spatial transforms drawn from ``seed``."""
+        from pipeline.prepare.augment import augment_patch, draw_params, int16_scale, quantize, source_block
+
+        source, reader = case.fresh, self._fresh_source
+        assert source is not None and reader is not None
+        params = draw_params(np.random.default_rng(seed), self.spatial, len(self.channels))
+        block = source_block(self.patch_zyx, params)  # every source voxel the transformed patch reads
+        image_arr, label_arr = reader._open(case.case_id)
+        slices, pad = patch_bounds(centre, source.shape_zyx, block)
+        image = np.stack([np.asarray(image_arr[(i, *slices)], dtype=np.float32) for i in source.channel_index])
+        label = np.asarray(label_arr[slices], dtype=np.uint8)
+        if any(p != (0, 0) for p in pad):
+            image, label = np.pad(image, ((0, 0), *pad)), np.pad(label, pad)
+        out, out_label, _ = augment_patch(image, label, tuple(b // 2 for b in block), self.patch_zyx, params)
+        out_label = out_label if out_label is not None else np.zeros(self.patch_zyx, np.uint8)
+        if self.stored_dtype == np.int16:
+            scale = int16_scale(float(np.abs(out).max()) if out.size else 0.0)
+            return quantize(out, "int16", scale), out_label, scale
+        return out.astype(self.stored_dtype), out_label, 1.0
+
+    @property
+    def item_dtype(self) -> np.dtype:
+        """Type of the items' image: float32 with ``transform``, else the banks' stored type (float32 when they differ)."""
+        return np.dtype(np.float32) if self.transform is not None else self.stored_dtype
+
+    def fill(self, index: int, image_out: np.ndarray, label_out: np.ndarray) -> float:
+        """Write sample ``index`` into ``image_out`` ``(C, p...)`` (:attr:`item_dtype`) and ``label_out``
+        ``(p...)`` uint8 (e.g. slots of a batch buffer, so no copy is made to collate); returns its scale."""
+        spec = self.sample_spec(index)
+        case: BankCase = spec["_case"]
+        if spec["fresh"]:
+            image, label, scale = self._fresh_item(case, spec["centre"], spec["seed"])
+        else:
+            image, label = self._bank_item(case, spec["sample"], spec["offset"])
+            scale = case.scale
+        if self.transform is None:
+            label_out[...] = label
+            if image.dtype == image_out.dtype:
+                image_out[...] = image
+                return float(scale)
+            np.multiply(image, np.float32(scale), out=image_out, dtype=np.float32)  # banks of different types: float32
+            return 1.0
+        # the per-batch transforms, here in the loader's worker
+        seed = (self.seed, int(index))
+        params = self.transform.draw(1, image.shape[0], seed)
+        flips = tuple(params[0]["flips"])
+        if flips:  # mirrored in the stored type, folded into the float conversion (no extra pass)
+            image, label = np.flip(image, flips), np.flip(label, tuple(f - 1 for f in flips))
+        np.multiply(image, np.float32(scale), out=image_out, dtype=np.float32)
+        label_out[...] = label
+        self.transform(torch.from_numpy(image_out)[None], None, seed=seed, params=params, mirrored=True, inplace=True)
+        return 1.0
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        image = np.empty((len(self.channels), *self.patch_zyx), self.item_dtype)
+        label = np.empty(self.patch_zyx, np.uint8)
+        scale = self.fill(index, image, label)
+        return torch.from_numpy(image), torch.from_numpy(label[None]), torch.tensor(scale, dtype=torch.float32)
+
+
+def dequantize_batch(image: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Stored batch ``(B, C, ...)`` (int16/float16/float32, any device) times per-sample ``scale`` ``(B,)``
+    (on the CPU) → float32 on the image's device."""
+    out = image.float()
+    if bool((scale != 1).any()):
+        out.mul_(scale.to(torch.float32).view(-1, *([1] * (out.ndim - 1))).to(out.device, non_blocking=True))
+    return out
+
+
+# ----------------------------------------------------------------------------- the loader
+_TORCH_DTYPES = {np.dtype(np.int16): torch.int16, np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32}
+
+
+class _ThreadBatches:
+    """Batches of ``dataset[i]`` read by a pool of threads, in order, ``prefetch`` batches ahead.
+
+    Zarr's chunk decoding (Zstandard) and torch's copies release the GIL, so threads read
+    samples in parallel without the worker processes' pickling and shared-memory copies.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, threads: int, prefetch: int, pin: bool) -> None:
+        self.dataset, self.batch_size, self.threads, self.prefetch, self.pin = dataset, batch_size, max(1, threads), max(1, prefetch), pin
+
+    def __len__(self) -> int:
+        return -(-len(self.dataset) // self.batch_size)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Any:
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        from torch.utils.data import default_collate
+
+        n = len(self.dataset)  # type: ignore[arg-type]
+        starts = iter(range(0, n, self.batch_size))
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="lesionflow-loader") as pool:
+            pending: deque[list[Any]] = deque()
+
+            def submit() -> bool:
+                start = next(starts, None)
+                if start is None:
+                    return False
+                indices = range(start, min(start + self.batch_size, n))
+                fill = getattr(self.dataset, "fill", None)
+                if fill is None:
+                    pending.append(([pool.submit(self.dataset.__getitem__, i) for i in indices], None))
+                    return True
+                # each thread writes its sample straight into the batch (pinned for CUDA): no collate copy
+                ds: Any = self.dataset
+                image = torch.empty((len(indices), len(ds.channels), *ds.patch_zyx), dtype=_TORCH_DTYPES[ds.item_dtype], pin_memory=self.pin)
+                label = torch.empty((len(indices), 1, *ds.patch_zyx), dtype=torch.uint8, pin_memory=self.pin)
+                futures = [pool.submit(fill, i, image[j].numpy(), label[j, 0].numpy()) for j, i in enumerate(indices)]
+                pending.append((futures, (image, label)))
+                return True
+
+            for _ in range(self.prefetch):
+                if not submit():
+                    break
+            while pending:
+                futures, buffers = pending.popleft()
+                results = [f.result() for f in futures]
+                submit()
+                if buffers is not None:
+                    yield [*buffers, torch.tensor(results, dtype=torch.float32)]
+                    continue
+                batch = default_collate(results)
+                yield [t.pin_memory() for t in batch] if self.pin else batch
+
+
+class BankLoader:
+    """Batches for :func:`training.loop.train_step`: ``(image float32 (B, C, p...), label int64 (B, 1, p...))`` on ``device``.
+
+    Samples are read by worker processes (``kind="processes"``, a torch ``DataLoader``) or threads
+    (``kind="threads"``); on CUDA batches are pinned and copied without blocking on a side stream,
+    one batch ahead of the one being trained on, then turned into float32 and augmented there
+    (:class:`training.augment.BatchAugment`, seeded by ``(seed, batch number)``). On the CPU the
+    transforms run in the workers instead (``transform`` of :class:`BankDataset`) unless told otherwise.
+    """
+
+    def __init__(self, dataset: BankDataset, batch_size: int, device: torch.device | str = "cpu", workers: int = 2,
+                 kind: str = "threads", augment: Any = None, seed: int = 0, prefetch: int = 2) -> None:
+        self.dataset, self.batch_size, self.device = dataset, int(batch_size), torch.device(device)
+        self.augment, self.seed, self.workers, self.kind = augment, int(seed), int(workers), kind
+        pin = self.device.type == "cuda"
+        if kind == "threads" and workers > 0:
+            self.batches: Any = _ThreadBatches(dataset, self.batch_size, workers, prefetch, pin)
+        else:
+            self.batches = torch.utils.data.DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=workers, pin_memory=pin,
+                                                       persistent_workers=workers > 0, prefetch_factor=prefetch if workers > 0 else None)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def _finish(self, batch: Sequence[torch.Tensor], number: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, label, scale = batch  # scale stays on the CPU: deciding whether to multiply must not wait for the device
+        image = dequantize_batch(image, scale)
+        label = label.long()
+        if self.augment is not None:
+            image, label = self.augment(image, label, seed=(self.seed, "batch", number))
+        return image, label
+
+    def __iter__(self) -> Any:
+        if self.device.type != "cuda":
+            for number, (image, label, scale) in enumerate(self.batches):
+                yield self._finish([image.to(self.device), label.to(self.device), scale], number)
+            return
+        stream = torch.cuda.Stream(self.device)
+        ahead: list[torch.Tensor] | None = None
+        for number, (image, label, scale) in enumerate(self.batches):
+            with torch.cuda.stream(stream):  # copy batch n + 1 (pinned, int16: half of float32) while batch n trains
+                copied = [image.to(self.device, non_blocking=True), label.to(self.device, non_blocking=True)]
+            if ahead is not None:
+                yield self._finish(ahead, number - 1)
+            current = torch.cuda.current_stream(self.device)
+            current.wait_stream(stream)
+            for t in copied:
+                t.record_stream(current)  # the caching allocator must not reuse them before the main stream is done
+            ahead = [*copied, scale]
+        if ahead is not None:
+            yield self._finish(ahead, number)
+
+
+def bank_dataset(store_root: str | Path, case_ids: Sequence[str], cfg: Any, device: torch.device) -> BankDataset | None:
+    """The bank dataset ``cfg`` (a :class:`training.config.TrainConfig`, channels resolved) asks for, or None for :class:`PatchDataset`.
+
+    ``cfg.augmentation.bank``: ``off`` → None (raw volumes, flips only); ``auto`` → a
+    :class:`BankDataset` when every usable case has a usable bank (else None, with a warning naming
+    the cases without one); ``require`` → a BankDataset over the cases with one (the others skipped).
+    """
+    aug = cfg.augmentation
+    if aug.bank == "off":
+        return None
+    if aug.bank == "auto":
+        ok, _ = usable_cases(store_root, case_ids, cfg.channels, require_label=True)
+        missing = {c: r for c in ok for _, r in [bank_usable(store_root, c, cfg.channels, cfg.patch_zyx)] if r is not None}
+        if not ok or missing:
+            if missing:
+                log.warning("training: no usable augmentation bank for %s; training from the raw volumes with flips only "
+                            "(run `lesionflow prepare` with the training patch size)", "; ".join(f"{c} ({r})" for c, r in missing.items()))
+            return None
+    transform = None
+    if _transforms_in_workers(aug, device):
+        from training.augment import BatchAugment
+
+        transform = BatchAugment(aug.intensity, flip_prob=cfg.flip_prob)
+    return BankDataset(store_root, case_ids, channels=cfg.channels, patch_zyx=cfg.patch_zyx, lesion_fraction=cfg.lesion_fraction,
+                       samples_per_epoch=cfg.iterations * cfg.batch_size, seed=cfg.seed, fresh_fraction=aug.fresh_fraction,
+                       transform=transform, require_bank=aug.bank == "require")
+
+
+def _transforms_in_workers(aug: Any, device: torch.device) -> bool:
+    return aug.where == "workers" or (aug.where == "auto" and device.type != "cuda")
+
+
+def bank_loader(dataset: BankDataset, cfg: Any, device: torch.device) -> BankLoader:
+    """The :class:`BankLoader` for a training run: ``cfg.num_workers`` threads (2 when 0), transforms where ``cfg.augmentation.where`` says."""
+    augment = None
+    if dataset.transform is None:
+        from training.augment import BatchAugment
+
+        augment = BatchAugment(cfg.augmentation.intensity, flip_prob=cfg.flip_prob)
+    return BankLoader(dataset, cfg.batch_size, device=device, workers=cfg.num_workers or 2, kind="threads", augment=augment, seed=cfg.seed)

@@ -65,7 +65,7 @@ from pipeline.lesions.components import dice
 from pipeline.store import resolve_channels
 from training.checkpoint import save_checkpoint
 from training.config import TrainConfig, make_config
-from training.data import PatchDataset, usable_cases
+from training.data import BankDataset, BankLoader, PatchDataset, bank_dataset, bank_loader, usable_cases
 from training.infer import predict_case
 from training.losses import build_loss
 from training.model import build_network
@@ -106,8 +106,8 @@ class TrainState:
     """The config with ``channels``, ``patch_zyx`` and ``batch_size`` resolved."""
     store_root: str | Path
     device: torch.device
-    dataset: PatchDataset
-    loader: DataLoader
+    dataset: PatchDataset | BankDataset
+    loader: DataLoader | BankLoader
     model: torch.nn.Module
     """The network (its ``state_dict`` is what is saved)."""
     loss_fn: torch.nn.Module
@@ -267,11 +267,15 @@ def _make_dataset(store_root: str | Path, cfg: TrainConfig, candidates: Sequence
     return cls(store_root, candidates, patch_zyx=cfg.patch_zyx, **common)  # type: ignore[arg-type]
 
 
-def make_loader(dataset: PatchDataset, cfg: TrainConfig, device: torch.device, start_iteration: int = 0) -> DataLoader:
+def make_loader(dataset: PatchDataset | BankDataset, cfg: TrainConfig, device: torch.device, start_iteration: int = 0) -> DataLoader | BankLoader:
     """Batches of ``cfg.batch_size`` samples in index order, starting after ``start_iteration`` batches.
 
-    Each index is already a seeded random draw, so the loader's whole state is its position.
+    Each index is already a seeded random draw, so the loader's whole state is its position. A
+    bank's loader (:func:`training.data.bank_loader`) draws its own seeded order and starts from
+    the beginning on resume (the resumed weights then differ from an uninterrupted run's).
     """
+    if isinstance(dataset, BankDataset):
+        return bank_loader(dataset, cfg, device)
     batch = int(cfg.batch_size or 1)
     return DataLoader(
         dataset,
@@ -328,7 +332,9 @@ def setup(
         reasons = "; ".join(f"{s['case_id']}: {s['reason']}" for s in skipped) or "no cases in the store"
         raise ValueError(f"no usable training cases ({reasons})")
     cfg, plan = plan_training(store_root, cfg, usable, dev)
-    dataset = _make_dataset(store_root, cfg, candidates)
+    # the store's augmentation bank when it has one for these cases (cfg.augmentation), else samples from the raw volumes
+    bank = bank_dataset(store_root, candidates, cfg, dev) if cfg.spatial_dims == 3 else None
+    dataset = bank if bank is not None else _make_dataset(store_root, cfg, candidates)
     if not dataset.cases:
         reasons = "; ".join(f"{s['case_id']}: {s['reason']}" for s in dataset.skipped) or "no cases in the store"
         raise ValueError(f"no usable training cases ({reasons})")

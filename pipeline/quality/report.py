@@ -28,8 +28,6 @@ from __future__ import annotations
 import base64
 import io
 import math
-import struct
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -40,6 +38,7 @@ import numpy as np
 
 from pipeline import __version__
 from pipeline.core.jsonable import to_jsonable
+from pipeline.core.png import png_bytes
 from pipeline.quality.expectations import QUALITY_DIR, build_tables, run_expectations
 from pipeline.quality.metrics import METRIC_NAMES, METRIC_SPECS, case_metrics, cohort_outliers, flags_from_outliers
 from pipeline.store import store_name
@@ -69,26 +68,6 @@ class ReportResult:
 
 
 # ----------------------------------------------------------------------------- PNG
-def png_bytes(rgb: np.ndarray) -> bytes:
-    """Encode an ``(H, W, 3)`` uint8 array as PNG (zlib + struct, no imaging library)."""
-    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
-    if rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"expected (H, W, 3) uint8, got {rgb.shape}")
-    h, w, _ = rgb.shape
-    raw = np.zeros((h, w * 3 + 1), np.uint8)
-    raw[:, 1:] = rgb.reshape(h, w * 3)  # filter byte 0 per row
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-        + chunk(b"IDAT", zlib.compress(raw.tobytes(), 6))
-        + chunk(b"IEND", b"")
-    )
-
-
 def _resize_nearest(a: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     ys = np.minimum((np.arange(out_h) + 0.5) * a.shape[0] / out_h, a.shape[0] - 1).astype(int)
     xs = np.minimum((np.arange(out_w) + 0.5) * a.shape[1] / out_w, a.shape[1] - 1).astype(int)
@@ -378,7 +357,7 @@ _TEMPLATE = """<!DOCTYPE html>
 <body>
 <header><h1>Data-quality report: {{ s.store }}</h1>
 <p>generated {{ s.generated_at }} by lesionflow {{ s.report_version }} &middot; channels {{ s.channels|join(", ") }}</p></header>
-<nav><a href="#summary">Summary</a><a href="#flagged">Flagged</a><a href="#expectations">Expectations</a><a href="#metrics">Metrics</a><a href="#thumbnails">Thumbnails</a><a href="#lineage">Lineage</a></nav>
+<nav><a href="#summary">Summary</a><a href="#flagged">Flagged</a><a href="#expectations">Expectations</a><a href="#metrics">Metrics</a><a href="#thumbnails">Thumbnails</a><a href="#bank">Augmentation bank</a><a href="#lineage">Lineage</a></nav>
 
 <section id="summary"><h2>Summary</h2>
 <div class="cards">
@@ -435,6 +414,14 @@ Outliers per modality: {% for m, meth in s.outlier_method.items() %}{{ m }}: {{ 
 <figcaption>{{ t.case_id }} &middot; {{ t.channel }} z={{ t.z }}/{{ t.nz }}{% if t.model_version %} &middot; pred {{ t.model_version }}{% endif %}{% if t.note %}<br>{{ t.note }}{% endif %}</figcaption></figure>{% else %}<p class="muted">No cases.</p>{% endfor %}</div>
 </section>
 
+<section id="bank"><h2>Augmentation bank</h2>
+{% if bank %}<p class="small muted">Stored samples of {{ bank.case_id }} (lesion-centred first), channel {{ bank.channel }}, the axial slice through each sample's centre; red outline: label. Built by <code>lesionflow prepare</code>; <code>lesionflow augment-preview</code> draws any case.</p>
+<figure><img alt="augmentation bank of {{ bank.case_id }}" src="data:image/png;base64,{{ bank.png_b64 }}"></figure>
+<table class="small"><tr><th>case</th><th>samples</th><th>lesion-centred</th><th>patch</th><th>type</th><th>MB</th><th>bytes/sample</th><th>config</th></tr>
+{% for r in bank.rows %}<tr><td class="mono">{{ r.case_id }}</td><td class="n">{{ r.n_samples }}</td><td class="n">{{ r.n_lesion }}</td><td>{{ r.patch_zyx|join("x") }}</td><td>{{ r.dtype }}</td><td class="n">{{ r.mb }}</td><td class="n">{{ r.bytes_per_sample }}</td><td class="mono">{{ r.bank_config_hash }}</td></tr>{% endfor %}</table>
+{% else %}<p class="muted">No augmentation bank in this store (<code>lesionflow prepare</code> builds it).</p>{% endif %}
+</section>
+
 <section id="lineage"><h2>Lineage</h2>
 <p class="small muted">Source paths are sealed (<code>src:…</code>): <code>lesionflow lineage CASE --store STORE</code> lists a case's files, and <code>lesionflow lineage TOKEN</code> opens one path, for holders of the pseudonymisation key.</p>
 <table class="small"><tr><th>case</th><th>pipeline</th><th>config hash</th><th>created</th><th>sources (files, sha256 prefix of the first)</th></tr>
@@ -463,6 +450,24 @@ def _lineage(root: Path | str, cases: list[str]) -> list[dict[str, Any]]:
         out.append({"case_id": cid, "pipeline_version": meta.pipeline_version, "config_hash": meta.config_hash,
                     "created_at": meta.created_at.isoformat(timespec="seconds"), "sources": srcs})
     return out
+
+
+def _bank_section(root: Path | str, cases: list[str]) -> dict[str, Any] | None:
+    """Sizes of the cases' augmentation banks and a grid of one case's samples (a case with lesions first); None without banks."""
+    from pipeline.prepare.bank import bank_table, read_bank
+    from pipeline.prepare.preview import bank_grid
+    from pipeline.store import StoreError
+
+    try:
+        rows = [r for r in bank_table(root, cases) if "n_samples" in r]
+        if not rows:
+            return None
+        case_id = next((r["case_id"] for r in rows if r["n_lesion"]), rows[0]["case_id"])
+        bank = read_bank(root, case_id)
+        png = png_bytes(bank_grid(root, case_id, n_samples=16))
+    except (StoreError, KeyError, ValueError) as exc:
+        return {"case_id": "-", "channel": "-", "png_b64": "", "rows": [], "error": str(exc)[:300]}
+    return {"case_id": case_id, "channel": bank.channels[0] if bank else "-", "png_b64": base64.b64encode(png).decode("ascii"), "rows": rows}
 
 
 def _fmt_cell(v: Any) -> str:
@@ -531,7 +536,7 @@ def build_report(store_root: str | Path, out_html: str | Path | None = None, cha
     html = env.from_string(_TEMPLATE).render(
         s=summary, css=_CSS, flagged=flagged, exp=exp.results, plots=plots, metric_names=list(METRIC_NAMES),
         metric_rows=metric_rows, thumbs=thumbs, reference=reference, lineage=_lineage(root, cases),
-        flagged_cases={f["case_id"] for f in flagged},
+        flagged_cases={f["case_id"] for f in flagged}, bank=_bank_section(root, cases),
     )
     write_bytes_atomic(html_path, html.encode("utf-8"))
     summary_path = location(root, f"{QUALITY_DIR}/{SUMMARY_FILE}")

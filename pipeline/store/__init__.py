@@ -15,7 +15,7 @@ Map of the package::
         local.py       POSIX file system: staging + os.replace (its commit protocol is described there)
         fsspec.py      object stores: marker last (protocol described there); storage options
       manifest.py      init_store, read_manifest, store_channels, resolve_channels, clean_staging
-      cases.py         write_case, list_cases, open_case, read_case_meta, write_case_array, write_label, has_node, geometry
+      cases.py         write_case, list_cases, open_case, read_case_meta, write_case_array, write_case_group, write_label, has_node, geometry
       ngff.py          the OME-Zarr 0.5 metadata of a case (image, labels/) and the mask readers of either layout
       upgrade.py       upgrade_store: a store of an older schema rewritten in place to the current layout (no voxel rewritten)
       catalog.py       append_catalog, compact_catalog, read_catalog, query_catalog (DuckDB), Arrow schema
@@ -50,6 +50,7 @@ from pipeline.store.cases import (
     volume_from_geometry,
     write_case,
     write_case_array,
+    write_case_group,
     write_label,
 )
 from pipeline.store.catalog import (
@@ -108,7 +109,7 @@ __all__ = [
     "init_store", "read_manifest", "store_channels", "resolve_channels", "clean_staging",
     # cases
     "geometry_of", "volume_from_geometry", "write_case", "list_cases", "open_case", "read_case_meta",
-    "write_case_array", "has_node",
+    "write_case_array", "write_case_group", "has_node",
     # masks (OME-Zarr labels; either layout)
     "LABELS", "REFERENCE", "FOREGROUND", "prediction_label", "mask_array", "reference_label", "foreground_mask", "prediction_mask",
     "prediction_versions", "write_label", "refresh_labels", "prediction_path", "has_prediction",

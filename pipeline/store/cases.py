@@ -37,7 +37,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -291,6 +291,27 @@ def has_prediction(root: StoreLike, case_id: str, model_version: str) -> bool:
     label = ngff.prediction_label(model_version)
     b = open_store(root).backend
     return any(b.has_node(join(CASES, case_id, p)) for p in (ngff.label_array(label), ngff.legacy_array(label)))
+
+
+def write_case_group(root: StoreLike, case_id: str, path: str, build: Callable[[zarr.Group], None]) -> Path | str:
+    """Add or replace a group ``path`` (e.g. ``augment``) inside a committed case, atomically.
+
+    ``build(group)`` fills an empty group (arrays written chunk by chunk, attributes last); the
+    group becomes visible whole, by the same commit as :func:`write_case_array` (staging and
+    rename locally; on an object store the group is built in memory and its ``zarr.json`` goes last).
+    Returns the group's location.
+    """
+    st = open_store(root)
+    case = join(CASES, case_id)
+    if st.backend.committed_attrs(case, CASE_META_KEY) is None:
+        raise StoreError(f"case {case_id!r} is not in store {st.root}")
+    parent, _, name = path.strip("/").rpartition("/")
+    st.backend.ensure_groups(case, parent)
+
+    def node(scratch: zarr.Group, node_name: str) -> None:
+        build(scratch.create_group(node_name))
+
+    return st.backend.commit_node(join(case, parent, name), node)
 
 
 def has_node(root: StoreLike, relpath: str) -> bool:

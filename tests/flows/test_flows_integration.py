@@ -39,13 +39,17 @@ def test_ingest_prepare_train_score_flows(prefect_harness, phantom_cohort, tmp_p
     again = ingest(str(phantom_cohort.cohort_dir), store, n_workers=2, report=False)
     assert (again["converted"], again["skipped"]) == (0, len(truth))
 
-    rows = prepare(store, patch_size=32, n_lesion=64, n_background=64)
+    rows = prepare(store, patch_size=32, n_lesion=64, n_background=64, samples_per_case=8)  # banks: one Dask task per case
     assert len(rows) == len(truth)
+    assert [r["bank"] for r in rows] == ["built"] * len(truth) and all(r["bank_mb"] > 0 for r in rows)
+    again = prepare(store, patch_size=32, n_lesion=64, n_background=64, samples_per_case=8, n_workers=0)
+    assert [r["bank"] for r in again] == ["up-to-date"] * len(truth)  # incremental: nothing rebuilt
 
     trained = train(store, config={"optim": {"lr": 3e-3}, "iterations": 300}, iterations=30, patch_size=32, batch_size=2)
     assert trained["model_version"].startswith("unet3d-")
     used = trained["train_config"]  # the config as used: overrides over config, channels from the store
     assert (used["iterations"], used["patch_zyx"], used["optim"]["lr"], used["channels"]) == (30, [32, 32, 32], 3e-3, ["FLAIR", "T1", "T2"])
+    assert used["augmentation"]["bank"] == "auto"
 
     scored = score(store, trained["model_version"])
     assert scored["scored"] == len(truth)

@@ -99,3 +99,121 @@ def test_a_different_seed_gives_different_samples(store):
         np.testing.assert_array_equal(a.cases[i].lesion, again.cases[i].lesion)
         assert not np.array_equal(a.cases[i].lesion, b.cases[i].lesion)
         assert not np.array_equal(a.cases[i].background, b.cases[i].background)
+
+
+# ----------------------------------------------------------------------------- the augmentation bank
+BANK_PATCH = (24, 24, 24)
+
+
+@pytest.fixture(scope="module")
+def banked(tmp_path_factory):
+    """3 labelled cases with banks of 16-voxel-larger samples (K=8), 1 without a bank."""
+    from pipeline.prepare.augment import BankConfig
+    from pipeline.prepare.bank import build_bank
+    from tests.store_factory import make_store
+
+    root = tmp_path_factory.mktemp("banked") / "store"
+    cases = make_store(root, n_cases=4, shape_zyx=(32, 40, 36), seed=5)
+    cfg = BankConfig(samples_per_case=8, patch_zyx=(32, 32, 32), seed=1)
+    for case_id in cases[:3]:
+        build_bank(root, case_id, cfg)
+    return {"root": root, "banked": cases[:3], "bare": cases[3]}
+
+
+def test_bank_dataset_items_are_one_bank_sample_each_and_deterministic(banked):
+    from pipeline.prepare.bank import open_bank
+    from training.data import BankDataset
+
+    ds = BankDataset(banked["root"], banked["banked"], patch_zyx=BANK_PATCH, lesion_fraction=0.5, seed=3, samples_per_epoch=40)
+    assert ds.case_ids == banked["banked"] and not ds.skipped and not ds.fresh_only
+    for i in range(6):
+        image, label, scale = ds[i]
+        spec = ds.sample_spec(i)
+        assert image.dtype == torch.int16 and image.shape == (3, *BANK_PATCH) and label.shape == (1, *BANK_PATCH)
+        stored, stored_label, bank = open_bank(banked["root"], spec["case_id"])
+        window = tuple(slice(o, o + p) for o, p in zip(spec["offset"], BANK_PATCH))
+        np.testing.assert_array_equal(image.numpy(), np.asarray(stored[spec["sample"]])[(slice(None), *window)])
+        np.testing.assert_array_equal(label[0].numpy(), np.asarray(stored_label[spec["sample"]])[window])
+        assert float(scale) == bank.scale
+        if spec["kind"] == "lesion":  # the crop keeps the sample's centre voxel, where the lesion is
+            centre = tuple(b // 2 - o for b, o in zip(bank.patch_zyx, spec["offset"]))
+            assert all(0 <= c < p for c, p in zip(centre, BANK_PATCH))
+    again = BankDataset(banked["root"], banked["banked"], patch_zyx=BANK_PATCH, lesion_fraction=0.5, seed=3)
+    assert all(torch.equal(ds[i][0], again[i][0]) for i in range(4))
+
+
+def test_drawn_batches_keep_the_configured_class_balance(banked):
+    from training.data import BankDataset, BankLoader
+
+    for fraction in (0.25, 0.5, 0.8):
+        ds = BankDataset(banked["root"], banked["banked"], patch_zyx=BANK_PATCH, lesion_fraction=fraction, seed=1, samples_per_epoch=3000)
+        kinds = [ds.sample_spec(i)["kind"] for i in range(len(ds))]
+        assert abs(np.mean([k == "lesion" for k in kinds]) - fraction) < 0.03, fraction
+    # real batches through the loader: lesion-centred samples hold lesion voxels
+    ds = BankDataset(banked["root"], banked["banked"], patch_zyx=BANK_PATCH, lesion_fraction=1.0, seed=2, samples_per_epoch=16)
+    batches = list(BankLoader(ds, batch_size=4, workers=2, kind="threads"))
+    assert len(batches) == 4
+    for image, label in batches:
+        assert image.dtype == torch.float32 and label.dtype == torch.int64 and image.shape == (4, 3, *BANK_PATCH)
+        assert all(label[b].any() for b in range(4))
+
+
+def test_loader_threads_processes_and_in_worker_transforms_give_the_same_batches(banked):
+    from training.augment import BatchAugment, IntensityAugmentConfig
+    from training.data import BankDataset, BankLoader
+
+    def batches(kind, workers, in_workers):
+        aug = BatchAugment(IntensityAugmentConfig(), flip_prob=0.5)
+        ds = BankDataset(banked["root"], banked["banked"], patch_zyx=BANK_PATCH, seed=4, samples_per_epoch=8, transform=aug if in_workers else None)
+        return list(BankLoader(ds, batch_size=2, workers=workers, kind=kind, augment=None if in_workers else aug, seed=4))
+
+    threads = batches("threads", 2, True)
+    serial = batches("processes", 0, True)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(threads, serial))
+    on_device = batches("threads", 1, False)  # per-batch draws differ from per-sample draws, but the data is the same bank
+    assert all(a[0].shape == b[0].shape for a, b in zip(threads, on_device))
+
+
+def test_fresh_samples_and_cases_without_a_bank(banked):
+    from training.data import BankDataset
+
+    ds = BankDataset(banked["root"], banked["banked"] + [banked["bare"]], patch_zyx=BANK_PATCH, lesion_fraction=1.0, seed=0,
+                     samples_per_epoch=30, fresh_fraction=0.5)
+    assert [e["case_id"] for e in ds.fresh_only] == [banked["bare"]]
+    specs = [ds.sample_spec(i) for i in range(30)]
+    assert all(s["fresh"] for s in specs if s["case_id"] == banked["bare"])
+    banked_specs = [s for s in specs if s["case_id"] != banked["bare"]]
+    assert 0 < sum(s["fresh"] for s in banked_specs) < len(banked_specs)
+    for i in range(min(12, len(specs))):
+        image, label, scale = ds[i]
+        assert image.dtype == torch.int16 and image.shape == (3, *BANK_PATCH)
+        assert label.any(), "lesion_fraction=1: fresh samples are lesion-centred too"
+        assert 0 < float(scale) <= 1
+    required = BankDataset(banked["root"], banked["banked"] + [banked["bare"]], patch_zyx=BANK_PATCH, require_bank=True)
+    assert required.case_ids == banked["banked"] and required.skipped[0]["case_id"] == banked["bare"]
+
+
+def test_training_uses_the_bank_by_default_and_falls_back_with_a_reason(banked, caplog):
+    from training.config import TrainConfig
+    from training.data import BankDataset, BankLoader, PatchDataset, bank_dataset, bank_loader
+
+    cfg = TrainConfig(patch_zyx=BANK_PATCH, iterations=2, channels=("FLAIR", "T1", "T2"))
+    cpu = torch.device("cpu")
+    ds = bank_dataset(banked["root"], banked["banked"], cfg, cpu)
+    assert isinstance(ds, BankDataset) and ds.transform is not None  # CPU: the transforms run in the loader's threads
+    assert isinstance(bank_loader(ds, cfg, cpu), BankLoader)
+    on_device = bank_dataset(banked["root"], banked["banked"], cfg.with_overrides(augmentation={"where": "device"}), cpu)
+    assert on_device.transform is None and bank_loader(on_device, cfg, cpu).augment is not None
+    assert bank_dataset(banked["root"], banked["banked"], cfg.with_overrides(augmentation={"bank": "off"}), cpu) is None
+    with caplog.at_level("WARNING", logger="lesionflow.training"):
+        assert bank_dataset(banked["root"], banked["banked"] + [banked["bare"]], cfg, cpu) is None
+    assert banked["bare"] in caplog.text and "no augmentation bank" in caplog.text
+    too_big = cfg.with_overrides(patch_zyx=(40, 40, 40))
+    assert bank_dataset(banked["root"], banked["banked"], too_big, cpu) is None  # samples smaller than the patch
+    from training.loop import setup, train_step
+
+    state = setup(banked["root"], cfg.with_overrides(threads=1), case_ids=banked["banked"])  # what train() does
+    assert isinstance(state.dataset, BankDataset) and isinstance(state.loader, BankLoader)
+    assert train_step(state, next(iter(state.loader))) > 0
+    fallback = setup(banked["root"], cfg, case_ids=banked["banked"] + [banked["bare"]])
+    assert isinstance(fallback.dataset, PatchDataset)

@@ -1,0 +1,349 @@
+"""Spatial augmentation of one patch, from explicit drawn parameters (the bank's costly part).
+
+nnU-Net v2 augments every training sample on the CPU in the loop; its spatial transform
+(rotation, scaling, optional elastic deformation) and the low-resolution simulation are the
+expensive steps. lesionflow draws them once per bank sample in ``prepare``
+(:mod:`pipeline.prepare.bank`) and stores the result; the cheap steps (mirroring, noise, blur,
+brightness, contrast, gamma) run per batch at load time (:mod:`training.augment`).
+
+The transform set and probabilities are nnU-Net v2's defaults
+(``nnUNetTrainer.get_training_transforms``), as configuration:
+
+=====================  =========  ==========================================  ================
+transform              p          parameters                                  where
+=====================  =========  ==========================================  ================
+rotation               0.2        each axis uniform(-30°, 30°)                bank
+scaling                0.2        uniform(0.7, 1.4), the same on every axis   bank
+elastic deformation    0 (off)    MONAI ``Rand3DElastic`` sigma, magnitude    bank
+low resolution         0.25       zoom uniform(0.5, 1), each channel p 0.5    bank
+Gaussian noise         0.1        variance uniform(0, 0.1)                    on the fly
+Gaussian blur          0.2        sigma uniform(0.5, 1), each channel p 0.5   on the fly
+brightness (multiply)  0.15       uniform(0.75, 1.25) per channel             on the fly
+contrast               0.15       uniform(0.75, 1.25) per channel, range kept on the fly
+gamma, inverted        0.1        uniform(0.7, 1.5), statistics kept          on the fly
+gamma                  0.3        uniform(0.7, 1.5), statistics kept          on the fly
+mirroring              0.5/axis   every spatial axis                          on the fly
+=====================  =========  ==========================================  ================
+
+Differences from nnU-Net, on purpose: the low-resolution simulation runs before the intensity
+transforms (it is stored with the spatial ones), and upsamples trilinearly (nnU-Net: cubic, which
+torch has no 3-D kernel for). The transforms themselves are MONAI's: :class:`monai.transforms.Affine`
+(rotation and scaling, trilinear for images; labels as nnU-Net v2 resamples them: the lesion
+indicator interpolated trilinearly and thresholded at 0.5; zero padding),
+:class:`monai.transforms.Rand3DElasticd` (elastic, seeded), :class:`monai.transforms.Resize`
+(low resolution: nearest down, trilinear up).
+
+Conventions: voxels in array order ``(z, y, x)``; a centre ``c`` and patch ``p`` as in
+:mod:`pipeline.prepare.patches` (the patch is ``[c - p // 2, c - p // 2 + p)``; outside the volume
+is zero). Rotation angles are radians about the array axes 0, 1, 2 (MONAI's ``rotate_params``);
+a scale ``s > 1`` samples ``s`` times wider, so the anatomy looks smaller. The 4x4 ``matrix`` of a
+sample maps a patch voxel ``(z, y, x, 1)`` to the source voxel it was sampled from (elastic
+displacement, when drawn, comes on top of it).
+
+Parameters are drawn with numpy from one seed per sample (:func:`draw_params`) and applied by
+:func:`augment_patch`, which is deterministic: the same volume, centre, parameters and patch give
+the same bytes (CPU, float32; MONAI's resampling is per output voxel).
+
+Example:
+    >>> import numpy as np
+    >>> cfg = BankConfig(patch_zyx=(16, 16, 16))
+    >>> params = draw_params(np.random.default_rng(3), cfg.spatial, n_channels=2)
+    >>> image = np.random.default_rng(0).normal(size=(2, 30, 30, 30)).astype(np.float32)
+    >>> label = np.zeros((30, 30, 30), np.uint8); label[14:17, 14:17, 14:17] = 1
+    >>> out, lab, matrix = augment_patch(image, label, (15, 15, 15), cfg.patch_zyx, params)
+    >>> out.shape, lab.shape, matrix.shape, out.dtype
+    ((2, 16, 16, 16), (16, 16, 16), (4, 4), dtype('float32'))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from pipeline.prepare.patches import patch_bounds
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _range(v: tuple[float, float], name: str, lo: float = 0.0) -> tuple[float, float]:
+    if v[0] > v[1] or v[0] < lo:
+        raise ValueError(f"{name} must be (low, high) with {lo} <= low <= high, got {v}")
+    return v
+
+
+class SpatialAugmentConfig(_Strict):
+    """Spatial transforms and the low-resolution simulation stored in the bank (nnU-Net v2's defaults)."""
+
+    p_rotation: float = Field(0.2, ge=0.0, le=1.0, description="probability of a rotation")
+    max_rotation_deg: float = Field(30.0, ge=0.0, le=180.0, description="each axis uniform(-max, max) degrees")
+    p_scaling: float = Field(0.2, ge=0.0, le=1.0, description="probability of a scaling")
+    scaling: tuple[float, float] = Field((0.7, 1.4), description="isotropic scale factor range (> 1: anatomy smaller)")
+    p_elastic: float = Field(0.0, ge=0.0, le=1.0, description="probability of an elastic deformation (nnU-Net v2: off)")
+    elastic_sigma: tuple[float, float] = Field((9.0, 13.0), description="MONAI Rand3DElastic sigma_range (voxels)")
+    elastic_magnitude: tuple[float, float] = Field((0.0, 900.0), description="MONAI Rand3DElastic magnitude_range")
+    p_lowres: float = Field(0.25, ge=0.0, le=1.0, description="probability of the low-resolution simulation")
+    lowres_zoom: tuple[float, float] = Field((0.5, 1.0), description="zoom factor range of the simulated low resolution")
+    lowres_p_per_channel: float = Field(0.5, ge=0.0, le=1.0, description="each channel is degraded with this probability")
+
+    @field_validator("scaling", "elastic_sigma", "elastic_magnitude", "lowres_zoom")
+    @classmethod
+    def _ranges(cls, v: tuple[float, float], info: Any) -> tuple[float, float]:
+        v = _range(v, info.field_name)
+        if info.field_name in ("scaling", "lowres_zoom") and v[0] <= 0:
+            raise ValueError(f"{info.field_name} must be positive, got {v}")
+        if info.field_name == "lowres_zoom" and v[1] > 1:
+            raise ValueError(f"lowres_zoom must lie in (0, 1], got {v}")
+        return v
+
+
+class BankConfig(_Strict):
+    """What an augmentation bank holds and how its samples are drawn; hashed into the bank."""
+
+    samples_per_case: int = Field(64, ge=1, le=100_000, description="K: augmented samples stored per case")
+    lesion_share: float = Field(0.5, ge=0.0, le=1.0, description="fraction of the K samples centred on a lesion voxel (0 without lesions)")
+    patch_zyx: tuple[int, int, int] = Field((48, 48, 48), description="sample size in voxels (z, y, x); >= the training patch")
+    dtype: Literal["int16", "float16"] = Field(
+        "int16", description="stored image type: int16 times a per-case power-of-two scale (exact to scale/2), or float16")
+    seed: int = Field(0, ge=0, description="with the case's source fingerprint, seeds every draw of the bank")
+    spatial: SpatialAugmentConfig = Field(default_factory=SpatialAugmentConfig)
+
+    @field_validator("patch_zyx")
+    @classmethod
+    def _patch(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
+        if min(v) < 1:
+            raise ValueError(f"patch_zyx must be positive voxel counts, got {v}")
+        return v
+
+    def config_hash(self) -> str:
+        """SHA-256 (hex) of the canonical JSON of the whole config (every field shapes the samples)."""
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+class SampleParams(BaseModel):
+    """The drawn parameters of one bank sample (what :func:`augment_patch` applies)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    rotation_rad: tuple[float, float, float] | None = None
+    scale: tuple[float, float, float] | None = None
+    elastic: dict[str, float | int] | None = Field(None, description="{'sigma', 'magnitude', 'seed'} of MONAI's Rand3DElasticd")
+    lowres_zoom: tuple[float | None, ...] = Field((), description="per channel: the zoom of the simulated low resolution, or None")
+
+    @model_validator(mode="after")
+    def _finite(self) -> SampleParams:
+        for v in (*(self.rotation_rad or ()), *(self.scale or ())):
+            if not math.isfinite(v):
+                raise ValueError("non-finite transform parameter")
+        return self
+
+    @property
+    def spatial(self) -> bool:
+        """True when the sample is resampled (rotation, scaling or elastic), not just cropped."""
+        return self.rotation_rad is not None or self.scale is not None or self.elastic is not None
+
+
+def draw_params(rng: np.random.Generator, cfg: SpatialAugmentConfig, n_channels: int) -> SampleParams:
+    """Draw one sample's parameters with ``rng`` (always the same number of draws, whatever fires)."""
+    u = rng.random(4)
+    angles = rng.uniform(-1.0, 1.0, size=3) * math.radians(cfg.max_rotation_deg)
+    scale = float(rng.uniform(*cfg.scaling))
+    sigma, magnitude = float(rng.uniform(*cfg.elastic_sigma)), float(rng.uniform(*cfg.elastic_magnitude))
+    elastic_seed = int(rng.integers(0, 2**31 - 1))
+    per_channel = rng.random(n_channels)
+    zooms = rng.uniform(*cfg.lowres_zoom, size=n_channels)
+    rotation = tuple(float(a) for a in angles) if u[0] < cfg.p_rotation and cfg.max_rotation_deg > 0 else None
+    return SampleParams(
+        rotation_rad=rotation,  # type: ignore[arg-type]
+        scale=(scale, scale, scale) if u[1] < cfg.p_scaling else None,
+        elastic={"sigma": sigma, "magnitude": magnitude, "seed": elastic_seed} if u[2] < cfg.p_elastic else None,
+        lowres_zoom=tuple(float(z) if (u[3] < cfg.p_lowres and per_channel[c] < cfg.lowres_p_per_channel) else None
+                          for c, z in enumerate(zooms)),
+    )
+
+
+def crop(volume: np.ndarray, centre: Sequence[int], size: Sequence[int]) -> np.ndarray:
+    """The block ``[c - s // 2, c - s // 2 + s)`` of the last three axes of ``volume``, zero outside it."""
+    spatial = volume.shape[-3:]
+    slices, pad = patch_bounds(centre, spatial, size)
+    lead = (slice(None),) * (volume.ndim - 3)
+    part = volume[(*lead, *slices)]
+    if any(p != (0, 0) for p in pad):
+        part = np.pad(part, ((0, 0),) * (volume.ndim - 3) + tuple(pad))
+    return np.ascontiguousarray(part)
+
+
+def _linear_part(params: SampleParams) -> np.ndarray:
+    """The 3x3 matrix (patch → source voxel offsets) of the rotation and scaling, MONAI's order (rotate @ scale)."""
+    from monai.transforms.utils import create_rotate, create_scale
+
+    m = np.eye(4)
+    if params.rotation_rad is not None:
+        m = m @ np.asarray(create_rotate(3, params.rotation_rad, backend="numpy"))
+    if params.scale is not None:
+        m = m @ np.asarray(create_scale(3, params.scale, backend="numpy"))
+    return m[:3, :3]
+
+
+def source_block(patch_zyx: Sequence[int], params: SampleParams) -> tuple[int, int, int]:
+    """Size (voxels) of the block around the centre that :func:`augment_patch` reads for ``params``.
+
+    Cropping this block around ``c`` first and passing its centre voxel (``size // 2``) gives the same sample.
+    """
+    patch = tuple(int(p) for p in patch_zyx)
+    if not params.spatial:
+        return patch  # type: ignore[return-value]
+    margin = 2 if params.elastic is None else 2 + int(math.ceil(4 * float(params.elastic["sigma"])))
+    return _region(patch, _linear_part(params), margin)
+
+
+def _region(patch: Sequence[int], linear: np.ndarray, margin: int) -> tuple[int, int, int]:
+    """Size of the block around the centre that holds every source voxel the transformed patch reads.
+
+    Same parity as the patch on each axis, so the block's centre voxel and the patch's fall on the same source voxel.
+    """
+    half = np.abs(linear) @ (np.asarray(patch, float) / 2.0)
+    out = []
+    for h, p in zip(half, patch):
+        m = 2 * int(math.ceil(h)) + 2 * margin + (p % 2)
+        out.append(max(m, p))
+    return tuple(out)  # type: ignore[return-value]
+
+
+def augment_patch(
+    image: np.ndarray,
+    label: np.ndarray | None,
+    centre: Sequence[int],
+    patch_zyx: Sequence[int],
+    params: SampleParams,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Apply ``params`` to the patch of ``image`` (and ``label``) around ``centre``.
+
+    Args:
+        image: float32 ``(C, Z, Y, X)`` (z-scored channels).
+        label: uint8 ``(Z, Y, X)`` or None.
+        centre: source voxel ``(z, y, x)``; it lands at patch voxel ``p // 2`` without a transform.
+        patch_zyx: output size in voxels.
+        params: from :func:`draw_params`; ``lowres_zoom`` has one entry per channel (or none).
+
+    Returns:
+        ``(image float32 (C, pz, py, px), label uint8 (pz, py, px) or None, matrix float64 (4, 4))``;
+        ``matrix`` maps a patch voxel ``(z, y, x, 1)`` to the source voxel it samples.
+    """
+    patch = tuple(int(p) for p in patch_zyx)
+    centre = tuple(int(c) for c in centre)
+    if not params.spatial:
+        out = crop(image, centre, patch).astype(np.float32, copy=False)
+        lab = None if label is None else crop(label, centre, patch).astype(np.uint8, copy=False)
+        matrix = np.eye(4)
+        matrix[:3, 3] = [c - p // 2 for c, p in zip(centre, patch)]
+    else:
+        out, lab, matrix = _resample(image, label, centre, patch, params)
+    if params.lowres_zoom and any(z is not None for z in params.lowres_zoom):
+        out = _low_resolution(out, params.lowres_zoom)
+    return np.ascontiguousarray(out, dtype=np.float32), lab, matrix
+
+
+def _resample(image: np.ndarray, label: np.ndarray | None, centre: tuple[int, ...], patch: tuple[int, ...],
+              params: SampleParams) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    import torch
+    from monai.transforms import Affine, Rand3DElasticd
+
+    linear = _linear_part(params)
+    region = source_block(patch, params)
+    img_region = torch.from_numpy(crop(image, centre, region).astype(np.float32, copy=False))
+    lab_region = None if label is None else torch.from_numpy((crop(label, centre, region)[None] != 0).astype(np.float32))
+    offset = np.eye(4)
+    offset[:3, 3] = [c - m // 2 for c, m in zip(centre, region)]
+    if params.elastic is None:
+        kwargs = {"rotate_params": params.rotation_rad, "scale_params": params.scale, "spatial_size": patch,
+                  "padding_mode": "zeros", "image_only": False}
+        out, mat = Affine(mode="bilinear", **kwargs)(img_region)
+        lab = None
+        if lab_region is not None:
+            lab = Affine(mode="bilinear", **kwargs)(lab_region)[0]
+        matrix = offset @ np.asarray(mat, dtype=np.float64)
+    else:
+        e = params.elastic
+        rot = params.rotation_rad or (0.0, 0.0, 0.0)
+        scl = params.scale or (1.0, 1.0, 1.0)
+        keys = ["image"] if lab_region is None else ["image", "label"]
+        t = Rand3DElasticd(keys=keys, sigma_range=(float(e["sigma"]),) * 2, magnitude_range=(float(e["magnitude"]),) * 2,
+                           spatial_size=patch, prob=1.0, rotate_range=[(a, a) for a in rot], scale_range=[(s - 1.0, s - 1.0) for s in scl],
+                           mode="bilinear", padding_mode="zeros")
+        t.set_random_state(seed=int(e["seed"]))
+        data = {"image": img_region} if lab_region is None else {"image": img_region, "label": lab_region}
+        res = t(data)
+        out, lab = res["image"], res.get("label")
+        # the affine part about the centre of the block, like Affine's (the elastic field comes on top)
+        centred = np.eye(4)
+        centred[:3, :3] = linear
+        to_centre = np.eye(4)
+        to_centre[:3, 3] = [(m - 1) / 2 for m in region]
+        from_patch = np.eye(4)
+        from_patch[:3, 3] = [-(p - 1) / 2 for p in patch]
+        matrix = offset @ to_centre @ centred @ from_patch
+    out_np = np.asarray(out.detach().cpu() if hasattr(out, "detach") else out, dtype=np.float32)
+    lab_np = None
+    if lab is not None:  # the lesion indicator interpolated linearly, then thresholded (nnU-Net v2's mode_seg "bilinear")
+        lab_t = lab[0] if lab.ndim == 4 else lab
+        lab_np = (np.asarray(lab_t.detach().cpu() if hasattr(lab_t, "detach") else lab_t) >= 0.5).astype(np.uint8)
+    return out_np, lab_np, matrix
+
+
+def _low_resolution(image: np.ndarray, zooms: Sequence[float | None]) -> np.ndarray:
+    """Per channel with a zoom: nearest-neighbour down to ``round(p * zoom)`` voxels, trilinear back up (MONAI ``Resize``)."""
+    import torch
+    from monai.transforms import Resize
+
+    out = image.copy()
+    spatial = image.shape[1:]
+    for c, zoom in enumerate(zooms):
+        if zoom is None:
+            continue
+        small = tuple(max(1, int(round(s * zoom))) for s in spatial)
+        if small == tuple(spatial):
+            continue
+        x = torch.from_numpy(np.ascontiguousarray(image[c : c + 1]))
+        down = Resize(small, mode="nearest-exact")(x)
+        up = Resize(spatial, mode="trilinear", align_corners=False)(down)
+        out[c] = np.asarray(up.detach().cpu() if hasattr(up, "detach") else up, dtype=np.float32)[0]
+    return out
+
+
+def sample_seed(source_fingerprint: str, config_hash: str, index: int) -> int:
+    """The seed of bank sample ``index``: 63 bits of SHA-256 over (fingerprint, config hash, index).
+
+    The bank's seed is part of the config hash, so this is (case, augmentation config, seed) → seed.
+    """
+    digest = hashlib.sha256(f"{source_fingerprint}|{config_hash}|{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def int16_scale(max_abs: float) -> float:
+    """The power of two ``2**-k`` (``0 <= k <= 14``) with which ``max_abs`` still fits in int16.
+
+    Resampling (trilinear, nearest) never leaves the range of its input, so a case's samples fit.
+
+    >>> int16_scale(12.3), int16_scale(0.0), int16_scale(40000.0)
+    (0.00048828125, 6.103515625e-05, 2.0)
+    """
+    if not math.isfinite(max_abs):
+        raise ValueError(f"image has non-finite values (max |x| = {max_abs})")
+    k = 14 if max_abs <= 0 else int(math.floor(math.log2(32767.0 / max_abs)))
+    return float(2.0 ** -min(14, k))
+
+
+def quantize(image: np.ndarray, dtype: str, scale: float) -> np.ndarray:
+    """float32 → the stored type: ``round(x / scale)`` as int16, or float16 (``scale`` 1)."""
+    if dtype == "float16":
+        return image.astype(np.float16)
+    q = np.rint(image / np.float32(scale))
+    np.clip(q, -32768, 32767, out=q)
+    return q.astype(np.int16)

@@ -1,0 +1,81 @@
+"""training.augment: the per-batch transforms (seeded, label mirrored with the image, nnU-Net's probabilities)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from training.augment import AugmentationConfig, BatchAugment, IntensityAugmentConfig
+
+OFF = {"p_noise": 0, "p_blur": 0, "p_brightness": 0, "p_contrast": 0, "p_gamma": 0, "p_gamma_inverted": 0}
+
+
+def _batch(n=2):
+    g = torch.Generator().manual_seed(0)
+    image = torch.randn(n, 2, 12, 14, 10, generator=g)
+    label = torch.zeros(n, 1, 12, 14, 10, dtype=torch.long)
+    label[:, :, 2:5, 3:6, 1:3] = 1  # off-centre, so a flip moves it
+    image[:, 0][label[:, 0].bool()] += 5.0  # the lesion is bright in channel 0
+    return image, label
+
+
+def test_seeded_and_not_in_place():
+    image, label = _batch()
+    aug = BatchAugment(IntensityAugmentConfig(), flip_prob=0.5)
+    a = aug(image, label, seed=(1, 7))
+    b = aug(image, label, seed=(1, 7))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert torch.equal(image, _batch()[0])  # the input is untouched
+    others = [aug(image, label, seed=(1, k))[0] for k in range(8)]
+    assert any(not torch.equal(o, a[0]) for o in others)
+
+
+def test_mirroring_moves_label_and_image_together():
+    image, label = _batch(8)
+    out, lab = BatchAugment(IntensityAugmentConfig(**OFF), flip_prob=0.5)(image, label, seed=(0, 0))
+    moved = 0
+    for b in range(8):
+        lesion = lab[b, 0].bool()
+        assert torch.allclose(out[b, 0][lesion].mean(), image[b, 0][label[b, 0].bool()].mean())
+        moved += not torch.equal(lab[b], label[b])
+    assert moved > 0
+
+
+def test_everything_off_is_the_identity():
+    image, label = _batch()
+    out, lab = BatchAugment(IntensityAugmentConfig(**OFF), flip_prob=0.0)(image, label, seed=(0, 0))
+    assert torch.equal(out, image) and torch.equal(lab, label)
+
+
+@pytest.mark.parametrize("name", ["p_noise", "p_blur", "p_brightness", "p_contrast", "p_gamma", "p_gamma_inverted"])
+def test_each_transform_changes_the_image_and_keeps_it_finite(name):
+    image, label = _batch()
+    cfg = IntensityAugmentConfig(**{**OFF, name: 1.0, "blur_p_per_channel": 1.0})
+    out, lab = BatchAugment(cfg, flip_prob=0.0)(image, label, seed=(0, 3))
+    assert out.shape == image.shape and torch.isfinite(out).all() and torch.equal(lab, label)
+    assert not torch.allclose(out, image)
+    if name == "p_contrast":  # the range is kept
+        assert out.min() >= image.min() - 1e-4 and out.max() <= image.max() + 1e-4
+    if name in ("p_gamma", "p_gamma_inverted"):  # the mean and standard deviation of each channel are kept
+        assert torch.allclose(out.mean(dim=(2, 3, 4)), image.mean(dim=(2, 3, 4)), atol=1e-3)
+        assert torch.allclose(out.std(dim=(2, 3, 4)), image.std(dim=(2, 3, 4)), atol=1e-3)
+
+
+def test_draws_follow_nnunet_probabilities():
+    aug = BatchAugment(IntensityAugmentConfig(), flip_prob=0.5)
+    draws = aug.draw(4000, 2, seed=(0, 0))
+    rate = lambda key: sum(d[key][0] is not None for d in draws) / len(draws)
+    assert abs(sum(d["noise_std"] is not None for d in draws) / 4000 - 0.1) < 0.02
+    assert abs(rate("brightness") - 0.15) < 0.02 and abs(rate("contrast") - 0.15) < 0.02
+    assert abs(rate("gamma") - 0.3) < 0.025 and abs(rate("gamma_inverted") - 0.1) < 0.02
+    assert abs(rate("blur") - 0.2 * 0.5) < 0.02
+    assert abs(sum(1 in d["flips"] for d in draws) / 4000 - 0.5) < 0.03
+
+
+def test_config_defaults_and_refusals():
+    cfg = AugmentationConfig()
+    assert cfg.bank == "auto" and cfg.fresh_fraction == 0.0 and cfg.intensity.p_gamma == 0.3
+    with pytest.raises(ValueError):
+        AugmentationConfig(bank="sometimes")
+    with pytest.raises(ValueError, match="gamma"):
+        IntensityAugmentConfig(gamma=(1.5, 0.7))

@@ -1,0 +1,192 @@
+"""Cheap augmentation on the fly, per batch, on the training device; and the training side of the bank.
+
+The costly spatial transforms are stored in the case's augmentation bank by ``prepare``
+(:mod:`pipeline.prepare.augment`, :mod:`pipeline.prepare.bank`). What stays in the loop is cheap
+and runs on whole batch tensors where training runs (the GPU when there is one), so the bank is
+not seen twice the same way: mirroring, Gaussian noise, Gaussian blur, multiplicative brightness,
+contrast and gamma (also on the inverted image), with nnU-Net v2's probabilities
+(:class:`IntensityAugmentConfig`; the table is in :mod:`pipeline.prepare.augment`). The
+operations are MONAI's array transforms (``GaussianSmooth``, ``ScaleIntensity``,
+``ScaleIntensityFixedMean``, ``AdjustContrast``) applied to the drawn (sample, channel) slices;
+noise is drawn with torch on the device (MONAI's ``RandGaussianNoise`` draws with numpy on the
+CPU, which would cost a host-to-device copy per noisy sample) and mirroring is ``torch.flip``.
+
+Parameters are drawn on the CPU from a seeded ``torch.Generator`` (one per batch: ``(seed,
+batch number)``; one per sample when the transforms run in loader workers: ``(seed, sample
+index)``), noise on the device from a generator seeded the same way, so a run is reproducible
+on a given device.
+
+Example:
+    >>> import torch
+    >>> aug = BatchAugment(IntensityAugmentConfig(), flip_prob=0.5)
+    >>> image, label = torch.randn(2, 3, 16, 16, 16), torch.zeros(2, 1, 16, 16, 16, dtype=torch.long)
+    >>> out, lab = aug(image, label, seed=(0, 1))
+    >>> out.shape, lab.shape, out.dtype
+    (torch.Size([2, 3, 16, 16, 16]), torch.Size([2, 1, 16, 16, 16]), torch.float32)
+    >>> torch.equal(aug(image, label, seed=(0, 1))[0], out)
+    True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IntensityAugmentConfig(_Strict):
+    """The transforms applied per batch at load time (nnU-Net v2's defaults); mirroring uses ``TrainConfig.flip_prob``."""
+
+    p_noise: float = Field(0.1, ge=0.0, le=1.0)
+    noise_variance: tuple[float, float] = Field((0.0, 0.1), description="variance uniform in this range, the same for every channel")
+    p_blur: float = Field(0.2, ge=0.0, le=1.0)
+    blur_sigma: tuple[float, float] = Field((0.5, 1.0), description="voxels, drawn per channel and axis")
+    blur_p_per_channel: float = Field(0.5, ge=0.0, le=1.0)
+    p_brightness: float = Field(0.15, ge=0.0, le=1.0)
+    brightness: tuple[float, float] = Field((0.75, 1.25), description="multiplier, drawn per channel")
+    p_contrast: float = Field(0.15, ge=0.0, le=1.0)
+    contrast: tuple[float, float] = Field((0.75, 1.25), description="factor about the channel mean, range kept, drawn per channel")
+    p_gamma_inverted: float = Field(0.1, ge=0.0, le=1.0, description="gamma on the inverted image (nnU-Net: 0.1)")
+    p_gamma: float = Field(0.3, ge=0.0, le=1.0)
+    gamma: tuple[float, float] = Field((0.7, 1.5), description="drawn per channel; mean and standard deviation kept")
+
+    @field_validator("noise_variance", "blur_sigma", "brightness", "contrast", "gamma")
+    @classmethod
+    def _range(cls, v: tuple[float, float], info: Any) -> tuple[float, float]:
+        if v[0] > v[1] or v[0] < 0 or (info.field_name != "noise_variance" and v[0] <= 0):
+            raise ValueError(f"{info.field_name} must be (low, high) with 0 < low <= high, got {v}")
+        return v
+
+
+class AugmentationConfig(_Strict):
+    """``TrainConfig.augmentation``: where samples come from and what is done to them on the fly.
+
+    ``bank``: ``auto`` trains from the cases' augmentation banks when every training case has a
+    usable one (up to date with the case, patch at least the training patch, holding the
+    channels), else from the raw volumes with flips only, as before (with a warning naming the
+    cases); ``require`` refuses to train without them; ``off`` always uses the raw volumes.
+    """
+
+    bank: Literal["auto", "require", "off"] = "auto"
+    fresh_fraction: float = Field(0.0, ge=0.0, le=1.0, description="share of samples cut fresh from the raw volumes, "
+                                  "with the bank's spatial transforms drawn anew (variety beyond the bank's K)")
+    intensity: IntensityAugmentConfig = Field(default_factory=IntensityAugmentConfig)
+    where: Literal["auto", "device", "workers"] = Field(
+        "auto", description="where the per-batch transforms run: the training device (auto on CUDA) or the loader workers (auto on CPU)")
+
+
+def _plain(x: Any) -> torch.Tensor:
+    """MONAI may return a MetaTensor; training wants plain tensors."""
+    return x.as_tensor() if hasattr(x, "as_tensor") else x
+
+
+def seed_of(*parts: int | str) -> int:
+    """A 63-bit seed from a tuple (e.g. ``(run seed, batch number)``)."""
+    return int.from_bytes(hashlib.sha256(repr(tuple(parts)).encode()).digest()[:8], "big") >> 1
+
+
+class BatchAugment:
+    """Mirroring and intensity transforms on a batch ``(B, C, Z, Y, X)`` float32 tensor, on its device.
+
+    Args:
+        cfg: probabilities and ranges (:class:`IntensityAugmentConfig`).
+        flip_prob: probability of a flip along each spatial axis (labels flipped alike).
+    """
+
+    def __init__(self, cfg: IntensityAugmentConfig, flip_prob: float = 0.5) -> None:
+        self.cfg = cfg
+        self.flip_prob = float(flip_prob)
+
+    def draw(self, n_batch: int, n_channels: int, seed: Sequence[int | str]) -> list[dict[str, Any]]:
+        """The parameters of every sample of a batch, drawn on the CPU with a generator seeded by ``seed``.
+
+        Each sample's dict: ``flips`` (tensor dims 1-3 of the sample), ``noise_std`` (or None) and,
+        per channel, ``blur`` sigmas ``(z, y, x)``, ``brightness``, ``contrast``, ``gamma_inverted``,
+        ``gamma`` (None where the transform does not fire). Every draw is made whether or not it fires,
+        so one probability does not shift the other draws.
+        """
+        cfg = self.cfg
+        gen = torch.Generator().manual_seed(seed_of(*seed))
+
+        def u(n: int = 1) -> list[float]:
+            return torch.rand(n, generator=gen, dtype=torch.float64).tolist()
+
+        def uniform(lo_hi: tuple[float, float], n: int = 1) -> list[float]:
+            lo, hi = lo_hi
+            return [lo + (hi - lo) * v for v in u(n)]
+
+        out = []
+        for _ in range(n_batch):
+            fire = u(6)
+            noise_var = uniform(cfg.noise_variance)[0]
+            blur_ch, sigma = u(n_channels), uniform(cfg.blur_sigma, 3 * n_channels)
+            bright, contrast = uniform(cfg.brightness, n_channels), uniform(cfg.contrast, n_channels)
+            gamma_inv, gamma = uniform(cfg.gamma, n_channels), uniform(cfg.gamma, n_channels)
+            flips = [ax + 1 for ax, v in enumerate(u(3)) if v < self.flip_prob]
+            out.append({
+                "flips": flips,
+                "noise_std": math.sqrt(noise_var) if fire[0] < cfg.p_noise and noise_var > 0 else None,
+                "blur": [tuple(sigma[3 * c : 3 * c + 3]) if fire[1] < cfg.p_blur and blur_ch[c] < cfg.blur_p_per_channel else None
+                         for c in range(n_channels)],
+                "brightness": [f if fire[2] < cfg.p_brightness else None for f in bright],
+                "contrast": [f if fire[3] < cfg.p_contrast else None for f in contrast],
+                "gamma_inverted": [g if fire[4] < cfg.p_gamma_inverted else None for g in gamma_inv],
+                "gamma": [g if fire[5] < cfg.p_gamma else None for g in gamma],
+            })
+        return out
+
+    def __call__(self, image: torch.Tensor, label: torch.Tensor | None, seed: Sequence[int | str],
+                 params: list[dict[str, Any]] | None = None, mirrored: bool = False,
+                 inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Augment ``image`` (and mirror ``label``) with draws seeded by ``seed``.
+
+        Args:
+            image: float32 ``(B, C, Z, Y, X)`` on any device.
+            label: ``(B, 1, Z, Y, X)`` or None; mirrored with the image.
+            seed: seeds the draws (:meth:`draw`) and the noise (drawn on the image's device).
+            params: draws made already (:meth:`draw` with the same ``seed``).
+            mirrored: the flips of ``params`` were applied already (the loader folds them into
+                its float conversion on the CPU).
+            inplace: ``image`` and ``label`` may be modified (the caller owns them).
+        """
+        from monai.transforms import AdjustContrast, GaussianSmooth, ScaleIntensity, ScaleIntensityFixedMean
+
+        n_batch, n_chan = image.shape[:2]
+        params = params if params is not None else self.draw(n_batch, n_chan, seed)
+        noise_gen = None
+        if not inplace:
+            image = image.clone()
+            label = None if label is None else label.clone()
+        for b, p in enumerate(params):
+            x = image[b]
+            if p["noise_std"] is not None:
+                if noise_gen is None:
+                    noise_gen = torch.Generator(device=image.device).manual_seed(seed_of(*seed, "noise"))
+                x.add_(torch.randn(x.shape, generator=noise_gen, device=x.device, dtype=x.dtype), alpha=p["noise_std"])
+            for c in range(n_chan):
+                xc = x[c : c + 1]
+                if p["blur"][c] is not None:
+                    xc = _plain(GaussianSmooth(sigma=p["blur"][c])(xc))
+                if p["brightness"][c] is not None:
+                    xc = _plain(ScaleIntensity(minv=None, maxv=None, factor=p["brightness"][c] - 1.0)(xc))
+                if p["contrast"][c] is not None:
+                    xc = _plain(ScaleIntensityFixedMean(factor=p["contrast"][c] - 1.0, preserve_range=True, fixed_mean=True)(xc))
+                if p["gamma_inverted"][c] is not None:
+                    xc = _plain(AdjustContrast(p["gamma_inverted"][c], invert_image=True, retain_stats=True)(xc))
+                if p["gamma"][c] is not None:
+                    xc = _plain(AdjustContrast(p["gamma"][c], invert_image=False, retain_stats=True)(xc))
+                if xc.data_ptr() != x[c : c + 1].data_ptr():
+                    x[c : c + 1] = xc.to(x.dtype)
+            if p["flips"] and not mirrored:
+                image[b] = torch.flip(x, p["flips"])
+                if label is not None:
+                    label[b] = torch.flip(label[b], p["flips"])
+        return image, label
