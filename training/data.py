@@ -641,7 +641,7 @@ def bank_dataset(store_root: str | Path, case_ids: Sequence[str], cfg: Any, devi
 
         transform = BatchAugment(aug.intensity, flip_prob=cfg.flip_prob)
     return BankDataset(store_root, case_ids, channels=cfg.channels, patch_zyx=cfg.patch_zyx, lesion_fraction=cfg.lesion_fraction,
-                       samples_per_epoch=cfg.iterations * cfg.batch_size, seed=cfg.seed, fresh_fraction=aug.fresh_fraction,
+                       samples_per_epoch=cfg.iterations * int(cfg.batch_size or 1), seed=cfg.seed, fresh_fraction=aug.fresh_fraction,
                        transform=transform, require_bank=aug.bank == "require")
 
 
@@ -656,4 +656,4 @@ def bank_loader(dataset: BankDataset, cfg: Any, device: torch.device) -> BankLoa
         from training.augment import BatchAugment
 
         augment = BatchAugment(cfg.augmentation.intensity, flip_prob=cfg.flip_prob)
-    return BankLoader(dataset, cfg.batch_size, device=device, workers=cfg.num_workers or 2, kind="threads", augment=augment, seed=cfg.seed)
+    return BankLoader(dataset, int(cfg.batch_size or 1), device=device, workers=cfg.num_workers or 2, kind="threads", augment=augment, seed=cfg.seed)

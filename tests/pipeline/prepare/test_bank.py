@@ -113,7 +113,7 @@ def test_class_balance_and_lesion_centres_follow_the_config(tmp_path):
     build_bank(root, case, cfg)
     bank = read_bank(root, case)
     assert bank.n_lesion == 3
-    source = np.array(ndimage.center_of_mass(np.asarray(store.open_case(root, case)["label"][...])))
+    source = np.array(ndimage.center_of_mass(np.asarray(store.reference_label(store.open_case(root, case))[...])))
     for s in bank.samples:
         _, lab = read_sample(root, case, s.index)
         if s.kind == "lesion":  # the lesion lies inside the patch: its centroid maps back through the recorded matrix
