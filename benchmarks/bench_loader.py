@@ -13,14 +13,15 @@ store; and a phantom cohort of ``--phantom`` cases):
   (sampled every 0.2 s from /proc, so shared pages count once per process):
 
   - ``lesionflow.patchdataset_0w`` / ``_2w``: the old loader (raw volumes, flips only), 0 / 2 worker processes;
-  - ``lesionflow.augmented``: the bank loader as training uses it on this machine: bank samples
-    (rotation, scaling, low resolution stored) read by 2 threads, mirroring and the intensity
-    transforms (noise, blur, brightness, contrast, gamma) applied in the loader threads (on a
-    GPU they run on the device instead), float32 batches;
-  - ``lesionflow.augmented_2p``: the same with 2 worker processes instead of 2 threads (how the
-    loader's default, threads, was chosen);
-  - ``lesionflow.bank_read``: the same samples with mirroring only: what the host does for a GPU,
-    whose device then runs the intensity transforms;
+  - ``lesionflow.augmented``: the bank loader as training uses it without a GPU: bank samples
+    (rotation, scaling, low resolution stored) read by 2 worker processes, which also apply
+    mirroring and the intensity transforms (noise, blur, brightness, contrast, gamma); float32
+    batches. nnU-Net-equivalent augmentation, all on the CPU;
+  - ``lesionflow.augmented_threads``: the same with 2 threads (how processes were chosen for it);
+  - ``lesionflow.bank_read``: bank samples with mirroring only, 2 threads, float32;
+  - ``lesionflow.bank_int16``: what the host does for GPU training: bank samples read by 2
+    threads straight into int16 batch buffers (pinned on CUDA); the float conversion, mirroring
+    and intensity transforms then run on the GPU (not measured here without one);
   - ``in_memory``: the upper bound: every case decoded in RAM as float32, random crops only, one process;
   - ``nnunet.none`` (0 and 2 workers) and ``nnunet.augmented`` (2 workers, its full
     ``get_training_transforms`` with deep supervision): ``nnUNetDataLoader`` on the same cases
@@ -232,14 +233,20 @@ def lesionflow_loader(store: str, mode: str, patch: list[int], batch: int, seed:
         workers = int(mode.rsplit("_", 1)[1].rstrip("w"))
         ds = PatchDataset(store, cases, patch_zyx=patch, samples_per_epoch=n, seed=seed)
         return iter(torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=workers, persistent_workers=workers > 0))
-    if mode in ("augmented", "augmented_2p", "bank_read"):
+    if mode == "bank_int16":  # the host side of GPU training: int16 batches in (pinnable) buffers, converted and augmented on the device
+        from training.data import BankDataset, _ThreadBatches
+
+        ds = BankDataset(store, cases, patch_zyx=patch, samples_per_epoch=n, seed=seed)
+        return iter(_ThreadBatches(ds, batch, threads=2, prefetch=2, pin=False))
+    if mode in ("augmented", "augmented_threads", "bank_read"):
         from training.augment import BatchAugment, IntensityAugmentConfig
         from training.data import BankDataset, BankLoader
 
         cfg = IntensityAugmentConfig() if mode == "augmented" else IntensityAugmentConfig(
             p_noise=0, p_blur=0, p_brightness=0, p_contrast=0, p_gamma=0, p_gamma_inverted=0)
         ds = BankDataset(store, cases, patch_zyx=patch, samples_per_epoch=n, seed=seed, transform=BatchAugment(cfg, flip_prob=0.5))
-        return iter(BankLoader(ds, batch, device="cpu", workers=2, kind="processes" if mode == "augmented_2p" else "threads", seed=seed))
+        kind = {"augmented": "processes", "augmented_threads": "threads", "bank_read": "threads"}[mode]
+        return iter(BankLoader(ds, batch, device="cpu", workers=2, kind=kind, seed=seed))
     if mode == "in_memory":
         from pipeline.prepare.patches import patch_bounds, read_patch_index
 
@@ -452,11 +459,12 @@ def summary(result: dict[str, Any], key: str) -> dict[str, Any]:
     s: dict[str, Any] = {
         "lesionflow.augmented.patches_per_s": rate("lesionflow.augmented"),
         "lesionflow.bank_read.patches_per_s": rate("lesionflow.bank_read"),
+        "lesionflow.bank_int16.patches_per_s": rate("lesionflow.bank_int16"),
         "nnunet.none.patches_per_s": max(filter(None, [rate("nnunet.none_0w"), rate("nnunet.none_2w")]), default=None),
         "nnunet.augmented.patches_per_s": rate("nnunet.augmented_2w"),
     }
     if s["nnunet.none.patches_per_s"]:
-        for k in ("lesionflow.augmented", "lesionflow.bank_read"):
+        for k in ("lesionflow.augmented", "lesionflow.bank_read", "lesionflow.bank_int16"):
             if s[f"{k}.patches_per_s"]:
                 s[f"{k}_over_nnunet_none"] = round(s[f"{k}.patches_per_s"] / s["nnunet.none.patches_per_s"], 2)
     if s["nnunet.augmented.patches_per_s"] and s["lesionflow.augmented.patches_per_s"]:
@@ -476,7 +484,7 @@ def main() -> None:
     ap.add_argument("--patch", default="112,160,128", help="patch z,y,x in voxels (clipped to the volume)")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--samples-per-case", type=int, default=32, help="K of the augmentation bank")
-    ap.add_argument("--modes", default="patchdataset_0w,patchdataset_2w,augmented,augmented_2p,bank_read,in_memory")
+    ap.add_argument("--modes", default="patchdataset_0w,patchdataset_2w,augmented,augmented_threads,bank_read,bank_int16,in_memory")
     ap.add_argument("--nnunet-python", default=os.environ.get("NNUNET_PYTHON", DEFAULT_NNUNET_PYTHON),
                     help="python of a separate virtual environment with nnunetv2 (skipped when absent)")
     ap.add_argument("--work", default=None, help="work folder (default: a temporary one, removed after)")

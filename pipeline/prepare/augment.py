@@ -69,6 +69,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pipeline.prepare.patches import patch_bounds
 
 
+TRANSFORMS_VERSION = 2
+"""Bumped whenever :func:`augment_patch` or :func:`draw_params` would give other bytes for the same
+inputs (2: labels interpolated linearly and thresholded, as nnU-Net v2, instead of nearest neighbour)."""
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -123,8 +128,10 @@ class BankConfig(_Strict):
         return v
 
     def config_hash(self) -> str:
-        """SHA-256 (hex) of the canonical JSON of the whole config (every field shapes the samples)."""
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        """SHA-256 (hex) of the canonical JSON of the whole config (every field shapes the samples) and
+        :data:`TRANSFORMS_VERSION`, so banks built by an older implementation are rebuilt."""
+        payload = {"config": self.model_dump(mode="json"), "transforms_version": TRANSFORMS_VERSION}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 class SampleParams(BaseModel):
