@@ -14,10 +14,10 @@ store; and a phantom cohort of ``--phantom`` cases):
 
   - ``lesionflow.patchdataset_0w`` / ``_2w``: the old loader (raw volumes, flips only), 0 / 2 worker processes;
   - ``lesionflow.augmented``: the bank loader as training uses it without a GPU: bank samples
-    (rotation, scaling, low resolution stored) read by 2 worker processes, which also apply
-    mirroring and the intensity transforms (noise, blur, brightness, contrast, gamma); float32
-    batches. nnU-Net-equivalent augmentation, all on the CPU;
-  - ``lesionflow.augmented_threads``: the same with 2 threads (how processes were chosen for it);
+    (rotation, scaling, low resolution stored) read by 2 threads, which also apply mirroring and
+    the intensity transforms (noise, blur, brightness, contrast, gamma) straight into the float32
+    batch. nnU-Net-equivalent augmentation, all on the CPU;
+  - ``lesionflow.augmented_2p``: the same with 2 worker processes (how threads were chosen);
   - ``lesionflow.bank_read``: bank samples with mirroring only, 2 threads, float32;
   - ``lesionflow.bank_int16``: what the host does for GPU training: bank samples read by 2
     threads straight into int16 batch buffers (pinned on CUDA); the float conversion, mirroring
@@ -238,14 +238,14 @@ def lesionflow_loader(store: str, mode: str, patch: list[int], batch: int, seed:
 
         ds = BankDataset(store, cases, patch_zyx=patch, samples_per_epoch=n, seed=seed)
         return iter(_ThreadBatches(ds, batch, threads=2, prefetch=2, pin=False))
-    if mode in ("augmented", "augmented_threads", "bank_read"):
+    if mode in ("augmented", "augmented_2p", "bank_read"):
         from training.augment import BatchAugment, IntensityAugmentConfig
         from training.data import BankDataset, BankLoader
 
-        cfg = IntensityAugmentConfig() if mode == "augmented" else IntensityAugmentConfig(
+        cfg = IntensityAugmentConfig() if mode.startswith("augmented") else IntensityAugmentConfig(
             p_noise=0, p_blur=0, p_brightness=0, p_contrast=0, p_gamma=0, p_gamma_inverted=0)
         ds = BankDataset(store, cases, patch_zyx=patch, samples_per_epoch=n, seed=seed, transform=BatchAugment(cfg, flip_prob=0.5))
-        kind = {"augmented": "processes", "augmented_threads": "threads", "bank_read": "threads"}[mode]
+        kind = {"augmented": "threads", "augmented_2p": "processes", "bank_read": "threads"}[mode]
         return iter(BankLoader(ds, batch, device="cpu", workers=2, kind=kind, seed=seed))
     if mode == "in_memory":
         from pipeline.prepare.patches import patch_bounds, read_patch_index
@@ -484,7 +484,7 @@ def main() -> None:
     ap.add_argument("--patch", default="112,160,128", help="patch z,y,x in voxels (clipped to the volume)")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--samples-per-case", type=int, default=32, help="K of the augmentation bank")
-    ap.add_argument("--modes", default="patchdataset_0w,patchdataset_2w,augmented,augmented_threads,bank_read,bank_int16,in_memory")
+    ap.add_argument("--modes", default="patchdataset_0w,patchdataset_2w,augmented,augmented_2p,bank_read,bank_int16,in_memory")
     ap.add_argument("--nnunet-python", default=os.environ.get("NNUNET_PYTHON", DEFAULT_NNUNET_PYTHON),
                     help="python of a separate virtual environment with nnunetv2 (skipped when absent)")
     ap.add_argument("--work", default=None, help="work folder (default: a temporary one, removed after)")

@@ -564,19 +564,18 @@ class _ThreadBatches:
                 yield [t.pin_memory() for t in batch] if self.pin else batch
 
 
-WORKER_KIND_NOTE = """Threads or processes, by measurement (bench_loader, 2 cores, real MNI cases 4 x 112 x 160 x 128,
-batch 2, 2026-11-29): reading bank samples with mirroring, 2 threads 15.9 patches/s; with the intensity
-transforms in the workers as well, 2 threads 4.3 vs 2 processes 12.7 patches/s (MONAI's transforms
-hold the GIL between tensor operations). So: threads when the transforms run on the device (no
-pickling, no shared-memory copy, one process's memory), processes when they run in the workers."""
+WORKER_KIND_NOTE = """Threads, by measurement (bench_loader, 2 cores, real MNI cases 4 x 112 x 160 x 128, batch 2,
+2026-11-29, a quiet spell of the shared machine): bank samples with mirroring and the intensity
+transforms applied in the workers, 2 threads 11.9 vs 2 worker processes 9-11 patches/s, peak
+memory 0.9 vs 2.2 GB. Zstandard decoding, numpy and torch release the GIL; processes pay for
+pickling and a shared-memory copy of every batch, and hold a copy of the interpreter each."""
 
 
 class BankLoader:
     """Batches for :func:`training.loop.train_step`: ``(image float32 (B, C, p...), label int64 (B, 1, p...))`` on ``device``.
 
     Samples are read by worker processes (``kind="processes"``, a torch ``DataLoader``) or threads
-    (``kind="threads"``); ``auto`` takes processes when the dataset applies the transforms itself,
-    threads otherwise (:data:`WORKER_KIND_NOTE`). On CUDA batches are pinned and copied without blocking on a side stream,
+    (``kind="threads"``, the default ``auto``: :data:`WORKER_KIND_NOTE`). On CUDA batches are pinned and copied without blocking on a side stream,
     one batch ahead of the one being trained on, then turned into float32 and augmented there
     (:class:`training.augment.BatchAugment`, seeded by ``(seed, batch number)``). On the CPU the
     transforms run in the workers instead (``transform`` of :class:`BankDataset`) unless told otherwise.
@@ -586,7 +585,7 @@ class BankLoader:
                  kind: str = "auto", augment: Any = None, seed: int = 0, prefetch: int = 2) -> None:
         self.dataset, self.batch_size, self.device = dataset, int(batch_size), torch.device(device)
         if kind == "auto":  # measured (benchmarks/bench_loader.py): see WORKER_KIND_NOTE
-            kind = "processes" if dataset.transform is not None else "threads"
+            kind = "threads"
         self.augment, self.seed, self.workers, self.kind = augment, int(seed), int(workers), kind
         pin = self.device.type == "cuda"
         if kind == "threads" and workers > 0:

@@ -201,7 +201,7 @@ def test_training_uses_the_bank_by_default_and_falls_back_with_a_reason(banked, 
     cpu = torch.device("cpu")
     ds = bank_dataset(banked["root"], banked["banked"], cfg, cpu)
     assert isinstance(ds, BankDataset) and ds.transform is not None  # CPU: the transforms run in the loader's threads
-    assert bank_loader(ds, cfg, cpu).kind == "processes"  # transforms in the workers: processes (WORKER_KIND_NOTE)
+    assert bank_loader(ds, cfg, cpu).kind == "threads"  # WORKER_KIND_NOTE
     on_device = bank_dataset(banked["root"], banked["banked"], cfg.with_overrides(augmentation={"where": "device"}), cpu)
     loader = bank_loader(on_device, cfg, cpu)
     assert on_device.transform is None and loader.augment is not None and loader.kind == "threads"
