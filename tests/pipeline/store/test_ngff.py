@@ -197,6 +197,25 @@ def test_upgrade_adds_the_pyramid_without_touching_level_zero(tmp_path, monkeypa
     assert store.upgrade_store(root)["cases_changed"] == 0  # idempotent
 
 
+def test_upgrade_adds_the_pyramid_on_an_object_store(monkeypatch):
+    """No rename on an object store: each level is built in memory and uploaded marker last; the
+    level-0 objects are not touched."""
+    import fsspec
+
+    url = f"memory://pyramid-{os.getpid()}/s.zarr"
+    monkeypatch.setattr(ngff, "PYRAMID_MAX_LEVELS", 0)
+    case_id, arrays = _big_case(url)
+    fs = fsspec.filesystem("memory")
+    level0 = {p: fs.cat_file(p) for p in fs.find(f"{url}/cases/{case_id}/image")}
+    monkeypatch.setattr(ngff, "PYRAMID_MAX_LEVELS", 2)
+    store.upgrade_store(url)
+    assert {p: fs.cat_file(p) for p in fs.find(f"{url}/cases/{case_id}/image") if not p.split("/cases/")[1].startswith(f"{case_id}/image_")} == level0
+    group = store.open_case(url, case_id)
+    assert_valid_case(group, {"reference", "foreground"}, levels=3)
+    np.testing.assert_array_equal(group["labels/reference/1"][:], _block_reference(arrays["reference"], (2, 2, 2), np.max))
+    fs.rm(url.split("/s.zarr")[0], recursive=True)
+
+
 def test_ingested_phantom_cases_validate(phantom_store):
     for case_id in store.list_cases(phantom_store):
         group = store.open_case(phantom_store, case_id)
