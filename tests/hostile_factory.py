@@ -43,9 +43,9 @@ from pipeline.io.writers import write_nifti
 from pipeline.phantom.writers import write_metaimage
 from storage_schemas.models import ReasonCode
 from tests import dicom_factory as fac
-from tests.conftest import REPO
 from tests.session_factory import blob_image, lesion_mask_on, write_session
 
+REPO = Path(__file__).resolve().parents[1]
 HOOKS = REPO / "tests" / "hooks"
 POISON = {"poison_oom": "oom", "poison_crash": "crash"}
 """Folder name → how the session kills its worker (see :func:`tests.session_factory.convert_or_poison`)."""
