@@ -104,11 +104,12 @@ def _build_array(scratch: zarr.Group, node: str, *, data: np.ndarray, chunks: tu
 
 
 def _fill_label_group(g: zarr.Group, meta: CaseMeta, name: str, data: np.ndarray, chunk_zyx: Sequence[int],
-                      attrs: dict[str, Any] | None = None, colour_index: int = 0) -> None:
+                      attrs: dict[str, Any] | None = None, colour_index: int = 0,
+                      factors: Sequence[tuple[int, int, int]] | None = None) -> None:
     """Write the NGFF label image ``name`` (its array ``0``, its downsampled levels ``1``, ``2``, ...
-    and its ``ome`` metadata) into an empty group."""
+    of ``factors``, default the grid's, and its ``ome`` metadata) into an empty group."""
     mask = data.astype(np.uint8, copy=False)
-    factors = ngff.pyramid_factors(meta.geometry)
+    factors = ngff.pyramid_factors(meta.geometry) if factors is None else list(factors)
     _write_array(g, ngff.LEVEL0, mask, tuple(chunk_zyx), attrs, ngff.MASK_DIMS)
     for k, level in enumerate(ngff.pyramid_levels(mask, factors, "max"), start=1):
         _write_array(g, str(k), level, tuple(chunk_zyx), None, ngff.MASK_DIMS)
@@ -267,9 +268,14 @@ def write_label(root: StoreLike, case_id: str, name: str, data: np.ndarray, chun
     st.backend.ensure_groups(case, ngff.LABELS)
     present = _label_names(st, case)
     colour = ngff.prediction_colour_index(present, name) if name.startswith(ngff.PREDICTION_PREFIX) else 0
+    # the image's levels: a case written before schema 1.5 has one until `lesionflow upgrade` adds
+    # the rest (to its labels too), so its labels match its image meanwhile
+    ome = (st.backend.node_attrs(case) or {}).get("ome") or {}
+    image_levels = len(((ome.get("multiscales") or [{}])[0]).get("datasets") or [None])
+    factors = ngff.pyramid_factors(meta.geometry)[: max(0, image_levels - 1)]
 
     def build(scratch: zarr.Group, node: str) -> None:
-        _fill_label_group(scratch.create_group(node), meta, name, data, chunk_zyx, attrs, colour)
+        _fill_label_group(scratch.create_group(node), meta, name, data, chunk_zyx, attrs, colour, factors)
 
     where = st.backend.commit_node(join(case, ngff.LABELS, name), build)
     refresh_labels(st, case_id)

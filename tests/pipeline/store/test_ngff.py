@@ -177,7 +177,10 @@ def test_upgrade_adds_the_pyramid_without_touching_level_zero(tmp_path, monkeypa
     doc["attributes"]["lesionflow"]["schema_version"] = "1.4"
     (root / "zarr.json").write_text(json.dumps(doc))
     monkeypatch.setattr(ngff, "PYRAMID_MAX_LEVELS", 2)
-    assert_valid_case(store.open_case(root, case_id), {"reference", "foreground", "prediction-m1"}, levels=1)  # still valid, one level
+    # scored by the new lesionflow before the upgrade: the new label gets the image's one level
+    store.write_label(root, case_id, store.prediction_label("m2"), arrays["foreground"])
+    labels = {"reference", "foreground", "prediction-m1", "prediction-m2"}
+    assert_valid_case(store.open_case(root, case_id), labels, levels=1)  # still valid, one level
     before = _chunk_files(root / "cases" / case_id)
 
     dry = store.upgrade_store(root, dry_run=True)
@@ -189,9 +192,9 @@ def test_upgrade_adds_the_pyramid_without_touching_level_zero(tmp_path, monkeypa
     after = _chunk_files(root / "cases" / case_id)
     assert {k: v for k, v in after.items() if k in before} == before  # level 0: same files (inodes), same bytes
     assert {k.split("|")[0] for k in after} - {k.split("|")[0] for k in before} == {
-        "image_1", "image_2", *(f"labels/{n}/{k}" for n in ("reference", "foreground", "prediction-m1") for k in (1, 2))}
+        "image_1", "image_2", *(f"labels/{n}/{k}" for n in ("reference", "foreground", "prediction-m1", "prediction-m2") for k in (1, 2))}
     group = store.open_case(root, case_id)
-    assert_valid_case(group, {"reference", "foreground", "prediction-m1"}, levels=3)
+    assert_valid_case(group, labels, levels=3)
     np.testing.assert_allclose(group["image_1"][:], _block_reference(arrays["image"], (2, 2, 2), np.nanmean), atol=1e-5)
     assert read_as_viewer(root / "cases" / case_id)["prediction-m1:levels"] == [(70, 132, 101), (35, 66, 51), (18, 33, 26)]
     assert store.upgrade_store(root)["cases_changed"] == 0  # idempotent
