@@ -768,7 +768,10 @@ def upgrade(
     dry_run: bool = typer.Option(False, "--dry-run", help="list what would change, change nothing"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Bring a store written by an older lesionflow to the current layout, in place (metadata only; no voxel rewritten).
+    """Bring a store written by an older lesionflow to the current layout, in place (no stored voxel rewritten).
+
+    Metadata is rewritten and masks are moved (renamed); the resolution pyramid of schema 1.5 is
+    added as new arrays computed from level 0, which stays byte for byte as it was.
 
     Run it while nothing else writes to the store. Safe to interrupt and to run again.
     """

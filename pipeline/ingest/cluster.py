@@ -273,6 +273,7 @@ def worker_died(plan: SessionPlan, ctx: IngestContext, exc: BaseException) -> Se
     reason = (f"worker died while converting: {tried} running this session died (out of memory past the worker memory "
               f"limit, {limit}, or a crash in a native library); the rest of the cohort was converted")
     log.error("session %s: %s", plan.case_id, reason)
-    row = ctx.row(plan, "rejected", plan.root_relpath, reason=reason, reason_code=ReasonCode.WORKER_DIED)
+    # the session folder by its sealed path: a folder name can be a patient's (DOE^JANE_MRN123/...)
+    row = ctx.row(plan, "rejected", plan.root_sealed, reason=reason, reason_code=ReasonCode.WORKER_DIED)
     append_catalog(ctx.store_root, [row])
     return SessionResult(plan.case_id, "rejected", reason=reason, reason_code=ReasonCode.WORKER_DIED, rows=[row])

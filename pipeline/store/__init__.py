@@ -52,6 +52,7 @@ from pipeline.store.cases import (
     write_case_array,
     write_case_group,
     write_label,
+    write_missing_levels,
 )
 from pipeline.store.catalog import (
     COMPACT_MIN_PARTS,
@@ -113,7 +114,7 @@ __all__ = [
     # masks (OME-Zarr labels; either layout)
     "LABELS", "REFERENCE", "FOREGROUND", "prediction_label", "mask_array", "reference_label", "foreground_mask", "prediction_mask",
     "prediction_versions", "write_label", "refresh_labels", "prediction_path", "has_prediction",
-    "upgrade_store", "upgrade_case",
+    "write_missing_levels", "upgrade_store", "upgrade_case",
     # catalog
     "COMPACT_MIN_PARTS", "append_catalog", "catalog_arrow_schema", "compact_catalog", "read_catalog", "query_catalog",
     # tables

@@ -9,6 +9,7 @@ from pipeline.ingest import run_ingest
 from pipeline.ingest.cluster import dask_client
 from pipeline.store import list_cases
 from tests.conftest import REPO
+from tests.sealed import reveal
 from tests.session_factory import write_session
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -165,13 +166,15 @@ def test_ingest_flow_completes_when_sessions_kill_their_workers(prefect_harness,
     assert state.is_completed()
     summary = state.result()
     assert (summary["converted"], summary["rejected"], summary["skipped"]) == (3, 2, 0)
-    died = {r["path"]: r["reason"] for r in summary["rejected_inputs"] if r["code"] == "worker_died"}
+    # named by sealed path (a poisoned session's folder may be a patient's name): opened with the key
+    died = {reveal(r["path"]).rstrip("/"): r["reason"] for r in summary["rejected_inputs"] if r["code"] == "worker_died"}
+    assert all(r["path"].startswith("src:") for r in summary["rejected_inputs"])
     assert set(died) == set(victims)
     assert all(r.startswith("worker died while converting: 2 workers") and "800MiB" in r for r in died.values())
     assert len(list_cases(store)) == 3
     cat = read_catalog(store)
     rows = cat[cat["reason_code"] == "worker_died"]
-    assert sorted(rows["source_relpath"]) == ["crash", "oom"] and set(rows["status"]) == {"rejected"}
+    assert sorted(reveal(p) for p in rows["source_relpath"]) == ["crash/", "oom/"] and set(rows["status"]) == {"rejected"}
 
 
 def test_local_cluster_keeps_dask_info_records_out_of_the_log():
