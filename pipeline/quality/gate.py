@@ -9,8 +9,9 @@ blocking finding. ``expectations.json`` is saved as by the report.
 
 Example:
     >>> outcome = run_gate("/data/store.zarr", ["sub-…_ses-…"])  # doctest: +SKIP
+    >>> outcome = GateOutcome(cases=["c1"], blocking=[{"case_id": "c1", "what": "missing FLAIR", "detail": "no FLAIR series"}])
     >>> outcome.passed, outcome.reason
-    (False, 'sub-…_ses-…: missing FLAIR (…)')
+    (False, 'c1: missing FLAIR (no FLAIR series)')
 """
 
 from __future__ import annotations
