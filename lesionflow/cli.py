@@ -56,7 +56,7 @@ def _ensure_key(workdir: Path | None = None) -> None:
 
         key_file.write_text(secrets.token_hex(32))
         key_file.chmod(0o600)
-        _console().print(f"[yellow]generated a pseudonymisation key in {key_file} (set {PSEUDONYM_KEY_ENV} for real data)[/]")
+        _console().print(f"[yellow]generated a pseudonymisation key in {key_file} (set {PSEUDONYM_KEY_ENV} for real data)[/]", soft_wrap=True)
     os.environ[PSEUDONYM_KEY_ENV] = key_file.read_text().strip()
 
 

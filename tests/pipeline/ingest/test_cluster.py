@@ -172,3 +172,30 @@ def test_ingest_flow_completes_when_sessions_kill_their_workers(prefect_harness,
     cat = read_catalog(store)
     rows = cat[cat["reason_code"] == "worker_died"]
     assert sorted(rows["source_relpath"]) == ["crash", "oom"] and set(rows["status"]) == {"rejected"}
+
+
+def test_local_cluster_keeps_dask_info_records_out_of_the_log():
+    """Under a flow, Dask's INFO records (scheduler start, workers registering, client
+    connections) reached Prefect's console through the root logger: 20 lines per ingest."""
+    import logging
+
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    handler, root = Keep(level=logging.DEBUG), logging.getLogger()
+    distributed = logging.getLogger("distributed")
+    before = distributed.level
+    distributed.setLevel(logging.INFO)  # Dask's own default for its logger
+    root.addHandler(handler)
+    try:
+        with dask_client(n_workers=1) as client:
+            assert client.submit(sum, [1, 2]).result() == 3
+        dask_info = [r for r in seen if r.name.startswith("distributed") and r.levelno < logging.WARNING]
+        assert not dask_info, [r.getMessage() for r in dask_info[:3]]
+        assert distributed.level == logging.INFO  # restored afterwards
+    finally:
+        root.removeHandler(handler)
+        distributed.setLevel(before)
