@@ -558,9 +558,13 @@ def score(
     connectivity: int = typer.Option(26),
     min_size_mm3: float = typer.Option(0.0, "--min-size-mm3"),
     overwrite: bool = typer.Option(False, help="re-score cases already scored by this model"),
+    workers: int = typer.Option(2, "--workers", help="Dask worker processes (one torch thread each) when there is more than one batch; "
+                                                      "0: in this process (a GPU)"),
+    dask_address: str | None = typer.Option(None, "--dask-address", envvar="LESIONFLOW_DASK_ADDRESS", help="an existing Dask scheduler"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Score every case with MODEL (default: the store's 'production' alias) and write lesion-volume tables (Parquet + CSV)."""
+    """Score the cases MODEL has not scored yet (default: the store's 'production' alias; found by a query over catalog and
+    tables) and add their rows to the lesion-volume tables (Parquet + CSV)."""
     from training.checkpoint import CheckpointError
 
     if model is None:
@@ -573,7 +577,8 @@ def score(
     from flows.score import score as score_flow
 
     try:
-        out = score_flow(str(store), model, connectivity=connectivity, min_lesion_mm3=min_size_mm3, overwrite=overwrite)
+        out = score_flow(str(store), model, connectivity=connectivity, min_lesion_mm3=min_size_mm3, overwrite=overwrite,
+                         n_workers=workers, dask_address=dask_address)
     except CheckpointError as exc:
         _fail(str(exc))
     if as_json:
