@@ -14,8 +14,8 @@ follow-up), in LPS mm; resampling the follow-up with it puts it on the fixed gri
   to 0.11 mm at worst over head points and the affine stage then shrinks the map by 3.5 % (a
   better mutual information, a worse geometry: 0.77 mm); on the shared longitudinal patient the
   rigid result agrees with the dataset's own transforms (its authors' registration through their
-  common space) to 0.31 mm median, 0.57 mm at worst over brain points, rigid then affine to
-  0.33 / 0.71 mm. The visits of one head differ by a rigid motion; the affine stage is there for
+  common space) to 0.30 mm median, 0.56 mm at worst over brain points, rigid then affine to
+  0.34 / 0.71 mm (``benchmarks/bench_change.py``). The visits of one head differ by a rigid motion; the affine stage is there for
   scanners whose gradients scale the images differently.
 * transforms as 4 x 4 matrices (:func:`affine_matrix`, :func:`sitk_affine`) so that supplied
   transforms compose exactly: baseline grid → follow-up = ``C_f ∘ C_b⁻¹`` for transforms ``C`` from

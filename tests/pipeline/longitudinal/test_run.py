@@ -110,3 +110,14 @@ def test_the_quality_report_shows_the_pair_and_its_registration(store):
     (pid,) = list_pairs(root)
     section = html.split('id="pairs"')[1].split("</section>")[0]
     assert pid in section and "rigid" in section and "yes" in section  # registration method, expert mask
+
+
+def test_the_evaluation_page_shows_the_models_change(store):
+    from pipeline.lesions.change import ChangeRules
+    from pipeline.quality.evaluation_page import build_evaluation_page
+
+    root, _ = store
+    (row,) = run_change(str(root), method="model", model_version="truth", rules=ChangeRules(connectivity=6, min_size_mm3=10.0))["pairs"]
+    html = open(build_evaluation_page(root, model_version="truth", thumbnails=False)["html"]).read()
+    section = html.split('id="change"')[1].split("</section>")[0]
+    assert row["pair_id"] in section and "rigid (0." in section and "No visit pair" not in section
