@@ -966,7 +966,7 @@ def _print_table(rows: list[dict[str, Any]], columns: list[str], title: str, hea
 
     table = Table(title=title)
     for c in columns:
-        table.add_column((headers or {}).get(c, c), justify="left" if c in ("case_id", "split") else "right", no_wrap=c == "case_id")
+        table.add_column((headers or {}).get(c, c), justify="left" if c in ("case_id", "pair_id", "split") else "right", no_wrap=c in ("case_id", "pair_id"))
     def cell(c: str, v: Any) -> str:
         if v is None or (isinstance(v, float) and v != v):
             return ""
