@@ -58,6 +58,7 @@ from pipeline.store import (
     list_cases,
     open_case,
     pair_id_of,
+    pair_mask_attrs,
     prediction_mask,
     read_case_meta,
     read_pair_mask,
@@ -204,6 +205,30 @@ def _subtraction_result(change: np.ndarray, grid: Volume) -> ChangeResult:
     return ChangeResult(tracks=tracks, mask=change.astype(np.uint8), voxel_mm3=voxel_mm3, rules=ChangeRules(connectivity=26))
 
 
+def inputs_key(store: str, plan: PairPlan, method: str, model_version: str | None, rules: ChangeRules | None,
+               subtraction: SubtractionConfig | None, affine: bool) -> str:
+    """sha256 over everything a pair's change depends on: both cases' source fingerprints and
+    configuration hashes and creation times (a re-ingested case changes them), the predictions'
+    records (method ``model``), the supplied transforms, the expert mask's digest, the method, model,
+    rules and settings. Stored with the change mask; an equal key means the stored result holds."""
+    import hashlib
+
+    from pipeline.store import read_pair_meta as _meta
+
+    metas = [read_case_meta(store, plan[k]) for k in ("baseline", "followup")]
+    pair = _meta(store, plan["pair_id"])
+    doc = {"cases": [(m.case_id, m.source_fingerprint, m.config_hash, str(m.created_at)) for m in metas],
+           "transforms": [plan["baseline_transform"], plan["followup_transform"]],
+           "expert": pair.expert_source.sha256 if pair is not None and pair.expert_source else None,
+           "method": method, "model": model_version, "rules": repr(rules or ChangeRules()),
+           "subtraction": (subtraction or SubtractionConfig()).as_dict() if method == "subtraction" else None, "affine": affine,
+           "code": 1}
+    if method == "model":  # a prediction re-scored in place (score --overwrite) records when it was made
+        preds = [prediction_mask(open_case(store, m.case_id), model_version) for m in metas]
+        doc["predictions"] = [None if a is None else dict(a.attrs) for a in preds]
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def change_pair(store: str, plan: PairPlan, method: str = "subtraction", model_version: str | None = None,
                 rules: ChangeRules | None = None, subtraction: SubtractionConfig | None = None, affine: bool = False) -> dict[str, Any]:
     """Compute, store and return the change of one pair (see the module docstring): the
@@ -212,6 +237,7 @@ def change_pair(store: str, plan: PairPlan, method: str = "subtraction", model_v
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method == "model" and not model_version:
         raise ValueError("method 'model' needs a model_version")
+    key = inputs_key(store, plan, method, model_version, rules, subtraction, affine)
     grid, kind, old = pair_grid(store, plan)
     on, registration = _common_space(store, plan, grid, kind, affine)
     if method == "model":
@@ -227,7 +253,7 @@ def change_pair(store: str, plan: PairPlan, method: str = "subtraction", model_v
                     expert_source=old.expert_source if old is not None else None, registration=registration)
     write_pair_meta(store, meta)
     write_pair_mask(store, plan["pair_id"], change_mask_name(method, model_version), result.mask,
-                    attrs={"lesionflow_change": {"method": method, "model_version": version, "codes": CHANGE_CODES,
+                    attrs={"lesionflow_change": {"method": method, "model_version": version, "codes": CHANGE_CODES, "inputs": key,
                                                  "rules": result.summary(), "subtraction": (subtraction or SubtractionConfig()).as_dict()
                                                  if method == "subtraction" else None}})
     summary = result.summary()
@@ -253,18 +279,33 @@ def change_pair(store: str, plan: PairPlan, method: str = "subtraction", model_v
 
 
 def run_change(store: str, method: str = "subtraction", model_version: str | None = None, rules: ChangeRules | None = None,
-               subtraction: SubtractionConfig | None = None, subjects: Sequence[str] | None = None, affine: bool = False) -> dict[str, Any]:
+               subtraction: SubtractionConfig | None = None, subjects: Sequence[str] | None = None, affine: bool = False,
+               force: bool = False) -> dict[str, Any]:
     """Every visit pair of ``store`` (or of ``subjects``): :func:`change_pair`, then the
     ``change_pairs`` and ``change_lesions`` tables (rows of the same pair, method and model replaced).
 
-    Returns ``{"pairs": [row, ...], "skipped": [{"subject", "reason"}], "tables": {...}}``.
+    Incremental: a pair whose stored change mask was computed from the same inputs
+    (:func:`inputs_key`) keeps its result (its stored ``change_pairs`` row is returned, nothing is
+    recomputed) unless ``force``; a new visit, a re-ingested or re-scored case, other rules or
+    another model compute anew.
+
+    Returns ``{"pairs": [row, ...], "computed": [pair_id, ...], "skipped": [{"subject", "reason"}], "tables": {...}}``.
     """
     import pandas as pd
 
     plans, skipped = visit_pairs(store, subjects)
-    rows = []
+    rows, reused = [], []
+    version = model_version if method == "model" else "subtraction"
+    stored = read_table(store, PAIRS_TABLE) if not force else None
     for plan in plans:
         try:
+            if stored is not None and len(stored):
+                attrs = pair_mask_attrs(store, plan["pair_id"], change_mask_name(method, model_version)) or {}
+                old = stored[(stored["pair_id"] == plan["pair_id"]) & (stored["method"] == method) & (stored["model_version"] == version)]
+                done = (attrs.get("lesionflow_change") or {}).get("inputs")
+                if len(old) and done == inputs_key(store, plan, method, model_version, rules, subtraction, affine):
+                    reused.append({k: v for k, v in old.iloc[-1].to_dict().items() if not k.startswith("_")})
+                    continue
             rows.append(change_pair(store, plan, method, model_version, rules, subtraction, affine))
         except StoreError as exc:
             skipped.append({"subject": plan["subject"], "pair_id": plan["pair_id"], "reason": str(exc)})
@@ -281,4 +322,4 @@ def run_change(store: str, method: str = "subtraction", model_version: str | Non
     for r in rows:
         log.info("change %s (%s): %s", r["pair_id"], r["method"], json.dumps({k: r[k] for k in ("n_new", "n_enlarging", "n_shrinking",
                                                                                                "n_disappeared", "n_stable")}))
-    return {"pairs": rows, "skipped": skipped, "tables": tables}
+    return {"pairs": rows + reused, "computed": [r["pair_id"] for r in rows], "skipped": skipped, "tables": tables}

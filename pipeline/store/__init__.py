@@ -103,6 +103,7 @@ from pipeline.store.pairs import (
     change_mask_name,
     list_pairs,
     pair_id_of,
+    pair_mask_attrs,
     pair_masks,
     read_pair_mask,
     read_pair_meta,
@@ -129,7 +130,7 @@ __all__ = [
     "upgrade_store", "upgrade_case",
     # visit pairs (schema 1.5)
     "PAIRS", "EXPERT", "pair_id_of", "change_mask_name", "write_pair_meta", "read_pair_meta", "list_pairs", "write_pair_mask",
-    "read_pair_mask", "pair_masks",
+    "read_pair_mask", "pair_masks", "pair_mask_attrs",
     # catalog
     "COMPACT_MIN_PARTS", "append_catalog", "catalog_arrow_schema", "compact_catalog", "read_catalog", "query_catalog",
     # tables

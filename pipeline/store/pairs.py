@@ -103,6 +103,11 @@ def read_pair_mask(root: StoreLike, pair_id: str, name: str) -> np.ndarray | Non
     return np.asarray(zarr.open_array(st.backend.zarr_store(node, read_only=True), mode="r")[...])
 
 
+def pair_mask_attrs(root: StoreLike, pair_id: str, name: str) -> dict[str, Any] | None:
+    """The attributes of the pair's mask ``name`` (its ``zarr.json``), None when it has none."""
+    return open_store(root).backend.node_attrs(join(PAIRS, pair_id, name))
+
+
 def pair_masks(root: StoreLike, pair_id: str) -> list[str]:
     """Names of the pair's committed masks."""
     st = open_store(root)

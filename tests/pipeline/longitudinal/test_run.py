@@ -84,6 +84,16 @@ def test_subtraction_change_and_export(store, tmp_path):
     assert np.allclose(img.affine, gt.affine, atol=1e-4) and img.shape == gt.shape  # on the expert mask's grid
 
 
+def test_a_second_run_reuses_what_has_not_changed(store):
+    root, _ = store
+    first = run_change(str(root), method="subtraction", subtraction=SMALL_HEAD, force=True)  # whatever ran before
+    again = run_change(str(root), method="subtraction", subtraction=SMALL_HEAD)
+    assert again["computed"] == [] and [r["pair_id"] for r in again["pairs"]] == first["computed"]
+    assert again["pairs"][0]["dice"] == pytest.approx(first["pairs"][0]["dice"])
+    assert run_change(str(root), method="subtraction", subtraction=SubtractionConfig(erode_mm=5.0))["computed"] == first["computed"]
+    assert run_change(str(root), method="subtraction", subtraction=SubtractionConfig(erode_mm=5.0), force=True)["computed"] == first["computed"]
+
+
 def test_supplied_transforms_are_used_instead_of_registration(tmp_path):
     lf.write_source(tmp_path / "src", transforms=True)
     root = tmp_path / "s.zarr"
