@@ -466,7 +466,7 @@ class VisitRow(_Versioned):
 
     No date is stored: only the order and the days since the subject's first visit (when every
     visit of the subject had a date). ``order_source`` says what ordered them: ``study_date``
-    (DICOM StudyDate), ``scans_tsv`` (BIDS ``*_scans.tsv`` acq_time), ``label`` (BIDS ``ses-``
+    (DICOM StudyDate), ``scans_tsv`` (BIDS ``*_scans.tsv`` acq_time), ``config`` (``PipelineConfig.visit_days``), ``label`` (BIDS ``ses-``
     labels or file-name prefixes such as ``study1``/``study2`` in natural order; days unknown).
     """
 
@@ -475,7 +475,7 @@ class VisitRow(_Versioned):
     session: str
     visit_index: int = Field(description="0 = the subject's first visit")
     days_since_first: int | None = Field(None, description="days since the subject's first visit; None when a visit had no date")
-    order_source: Literal["study_date", "scans_tsv", "label"]
+    order_source: Literal["study_date", "scans_tsv", "config", "label"]
     common_transform: str | None = Field(None, description="supplied ITK transform (JSON: type, parameters, fixed parameters) mapping "
                                                            "points of the subject's common space into this session's reference image")
     common_transform_sha256: str | None = None

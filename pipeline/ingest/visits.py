@@ -4,6 +4,8 @@ Order (:func:`order_visits`), per subject, over the sessions one ingest discover
 
 * every session has a date (DICOM StudyDate; BIDS ``*_scans.tsv`` ``acq_time``): by date, and
   ``days_since_first`` = days since the subject's earliest session (``order_source`` the date's source);
+* every session has a day in the configuration (``PipelineConfig.visit_days``, by session label):
+  the same with those days (``config``);
 * otherwise by the sessions' labels in natural order (BIDS ``ses-`` labels, file-name prefixes
   such as ``study1``/``study2``: ``ses-2`` before ``ses-10``), days unknown (``label``).
 
@@ -64,10 +66,19 @@ def natural_key(label: str | None) -> tuple[Any, ...]:
     return (0, *((0, int(t)) if t.isdigit() else (1, t.lower()) for t in re.split(r"(\d+)", label) if t))
 
 
-def order_visits(plans: Sequence[SessionPlan]) -> dict[str, tuple[int, int | None, str]]:
-    """Per case: ``(visit_index, days_since_first, order_source)`` (see the module docstring)."""
+def order_visits(plans: Sequence[SessionPlan], visit_days: Any = None) -> dict[str, tuple[int, int | None, str]]:
+    """Per case: ``(visit_index, days_since_first, order_source)`` (see the module docstring).
+
+    ``visit_days`` (``PipelineConfig.visit_days``): a day number per session label, for sessions
+    without a date of their own (order source ``config``)."""
+    import datetime as dt
+
+    visit_days = dict(visit_days or ())  # a mapping, or PipelineConfig's sorted (label, day) pairs
     by_subject: dict[str, list[SessionPlan]] = defaultdict(list)
     for p in plans:
+        if p.visit_date is None and visit_days and p.visit_label in visit_days:
+            p.visit_date = dt.date(2000, 1, 1) + dt.timedelta(days=int(visit_days[p.visit_label]))  # only differences are kept
+            p.visit_date_source = "config"
         by_subject[p.subject].append(p)
     out: dict[str, tuple[int, int | None, str]] = {}
     for group in by_subject.values():
@@ -98,7 +109,7 @@ def transform_json(tx: Any) -> str:
 
 def visit_rows(plans: Sequence[SessionPlan], ctx: IngestContext, case_ids: set[str]) -> list[VisitRow]:
     """The ``visits`` rows of the sessions in ``case_ids`` (committed), ordered among ``plans``."""
-    order = order_visits(plans)
+    order = order_visits(plans, ctx.cfg.visit_days)
     rows = []
     for p in plans:
         if p.case_id not in case_ids:
@@ -122,7 +133,7 @@ def _pair_row(ctx: IngestContext, label: PairLabel, status: str, **fields: Any) 
 
 def record_pair_labels(labels: Sequence[PairLabel], plans: Sequence[SessionPlan], ctx: IngestContext, case_ids: set[str]) -> list[CatalogRow]:
     """Store each change mask as its pair's expert mask (see the module docstring); returns the catalog rows."""
-    order = order_visits(plans)
+    order = order_visits(plans, ctx.cfg.visit_days)
     rows: list[CatalogRow] = []
     for label in labels:
         cases = [f"{s}_{ses}" for s, ses in label.sessions]

@@ -38,6 +38,12 @@ def test_dates_give_days_since_first_and_one_missing_date_falls_back_to_labels()
     assert order_visits(plans)["sub-x_ses-a"] == (1, None, "label")
 
 
+def test_configured_days_order_undated_sessions():
+    plans = [_plan("ses-a", "study1"), _plan("ses-b", "study2"), _plan("ses-c", "study3", dt.date(2020, 1, 1), subject="sub-y")]
+    assert order_visits(plans, {"study1": 200, "study2": 20}) == {
+        "sub-x_ses-a": (1, 180, "config"), "sub-x_ses-b": (0, 0, "config"), "sub-y_ses-c": (0, 0, "study_date")}
+
+
 def test_a_longitudinal_folder_is_two_sessions_and_a_pair_label(tmp_path):
     lf.write_source(tmp_path / "src", transforms=True)
     disc = discover(tmp_path / "src", PipelineConfig(), pseudonym_key())
@@ -68,6 +74,9 @@ def test_ingest_stores_the_visit_order_transforms_and_expert_mask(tmp_path):
     v = lf.write_source(tmp_path / "src", transforms=True)
     store = tmp_path / "s.zarr"
     summary = run_ingest(tmp_path / "src", store, PipelineConfig(), pseudonym_key())
+    cfg = PipelineConfig(visit_days={"study2": 30, "study1": 0})
+    assert cfg.visit_days == (("study1", 0), ("study2", 30)) and hash(cfg)  # frozen, hashable
+    assert cfg.processing_hash() == PipelineConfig().processing_hash()  # shapes no voxel
     assert summary.converted == 2 and summary.rejected_inputs == []
     visits = read_table(store, VISITS_TABLE).sort_values("visit_index")
     assert visits["visit_index"].tolist() == [0, 1] and visits["days_since_first"].isna().all()
