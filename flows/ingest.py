@@ -24,10 +24,11 @@ from pipeline.core.config import load_config, pseudonym_key
 from pipeline.core.lineage import ROOT, is_sealed, lineage
 from pipeline.ingest.cluster import dask_client, map_sessions
 from pipeline.ingest.context import IngestContext
-from pipeline.ingest.discover import SessionPlan, discover
+from pipeline.ingest.discover import Discovery, SessionPlan, discover
 from pipeline.ingest.incremental import open_store_for_ingest
 from pipeline.ingest.run import new_run_id, record_rejected, summarize
 from pipeline.ingest.session import SessionResult
+from pipeline.ingest.visits import committed_cases, record_longitudinal
 
 
 def seal_source(source: str | Path, key: bytes | None = None) -> str:
@@ -47,10 +48,10 @@ def open_source(source: str, key: bytes | None = None) -> Path:
 
 
 @task(name="discover", cache_policy=NO_CACHE)
-def discover_task(source: str, ctx: IngestContext, scheduler: str) -> tuple[list[SessionPlan], list[dict[str, str]], list[str]]:
+def discover_task(source: str, ctx: IngestContext, scheduler: str) -> tuple[list[SessionPlan], list[dict[str, str]], list[str], Discovery]:
     """Open the store (staging cleared, catalog repaired and compacted; refused when the key does
     not open its sealed paths), discover ``source`` (sealed or plain) and return the sessions to
-    convert, the rejected inputs and the ids of the cases up to date."""
+    convert, the rejected inputs, the ids of the cases up to date and the discovery itself."""
     from dask.distributed import Client
 
     key = pseudonym_key()
@@ -59,7 +60,13 @@ def discover_task(source: str, ctx: IngestContext, scheduler: str) -> tuple[list
         disc = discover(open_source(source, key), ctx.cfg, key, progress=progress_logger(), client=client, known=state.known)
     rejected = record_rejected(disc, ctx)
     todo, unchanged = state.pending(disc.sessions, ctx.cfg, ctx.force)
-    return todo, rejected, disc.unchanged + unchanged
+    return todo, rejected, disc.unchanged + unchanged, disc
+
+
+@task(name="visits", cache_policy=NO_CACHE)
+def visits_task(disc: Discovery, ctx: IngestContext, committed: list[str]) -> dict[str, Any]:
+    """The subjects' visit order and the change masks of visit pairs (:mod:`pipeline.ingest.visits`)."""
+    return record_longitudinal(disc, ctx, set(committed))
 
 
 @task(name="convert-batch", cache_policy=NO_CACHE)
@@ -132,12 +139,13 @@ def ingest(
     results: list[SessionResult] = []
     with dask_client(cfg.dask_address, cfg.n_workers, memory_limit=cfg.worker_memory_limit) as client:
         scheduler = client.scheduler.address
-        sessions, rejected, unchanged = discover_task(sealed, ctx, scheduler)
+        sessions, rejected, unchanged, disc = discover_task(sealed, ctx, scheduler)
         if sessions:
             futures = convert_batch.map(batches(sessions, batch_size), unmapped(ctx), unmapped(scheduler))
             for batch_result in futures.result():
                 results.extend(batch_result)
-    summary = summarize(results, rejected, ctx, time.perf_counter() - t0, unchanged).as_dict()
+    pairs = visits_task(disc, ctx, sorted(committed_cases(results, unchanged)))
+    summary = summarize(results, rejected + pairs["rejected"], ctx, time.perf_counter() - t0, unchanged).as_dict()
     summary["report"] = report_task(store) if report else None  # the store's channels: cfg.channels, recorded at discovery
     if summary["converted"]:
         announce_new_cases(store, summary["run_id"], summary["converted"])

@@ -589,6 +589,58 @@ def score(
 
 
 @app.command()
+def change(
+    store: str = _store_option(),
+    model: str | None = typer.Option(None, "--model", help="model version or alias in the store, 'latest', or a model folder "
+                                                              "(method 'model'; default: the 'production' alias)"),
+    method: str = typer.Option("model", "--method", help="model: compare both visits' predictions; subtraction: FLAIR difference, no model"),
+    enlarge_fraction: float = typer.Option(0.5, "--enlarge-fraction", help="relative volume increase from which a lesion is enlarging"),
+    connectivity: int = typer.Option(26),
+    min_size_mm3: float = typer.Option(0.0, "--min-size-mm3"),
+    export: Path | None = typer.Option(None, "--export", help="write each pair's change mask as NIfTI into this folder"),
+    as_json: bool = typer.Option(False, "--json", help="one object per (subject, baseline, follow-up): counts and volumes per class"),
+) -> None:
+    """Lesion change between each subject's consecutive visits: new, enlarging, shrinking,
+    disappeared and stable lesions, change masks in the store, tables change_pairs / change_lesions."""
+    if method not in ("model", "subtraction"):
+        _fail("--method must be 'model' or 'subtraction'")
+    if method == "subtraction" and model is not None:
+        _fail("--model goes with --method model")
+    from flows.change import change as change_flow
+
+    errors: tuple[type[Exception], ...] = ()
+    if method == "model":  # torch only for the model method
+        from training.checkpoint import CheckpointError
+
+        errors = (CheckpointError,)
+    try:
+        out = change_flow(str(store), method=method, model=model, export_dir=str(export) if export else None,
+                          enlarge_fraction=enlarge_fraction, connectivity=connectivity, min_size_mm3=min_size_mm3)
+    except errors as exc:
+        _fail(str(exc))
+    keys = ("pair_id", "subject", "baseline_case", "followup_case", "interval_days", "method", "model_version",
+            "n_new", "n_enlarging", "n_shrinking", "n_disappeared", "n_stable", "n_new_or_enlarging",
+            "new_ml", "enlarging_ml", "shrinking_ml", "disappeared_ml", "stable_ml", "registration_method", "registration_ncc",
+            "has_expert", "dice", "change_sensitivity", "fp_per_true_change", "expert_changes", "detected_changes")
+    rows = [{k: r.get(k) for k in keys} for r in out["pairs"]]
+    if as_json:
+        _print_json(_jsonable(rows))
+        return
+    if not rows:
+        typer.echo("no visit pair to compare" + "".join(f"\n  {s['subject']}: {s['reason']}" for s in out["skipped"]))
+        return
+    _print_table(rows, ["pair_id", "n_new", "n_enlarging", "n_shrinking", "n_disappeared", "n_stable", "registration_ncc", "dice",
+                        "change_sensitivity", "fp_per_true_change"], f"lesion change ({method})",
+                 headers={"n_new": "new", "n_enlarging": "enlarging", "n_shrinking": "shrinking", "n_disappeared": "gone",
+                          "n_stable": "stable", "registration_ncc": "NCC", "change_sensitivity": "sensitivity", "fp_per_true_change": "FP/true"})
+    for s in out["skipped"]:
+        typer.echo(f"skipped {s.get('pair_id', s['subject'])}: {s['reason']}")
+    for path in out["exported"]:
+        typer.echo(f"change mask → {path}")
+    typer.echo(f"tables → {out['tables'].get('change_pairs', {}).get('csv', '-')}")
+
+
+@app.command()
 def report(
     store: str = _store_option(),
     channels: str | None = _channels_option(),
@@ -922,7 +974,7 @@ def _print_table(rows: list[dict[str, Any]], columns: list[str], title: str, hea
 
     table = Table(title=title)
     for c in columns:
-        table.add_column((headers or {}).get(c, c), justify="left" if c in ("case_id", "split") else "right", no_wrap=c == "case_id")
+        table.add_column((headers or {}).get(c, c), justify="left" if c in ("case_id", "pair_id", "split") else "right", no_wrap=c in ("case_id", "pair_id"))
     def cell(c: str, v: Any) -> str:
         if v is None or (isinstance(v, float) and v != v):
             return ""

@@ -458,3 +458,114 @@ class AugmentBank(_Versioned):
     @property
     def bytes_stored(self) -> int:
         return self.image_bytes + self.label_bytes
+
+
+# ------------------------------------------------------------------------------ longitudinal change (schema 1.5)
+class VisitRow(_Versioned):
+    """One row per case of the ``visits`` table: where the session stands in its subject's timeline.
+
+    No date is stored: only the order and the days since the subject's first visit (when every
+    visit of the subject had a date). ``order_source`` says what ordered them: ``study_date``
+    (DICOM StudyDate), ``scans_tsv`` (BIDS ``*_scans.tsv`` acq_time), ``config`` (``PipelineConfig.visit_days``), ``label`` (BIDS ``ses-``
+    labels or file-name prefixes such as ``study1``/``study2`` in natural order; days unknown).
+    """
+
+    case_id: str
+    subject: str
+    session: str
+    visit_index: int = Field(description="0 = the subject's first visit")
+    days_since_first: int | None = Field(None, description="days since the subject's first visit; None when a visit had no date")
+    order_source: Literal["study_date", "scans_tsv", "config", "label"]
+    common_transform: str | None = Field(None, description="supplied ITK transform (JSON: type, parameters, fixed parameters) mapping "
+                                                           "points of the subject's common space into this session's reference image")
+    common_transform_sha256: str | None = None
+    run_id: str
+
+
+class Registration(BaseModel):
+    """How a follow-up was brought onto its pair's grid: the transform (pair-grid points → the
+    session's points, ITK convention) and how well the images agree after it."""
+
+    model_config = ConfigDict(extra="forbid")
+    method: Literal["supplied", "rigid", "rigid+affine", "identity"]
+    baseline_transform: str | None = Field(None, description="JSON ITK transform, pair grid → baseline image; None = identity")
+    followup_transform: str | None = Field(None, description="JSON ITK transform, pair grid → follow-up image; None = identity")
+    mattes_mi: float | None = Field(None, description="final Mattes mutual information of the registration (lower is better); "
+                                                      "None for supplied transforms")
+    ncc: float = Field(description="normalised cross-correlation of the two FLAIR images on the pair grid within the common brain mask")
+    seconds: float = 0.0
+
+
+class PairMeta(_Versioned):
+    """A (baseline, follow-up) pair of one subject: ``pairs/<pair_id>`` attributes['lesionflow_pair'] (schema 1.5)."""
+
+    pair_id: str
+    subject: str
+    baseline_case: str
+    followup_case: str
+    interval_days: int | None = Field(None, description="days between the two visits; None when unknown")
+    geometry: Geometry = Field(description="the pair grid: the expert change mask's grid when one was ingested, else the baseline case's")
+    grid: Literal["expert", "baseline"]
+    expert_source: SourceFile | None = Field(None, description="the expert change mask's source (sealed path, digest)")
+    registration: Registration | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ChangePairRow(_Versioned):
+    """One row per (pair, method, model) of the ``change_pairs`` table: counts and volumes per class,
+    the registration and, where an expert change mask exists, the evaluation against it."""
+
+    pair_id: str
+    subject: str
+    baseline_case: str
+    followup_case: str
+    interval_days: int | None = None
+    method: Literal["model", "subtraction"]
+    model_version: str = Field(description="the model whose masks were compared; 'subtraction' for the subtraction method")
+    n_new: int
+    n_enlarging: int
+    n_shrinking: int
+    n_disappeared: int
+    n_stable: int
+    n_new_or_enlarging: int
+    new_ml: float
+    enlarging_ml: float = Field(description="volume gained by enlarging lesions, mL")
+    shrinking_ml: float = Field(description="volume lost by shrinking lesions, mL")
+    disappeared_ml: float
+    stable_ml: float
+    connectivity: int
+    min_size_mm3: float
+    enlarge_fraction: float
+    registration_method: str
+    registration_ncc: float
+    registration_mattes_mi: float | None = None
+    has_expert: bool
+    dice: float | None = None
+    change_sensitivity: float | None = None
+    fp_per_true_change: float | None = None
+    expert_changes: int | None = None
+    detected_changes: int | None = None
+    change_fp: int | None = None
+    computed_at: datetime = Field(default_factory=utcnow)
+
+
+class ChangeLesionRow(_Versioned):
+    """One tracked lesion of a pair (``change_lesions`` table): its class, volumes at both visits
+    and its centroid (LPS mm, on the pair grid)."""
+
+    pair_id: str
+    method: str
+    model_version: str
+    track_id: int
+    change: Literal["new", "enlarging", "shrinking", "disappeared", "stable"]
+    baseline_lesions: int
+    followup_lesions: int
+    baseline_voxels: int
+    followup_voxels: int
+    baseline_mm3: float
+    followup_mm3: float
+    delta_mm3: float
+    relative_change: float
+    centroid_x_mm: float
+    centroid_y_mm: float
+    centroid_z_mm: float

@@ -28,11 +28,12 @@ ALLOWED: dict[str, set[str]] = {
     "pipeline.lesions": {"pipeline", "pipeline.core", "pipeline.io", "pipeline.store", "storage_schemas"},
     "pipeline.quality": {"pipeline", "pipeline.core", "pipeline.io", "pipeline.store", "pipeline.lesions", "pipeline.prepare", "storage_schemas"},
     "pipeline.phantom": {"pipeline", "pipeline.core", "pipeline.io", "storage_schemas"},
+    "pipeline.longitudinal": {"pipeline", "pipeline.core", "pipeline.io", "pipeline.ingest", "pipeline.store", "pipeline.lesions", "storage_schemas"},
     "pipeline.export": {"pipeline", "pipeline.core", "pipeline.io", "pipeline.store", "pipeline.lesions", "storage_schemas"},
     "training": {"pipeline", "pipeline.core", "pipeline.store", "pipeline.prepare", "pipeline.lesions", "storage_schemas"},
-    "flows": {"pipeline", *(f"pipeline.{s}" for s in ("core", "io", "ingest", "store", "prepare", "lesions", "quality", "phantom", "export")),
+    "flows": {"pipeline", *(f"pipeline.{s}" for s in ("core", "io", "ingest", "store", "prepare", "lesions", "quality", "phantom", "export", "longitudinal")),
               "training", "storage_schemas"},
-    "lesionflow": {"pipeline", *(f"pipeline.{s}" for s in ("core", "io", "ingest", "store", "prepare", "lesions", "quality", "phantom", "export")),
+    "lesionflow": {"pipeline", *(f"pipeline.{s}" for s in ("core", "io", "ingest", "store", "prepare", "lesions", "quality", "phantom", "export", "longitudinal")),
                    "training", "storage_schemas", "flows"},
 }
 

@@ -26,8 +26,8 @@ def test_longitudinal_modalities_onto_flair_with_supplied_transforms(shared_data
     disc = discover(src, cfg, KEY)
     assert len(disc.sessions) == 2, "study1 and study2 are two sessions of one subject"
     assert len({s.subject for s in disc.sessions}) == 1
-    # gt.nii.gz is a change mask in a common space: it belongs to neither session
-    assert any(r.relpath == "gt.nii.gz" for r in disc.rejected)
+    # gt.nii.gz is a change mask in a common space: it belongs to neither session but to the pair (issue 15)
+    assert [p.relpath for p in disc.pair_labels] == ["gt.nii.gz"] and not disc.rejected
     summary = run_ingest(src, tmp_path / "s.zarr", cfg, KEY)
     assert summary.converted == 2
 

@@ -94,6 +94,13 @@ class PipelineConfig(BaseModel):
     connectivity: Literal[6, 18, 26] = 26
     min_lesion_mm3: float = 0.0
 
+    # --- visit order (not hashed: it shapes no voxel; ingest's ``visits`` table) ---------
+    visit_days: tuple[tuple[str, int], ...] | None = Field(
+        None, description="day of each session label (BIDS ses- label or file-name prefix such as study1), for cohorts "
+        "whose files carry no date: the visits table then stores days since each subject's first visit (order_source "
+        "'config'); sessions with a date of their own (StudyDate, scans.tsv) keep it. Given as a mapping "
+        "{label: day}; kept as sorted pairs (the configuration is frozen and hashable)")
+
     # --- runtime (not hashed) ---------------------------------------------------------
     dask_address: str | None = Field(None, description="tcp://host:8786 of an existing scheduler; None = LocalCluster")
     n_workers: int = 2
@@ -101,6 +108,11 @@ class PipelineConfig(BaseModel):
     worker_memory_limit: str | None = Field(
         None, description="memory per Dask worker of the LocalCluster, e.g. '4GiB'; a worker that exceeds it is restarted and "
         "its session retried once, then rejected (worker_died). None: Dask's default, the machine's memory shared among the workers")
+
+    @field_validator("visit_days", mode="before")
+    @classmethod
+    def _visit_days_pairs(cls, v: object) -> object:
+        return tuple(sorted((str(k), int(d)) for k, d in v.items())) if isinstance(v, dict) else v
 
     @field_validator("target_spacing")
     @classmethod

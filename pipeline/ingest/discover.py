@@ -101,6 +101,11 @@ class SessionPlan:
     items: list[SourceItem] = field(default_factory=list)
     root_sealed: str = ""  # the session folder, sealed
     source_root: str | None = None  # the ingest folder, sealed (a "root:" token)
+    visit_label: str | None = None  # BIDS ses- label or file-name prefix (plain, memory only): orders visits
+    visit_date: Any = None  # datetime.date of the visit (StudyDate, scans.tsv): memory only, never stored
+    visit_date_source: str | None = None  # "study_date" | "scans_tsv"
+    common_transform: Path | None = None  # ITK transform: subject's common space → this session's reference image
+    sealed_common_transform: str | None = None
 
     def __repr__(self) -> str:
         return f"SessionPlan({self.case_id}, {len(self.items)} items)"
@@ -182,6 +187,22 @@ class Discovery:
     rejected: list[Rejected]
     unchanged: list[str] = field(default_factory=list)  # committed DICOM cases whose files are all unchanged
     source_root: str | None = None  # ``root``, sealed (a "root:" token)
+    pair_labels: list[PairLabel] = field(default_factory=list)  # change masks of a visit pair (longitudinal folders)
+
+
+@dataclass(repr=False)
+class PairLabel:
+    """A lesion-change mask that belongs to two sessions of one subject, not to one session (e.g.
+    ``gt.nii.gz`` beside ``study1_*`` and ``study2_*``): it becomes the pair's expert mask."""
+
+    subject: str
+    sessions: tuple[tuple[str, str], ...]  # (subject, session) keys of the folder's sessions
+    relpath: str  # plain, memory only
+    path: Path
+    sealed: str = ""
+
+    def __repr__(self) -> str:
+        return f"PairLabel({self.subject}, {self.sealed})"
 
 
 @dataclass
@@ -270,6 +291,53 @@ def _find_transform(image: Path, reference_modality: str) -> Path | None:
     return None
 
 
+def _find_common_transform(image: Path) -> Path | None:
+    """``<image stem>_*to_common*.txt|.tfm`` beside a reference image: the subject's common space
+    (e.g. ``study1_FLAIR_to_common_space.txt`` of the longitudinal MS database)."""
+    stem = strip_extension(image.name)
+    for cand in sorted(image.parent.glob(f"{stem}_*")):
+        if cand.suffix.lower() in (".txt", ".tfm") and re.search(r"to_?common", cand.name, re.IGNORECASE):
+            return cand
+    return None
+
+
+def _scans_tsv_date(paths: list[Path], root: Path) -> Any:
+    """The earliest ``acq_time`` date of ``paths`` in a BIDS ``*_scans.tsv`` of one of their
+    folders up to ``root`` (None when there is none)."""
+    import csv
+    import datetime as dt
+
+    wanted = {p.resolve() for p in paths}
+    folder = paths[0].parent
+    dates = []
+    while True:
+        for tsv in sorted(folder.glob("*_scans.tsv")):
+            try:
+                with open(tsv, newline="") as fh:
+                    for row in csv.DictReader(fh, delimiter="\t"):
+                        name, when = row.get("filename"), (row.get("acq_time") or "").strip()
+                        if name and when and (folder / name).resolve() in wanted:
+                            try:
+                                dates.append(dt.date.fromisoformat(when[:10]))
+                            except ValueError:
+                                continue
+            except OSError:
+                continue
+        if folder == root or root not in folder.parents:
+            break
+        folder = folder.parent
+    return min(dates) if dates else None
+
+
+def _dicom_date(text: str) -> Any:
+    import datetime as dt
+
+    try:
+        return dt.datetime.strptime(text.strip()[:8], "%Y%m%d").date()
+    except ValueError:
+        return None
+
+
 def _unmapped(modality: str | None, config: PipelineConfig, no_rule: str) -> Unusable | None:
     """Why an input whose modality is ``modality`` is not used (``no_rule``: the words when no rule matched)."""
     if modality is None:
@@ -304,6 +372,9 @@ def _plan_dicom(root: Path, files: list[Path], config: PipelineConfig, key: byte
         plan = sessions.setdefault((subject, session),
                                    SessionPlan(subject, session, study_rel, root_sealed=lin.seal(study_rel + "/"), source_root=source_root))
         study_roots[study_root] = (subject, session)
+        dates = sorted(d for d in (_dicom_date(s.study_date) for s in series_of_study) if d is not None)
+        if dates:
+            plan.visit_date, plan.visit_date_source = dates[0], "study_date"
         for s in sorted(series_of_study, key=lambda s: (s.series_number or 0, s.key)):
             fields_text = {tuple(r.fields): s.header_text(r.fields) for r in config.modality_rules}  # raw text, in memory
             modality = modality_of_series(fields_text, config.modality_rules)
@@ -473,6 +544,7 @@ def discover(
     volume_files = [f for f in volume_files if f not in claimed]
 
     # ---------------------------------------------------------------- NIfTI / MetaImage
+    discovery_pairs: list[PairLabel] = []
     by_dir: dict[Path, list[Path]] = defaultdict(list)
     for path in volume_files:
         by_dir[path.parent].append(path)
@@ -490,7 +562,18 @@ def discover(
             if folder in study_roots and not split:
                 plan = sessions[study_roots[folder]]
             elif split and prefix == "":
-                reason = "cannot be assigned to one session: its folder holds several sessions and the file name has no session prefix"
+                n_sessions = sum(1 for k in groups if k)
+                masks = [p for p in group if mods[p] == "MASK"]
+                if n_sessions == 2 and masks:  # a change mask of the folder's two visits
+                    subject = pseudonymise(subject_raw, key, "sub-")
+                    folder_rel = _rel(folder, root)
+                    keys = tuple((subject, pseudonymise(f"{subject_raw}/{folder_rel}/{bids_ses or k}", key, "ses-", 8)) for k in sorted(groups) if k)
+                    for p in masks:
+                        discovery_pairs.append(PairLabel(subject, keys, _rel(p, root), p, sealed=lin.seal(_rel(p, root))))
+                    group = [p for p in group if p not in masks]
+                reason = ("cannot be assigned to one session: its folder holds several sessions and the file name has no session prefix"
+                          + (" (a lesion-change mask is taken for the pair only when the folder holds exactly two sessions)"
+                             if any(mods[p] == "MASK" for p in group) else ""))
                 rejected.extend(_rejected(lin, root, p, reason, ReasonCode.UNASSIGNABLE, _volume_kind(p)) for p in group)
                 continue
             else:
@@ -500,6 +583,7 @@ def discover(
                 session = pseudonymise(f"{subject_raw}/{folder_rel}/{session_raw}", key, "ses-", 8)
                 plan = sessions.setdefault((subject, session), SessionPlan(subject, session, folder_rel, root_sealed=lin.seal(folder_rel + "/"),
                                                                            source_root=source_root))
+                plan.visit_label = session_raw if (bids_ses or prefix) else None
             for p in sorted(group):
                 modality = mods[p]
                 unused = _unmapped(modality, config, "no modality rule matched the file name; rename it (e.g. *_FLAIR.nii.gz) or add a rule")
@@ -528,6 +612,14 @@ def discover(
                 _seal_item(item, lin, root)
                 item.name = item.sealed
                 plan.items.append(item)
+                if modality == config.reference_modality and plan.common_transform is None:
+                    common = _find_common_transform(p)
+                    if common is not None:
+                        plan.common_transform, plan.sealed_common_transform = common, lin.seal(_rel(common, root))
+            if bids_ses and plan.visit_date is None:
+                when = _scans_tsv_date(sorted(group), root)
+                if when is not None:
+                    plan.visit_date, plan.visit_date_source = when, "scans_tsv"
 
     ordered = sorted(sessions.values(), key=lambda s: (s.root_relpath, s.case_id))
     log.info("discovered %d sessions (%d unchanged) and %d rejected inputs in %s", len(ordered), len(fresh), len(rejected), source_root)
@@ -537,7 +629,8 @@ def discover(
                       f" (unused: {item.unused_reason})" if item.unused_reason else "")
     for r in rejected:
         log.debug("rejected %s [%s]: %s", r.sealed, r.code.value, r.reason)
-    return Discovery(root=root, sessions=ordered, rejected=rejected, unchanged=sorted(fresh), source_root=source_root)
+    return Discovery(root=root, sessions=ordered, rejected=rejected, unchanged=sorted(fresh), source_root=source_root,
+                     pair_labels=discovery_pairs)
 
 
 def _not_regular(path: Path) -> str | None:

@@ -2,7 +2,8 @@
 
 :func:`run_ingest` is what ``lesionflow ingest --no-prefect`` runs; :mod:`flows.ingest` runs
 the same steps as Prefect tasks, with the pieces here (:func:`new_run_id`,
-:func:`record_rejected`, :func:`summarize`). Inputs rejected at discovery are catalogued by
+:func:`record_rejected`, :func:`summarize`). After the sessions, the subjects' visit order
+and the change masks of visit pairs are recorded (:mod:`pipeline.ingest.visits`). Inputs rejected at discovery are catalogued by
 :func:`record_rejected`; every session's own rows by
 :func:`~pipeline.ingest.session.convert_session`. The :class:`IngestSummary` lists every
 rejected and unused input with its sealed path (a ``src:`` token: ``lesionflow lineage TOKEN``
@@ -34,6 +35,7 @@ from pipeline.ingest.context import IngestContext
 from pipeline.ingest.discover import Discovery, discover
 from pipeline.ingest.incremental import open_store_for_ingest
 from pipeline.ingest.session import SessionResult
+from pipeline.ingest.visits import committed_cases, record_longitudinal
 from pipeline.store import append_catalog
 from storage_schemas.models import CatalogRow
 
@@ -168,4 +170,5 @@ def run_ingest(
     rejected = record_rejected(disc, ctx)
     todo, unchanged = state.pending(disc.sessions, cfg, force)
     results = map_sessions(todo, ctx, client=client, progress=progress)
-    return summarize(results, rejected, ctx, time.perf_counter() - t0, disc.unchanged + unchanged)
+    pairs = record_longitudinal(disc, ctx, committed_cases(results, disc.unchanged + unchanged))
+    return summarize(results, rejected + pairs["rejected"], ctx, time.perf_counter() - t0, disc.unchanged + unchanged)

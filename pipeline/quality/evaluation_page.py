@@ -122,7 +122,7 @@ _TEMPLATE = """<!DOCTYPE html>
 <body>
 <header><h1>Evaluation: {{ model_version }}</h1>
 <p>store {{ store }} &middot; generated {{ generated_at }} by lesionflow {{ version }} &middot; the store's data-quality report: <a style="color:#c9d3dc" href="../report.html">report.html</a></p></header>
-<nav><a href="#summary">Summary</a><a href="#rules">Rules</a><a href="#volumes">Volumes</a><a href="#cases">Cases</a><a href="#thumbnails">Thumbnails</a></nav>
+<nav><a href="#summary">Summary</a><a href="#rules">Rules</a><a href="#volumes">Volumes</a><a href="#cases">Cases</a><a href="#change">Change</a><a href="#thumbnails">Thumbnails</a></nav>
 
 <section id="summary"><h2>Summary</h2>
 <div class="cards">
@@ -172,6 +172,18 @@ Pearson r {{ f(c.volume_pearson_r) }}, Spearman &rho; {{ f(c.volume_spearman_rho
 <td class="n">{{ r.msseg_ref_lesions }} / {{ r.msseg_pred_lesions }} / {{ r.msseg_tp_ref }} / {{ r.msseg_tp_pred }}</td>
 <td class="n">{{ r.msseg_sensitivity }}</td><td class="n">{{ r.msseg_precision }}</td><td class="n">{{ r.msseg_f1 }}</td><td class="n">{{ r.isles_f1 }}</td>
 <td class="n">{{ r.case_score }}</td></tr>{% else %}<tr><td colspan="14" class="muted">No scored case with a reference.</td></tr>{% endfor %}
+</table></section>
+
+<section id="change"><h2>Lesion change</h2>
+<p class="small muted">Between each subject's consecutive visits, from this model's masks of both visits (<code>lesionflow change --method model</code>,
+table <code>change_pairs</code>); against the pair's expert change mask where one was ingested: voxel Dice of the new and enlarged voxels,
+lesion-wise sensitivity and false positives per true change by the MSSEG-1 rules.</p>
+<table class="small"><tr><th>pair</th><th>days</th><th>new</th><th>enlarging</th><th>shrinking</th><th>disappeared</th><th>stable</th>
+<th>registration (NCC)</th><th>Dice</th><th>sens.</th><th>FP / true change</th></tr>
+{% for r in change %}<tr><td class="mono">{{ r.pair_id }}</td><td class="n">{{ r.interval_days }}</td><td class="n">{{ r.n_new }}</td>
+<td class="n">{{ r.n_enlarging }}</td><td class="n">{{ r.n_shrinking }}</td><td class="n">{{ r.n_disappeared }}</td><td class="n">{{ r.n_stable }}</td>
+<td>{{ r.registration_method }} ({{ r.registration_ncc }})</td><td class="n">{{ r.dice }}</td><td class="n">{{ r.change_sensitivity }}</td>
+<td class="n">{{ r.fp_per_true_change }}</td></tr>{% else %}<tr><td colspan="11" class="muted">No visit pair compared with this model.</td></tr>{% endfor %}
 </table></section>
 
 <section id="thumbnails"><h2>Thumbnails</h2>
@@ -227,12 +239,18 @@ def build_evaluation_page(store_root: str | Path, evaluation: Evaluation | None 
             t = _thumbnail(store_root, cid, mv)
             if t is not None:
                 thumbs.append(t)
+    change_table = read_table(store_root, "change_pairs")
+    change_cols = ["pair_id", "interval_days", "n_new", "n_enlarging", "n_shrinking", "n_disappeared", "n_stable", "registration_method",
+                   "registration_ncc", "dice", "change_sensitivity", "fp_per_true_change"]
+    change = ([{k: _fmt(r.get(k)) for k in change_cols} for r in change_table[(change_table["method"] == "model")
+                                                                             & (change_table["model_version"] == mv)].to_dict("records")]
+              if change_table is not None and len(change_table) else [])
     env = jinja2.Environment(autoescape=True, undefined=jinja2.ChainableUndefined)
     html = env.from_string(_TEMPLATE).render(
         css=_CSS, model_version=mv, store=store_name(store_root), version=__version__,
         generated_at=datetime.now(UTC).isoformat(timespec="seconds"), c=cohort, f=_fmt, cases=rows,
         rules_json=cohort.get("rules_json", ""), plot_b64=base64.b64encode(png).decode("ascii") if png else None,
-        thumbs=thumbs, more=len(with_ref) > MAX_THUMBNAILS,
+        thumbs=thumbs, more=len(with_ref) > MAX_THUMBNAILS, change=change,
     )
     out["html"] = str(put_bytes(store_root, f"{EVALUATION_DIR}/{mv}.html", html.encode("utf-8")))
     return out

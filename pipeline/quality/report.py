@@ -357,7 +357,7 @@ _TEMPLATE = """<!DOCTYPE html>
 <body>
 <header><h1>Data-quality report: {{ s.store }}</h1>
 <p>generated {{ s.generated_at }} by lesionflow {{ s.report_version }} &middot; channels {{ s.channels|join(", ") }}</p></header>
-<nav><a href="#summary">Summary</a><a href="#flagged">Flagged</a><a href="#expectations">Expectations</a><a href="#metrics">Metrics</a><a href="#thumbnails">Thumbnails</a><a href="#bank">Augmentation bank</a><a href="#lineage">Lineage</a></nav>
+<nav><a href="#summary">Summary</a><a href="#flagged">Flagged</a><a href="#expectations">Expectations</a><a href="#metrics">Metrics</a><a href="#thumbnails">Thumbnails</a><a href="#bank">Augmentation bank</a><a href="#pairs">Visit pairs</a><a href="#lineage">Lineage</a></nav>
 
 <section id="summary"><h2>Summary</h2>
 <div class="cards">
@@ -422,6 +422,16 @@ Outliers per modality: {% for m, meth in s.outlier_method.items() %}{{ m }}: {{ 
 {% else %}<p class="muted">No augmentation bank in this store (<code>lesionflow prepare</code> builds it).</p>{% endif %}
 </section>
 
+<section id="pairs"><h2>Visit pairs</h2>
+<p class="small muted">Each subject's consecutive visits brought into one space (<code>lesionflow change</code>): supplied transforms or
+rigid-then-affine registration of the follow-up FLAIR onto the baseline; NCC = normalised cross-correlation of the two FLAIR images
+in the common brain mask after it (1 = identical up to a linear intensity change; a low value says the change figures are not to be trusted).
+The change figures per method and model are in the table <code>change_pairs</code> and, for a model, its evaluation page.</p>
+<table class="small"><tr><th>pair</th><th>days apart</th><th>grid</th><th>registration</th><th>NCC</th><th>Mattes MI</th><th>expert change mask</th></tr>
+{% for p in pairs %}<tr><td class="mono">{{ p.pair_id }}</td><td class="n">{{ p.days }}</td><td>{{ p.grid }}</td><td>{{ p.method }}</td>
+<td class="n">{{ p.ncc }}</td><td class="n">{{ p.mattes_mi }}</td><td>{{ p.expert }}</td></tr>{% else %}<tr><td colspan="7" class="muted">No visit pair compared yet.</td></tr>{% endfor %}
+</table></section>
+
 <section id="lineage"><h2>Lineage</h2>
 <p class="small muted">Source paths are sealed (<code>src:…</code>): <code>lesionflow lineage CASE --store STORE</code> lists a case's files, and <code>lesionflow lineage TOKEN</code> opens one path, for holders of the pseudonymisation key.</p>
 <table class="small"><tr><th>case</th><th>pipeline</th><th>config hash</th><th>created</th><th>sources (files, sha256 prefix of the first)</th></tr>
@@ -430,6 +440,26 @@ Outliers per modality: {% for m, meth in s.outlier_method.items() %}{{ m }}: {{ 
 </table></section>
 </body></html>
 """
+
+
+def _pairs(root: Path | str) -> list[dict[str, Any]]:
+    """One row per visit pair: interval, grid, registration method and quality, expert mask (or '-')."""
+    from pipeline.store import StoreError, list_pairs, read_pair_meta
+
+    out = []
+    for pid in list_pairs(root):
+        try:
+            meta = read_pair_meta(root, pid)
+        except StoreError:
+            continue
+        if meta is None:
+            continue
+        reg = meta.registration
+        out.append({"pair_id": pid, "days": "-" if meta.interval_days is None else meta.interval_days, "grid": meta.grid,
+                    "method": reg.method if reg else "not yet", "ncc": _fmt_cell(reg.ncc) if reg else "-",
+                    "mattes_mi": _fmt_cell(reg.mattes_mi) if reg and reg.mattes_mi is not None else "-",
+                    "expert": "yes" if meta.expert_source else "-"})
+    return out
 
 
 def _lineage(root: Path | str, cases: list[str]) -> list[dict[str, Any]]:
@@ -536,7 +566,7 @@ def build_report(store_root: str | Path, out_html: str | Path | None = None, cha
     html = env.from_string(_TEMPLATE).render(
         s=summary, css=_CSS, flagged=flagged, exp=exp.results, plots=plots, metric_names=list(METRIC_NAMES),
         metric_rows=metric_rows, thumbs=thumbs, reference=reference, lineage=_lineage(root, cases),
-        flagged_cases={f["case_id"] for f in flagged}, bank=_bank_section(root, cases),
+        flagged_cases={f["case_id"] for f in flagged}, bank=_bank_section(root, cases), pairs=_pairs(root),
     )
     write_bytes_atomic(html_path, html.encode("utf-8"))
     summary_path = location(root, f"{QUALITY_DIR}/{SUMMARY_FILE}")

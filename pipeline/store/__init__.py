@@ -17,6 +17,7 @@ Map of the package::
       manifest.py      init_store, read_manifest, store_channels, resolve_channels, clean_staging
       cases.py         write_case, list_cases, open_case, read_case_meta, write_case_array, write_case_group, write_label, has_node, geometry
       ngff.py          the OME-Zarr 0.5 metadata of a case (image, labels/) and the mask readers of either layout
+      pairs.py         visit pairs (pairs/<pair_id>): write_pair_meta, read_pair_meta, list_pairs, write_pair_mask, read_pair_mask
       upgrade.py       upgrade_store: a store of an older schema rewritten in place to the current layout (no voxel rewritten)
       catalog.py       append_catalog, compact_catalog, read_catalog, query_catalog (DuckDB), catalog_dataset,
                        cases_of_run, Arrow schema
@@ -101,6 +102,19 @@ from pipeline.store.ngff import (
     prediction_versions,
     reference_label,
 )
+from pipeline.store.pairs import (
+    EXPERT,
+    PAIRS,
+    change_mask_name,
+    list_pairs,
+    pair_id_of,
+    pair_mask_attrs,
+    pair_masks,
+    read_pair_mask,
+    read_pair_meta,
+    write_pair_mask,
+    write_pair_meta,
+)
 from pipeline.store.tables import (
     append_table,
     compact_table,
@@ -128,6 +142,9 @@ __all__ = [
     "LABELS", "REFERENCE", "FOREGROUND", "prediction_label", "mask_array", "reference_label", "foreground_mask", "prediction_mask",
     "prediction_versions", "write_label", "refresh_labels", "prediction_path", "has_prediction",
     "write_missing_levels", "upgrade_store", "upgrade_case",
+    # visit pairs (schema 1.5)
+    "PAIRS", "EXPERT", "pair_id_of", "change_mask_name", "write_pair_meta", "read_pair_meta", "list_pairs", "write_pair_mask",
+    "read_pair_mask", "pair_masks", "pair_mask_attrs",
     # catalog
     "COMPACT_MIN_PARTS", "append_catalog", "catalog_arrow_schema", "compact_catalog", "read_catalog", "query_catalog",
     "catalog_dataset", "cases_of_run",

@@ -97,7 +97,7 @@ HEADER_KEYWORDS = ATTRIBUTE_KEYWORDS + (
     "AcquisitionTime", "InstanceNumber", "DirectoryRecordSequence",
     "PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence",
     "SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated", "BitsStored",
-    "PixelRepresentation",
+    "PixelRepresentation", "StudyDate",
 )
 
 
@@ -144,6 +144,7 @@ class DicomSeries:
     is_multiframe: bool
     warnings: list[str] = field(default_factory=list)
     attributes: dict[str, Any] = field(default_factory=dict, repr=False)
+    study_date: str = field(default="", repr=False)  # DICOM StudyDate (YYYYMMDD): identifying, memory only (orders visits)
     # Per-file headers from the scan (geometry + where the pixels are): lets read_series skip
     # a second header parse. Not an init field, so ``dataclasses.replace`` drops it.
     _headers: tuple | None = field(default=None, init=False, repr=False, compare=False)
@@ -233,6 +234,7 @@ class _Header:
     slices: list[_Slice]
     attributes: dict[str, Any]
     pixels: RawPixels | None = None  # set by the scan for plain native pixel data
+    study_date: str = field(default="", repr=False)  # identifying (a date): memory only, orders visits
 
 
 def _tkey(tpi: Any, acq_number: Any, acq_time: Any, instance: Any) -> tuple[float, float, float, float]:
@@ -408,6 +410,7 @@ def _header_from_dataset(path: Path, ds: Any, attr_cache: dict | None) -> _Heade
         sop_uid=to_str(ds.get("SOPInstanceUID")),
         series_uid=series_uid,
         study_uid=to_str(ds.get("StudyInstanceUID")),
+        study_date=to_str(ds.get("StudyDate")),
         patient_id=to_str(ds.get("PatientID")),
         series_number=series_number,
         series_description=to_str(ds.get("SeriesDescription")),
@@ -665,6 +668,7 @@ def _series_from(headers: list[_Header], key: str, warnings: list[str]) -> Dicom
         is_multiframe=h0.is_multiframe,
         warnings=warnings,
         attributes=attrs,
+        study_date=h0.study_date,
     )
     series._headers = tuple(headers)
     return series

@@ -20,8 +20,10 @@ def test_discovery_groups_sessions_and_records_rejects(cohort):
     assert len(long_sessions) == 2 and len({s.subject for s in long_sessions}) == 1  # same subject, two sessions
     reasons = {r.relpath: (r.reason, r.code) for r in disc.rejected}
     assert reasons["site/patient04/IM0001"] == ("zero-byte file", ReasonCode.EMPTY_FILE)
-    assert "several sessions" in reasons["long/patient03/gt.nii.gz"][0]
-    assert reasons["long/patient03/gt.nii.gz"][1] is ReasonCode.UNASSIGNABLE
+    # the mask beside the two sessions is their change mask: the pair's label, not a rejected input (issue 15)
+    assert "long/patient03/gt.nii.gz" not in reasons
+    (pair,) = disc.pair_labels
+    assert pair.relpath == "long/patient03/gt.nii.gz" and {s for _, s in pair.sessions} == {s.session for s in long_sessions}
     # identifiers are pseudonyms, never folder names
     assert all(s.subject.startswith("sub-") and "patient" not in s.case_id for s in disc.sessions)
 

@@ -26,7 +26,6 @@ def test_summary_lists_every_rejected_and_unused_input_with_its_code(cohort, tmp
     listed = {reveal(r["path"], "k"): r["code"] for r in summary.rejected_inputs + summary.unused_inputs}  # sealed paths
     assert listed == {
         "site/patient04/IM0001": "empty_file",  # discovery
-        "long/patient03/gt.nii.gz": "unassignable",  # discovery
         "site/patient04/patient04_FLAIR.nii.gz": "corrupt",  # the reader, in the session
         "site/patient04/": "no_readable_image",  # the session itself (its folder)
     }
