@@ -52,7 +52,7 @@ MODALITY_COLUMNS = [
     "row_key", "case_id", "modality", "source_format",
     "spacing_x_mm", "spacing_y_mm", "spacing_z_mm", "spacing_min_mm", "spacing_max_mm", "anisotropy",
     "shape_z", "shape_y", "shape_x", "matrix_min", "matrix_max",
-    "fov_x_mm", "fov_y_mm", "fov_z_mm", "fov_max_mm", "orientation",
+    "fov_x_mm", "fov_y_mm", "fov_z_mm", "fov_max_mm", "orientation", "geometry_source",
     "intensity_mean", "intensity_std", "intensity_p01", "intensity_p99", "intensity_stats_finite",
     "median_spacing_max_mm", "median_spacing_min_mm",
     "slice_spacing_ratio", "inplane_spacing_ratio", "coverage_ratio_min", "coverage_ratio_max",
@@ -180,6 +180,8 @@ def build_tables(store_root: str | Path, channels: Sequence[str] | None = None, 
             if not ci.present:
                 continue
             sx, sy, sz = (float(v) for v in ci.native_spacing)
+            if meta.geometry.source == "unknown":  # unit spacing assumed, not measured: no spacing or field of view to check
+                sx = sy = sz = math.nan
             nz, ny, nx = (int(v) for v in ci.native_shape_zyx)
             stats = [ci.intensity_mean, ci.intensity_std, ci.intensity_p01, ci.intensity_p99]
             mod_rows.append({
@@ -189,7 +191,7 @@ def build_tables(store_root: str | Path, channels: Sequence[str] | None = None, 
                 "anisotropy": max(sx, sy, sz) / min(sx, sy, sz),
                 "shape_z": nz, "shape_y": ny, "shape_x": nx, "matrix_min": min(nz, ny, nx), "matrix_max": max(nz, ny, nx),
                 "fov_x_mm": nx * sx, "fov_y_mm": ny * sy, "fov_z_mm": nz * sz, "fov_max_mm": max(nx * sx, ny * sy, nz * sz),
-                "orientation": ci.native_orientation,
+                "orientation": ci.native_orientation, "geometry_source": meta.geometry.source,
                 "intensity_mean": ci.intensity_mean, "intensity_std": ci.intensity_std,
                 "intensity_p01": ci.intensity_p01, "intensity_p99": ci.intensity_p99,
                 "intensity_stats_finite": bool(all(math.isfinite(float(v)) for v in stats)),
@@ -222,7 +224,7 @@ def _add_cohort_ratios(mods: Any) -> None:
         mods[col] = np.nan
     if mods.empty:
         return
-    for _, grp in mods.groupby("modality"):
+    for _, grp in mods[mods["spacing_max_mm"].notna()].groupby("modality"):  # series of unknown geometry: no spacing to compare
         if len(grp) < CONSISTENCY_MIN_SERIES:
             continue
         idx = grp.index
