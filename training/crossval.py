@@ -7,8 +7,8 @@ derives from its lesion probability, per axial slice and per case:
 * segmentation on slices with lesion (the brain-tumour write-up's figures): Dice and Tversky
   index (alpha 0.7 on false negatives, beta 0.3 on false positives) per slice, and pooled over
   each case's lesion slices;
-* "is there a lesion?": the slice's score is its maximum probability, the case's the maximum over
-  its slices; ROC AUC over slices and over cases, sensitivity and specificity at the operating
+* "is there a lesion?": the slice's score is its maximum probability (and, beside it, its predicted
+  area in voxels), the case's the maximum over its slices; ROC AUC over slices and over cases, sensitivity and specificity at the operating
   point score >= ``threshold`` (0.5: the slice has at least one voxel the segmentation calls lesion).
 
 :func:`summarise` pools the rows of every fold into the figures of a cross-validation table.
@@ -102,7 +102,8 @@ def summarise(slice_rows: Sequence[Mapping[str, Any]], case_rows: Sequence[Mappi
 
     Returns ``dice_slices`` / ``tversky_slices`` (means over slices with lesion), ``dice_patients`` /
     ``tversky_patients`` (means over cases of the figure pooled over each case's lesion slices),
-    ``slice`` and ``patient`` (:func:`~pipeline.lesions.evaluation.presence_metrics`),
+    ``slice`` and ``patient`` (:func:`~pipeline.lesions.evaluation.presence_metrics` of the maximum
+    probability), ``slice_area`` (the same with the predicted area in voxels as the slice's score),
     ``patients_correct`` (cases whose presence call matches the reference) and the counts.
     """
     lesion_slices = [r for r in slice_rows if r["has_lesion"]]
@@ -113,6 +114,8 @@ def summarise(slice_rows: Sequence[Mapping[str, Any]], case_rows: Sequence[Mappi
         "dice_patients": _mean([r["dice_lesion_slices"] for r in case_rows]),
         "tversky_patients": _mean([r["tversky_lesion_slices"] for r in case_rows]),
         "slice": presence_metrics([r["has_lesion"] for r in slice_rows], [r["score"] for r in slice_rows], threshold),
+        # the same call scored by the predicted area (voxels at the threshold): same operating point (>= 1 voxel), other ranking
+        "slice_area": presence_metrics([r["has_lesion"] for r in slice_rows], [r["pred_voxels"] for r in slice_rows], 1),
         "patient": patient,
         "patients_correct": sum(bool(r["predicted_present"]) == bool(r["has_lesion"]) for r in case_rows),
         "n_patients": len(case_rows), "n_slices": len(slice_rows), "n_lesion_slices": len(lesion_slices),

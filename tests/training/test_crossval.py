@@ -27,10 +27,10 @@ def test_folds_never_split_a_patient():
 
 def test_summary_pools_folds_by_hand():
     slices = [  # two patients; slice dice / tversky on lesion slices only
-        {"has_lesion": True, "score": 0.9, "dice": 0.8, "tversky": 0.7},
-        {"has_lesion": True, "score": 0.4, "dice": 0.0, "tversky": 0.0},
-        {"has_lesion": False, "score": 0.6, "dice": math.nan, "tversky": math.nan},
-        {"has_lesion": False, "score": 0.1, "dice": math.nan, "tversky": math.nan},
+        {"has_lesion": True, "score": 0.9, "pred_voxels": 30, "dice": 0.8, "tversky": 0.7},
+        {"has_lesion": True, "score": 0.4, "pred_voxels": 0, "dice": 0.0, "tversky": 0.0},
+        {"has_lesion": False, "score": 0.6, "pred_voxels": 2, "dice": math.nan, "tversky": math.nan},
+        {"has_lesion": False, "score": 0.1, "pred_voxels": 0, "dice": math.nan, "tversky": math.nan},
     ]
     cases = [{"has_lesion": True, "score": 0.9, "predicted_present": True, "dice_lesion_slices": 0.6, "tversky_lesion_slices": 0.5},
              {"has_lesion": True, "score": 0.3, "predicted_present": False, "dice_lesion_slices": 0.2, "tversky_lesion_slices": 0.1}]
@@ -40,6 +40,8 @@ def test_summary_pools_folds_by_hand():
     # slice AUC: positive/negative pairs (0.9 > 0.6, 0.9 > 0.1, 0.4 < 0.6, 0.4 > 0.1) = 3 of 4
     assert s["slice"]["auc"] == pytest.approx(0.75)
     assert s["slice"]["sensitivity"] == 0.5 and s["slice"]["specificity"] == 0.5
+    # by area: 30 > 2, 30 > 0, 0 < 2, 0 = 0 (a half) → 2.5 of 4; same calls at >= 1 voxel
+    assert s["slice_area"]["auc"] == pytest.approx(0.625) and s["slice_area"]["sensitivity"] == 0.5
     assert s["patients_correct"] == 1 and math.isnan(s["patient"]["auc"])  # one class only: no AUC
 
 
