@@ -80,6 +80,30 @@ def report_task(store: str, channels: tuple[str, ...] | None = None) -> dict[str
     return {"html": str(result.html_path), "flagged": result.flagged}
 
 
+NEW_CASES_EVENT = "lesionflow.ingest.new-cases"
+"""The Prefect event an ingest run emits when it converted new or changed sessions (the chain's start:
+the ``quality-gate`` deployment is triggered by it, see ``deploy/prefect.yaml``)."""
+
+
+def store_resource(store: str) -> dict[str, str]:
+    """The Prefect resource that names a store in events: ``lesionflow.store.<sha256 of its location, 16 hex>``."""
+    import hashlib
+
+    from pipeline.store import location
+
+    digest = hashlib.sha256(str(location(store)).encode()).hexdigest()[:16]
+    return {"prefect.resource.id": f"lesionflow.store.{digest}", "prefect.resource.role": "store"}
+
+
+def announce_new_cases(store: str, run_id: str, converted: int) -> None:
+    """Emit :data:`NEW_CASES_EVENT` with the store, the ingest ``run_id`` (the catalog's, which names
+    the new cases) and their number; without a Prefect API (a library call) it goes nowhere."""
+    from prefect.events import emit_event
+
+    emit_event(event=NEW_CASES_EVENT, resource=store_resource(store),
+               payload={"store": str(store), "run_id": run_id, "converted": int(converted)})
+
+
 @flow(name="ingest", log_prints=True)
 def ingest(
     source: str,
@@ -97,6 +121,7 @@ def ingest(
     ``source``: the ingest folder, best sealed (:func:`seal_source`; see the module docstring).
     Conversion runs on Dask: an existing scheduler at ``dask_address`` or a LocalCluster of
     ``n_workers`` processes. Unchanged sessions are skipped; bad inputs are recorded, not fatal.
+    When sessions were converted the run emits :data:`NEW_CASES_EVENT` (the deployments' chain).
     """
     cfg = load_config(config_path, target_spacing=tuple(target_spacing) if target_spacing else None, dask_address=dask_address, n_workers=n_workers)
     t0 = time.perf_counter()
@@ -114,6 +139,8 @@ def ingest(
                 results.extend(batch_result)
     summary = summarize(results, rejected, ctx, time.perf_counter() - t0, unchanged).as_dict()
     summary["report"] = report_task(store) if report else None  # the store's channels: cfg.channels, recorded at discovery
+    if summary["converted"]:
+        announce_new_cases(store, summary["run_id"], summary["converted"])
     print(f"ingest: {summary['converted']} converted, {summary['skipped']} up to date, {summary['rejected']} sessions rejected, "
           f"{summary['unused_sessions']} without usable images, "
           f"{len(summary['rejected_inputs'])} inputs rejected, {len(summary['unused_inputs'])} unused → {store}")

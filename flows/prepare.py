@@ -82,23 +82,33 @@ def bank_task(store: str, case_ids: list[str], config: dict[str, Any], dask_addr
 @flow(name="prepare", log_prints=True)
 def prepare(store: str, patch_size: int = 48, n_lesion: int = 512, n_background: int = 512, seed: int = 0, batch_size: int = 16,
             channels: list[str] | None = None, bank: dict[str, Any] | None = None, samples_per_case: int | None = None,
-            dask_address: str | None = None, n_workers: int = 2, force_bank: bool = False) -> list[dict[str, Any]]:
+            dask_address: str | None = None, n_workers: int = 2, force_bank: bool = False,
+            ingest_run: str | None = None) -> list[dict[str, Any]]:
     """Precompute lesion/background patch centres (seeded) and the augmentation bank for every case with
     a label; with ``channels``, only the cases holding them (a channel the store does not have is refused
     before any work).
 
     ``bank`` is a :class:`~pipeline.prepare.augment.BankConfig` as a dict (its patch and seed default to
     ``patch_size`` and ``seed``); ``samples_per_case`` overrides its K, and 0 builds no bank.
+    ``ingest_run`` (an ingest summary's ``run_id``) limits the run to the cases that ingest converted:
+    the chain after an ingest (``prepare-new`` in ``deploy/prefect.yaml``) updates the new cases only.
+
     Returns one row per case: the patch index's counts and the bank's ``bank`` status (``built`` /
     ``up-to-date``), ``bank_mb`` (compressed) and ``bank_seconds``.
     """
     from pipeline.prepare.patches import indexable_cases
 
     cases = indexable_cases(store, channels)
+    if ingest_run is not None:
+        from pipeline.store import cases_of_run
+
+        new = set(cases_of_run(store, ingest_run))
+        cases = [c for c in cases if c in new]
     futures = index_batch.map(unmapped(store), batches(cases, batch_size), unmapped(patch_size), unmapped(n_lesion), unmapped(n_background),
                               unmapped(seed))
     rows = [r for batch in futures.result() for r in batch]
     holding = f" holding {', '.join(channels)}" if channels else ""
+    holding += f" converted by ingest run {ingest_run}" if ingest_run else ""
     print(f"prepare: patch indices for {len(rows)} labelled cases{holding} (patch {patch_size}³, seed {seed})")
     if samples_per_case == 0 or not cases:
         return rows

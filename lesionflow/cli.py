@@ -56,7 +56,7 @@ def _ensure_key(workdir: Path | None = None) -> None:
 
         key_file.write_text(secrets.token_hex(32))
         key_file.chmod(0o600)
-        _console().print(f"[yellow]generated a pseudonymisation key in {key_file} (set {PSEUDONYM_KEY_ENV} for real data)[/]")
+        _console().print(f"[yellow]generated a pseudonymisation key in {key_file} (set {PSEUDONYM_KEY_ENV} for real data)[/]", soft_wrap=True)
     os.environ[PSEUDONYM_KEY_ENV] = key_file.read_text().strip()
 
 
@@ -558,9 +558,13 @@ def score(
     connectivity: int = typer.Option(26),
     min_size_mm3: float = typer.Option(0.0, "--min-size-mm3"),
     overwrite: bool = typer.Option(False, help="re-score cases already scored by this model"),
+    workers: int = typer.Option(2, "--workers", help="Dask worker processes (one torch thread each) when there is more than one batch; "
+                                                      "0: in this process (a GPU)"),
+    dask_address: str | None = typer.Option(None, "--dask-address", envvar="LESIONFLOW_DASK_ADDRESS", help="an existing Dask scheduler"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Score every case with MODEL (default: the store's 'production' alias) and write lesion-volume tables (Parquet + CSV)."""
+    """Score the cases MODEL has not scored yet (default: the store's 'production' alias; found by a query over catalog and
+    tables) and add their rows to the lesion-volume tables (Parquet + CSV)."""
     from training.checkpoint import CheckpointError
 
     if model is None:
@@ -573,7 +577,8 @@ def score(
     from flows.score import score as score_flow
 
     try:
-        out = score_flow(str(store), model, connectivity=connectivity, min_lesion_mm3=min_size_mm3, overwrite=overwrite)
+        out = score_flow(str(store), model, connectivity=connectivity, min_lesion_mm3=min_size_mm3, overwrite=overwrite,
+                         n_workers=workers, dask_address=dask_address)
     except CheckpointError as exc:
         _fail(str(exc))
     if as_json:
@@ -768,7 +773,10 @@ def upgrade(
     dry_run: bool = typer.Option(False, "--dry-run", help="list what would change, change nothing"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Bring a store written by an older lesionflow to the current layout, in place (metadata only; no voxel rewritten).
+    """Bring a store written by an older lesionflow to the current layout, in place (no stored voxel rewritten).
+
+    Metadata is rewritten and masks are moved (renamed); the resolution pyramid of schema 1.5 is
+    added as new arrays computed from level 0, which stays byte for byte as it was.
 
     Run it while nothing else writes to the store. Safe to interrupt and to run again.
     """

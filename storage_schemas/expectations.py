@@ -63,6 +63,25 @@ CONSISTENCY_MIN_SERIES = 3
 """Cohort ratios are computed only when a modality has at least this many series."""
 
 LABEL_VALUE_SETS = ["0", "1", "0,1"]
+
+GATE_BLOCKING_FLAGS = frozenset({
+    "spacing out of range", "implausible matrix", "implausible field of view", "invalid orientation",
+    "non-finite intensity stats", "constant image", "label not binary",
+})
+"""Findings that stop the chain after an ingest (the data-quality gate, :mod:`pipeline.quality.gate`)
+when a new case has one, besides a missing configured channel (``missing <channel>``): a case with
+one of them cannot be scored or trained on as it is. Other findings (thick slices, coverage,
+duplicates, rejected inputs) are reported and do not stop it."""
+
+
+def is_blocking(flag: str) -> bool:
+    """Whether a finding named ``flag`` stops the data-quality gate.
+
+    Example:
+        >>> is_blocking("missing FLAIR"), is_blocking("thick slices"), is_blocking("constant image")
+        (True, False, True)
+    """
+    return flag in GATE_BLOCKING_FLAGS or flag.startswith("missing ")
 """Accepted sorted unique label values (written as comma-separated text)."""
 
 

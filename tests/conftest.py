@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,34 @@ SHARED_DATA = Path(os.environ.get("LESIONFLOW_SHARED_DATA", REPO.parent / "share
 os.environ.setdefault("LESIONFLOW_PSEUDONYM_KEY", "test-key-not-secret")
 # 2 torch threads on 2 shared cores are up to 7x slower than 1 when anything else runs
 os.environ.setdefault("LESIONFLOW_TORCH_THREADS", "1")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+# Prefect sets up its console log handler when it is first imported, on the sys.stderr of that
+# moment. Imported here, that is pytest's stream for the whole session; imported first inside a
+# CliRunner invocation (the commands import it lazily), it was the runner's temporary stream,
+# closed when the invocation ended, and every later library log record printed "--- Logging
+# error ---" tracebacks into the output of the tests that followed.
+import prefect  # noqa: E402, F401
+
+
+@pytest.fixture(autouse=True)
+def _log_handlers_on_live_streams():
+    """CliRunner swaps ``sys.stdout``/``sys.stderr`` while a command runs, and a library that
+    creates its log handlers then (Prefect's console handler when an in-process server app is
+    built, torch's on first import) binds them to the runner's stream, closed when the command
+    returns: every later record then printed "--- Logging error ---" tracebacks into other tests'
+    output, or recursed. After each test such handlers are pointed back at ``sys.stderr``."""
+    yield
+    loggers = [logging.getLogger()] + [lg for lg in logging.root.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
+    for logger in loggers:
+        for handler in logger.handlers:
+            stream = getattr(handler, "stream", None)
+            if stream is not None and getattr(stream, "closed", False):
+                handler.stream = sys.stderr  # not setStream: it flushes the closed stream first
+                console = getattr(handler, "console", None)  # Prefect's handler prints through rich
+                if console is not None:
+                    console.file = sys.stderr
 
 
 @pytest.fixture(scope="session")
@@ -26,8 +56,6 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def prefect_harness():
     """One ephemeral Prefect API for the whole test session (it takes 10-20 s to start)."""
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=180):

@@ -192,6 +192,11 @@ def _read_info(model_dir: Path | str) -> dict[str, Any]:
     return info
 
 
+def read_model_info(path_or_version: str | Path, store_root: str | Path | None = None) -> dict[str, Any]:
+    """``model.json`` of a model (anything :func:`resolve_model_dir` accepts) as a dict, weights not read."""
+    return _read_info(resolve_model_dir(path_or_version, store_root))
+
+
 def list_models(store_root: str | Path) -> list[dict[str, Any]]:
     """``model.json`` contents of every checkpoint in the store, oldest first (with ``path``).
 

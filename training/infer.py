@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 from pipeline import store as _store
-from training.checkpoint import load_model
+from training.checkpoint import load_model, resolve_model_version
 from training.data import check_case
 
 log = logging.getLogger("lesionflow.training")
@@ -185,6 +186,7 @@ def score_cases(
     overlap: float = 0.25,
     sw_batch_size: int | None = None,
     restrict_to_foreground: bool = True,
+    cache_model: bool = False,
 ) -> list[dict[str, Any]]:
     """Predict and store a lesion mask for each case with one model.
 
@@ -195,6 +197,8 @@ def score_cases(
         progress: called with a dict after each case (``event="score"``, ``case_id``, ``index``,
             ``total``, ``status``, ``seconds``).
         overwrite: re-score cases that already hold this model's prediction.
+        cache_model: keep the loaded model in this process for the next call with the same
+            model folder and device (a Dask worker scoring batch after batch).
 
     Returns:
         One dict per case: ``case_id``, ``mask_path`` (store-relative; ``None`` when not scored),
@@ -203,7 +207,10 @@ def score_cases(
         Cases lacking a channel the model needs are skipped with a reason, not raised.
     """
     dev = torch.device(device) if device is not None else default_device()
-    model, info = load_model(model_dir_or_version, store_root=store_root, device=dev)
+    if cache_model:
+        model, info = _cached_model(str(model_dir_or_version), str(store_root), str(dev))
+    else:
+        model, info = load_model(model_dir_or_version, store_root=store_root, device=dev)
     version = info["model_version"]
     roi = tuple(int(r) for r in (roi_zyx or info.get("patch_zyx") or (48, 48, 48)))
     ids = list(case_ids) if case_ids is not None else _store.list_cases(store_root)
@@ -239,3 +246,38 @@ def score_cases(
         if progress is not None:
             progress({"event": "score", "index": i + 1, "total": len(ids), **row})
     return results
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_model(model: str, store_root: str, device: str) -> tuple[torch.nn.Module, dict[str, Any]]:
+    return load_model(model, store_root=store_root, device=torch.device(device))
+
+
+def score_batch(
+    store_root: str | Path,
+    model_dir: str | Path,
+    case_ids: Sequence[str],
+    overwrite: bool = False,
+    connectivity: int = 26,
+    min_lesion_mm3: float = 0.0,
+    threads: int | None = 1,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Score ``case_ids`` with one model and measure their masks: the unit of work of a re-scoring run
+    (one Dask task). Returns ``results`` (:func:`score_cases`' rows), ``case_rows`` and
+    ``lesion_rows`` (the lesion tables' rows of every case that holds the model's mask, newly
+    scored or found already there), for the caller to append as table parts.
+
+    ``threads``: torch CPU threads in this process (one per Dask worker: workers, not threads,
+    are what scales); None leaves torch's setting. The model stays loaded in the process for the
+    next batch. ``connectivity`` (6/18/26) and ``min_lesion_mm3`` (mm³) shape the lesion rows.
+    """
+    from pipeline.lesions.tables import lesion_rows
+
+    if threads is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(int(threads))
+    results = score_cases(store_root, model_dir, case_ids=case_ids, overwrite=overwrite, device=device, cache_model=True)
+    measured = [r["case_id"] for r in results if r["status"] in ("scored", "exists")]
+    version = results[0]["model_version"] if results else resolve_model_version(model_dir, store_root)
+    case_rows, rows = lesion_rows(store_root, version, measured, connectivity, min_lesion_mm3)
+    return {"results": results, "case_rows": case_rows, "lesion_rows": rows}

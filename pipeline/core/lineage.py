@@ -155,21 +155,28 @@ def lineage(key: bytes) -> Lineage:
 
 WITHHELD = "[a path in the source]"
 """What :func:`scrub` writes for a path under a withheld folder that it has no token for."""
+ELSEWHERE = "[a path]"
+"""What :func:`scrub` writes, with ``any_path``, for any other absolute or ``../`` path."""
+_OTHER_PATH = re.compile(r"(?<![\w.:/\-])(?:/|\.\./)[^\s'\"()\[\]<>]*")
 
 
-def scrub(text: str, replacements: Mapping[str, str], min_len: int = 5, withhold: tuple[str, ...] = ()) -> str:
+def scrub(text: str, replacements: Mapping[str, str], min_len: int = 5, withhold: tuple[str, ...] = (), any_path: bool = False) -> str:
     """``text`` with every occurrence of a key of ``replacements`` (a path, a relpath or a file
     name) replaced by its value (a token), longest first. A key matches only as a whole name
     (not inside a longer word or path component); keys shorter than ``min_len`` characters (a
     file named ``1``) are left alone, as they cannot name a patient and would garble the text.
     Then any other path under a folder of ``withhold`` (absolute ingest folders) becomes
     :data:`WITHHELD`, up to the next blank, quote or bracket (punctuation in between goes with it:
-    it may belong to a folder's name).
+    it may belong to a folder's name). With ``any_path``, every other absolute path and every
+    path starting ``../`` becomes :data:`ELSEWHERE` too: a header may name a file outside the
+    ingest folder (``ElementDataFile = ../../DOE^JANE/t1.raw``), whose folders are as identifying.
 
     >>> scrub("duplicate slice: IM0001, IM00010 at z=3", {"IM0001": "src:a", "3": "src:b"})
     'duplicate slice: src:a, IM00010 at z=3'
     >>> scrub("data file missing (expected at /in/DOE^JANE/x.raw)", {}, withhold=("/in",))
     'data file missing (expected at [a path in the source])'
+    >>> scrub("data file ../../DOE^JANE/x.raw resolves to /data/DOE^JANE/x.raw, no FLAIR/T1", {}, any_path=True)
+    'data file [a path] resolves to [a path] no FLAIR/T1'
     """
     if not text:
         return text
@@ -181,4 +188,6 @@ def scrub(text: str, replacements: Mapping[str, str], min_len: int = 5, withhold
         folder = folder.rstrip("/")
         if folder and folder in text:
             text = re.sub(rf"{re.escape(folder)}(?![\w.\-])(?:/[^\s'\"()\[\]<>]*)?", WITHHELD, text)
+    if any_path:
+        text = _OTHER_PATH.sub(ELSEWHERE, text)
     return text

@@ -106,6 +106,30 @@ def _local_cluster_config() -> Iterator[None]:
             os.environ["MALLOC_TRIM_THRESHOLD_"] = inherited
 
 
+DASK_LOGGERS = ("distributed", "bokeh")
+"""Loggers of the in-process scheduler and nannies of the LocalCluster."""
+
+
+@contextlib.contextmanager
+def _quiet_dask_logs(level: int = logging.WARNING) -> Iterator[None]:
+    """Dask's INFO records (scheduler start, workers registering, every client connection) kept
+    out of this process's log while the LocalCluster runs: Dask's ``silence_logs`` only lowers its
+    own stream handlers, and its records still reached the root logger's handler (Prefect's
+    console under a flow: 20 lines per ingest). Warnings and errors still pass; a level the user
+    set above ``level`` is kept."""
+    saved = {}
+    for name in DASK_LOGGERS:
+        logger = logging.getLogger(name)
+        saved[name] = logger.level
+        if logger.getEffectiveLevel() < level:
+            logger.setLevel(level)
+    try:
+        yield
+    finally:
+        for name, old in saved.items():
+            logging.getLogger(name).setLevel(old)
+
+
 @contextlib.contextmanager
 def dask_client(address: str | None = None, n_workers: int = 2, connect_timeout: str = "20s",
                 memory_limit: str | None = None) -> Iterator[Any]:
@@ -122,24 +146,25 @@ def dask_client(address: str | None = None, n_workers: int = 2, connect_timeout:
     from distributed.diagnostics.plugin import WorkerPlugin
 
     plugin_cls = type("OneCorePerWorkerPlugin", (OneCorePerWorker, WorkerPlugin), {})
-    if address:
-        try:
-            client = Client(address, timeout=connect_timeout)
-        except OSError as exc:
-            raise RuntimeError(f"cannot reach the Dask scheduler at {address} ({exc}); check the address or omit it to use a local cluster") from exc
-        cluster = None
-    else:
-        with _local_cluster_config():
-            cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                                   silence_logs=logging.ERROR, memory_limit=memory_limit or "auto")
-        client = Client(cluster)
-    try:
+    with contextlib.ExitStack() as stack:
+        if address:
+            try:
+                client = Client(address, timeout=connect_timeout)
+            except OSError as exc:
+                raise RuntimeError(f"cannot reach the Dask scheduler at {address} ({exc}); check the address or omit it to use a local cluster") from exc
+        else:
+            stack.enter_context(_quiet_dask_logs())
+            with _local_cluster_config():
+                # no dashboard; the scheduler's HTTP server (health checks only) on a free port, so a
+                # second cluster on the machine does not warn "Port 8787 is already in use"
+                cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                                       scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                                       silence_logs=logging.ERROR, memory_limit=memory_limit or "auto")
+            stack.callback(cluster.close)
+            client = Client(cluster)
+        stack.callback(client.close)  # closed before the cluster (callbacks run last in, first out)
         client.register_plugin(plugin_cls(), name=OneCorePerWorker.name)
         yield client
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
 
 
 def map_sessions(
@@ -248,6 +273,7 @@ def worker_died(plan: SessionPlan, ctx: IngestContext, exc: BaseException) -> Se
     reason = (f"worker died while converting: {tried} running this session died (out of memory past the worker memory "
               f"limit, {limit}, or a crash in a native library); the rest of the cohort was converted")
     log.error("session %s: %s", plan.case_id, reason)
-    row = ctx.row(plan, "rejected", plan.root_relpath, reason=reason, reason_code=ReasonCode.WORKER_DIED)
+    # the session folder by its sealed path: a folder name can be a patient's (DOE^JANE_MRN123/...)
+    row = ctx.row(plan, "rejected", plan.root_sealed, reason=reason, reason_code=ReasonCode.WORKER_DIED)
     append_catalog(ctx.store_root, [row])
     return SessionResult(plan.case_id, "rejected", reason=reason, reason_code=ReasonCode.WORKER_DIED, rows=[row])

@@ -121,10 +121,11 @@ class SessionPlan:
                     return p[: -len(rel) - 1] or "/"
         return None
 
-    def scrub(self, text: str) -> str:
-        """``text`` with the session's paths and file names sealed, other paths under the ingest folder withheld."""
+    def scrub(self, text: str, any_path: bool = False) -> str:
+        """``text`` with the session's paths and file names sealed, other paths under the ingest folder
+        withheld, and with ``any_path`` (what is stored: reasons) every other path too."""
         folder = self.ingest_folder()
-        return scrub(text, self.replacements(), withhold=(folder,) if folder else ())
+        return scrub(text, self.replacements(), withhold=(folder,) if folder else (), any_path=any_path)
 
     def replacements(self) -> dict[str, str]:
         """Every plain path of the session → its sealed path (for :func:`~pipeline.core.lineage.scrub`)."""
@@ -233,7 +234,7 @@ def _rejected(lin: Lineage, root: Path, path: Path, reason: str, code: ReasonCod
     """A :class:`Rejected` input, with its sealed path and its reason naming files by their sealed path."""
     rel = _rel(path, root)
     token = lin.seal(rel)
-    return Rejected(rel, scrub(reason, {str(path): token, rel: token, path.name: token}, withhold=(str(root),)), code, kind, token)
+    return Rejected(rel, scrub(reason, {str(path): token, rel: token, path.name: token}, withhold=(str(root),), any_path=True), code, kind, token)
 
 
 def _seal_item(item: SourceItem, lin: Lineage, root: Path) -> SourceItem:
@@ -427,6 +428,11 @@ def discover(
         name, suffix = path.name, path.suffix.lower()
         if name in IGNORED_NAMES or name.upper().startswith(("README", "LICENSE")):
             continue
+        special = _not_regular(path)  # a FIFO would block the digest's open() for ever, /dev/zero never end it
+        if special is not None:
+            rejected.append(_rejected(lin, root, path, special, ReasonCode.NOT_REGULAR_FILE,
+                                      _volume_kind(path) if is_volume_file(path) else None))
+            continue
         if is_volume_file(path):
             volume_files.append(path)
             continue
@@ -513,7 +519,7 @@ def discover(
                 aliases: dict[str, str] = {}
                 if p.name.lower().endswith(".mhd"):
                     raw = _mhd_data_file(p)
-                    if raw is not None and raw.exists():
+                    if raw is not None and raw.exists() and not _data_file_refused(p, raw):
                         rels.append(_rel(raw, root))
                         ps.append(raw)
                     elif raw is not None:  # missing: the reader's reason names it
@@ -545,6 +551,42 @@ def discover(
     for r in rejected:
         log.debug("rejected %s [%s]: %s", r.sealed, r.code.value, r.reason)
     return Discovery(root=root, sessions=ordered, rejected=rejected, unchanged=sorted(fresh), source_root=source_root)
+
+
+def _not_regular(path: Path) -> str | None:
+    """Why ``path`` (symlinks followed) is not a regular file (a device, FIFO, socket), None when it
+    is one or cannot be stat'ed (the reader then says why)."""
+    import stat as stat_mod
+
+    from pipeline.io.readers.errors import ReaderError
+    from pipeline.io.readers.limits import regular_file
+
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    if stat_mod.S_ISREG(mode):
+        return None
+    try:
+        regular_file(path)
+    except ReaderError as err:
+        return err.reason
+    return None
+
+
+def _data_file_refused(header: Path, data: Path) -> bool:
+    """True when a MetaImage header's data file may not be read (a device or FIFO, or a file
+    outside the header's folder): it is then neither hashed nor listed among the session's
+    files, and the reader rejects the header with the reason."""
+    from pipeline.io.readers.errors import ReaderError
+    from pipeline.io.readers.limits import inside_folder, regular_file
+
+    try:
+        regular_file(data)
+        inside_folder(header, data, "data file")
+    except ReaderError:
+        return True
+    return False
 
 
 def _mhd_data_file(mhd: Path) -> Path | None:

@@ -179,7 +179,7 @@ def convert_session(plan: SessionPlan, ctx: IngestContext) -> SessionResult:
         result = _SessionConversion(plan, ctx).run()
     except Exception as exc:
         log.error("session %s failed: %s\n%s", plan.case_id, plan.scrub(str(exc)), plan.scrub(traceback.format_exc()))
-        reason = plan.scrub(f"internal error while converting ({type(exc).__name__}: {exc}); please report it with this message")
+        reason = plan.scrub(f"internal error while converting ({type(exc).__name__}: {exc}); please report it with this message", any_path=True)
         row = ctx.row(plan, "rejected", plan.root_sealed, reason=reason, reason_code=ReasonCode.INTERNAL_ERROR)
         result = SessionResult(plan.case_id, "rejected", reason=reason, reason_code=ReasonCode.INTERNAL_ERROR, rows=[row])
     result.seconds = time.perf_counter() - t0
@@ -203,7 +203,7 @@ class _SessionConversion:
         """A catalog row for the input at the sealed path ``relpath``; its reason is scrubbed of
         the session's plain paths and file names (:meth:`SessionPlan.scrub`)."""
         if fields.get("reason"):
-            fields["reason"] = self.plan.scrub(fields["reason"])
+            fields["reason"] = self.plan.scrub(fields["reason"], any_path=True)
         self.rows.append(self.ctx.row(self.plan, status, relpath, **fields))
 
     def item_row(self, status: str, item: SourceItem, **fields: Any) -> None:

@@ -28,6 +28,7 @@ import numpy as np
 from pipeline.lesions.components import lesion_table
 from pipeline.store import (
     append_table,
+    finish_table,
     list_cases,
     open_case,
     prediction_mask,
@@ -73,25 +74,49 @@ def case_lesion_rows(store_root: str | Path, case_id: str, model_version: str, c
     return case_row, rows
 
 
-def write_lesion_tables(store_root: str | Path, model_version: str, case_ids: list[str] | None = None, connectivity: int = 26, min_size_mm3: float = 0.0) -> dict[str, Any]:
-    """Compute both tables' rows for ``model_version`` and add them (one part each); returns the
-    locations (``paths[<table>]``: ``part``, ``dataset``, ``parquet`` and ``csv`` exports) and the
-    new rows."""
-    import pandas as pd
-
+def lesion_rows(store_root: str | Path, model_version: str, case_ids: list[str] | None = None, connectivity: int = 26,
+                min_size_mm3: float = 0.0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Both tables' rows (case rows, lesion rows) of ``model_version`` for ``case_ids`` (default
+    every case); cases without this model's mask have none."""
     case_rows: list[dict[str, Any]] = []
-    lesion_rows: list[dict[str, Any]] = []
-    for case_id in case_ids or list_cases(store_root):
+    rows: list[dict[str, Any]] = []
+    for case_id in case_ids if case_ids is not None else list_cases(store_root):
         out = case_lesion_rows(store_root, case_id, model_version, connectivity, min_size_mm3)
         if out is None:
             continue
         case_rows.append(out[0])
-        lesion_rows.extend(out[1])
+        rows.extend(out[1])
+    return case_rows, rows
+
+
+def append_lesion_rows(store_root: str | Path, case_rows: list[dict[str, Any]], rows: list[dict[str, Any]],
+                       finish: bool = True) -> dict[str, Any]:
+    """Add rows from :func:`lesion_rows` as one part of each table; ``finish=False`` only adds the
+    parts, reading nothing already stored (:func:`finish_lesion_tables` later). Returns the
+    locations and the rows as DataFrames, as :func:`write_lesion_tables` does."""
+    import pandas as pd
+
     new_cases = pd.DataFrame(case_rows, columns=list(CaseVolumeRow.model_fields))
-    new_lesions = pd.DataFrame(lesion_rows, columns=list(LesionRow.model_fields))
+    new_lesions = pd.DataFrame(rows, columns=list(LesionRow.model_fields))
     scored = new_cases[list(TABLE_KEYS)]  # a case with no lesion left still replaces its old lesion rows
     paths = {
-        "case_volumes": append_table(store_root, "case_volumes", new_cases, keys=TABLE_KEYS),
-        "lesions": append_table(store_root, "lesions", new_lesions, keys=TABLE_KEYS, covers=scored),
+        "case_volumes": append_table(store_root, "case_volumes", new_cases, keys=TABLE_KEYS, finish=finish),
+        "lesions": append_table(store_root, "lesions", new_lesions, keys=TABLE_KEYS, covers=scored, finish=finish),
     }
     return {"paths": paths, "case_volumes": new_cases, "lesions": new_lesions}
+
+
+def finish_lesion_tables(store_root: str | Path) -> dict[str, dict[str, str]]:
+    """Compact (when many parts) and export both lesion tables; returns their locations by table."""
+    return {name: finish_table(store_root, name) for name in LESION_TABLES}
+
+
+LESION_TABLES = ("case_volumes", "lesions")
+
+
+def write_lesion_tables(store_root: str | Path, model_version: str, case_ids: list[str] | None = None, connectivity: int = 26, min_size_mm3: float = 0.0) -> dict[str, Any]:
+    """Compute both tables' rows for ``model_version`` and add them (one part each); returns the
+    locations (``paths[<table>]``: ``part``, ``dataset``, ``parquet`` and ``csv`` exports) and the
+    new rows."""
+    case_rows, rows = lesion_rows(store_root, model_version, case_ids or None, connectivity, min_size_mm3)
+    return append_lesion_rows(store_root, case_rows, rows)

@@ -68,7 +68,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from pipeline.prepare.patches import patch_bounds
 
-
 TRANSFORMS_VERSION = 2
 """Bumped whenever :func:`augment_patch` or :func:`draw_params` would give other bytes for the same
 inputs (2: labels interpolated linearly and thresholded, as nnU-Net v2, instead of nearest neighbour)."""

@@ -18,8 +18,10 @@ Map of the package::
       cases.py         write_case, list_cases, open_case, read_case_meta, write_case_array, write_case_group, write_label, has_node, geometry
       ngff.py          the OME-Zarr 0.5 metadata of a case (image, labels/) and the mask readers of either layout
       upgrade.py       upgrade_store: a store of an older schema rewritten in place to the current layout (no voxel rewritten)
-      catalog.py       append_catalog, compact_catalog, read_catalog, query_catalog (DuckDB), Arrow schema
-      tables.py        append_table, write_table, read_table, compact_table, export_table (a Parquet dataset per table)
+      catalog.py       append_catalog, compact_catalog, read_catalog, query_catalog (DuckDB), catalog_dataset,
+                       cases_of_run, Arrow schema
+      tables.py        append_table, write_table, read_table, compact_table, export_table, finish_table, table_dataset
+                       (a Parquet dataset per table)
       files.py         location, split_location, store_name, put_bytes, read_bytes, has_file, list_dir,
                        write_bytes_atomic, write_json_atomic
 
@@ -52,11 +54,14 @@ from pipeline.store.cases import (
     write_case_array,
     write_case_group,
     write_label,
+    write_missing_levels,
 )
 from pipeline.store.catalog import (
     COMPACT_MIN_PARTS,
     append_catalog,
+    cases_of_run,
     catalog_arrow_schema,
+    catalog_dataset,
     compact_catalog,
     query_catalog,
     read_catalog,
@@ -96,7 +101,16 @@ from pipeline.store.ngff import (
     prediction_versions,
     reference_label,
 )
-from pipeline.store.tables import append_table, compact_table, export_table, read_table, write_table
+from pipeline.store.tables import (
+    append_table,
+    compact_table,
+    export_table,
+    finish_table,
+    read_table,
+    table_dataset,
+    table_exports,
+    write_table,
+)
 from pipeline.store.upgrade import upgrade_case, upgrade_store
 
 __all__ = [
@@ -113,11 +127,12 @@ __all__ = [
     # masks (OME-Zarr labels; either layout)
     "LABELS", "REFERENCE", "FOREGROUND", "prediction_label", "mask_array", "reference_label", "foreground_mask", "prediction_mask",
     "prediction_versions", "write_label", "refresh_labels", "prediction_path", "has_prediction",
-    "upgrade_store", "upgrade_case",
+    "write_missing_levels", "upgrade_store", "upgrade_case",
     # catalog
     "COMPACT_MIN_PARTS", "append_catalog", "catalog_arrow_schema", "compact_catalog", "read_catalog", "query_catalog",
+    "catalog_dataset", "cases_of_run",
     # tables
-    "append_table", "write_table", "read_table", "compact_table", "export_table",
+    "append_table", "write_table", "read_table", "compact_table", "export_table", "finish_table", "table_dataset", "table_exports",
     # single files and locations
     "location", "split_location", "store_name", "put_bytes", "read_bytes", "has_file", "list_dir",
     "write_bytes_atomic", "write_json_atomic",

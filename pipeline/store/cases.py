@@ -4,6 +4,7 @@
 
     cases/<case_id>/                     an OME-Zarr 0.5 image (see :mod:`pipeline.store.ngff`)
         image       float32 (C, Z, Y, X)   normalised channels, names in attrs; chunks (C, 64, 64, 64)
+        image_1, image_2     the same, downsampled for viewers (schema 1.5; none for grids within 64³)
         labels/reference/0   uint8 (Z, Y, X)   reference lesion mask (when the source has one)
         labels/foreground/0  uint8 (Z, Y, X)   head/brain mask used for normalisation and sampling
         labels/prediction-<model_version>/0    written by `score` (:func:`write_label`)
@@ -37,6 +38,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -96,25 +98,41 @@ def _write_array(group: zarr.Group, name: str, data: np.ndarray, chunks: tuple[i
         arr.attrs.update(attrs)
 
 
+def _build_array(scratch: zarr.Group, node: str, *, data: np.ndarray, chunks: tuple[int, ...], attrs: dict[str, Any] | None,
+                 dims: Sequence[str]) -> None:
+    """A :meth:`~pipeline.store.backend.base.Backend.commit_node` builder of one array."""
+    _write_array(scratch, node, data, chunks, attrs, dims)
+
+
 def _fill_label_group(g: zarr.Group, meta: CaseMeta, name: str, data: np.ndarray, chunk_zyx: Sequence[int],
-                      attrs: dict[str, Any] | None = None, colour_index: int = 0) -> None:
-    """Write the NGFF label image ``name`` (its array ``0`` and its ``ome`` metadata) into an empty group."""
-    _write_array(g, ngff.LEVEL0, data.astype(np.uint8, copy=False), tuple(chunk_zyx), attrs, ngff.MASK_DIMS)
-    g.attrs.update({"ome": ngff.label_ome(meta.geometry, name, colour_index)})
+                      attrs: dict[str, Any] | None = None, colour_index: int = 0,
+                      factors: Sequence[tuple[int, int, int]] | None = None) -> None:
+    """Write the NGFF label image ``name`` (its array ``0``, its downsampled levels ``1``, ``2``, ...
+    of ``factors``, default the grid's, and its ``ome`` metadata) into an empty group."""
+    mask = data.astype(np.uint8, copy=False)
+    factors = ngff.pyramid_factors(meta.geometry) if factors is None else list(factors)
+    _write_array(g, ngff.LEVEL0, mask, tuple(chunk_zyx), attrs, ngff.MASK_DIMS)
+    for k, level in enumerate(ngff.pyramid_levels(mask, factors, "max"), start=1):
+        _write_array(g, str(k), level, tuple(chunk_zyx), None, ngff.MASK_DIMS)
+    g.attrs.update({"ome": ngff.label_ome(meta.geometry, name, colour_index, factors)})
 
 
 def _fill_case_group(g: zarr.Group, meta: CaseMeta, image: np.ndarray, foreground: np.ndarray, label: np.ndarray | None,
                      chunk_zyx: tuple[int, int, int]) -> None:
     """Write a case's arrays and attributes into an empty group (the OME-Zarr 0.5 layout of :mod:`pipeline.store.ngff`)."""
-    _write_array(g, ngff.IMAGE, image.astype(np.float32, copy=False), (image.shape[0], *chunk_zyx), {"channels": list(meta.channels)},
-                 ngff.IMAGE_DIMS)
+    image = image.astype(np.float32, copy=False)
+    factors = ngff.pyramid_factors(meta.geometry)
+    _write_array(g, ngff.IMAGE, image, (image.shape[0], *chunk_zyx), {"channels": list(meta.channels)}, ngff.IMAGE_DIMS)
+    for k, level in enumerate(ngff.pyramid_levels(image, factors, "mean"), start=1):  # for viewers; training reads level 0
+        _write_array(g, ngff.image_level(k), level, (image.shape[0], *chunk_zyx), {"channels": list(meta.channels)}, ngff.IMAGE_DIMS)
     labels = g.create_group(ngff.LABELS)
     names = [ngff.FOREGROUND] if label is None else [ngff.REFERENCE, ngff.FOREGROUND]
     _fill_label_group(labels.create_group(ngff.FOREGROUND), meta, ngff.FOREGROUND, foreground, chunk_zyx)
     if label is not None:
         _fill_label_group(labels.create_group(ngff.REFERENCE), meta, ngff.REFERENCE, label, chunk_zyx)
     labels.attrs.update({"ome": ngff.labels_ome(names)})
-    g.attrs.update({CASE_META_KEY: meta.model_dump(mode="json"), "ome": ngff.image_ome(meta.geometry, meta.case_id, list(meta.channels))})
+    g.attrs.update({CASE_META_KEY: meta.model_dump(mode="json"),
+                    "ome": ngff.image_ome(meta.geometry, meta.case_id, list(meta.channels), factors)})
 
 
 def _check_shapes(meta: CaseMeta, image: np.ndarray, foreground: np.ndarray, label: np.ndarray | None) -> None:
@@ -251,9 +269,14 @@ def write_label(root: StoreLike, case_id: str, name: str, data: np.ndarray, chun
     st.backend.ensure_groups(case, ngff.LABELS)
     present = _label_names(st, case)
     colour = ngff.prediction_colour_index(present, name) if name.startswith(ngff.PREDICTION_PREFIX) else 0
+    # the image's levels: a case written before schema 1.5 has one until `lesionflow upgrade` adds
+    # the rest (to its labels too), so its labels match its image meanwhile
+    ome = (st.backend.node_attrs(case) or {}).get("ome") or {}
+    image_levels = len(((ome.get("multiscales") or [{}])[0]).get("datasets") or [None])
+    factors = ngff.pyramid_factors(meta.geometry)[: max(0, image_levels - 1)]
 
     def build(scratch: zarr.Group, node: str) -> None:
-        _fill_label_group(scratch.create_group(node), meta, name, data, chunk_zyx, attrs, colour)
+        _fill_label_group(scratch.create_group(node), meta, name, data, chunk_zyx, attrs, colour, factors)
 
     where = st.backend.commit_node(join(case, ngff.LABELS, name), build)
     refresh_labels(st, case_id)
@@ -279,6 +302,47 @@ def refresh_labels(root: StoreLike, case_id: str) -> list[str]:
     names = _label_names(st, case)
     st.backend.put(join(case, ngff.LABELS, NODE_MARKER), group_json({"ome": ngff.labels_ome(names)}))
     return ngff.labels_ome(names)["labels"]
+
+
+def write_missing_levels(root: StoreLike, case_id: str, dry_run: bool = False) -> list[str]:
+    """Add the resolution levels (:func:`pipeline.store.ngff.pyramid_factors`) that a committed
+    case lacks: ``image_<k>`` from ``image`` (block mean) and ``labels/<name>/<k>`` from each
+    label's ``0`` (block maximum), each committed whole like any array. Level 0 and every array
+    already there are left as they are (read, never rewritten); the metadata that lists the
+    levels is the caller's (``lesionflow upgrade`` writes it after the arrays). Returns what was
+    (with ``dry_run``: would be) written, one line per array.
+    """
+    st = open_store(root)
+    case = join(CASES, case_id)
+    meta = _meta_for_write(st, case_id)
+    factors = ngff.pyramid_factors(meta.geometry)
+    if not factors:
+        return []
+    b = st.backend
+    targets: list[tuple[str, list[str], str]] = [(ngff.IMAGE, [ngff.image_level(k) for k in range(1, len(factors) + 1)], "mean")]
+    for name in _label_names(st, case):
+        if b.has_node(join(case, ngff.label_array(name))):
+            targets.append((ngff.label_array(name), [ngff.label_level(name, k) for k in range(1, len(factors) + 1)], "max"))
+    done: list[str] = []
+    group = None
+    for source, paths, how in targets:
+        missing = [p for p in paths if not b.has_node(join(case, p))]
+        if not missing:
+            continue
+        done += [f"level {p} from {source} (block {'mean' if how == 'mean' else 'maximum'})" for p in missing]
+        if dry_run:
+            continue
+        group = group if group is not None else open_case(st, case_id)
+        level0 = group[source]
+        levels = ngff.pyramid_levels(np.asarray(level0[...]), factors, how)  # type: ignore[arg-type]
+        chunks = tuple(level0.chunks)
+        attrs = {"channels": list(meta.channels)} if how == "mean" else None
+        for path, data in zip(paths, levels):
+            if path not in missing:
+                continue
+            dims = ngff.IMAGE_DIMS if how == "mean" else ngff.MASK_DIMS
+            b.commit_node(join(case, path), functools.partial(_build_array, data=data, chunks=chunks, attrs=attrs, dims=dims))
+    return done
 
 
 def prediction_path(case_id: str, model_version: str) -> str:

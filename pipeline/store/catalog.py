@@ -110,6 +110,29 @@ def _catalog_table(root: StoreLike, columns: list[str] | None = None) -> Any:
     return _read_parts(root, parts, columns)
 
 
+def catalog_dataset(root: StoreLike, columns: list[str], filter: Any = None) -> Any:
+    """Every catalog row ever written (the history, exact duplicates included) as an Arrow table of
+    ``columns``, read from the parts with ``filter`` (a ``pyarrow.compute`` expression) pushed
+    down: for aggregate queries over large catalogs (the latest conversion of each case), where
+    :func:`read_catalog`'s de-duplication of whole rows is the costly part."""
+    import pyarrow.dataset as pads
+
+    parts = _catalog_parts(root)
+    if not parts:
+        return catalog_arrow_schema().empty_table().select(columns)
+    paths, fs = open_store(root).backend.dataset_source(parts)
+    return pads.dataset(paths, schema=catalog_arrow_schema(), format="parquet", filesystem=fs).to_table(columns=columns, filter=filter)
+
+
+def cases_of_run(root: StoreLike, run_id: str) -> list[str]:
+    """Ids of the cases an ingest run converted (its ``run_id``, as in the run summary), sorted."""
+    import pyarrow.compute as pc
+
+    rows = catalog_dataset(root, ["case_id"], filter=(pc.field("run_id") == run_id) & (pc.field("status") == "converted")
+                           & pc.field("case_id").is_valid())
+    return sorted(set(rows.column("case_id").to_pylist()))
+
+
 def compact_catalog(root: StoreLike, min_parts: int | None = None) -> int:
     """Merge the catalog's parts into one (each converted session appends a part, so a store fed
     every night would otherwise collect thousands of small files). Returns the parts merged.

@@ -248,7 +248,8 @@ def export_table(root: StoreLike, name: str) -> dict[str, str]:
     return paths
 
 
-def append_table(root: StoreLike, name: str, df: Any, keys: Sequence[str] = (), covers: Any = None) -> dict[str, str]:
+def append_table(root: StoreLike, name: str, df: Any, keys: Sequence[str] = (), covers: Any = None,
+                 finish: bool = True) -> dict[str, str]:
     """Add the rows of ``df`` to the table ``name`` as one new part, then compact and export.
 
     Args:
@@ -256,13 +257,62 @@ def append_table(root: StoreLike, name: str, df: Any, keys: Sequence[str] = (), 
             replaces every earlier row of each group it covers. Without keys, rows accumulate.
         covers: further key groups (a DataFrame or records with the ``keys`` columns) the part
             replaces although it has no row for them (a case re-scored with no lesion left).
+        finish: compact and export after the write (:func:`finish_table`). With False the write
+            only adds the part and reads nothing already stored (a bulk run adds many parts and
+            finishes once at its end, or leaves the exports to a later ``finish_table``).
 
     Returns the locations (paths or URLs): ``part`` (the new part), ``dataset`` (the table's
     folder), ``parquet`` and ``csv`` (the exports).
     """
     _adopt_legacy(root, name, keys)
     part = _put_part(root, name, df, keys, covers, snapshot=False)
+    if not finish:
+        st = open_store(root)
+        return {"part": str(st.location(part)), "dataset": str(st.location(_dataset(name))), **table_exports(st, name)}
     return _finish(root, name, part)
+
+
+def table_exports(root: StoreLike, name: str) -> dict[str, str]:
+    """The locations of the table's exports (``parquet``, ``csv``), whether written yet or not."""
+    st = open_store(root)
+    return {ext: str(st.location(join(TABLES, f"{name}.{ext}"))) for ext in ("parquet", "csv")}
+
+
+def finish_table(root: StoreLike, name: str) -> dict[str, str]:
+    """Compact the table when it has many parts, then rewrite its exports; returns their locations
+    (``dataset``, ``parquet``, ``csv``). Reads every part: run it once after a bulk write."""
+    compact_table(root, name)
+    st = open_store(root)
+    return {"dataset": str(st.location(_dataset(name))), **export_table(st, name)}
+
+
+def table_dataset(root: StoreLike, name: str, columns: Sequence[str], filter: Any = None) -> Any:
+    """The stored rows of ``name`` as one Arrow table of ``columns`` (provenance columns
+    ``_written_at``, ``_part`` allowed), read straight from the parts with ``filter`` (a
+    ``pyarrow.compute`` expression) pushed down: for queries (DuckDB) over large tables.
+
+    Superseded rows are included (every part's rows, each once): a query picks the current one
+    of a key group by its latest ``_written_at``. A table written whole by an older version
+    (no dataset) reads as one part written at the oldest time. Returns None when the table
+    does not exist.
+    """
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+
+    parts = _parts(root, name)
+    if not parts:
+        blob = open_store(root).backend.read(join(TABLES, f"{name}.parquet"))
+        if blob is None:
+            return None
+        rows = pa.Table.from_pandas(_decode(blob, ()).rows, preserve_index=False)
+        return rows.filter(filter).select(list(columns)) if filter is not None else rows.select(list(columns))
+    paths, fs = open_store(root).backend.dataset_source(parts)
+    ds = pads.dataset(paths, format="parquet", filesystem=fs)
+    cols = list(dict.fromkeys([*columns, "_part", "_row"]))
+    table = ds.to_table(columns=cols, filter=filter)
+    if table.num_rows:  # a compaction caught half-way leaves rows twice: keep one per (_part, _row)
+        table = table.group_by(cols, use_threads=False).aggregate([])
+    return table.select(list(columns))
 
 
 def write_table(root: StoreLike, name: str, df: Any) -> dict[str, str]:

@@ -1,8 +1,9 @@
 """Upgrade a store written by an older lesionflow to the current layout, in place (``lesionflow upgrade``).
 
-Schema 1.3 makes every case group an OME-Zarr 0.5 image (see :mod:`pipeline.store.ngff`). A 1.2
-(or 1.0/1.1) store is brought there by rewriting metadata only; no voxel is decoded or
-re-encoded:
+Schema 1.3 makes every case group an OME-Zarr 0.5 image (see :mod:`pipeline.store.ngff`), and 1.5
+gives it a resolution pyramid. An older store is brought there without rewriting a stored voxel:
+steps 1-3 and 5-6 rewrite metadata only (nothing decoded or re-encoded); step 4 adds new arrays computed
+from level 0, which stays byte for byte as it was:
 
 1. each mask beside the image (``label``, ``foreground``, ``predictions/<model>/mask``) moves to
    its NGFF label image ``labels/<name>/0``: the label group's ``zarr.json`` (multiscales and
@@ -13,13 +14,18 @@ re-encoded:
 2. every array's ``zarr.json`` gets ``dimension_names`` (``(c, z, y, x)``, ``(z, y, x)``,
    ``(patch, zyx)``) where it has none;
 3. ``labels/zarr.json`` lists the case's label images;
-4. the case group's ``zarr.json`` gets the 0.5 ``ome`` metadata and ``schema_version`` 1.3, in one
-   atomic write;
-5. when every case is done, the manifest's ``schema_version``.
+4. (schema 1.5) the pyramid levels a case lacks (:func:`pipeline.store.ngff.pyramid_factors`;
+   none for grids within 64³): ``image_<k>`` (block mean of ``image``) and ``labels/<name>/<k>``
+   (block maximum of ``labels/<name>/0``), each committed whole like any array (staging and
+   rename; marker last on an object store), then each label group's ``multiscales`` lists them;
+5. the case group's ``zarr.json`` gets the 0.5 ``ome`` metadata (every level) and the current
+   ``schema_version``, in one atomic write;
+6. when every case is done, the manifest's ``schema_version``.
 
 Every step is idempotent and leaves a readable store: readers look for a mask at its 1.3 place
-first and at its old place second, so a store interrupted half-way reads the same and a second
-run finishes it. Run it while nothing else writes to the store (no ingest or scoring).
+first and at its old place second, a level is listed in metadata only once its array is
+committed, so a store interrupted half-way reads the same and a second run finishes it. Run it
+while nothing else writes to the store (no ingest or scoring).
 
 Example:
     >>> import tempfile
@@ -36,7 +42,7 @@ from typing import Any
 
 from pipeline.store import ngff
 from pipeline.store.backend.base import Backend, group_json, join
-from pipeline.store.cases import list_cases, refresh_labels
+from pipeline.store.cases import list_cases, refresh_labels, write_missing_levels
 from pipeline.store.handle import StoreLike, open_store
 from pipeline.store.layout import CASE_META_KEY, CASES, MANIFEST_KEY, NODE_MARKER, StoreError
 from pipeline.store.manifest import read_manifest
@@ -165,13 +171,27 @@ def upgrade_case(root: StoreLike, case_id: str, dry_run: bool = False) -> list[s
         if _set_dimension_names(b, join(case, rel), dims, dry_run):
             done.append(f"dimension_names {list(dims)} on {rel}")
 
+    # schema 1.5: the resolution pyramid; new arrays computed from level 0, which stays as it is
+    factors = ngff.pyramid_factors(meta.geometry)
+    done += write_missing_levels(st, case_id, dry_run)
+    for name in b.list(join(case, ngff.LABELS)):
+        group = join(case, ngff.LABELS, name)
+        ome = (b.node_attrs(group) or {}).get("ome") or {}
+        if name == NODE_MARKER or "image-label" not in ome:
+            continue
+        wanted = ngff.label_ome(meta.geometry, name, 0, factors)["multiscales"]  # the colour stays as written
+        if ome.get("multiscales") != wanted:
+            done.append(f"levels listed in labels/{name}")
+            if not dry_run:
+                b.put(join(group, NODE_MARKER), group_json({**(b.node_attrs(group) or {}), "ome": {**ome, "multiscales": wanted}}))
+
     if b.has_node(join(case, ngff.LABELS)) and not dry_run:
         before = ((b.node_attrs(join(case, ngff.LABELS)) or {}).get("ome") or {}).get("labels")
         listed = refresh_labels(st, case_id)
         if listed != before:
             done.append(f"labels listed: {listed}")
 
-    ome = ngff.image_ome(meta.geometry, meta.case_id, list(meta.channels))
+    ome = ngff.image_ome(meta.geometry, meta.case_id, list(meta.channels), factors)
     case_meta = {**attrs[CASE_META_KEY], "schema_version": SCHEMA_VERSION}
     if attrs.get("ome") != ome or attrs[CASE_META_KEY] != case_meta:
         done.append(f"case metadata: OME-Zarr {ngff.NGFF_VERSION}, schema {SCHEMA_VERSION}")

@@ -155,7 +155,8 @@ def test_score_passes_26_connectivity_and_no_minimum_size_by_default(tmp_path, m
     out = CliRunner().invoke(app, ["score", "--store", str(root), "--model", "m1", "--json"])
     assert out.exit_code == 0, out.output
     cfg = PipelineConfig()
-    assert calls == [{"connectivity": cfg.connectivity, "min_lesion_mm3": cfg.min_lesion_mm3, "overwrite": False}]
+    assert calls == [{"connectivity": cfg.connectivity, "min_lesion_mm3": cfg.min_lesion_mm3, "overwrite": False, "n_workers": 2,
+                      "dask_address": None}]
     assert (cfg.connectivity, cfg.min_lesion_mm3) == (26, 0.0)
 
 

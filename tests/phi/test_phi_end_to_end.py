@@ -71,6 +71,7 @@ def fd_output(path: Path) -> Iterator[None]:
 @pytest.fixture(scope="module")
 def run(prefect_harness, tmp_path_factory):
     """The whole chain once on the PHI tree; everything it printed, logged and returned."""
+    from flows.gate import GateFailed, gate
     from flows.ingest import ingest, seal_source
     from flows.prepare import prepare
     from flows.score import score
@@ -92,7 +93,11 @@ def run(prefect_harness, tmp_path_factory):
     terminal = base / "terminal.txt"
     try:
         with fd_output(terminal):
-            outputs["ingest"] = ingest(seal_source(tree.root), str(store), n_workers=1, report=True)
+            outputs["ingest"] = ingest(seal_source(tree.root), str(store), n_workers=1, report=True)  # emits the new-cases event
+            try:  # the data-quality gate's verdict, artefact and error message
+                outputs["gate"] = gate(str(store), ingest_run=outputs["ingest"]["run_id"])
+            except GateFailed as exc:
+                outputs["gate"] = {"failed": str(exc)}
             cli = CliRunner().invoke(app, ["ingest", str(tree.root), "--store", str(store), "--json", "--workers", "1"])
             assert cli.exit_code == 0, cli.output
             outputs["cli_ingest"] = json.loads(cli.stdout)
@@ -192,6 +197,7 @@ def test_no_identity_in_prefect(run):
     assert ingest_runs and all(r.parameters["source"].startswith("root:") for r in ingest_runs)  # the folder, sealed
     assert any(lg.name.startswith("lesionflow") and lg.level == logging.INFO for lg in got["logs"]), "no lesionflow INFO record reached Prefect"
     assert any(a.key == "data-quality" for a in got["artifacts"])
+    assert any(a.key == "quality-gate" for a in got["artifacts"])
     for kind, items in got.items():
         for item in items:
             text = item.model_dump_json()

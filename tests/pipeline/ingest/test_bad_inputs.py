@@ -5,90 +5,22 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
-import pydicom
 import pytest
 
-from pipeline.core.volume import Volume
-from pipeline.io.writers import write_nifti
 from pipeline.store import list_cases, read_catalog
 from storage_schemas.models import ReasonCode
-from tests import dicom_factory as fac
+from tests.hostile_factory import write_broken_inputs
 from tests.sealed import reveal, reveal_text
-from tests.session_factory import blob_image, write_session
-
-
-def dicom_flair(folder: Path, study: str, n: int = 10) -> list[Path]:
-    arr = (blob_image((n, 24, 24), (1.0, 1.0, 2.0)).array).astype(np.int16)
-    return fac.write_series(folder, arr, spacing=(1.0, 1.0, 2.0), description="AX FLAIR", study_uid=study,
-                            extra={"PatientID": f"PID-{study[-4:]}"})
 
 
 @pytest.fixture()
-def broken_cohort(tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    src = tmp_path / "cohort"
-    expected: dict[str, tuple[str, ReasonCode]] = {}  # relpath → (reason fragment, reason code)
-    write_session(src / "good_nifti", "good_", seed=1)
-    dicom_flair(src / "good_dicom" / "flair", "1.2.3.1000")
-
-    files = dicom_flair(src / "truncated" / "flair", "1.2.3.1001")
-    files[3].write_bytes(files[3].read_bytes()[:-40])
-    expected[files[3].relative_to(src).as_posix()] = ("truncated", ReasonCode.TRUNCATED)
-
-    files = dicom_flair(src / "nopixels" / "flair", "1.2.3.1002")
-    d = pydicom.dcmread(files[4])
-    del d.PixelData
-    d.save_as(files[4])
-    expected[files[4].relative_to(src).as_posix()] = ("no pixel data", ReasonCode.NO_PIXEL_DATA)
-
-    files = dicom_flair(src / "gap" / "flair", "1.2.3.1003")
-    files[5].unlink()
-    expected[files[6].relative_to(src).as_posix()] = ("slice missing", ReasonCode.MISSING_SLICE)
-
-    files = dicom_flair(src / "duplicate" / "flair", "1.2.3.1004")
-    shutil.copy(files[2], files[2].with_name("copy.dcm"))
-    expected["duplicate/flair/copy.dcm"] = ("duplicate slice", ReasonCode.DUPLICATE_SLICE)
-
-    no_affine = src / "no_affine"
-    no_affine.mkdir(parents=True)
-    img = nib.Nifti1Image(np.ones((8, 8, 8), np.float32), np.eye(4))
-    img.set_sform(None, code=0)
-    img.set_qform(None, code=0)
-    nib.save(img, no_affine / "x_FLAIR.nii.gz")
-    expected["no_affine/x_FLAIR.nii.gz"] = ("qform", ReasonCode.GEOMETRY_UNKNOWN)
-
-    (src / "not_gzip").mkdir()
-    (src / "not_gzip" / "y_FLAIR.nii.gz").write_bytes(b"plain text, not gzip")
-    expected["not_gzip/y_FLAIR.nii.gz"] = ("gzip", ReasonCode.CORRUPT)
-
-    (src / "mhd").mkdir()
-    (src / "mhd" / "z_FLAIR.mhd").write_text(
-        "ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nElementType = MET_SHORT\nElementDataFile = z_FLAIR.raw\n")
-    expected["mhd/z_FLAIR.mhd"] = ("z_FLAIR.raw", ReasonCode.MISSING_DATA_FILE)
-
-    (src / "zero").mkdir()
-    (src / "zero" / "IM0001").write_bytes(b"")
-    expected["zero/IM0001"] = ("zero-byte", ReasonCode.EMPTY_FILE)
-
-    nan = blob_image((12, 40, 40), (1.0, 1.0, 3.0))
-    arr = nan.array.copy()
-    arr[5, 5, 5] = np.inf
-    (src / "nan").mkdir()
-    write_nifti(nan.with_array(arr), src / "nan" / "n_FLAIR.nii.gz")
-    expected["nan/n_FLAIR.nii.gz"] = ("non-finite", ReasonCode.NON_FINITE_VOXELS)
-
-    write_session(src / "offgrid", "o_", seed=3, label=False)
-    flair = blob_image((12, 40, 40), (1.0, 1.0, 3.0), origin=(0.5, 0.5, 0.0))
-    off_grid = Volume((flair.array > 110).astype(np.uint8), spacing=(1.0, 1.0, 2.0), origin=flair.origin)  # 2 mm, not 3 mm slices
-    write_nifti(off_grid, src / "offgrid" / "o_lesion_mask.nii.gz")
-    expected["offgrid/o_lesion_mask.nii.gz"] = ("label grid does not match", ReasonCode.LABEL_OFF_GRID)
-    return src, expected
+def broken_cohort(tmp_path: Path) -> tuple[Path, dict[str, tuple[str, ReasonCode]]]:
+    cohort = write_broken_inputs(tmp_path / "cohort")
+    return cohort.src, cohort.rejected
 
 
 def test_every_bad_input_is_named_with_its_reason_and_the_rest_is_ingested(broken_cohort, tmp_path):

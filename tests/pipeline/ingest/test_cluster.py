@@ -9,6 +9,7 @@ from pipeline.ingest import run_ingest
 from pipeline.ingest.cluster import dask_client
 from pipeline.store import list_cases
 from tests.conftest import REPO
+from tests.sealed import reveal
 from tests.session_factory import write_session
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -165,10 +166,39 @@ def test_ingest_flow_completes_when_sessions_kill_their_workers(prefect_harness,
     assert state.is_completed()
     summary = state.result()
     assert (summary["converted"], summary["rejected"], summary["skipped"]) == (3, 2, 0)
-    died = {r["path"]: r["reason"] for r in summary["rejected_inputs"] if r["code"] == "worker_died"}
+    # named by sealed path (a poisoned session's folder may be a patient's name): opened with the key
+    died = {reveal(r["path"]).rstrip("/"): r["reason"] for r in summary["rejected_inputs"] if r["code"] == "worker_died"}
+    assert all(r["path"].startswith("src:") for r in summary["rejected_inputs"])
     assert set(died) == set(victims)
     assert all(r.startswith("worker died while converting: 2 workers") and "800MiB" in r for r in died.values())
     assert len(list_cases(store)) == 3
     cat = read_catalog(store)
     rows = cat[cat["reason_code"] == "worker_died"]
-    assert sorted(rows["source_relpath"]) == ["crash", "oom"] and set(rows["status"]) == {"rejected"}
+    assert sorted(reveal(p) for p in rows["source_relpath"]) == ["crash/", "oom/"] and set(rows["status"]) == {"rejected"}
+
+
+def test_local_cluster_keeps_dask_info_records_out_of_the_log():
+    """Under a flow, Dask's INFO records (scheduler start, workers registering, client
+    connections) reached Prefect's console through the root logger: 20 lines per ingest."""
+    import logging
+
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    handler, root = Keep(level=logging.DEBUG), logging.getLogger()
+    distributed = logging.getLogger("distributed")
+    before = distributed.level
+    distributed.setLevel(logging.INFO)  # Dask's own default for its logger
+    root.addHandler(handler)
+    try:
+        with dask_client(n_workers=1) as client:
+            assert client.submit(sum, [1, 2]).result() == 3
+        dask_info = [r for r in seen if r.name.startswith("distributed") and r.levelno < logging.WARNING]
+        assert not dask_info, [r.getMessage() for r in dask_info[:3]]
+        assert distributed.level == logging.INFO  # restored afterwards
+    finally:
+        root.removeHandler(handler)
+        distributed.setLevel(before)

@@ -39,3 +39,27 @@ def test_unused_inputs_carry_their_reason_code(tmp_path):
     assert codes == {"AX FLAIR": None, "3 Plane Loc": ReasonCode.LOCALIZER, "": ReasonCode.NO_MODALITY_RULE,
                      "AX PD": ReasonCode.MODALITY_NOT_CONFIGURED}
     assert all(bool(i.unused_reason) == bool(i.unused_code) for i in plan.items)
+
+
+def test_special_files_are_rejected_without_being_opened(tmp_path):
+    """A FIFO named like a volume would block the digest's open() for ever, and a MetaImage data
+    file that is /dev/zero (or lies outside the header's folder) would be hashed for ever (or read
+    from another patient's folder): discovery rejects the first and never lists the others among
+    the files to hash; the reader then rejects their headers, naming them."""
+    import os
+
+    src = tmp_path / "cohort"
+    (src / "fifo").mkdir(parents=True)
+    os.mkfifo(src / "fifo" / "p_FLAIR.nii.gz")
+    (src / "dev").mkdir()
+    (src / "dev" / "d_FLAIR.mhd").write_text("NDims = 3\nDimSize = 4 4 4\nElementType = MET_SHORT\nElementDataFile = /dev/zero\n")
+    (tmp_path / "DOE^JANE").mkdir()
+    (tmp_path / "DOE^JANE" / "t1.raw").write_bytes(b"\0" * 128)
+    (src / "out").mkdir()
+    (src / "out" / "o_FLAIR.mhd").write_text("NDims = 3\nDimSize = 4 4 4\nElementType = MET_SHORT\nElementDataFile = ../../DOE^JANE/t1.raw\n")
+    disc = discover(src, PipelineConfig(), KEY)
+    rejected = {r.relpath: r for r in disc.rejected}
+    assert rejected["fifo/p_FLAIR.nii.gz"].code is ReasonCode.NOT_REGULAR_FILE and "FIFO" in rejected["fifo/p_FLAIR.nii.gz"].reason
+    files = {rel for s in disc.sessions for i in s.items for rel in i.relpaths}
+    assert files == {"dev/d_FLAIR.mhd", "out/o_FLAIR.mhd"}  # neither data file is hashed or listed
+    assert all(str(p) not in ("/dev/zero",) and "DOE" not in str(p) for s in disc.sessions for i in s.items for p in i.paths)
