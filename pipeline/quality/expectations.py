@@ -26,6 +26,7 @@ What the checks read (columns, never the prose of a reason):
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -175,6 +176,10 @@ def build_tables(store_root: str | Path, channels: Sequence[str] | None = None, 
         row.update({f"has_{ch}": ch in present for ch in channels})
         case_rows.append(row)
         for ci in meta.channel_info:
+            if ci.source_format == "slicestack" and ci.sources:  # one source, the stack: single slices (an empty one) repeat across patients
+                digest = hashlib.sha256("".join(sorted(x.sha256 for x in ci.sources)).encode()).hexdigest()
+                src_rows.append({"case_id": case_id, "modality": ci.modality, "relpath": ci.sources[0].relpath, "sha256": digest})
+                continue
             for s in ci.sources:
                 src_rows.append({"case_id": case_id, "modality": ci.modality, "relpath": s.relpath, "sha256": s.sha256})
             if not ci.present:
