@@ -400,10 +400,6 @@ class _SessionConversion:
             self.item_row("rejected", item, reason=reason, reason_code=ReasonCode.LABEL_NOT_BINARY, **fields)
             return None, None
         label = resample_to_grid(mask.with_array((mask.array > 0).astype(np.uint8)), grid, "label").array
-        if item.kind == "slicestack":  # the mask is many files: recorded as one source, the stack (its sealed pattern, a digest of its files)
-            digest = _item_digest(item, self.digests)
-            self.item_row("converted", item, source_sha256=digest, **fields)
-            size = sum(self.file_stats[rel].st_size for rel in item.relpaths)
-            return label, SourceFile(relpath=item.sealed, sha256=digest, size_bytes=size)
-        self.item_row("converted", item, source_sha256=self.digests[item.relpaths[0]], **fields)
+        # a slice stack's mask is many files: its catalog row holds the digest of them all (label_source: its first slice, a file)
+        self.item_row("converted", item, source_sha256=_item_digest(item, self.digests), **fields)
         return label, _source(item, 0, self.digests, self.file_stats, self.ctx.stat_key)

@@ -201,7 +201,8 @@ def build_tables(store_root: str | Path, channels: Sequence[str] | None = None, 
                 "intensity_p01": ci.intensity_p01, "intensity_p99": ci.intensity_p99,
                 "intensity_stats_finite": bool(all(math.isfinite(float(v)) for v in stats)),
             })
-        if meta.label_source is not None:
+        stack = any(ci.source_format == "slicestack" for ci in meta.channel_info)
+        if meta.label_source is not None and not stack:  # a stack's label_source is one mask slice (an empty one repeats across patients)
             src_rows.append({"case_id": case_id, "modality": "MASK", "relpath": meta.label_source.relpath, "sha256": meta.label_source.sha256})
 
     mods = pd.DataFrame(mod_rows, columns=[c for c in MODALITY_COLUMNS if c != "row_key"])
