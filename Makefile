@@ -2,6 +2,7 @@
 #   make demo   - set up the environment, then the whole pipeline on a phantom cohort (no server)
 #   make test   - set up the environment, then the test suite
 #   make train-ms - the real-data recipe: train on MS patient07, evaluate on patient19 (../shared/data; <= 45 min on 2 CPU cores)
+#   make train-lgg - the brain-tumour recipe: 4-fold cross-validation by patient on the LGG slice stacks, final model (<= 45 min on 2 CPU cores)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -11,7 +12,7 @@ TORCH_VERSION  ?= 2.13.0
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS    ?=
 
-.PHONY: setup demo test bench train-ms clean
+.PHONY: setup demo test bench train-ms train-lgg clean
 
 setup: $(VENV)/.installed
 
@@ -27,6 +28,9 @@ demo: setup
 
 train-ms: setup
 	$(BIN)/lesionflow train-ms --workdir work/train-ms
+
+train-lgg: setup
+	$(BIN)/lesionflow train-lgg --workdir work/train-lgg
 
 test: setup
 	$(BIN)/ruff check .

@@ -1,6 +1,7 @@
 """``lesionflow segment``: one session's folder in, a lesion mask and its lesion table out, no store.
 
-The way LST-AI is used: point it at a session's images (DICOM series, NIfTI, MetaImage, BIDS; the
+The way LST-AI is used: point it at a session's images (DICOM series, NIfTI, MetaImage, BIDS, a
+numbered TIFF slice stack such as one LGG patient folder; the
 modality rules of ingest), get ``MASK.nii.gz`` in the session's reference geometry (the
 reference modality's own grid, FLAIR by default) and ``MASK_lesions.csv`` beside it.
 
@@ -178,6 +179,10 @@ def segment_session(
         Path(probability_out).parent.mkdir(parents=True, exist_ok=True)
         write_nifti(prob_vol.with_array(prob_vol.array.astype(np.float32)), probability_out)
     totals, rows = lesion_table(mask_vol, connectivity=connectivity, min_size_mm3=min_size_mm3)
+    known = meta.geometry.source != "unknown"  # a slice stack without a configured spacing: sizes in voxels only
+    if not known:
+        rows = [{**r, "volume_mm3": None} for r in rows]
+        warnings.append("the session's geometry is unknown (a 2-D slice stack): the mask has unit spacing and sizes are in voxels")
     csv = lesion_csv_path(out)
     pd.DataFrame(rows, columns=LESION_COLUMNS).to_csv(csv, index=False)
     for w in warnings:
@@ -185,7 +190,8 @@ def segment_session(
     return {
         "mask": str(out), "lesions_csv": str(csv), "probability": str(probability_out) if probability_out else None,
         "model_version": info["model_version"], "channels": channels, "reference_modality": ref_mod,
-        "total_volume_ml": totals["total_volume_ml"], "lesion_count": totals["lesion_count"],
+        "total_volume_ml": totals["total_volume_ml"] if known else None, "lesion_count": totals["lesion_count"],
+        "total_voxels": int(mask_vol.array.sum()), "geometry_source": meta.geometry.source,
         "connectivity": connectivity, "min_lesion_mm3": min_size_mm3,
         "max_probability": round(float(prob_vol.array.max(initial=0.0)), 6),
         "shape_xyz": list(mask_vol.shape_xyz), "spacing_mm": [round(s, 6) for s in mask_vol.spacing], "warnings": warnings,

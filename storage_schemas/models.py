@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-SCHEMA_VERSION = "1.5"
+SCHEMA_VERSION = "1.6"
 """Version of the store layout and of every model below (major.minor)."""
 
 
@@ -44,6 +44,10 @@ class _Versioned(BaseModel):
         return v
 
 
+GeometrySource = Literal["header", "configured_spacing", "unknown"]
+"""Where a grid's geometry comes from (schema 1.6); see :attr:`Geometry.source`."""
+
+
 class Geometry(BaseModel):
     """Voxel-to-world geometry of a stored grid (LPS, mm, ITK (x, y, z) order)."""
 
@@ -55,6 +59,9 @@ class Geometry(BaseModel):
     affine_lps: tuple[float, ...] = Field(description="row-major 4x4, voxel index (x,y,z) → LPS mm")
     affine_ras: tuple[float, ...] = Field(description="row-major 4x4, voxel index (x,y,z) → RAS mm (NIfTI convention)")
     orientation: str = Field(description="RAS-convention axis code like nibabel's aff2axcodes, e.g. 'LPS'")
+    source: GeometrySource = Field("header", description="where the geometry comes from (schema 1.6): 'header' (the files'), "
+                                   "'configured_spacing' (a slice stack with slice_stack.spacing_mm; orientation unknown) or "
+                                   "'unknown' (unit spacing assumed: lesion sizes in voxels, not mm³)")
 
 
 class SourceFile(BaseModel):
@@ -74,8 +81,9 @@ class SourceFile(BaseModel):
 class ChannelInfo(BaseModel):
     model_config = ConfigDict(extra="forbid")
     modality: str
-    source_format: Literal["dicom", "nifti", "metaimage"]
-    source_series: str = Field(description="'series-<SeriesNumber>' for DICOM, 'file <cleaned name stem>' for image files")
+    source_format: Literal["dicom", "nifti", "metaimage", "slicestack"]
+    source_series: str = Field(description="'series-<SeriesNumber>' for DICOM, 'file <cleaned name stem>' for image files, "
+                                           "'slice stack plane <i>' for a plane of a numbered TIFF slice stack (schema 1.6)")
     series_description: str | None = Field(None, description="SeriesDescription (else ProtocolName) after clean_descriptor (schema 1.4)")
     native_spacing: tuple[float, float, float]
     native_shape_zyx: tuple[int, int, int]
@@ -164,6 +172,10 @@ class ReasonCode(StrEnum):
     # session conversion (ingest)
     DUPLICATE_MODALITY = "duplicate_modality"
     """another input of the same modality in the session was used"""
+    SUBSTITUTED_CHANNEL = "substituted_channel"
+    """a slice-stack plane that is a copy of another plane (the data set's stand-in for a missing sequence): absent"""
+    INCOMPLETE_STACK = "incomplete_stack"
+    """a numbered slice stack with slices missing, slices of different sizes, or mask slices without images"""
     BAD_TRANSFORM = "bad_transform"
     """the registration transform supplied with an image cannot be read"""
     LABEL_OFF_GRID = "label_off_grid"
@@ -220,6 +232,7 @@ class CatalogRow(_Versioned):
     spacing_z_mm: float | None = None
     label_on_grid: bool | None = Field(None, description="lesion-mask rows: whether the mask lies on the native grid of one of the session's images (schema 1.2)")
     orientation: str | None = None
+    geometry_source: str | None = Field(None, description="'header', 'configured_spacing' or 'unknown' (Geometry.source; schema 1.6)")
     intensity_mean: float | None = None
     intensity_std: float | None = None
     pipeline_version: str
@@ -257,8 +270,8 @@ class LesionRow(_Versioned):
     model_version: str
     lesion_id: int
     voxels: int
-    volume_mm3: float
-    centroid_x_mm: float = Field(description="LPS world x of the component centroid, mm")
+    volume_mm3: float | None = Field(description="mm³; None when the case's geometry is unknown (a slice stack without a configured spacing; schema 1.6)")
+    centroid_x_mm: float = Field(description="LPS world x of the component centroid, mm (voxel index when the geometry is unknown)")
     centroid_y_mm: float
     centroid_z_mm: float
     bbox_min_zyx: str = Field(description="inclusive voxel bounding box, 'z,y,x'")
@@ -272,11 +285,13 @@ class CaseVolumeRow(_Versioned):
     subject: str
     session: str
     model_version: str
-    total_volume_ml: float
+    total_volume_ml: float | None = Field(description="mL; None when the case's geometry is unknown (schema 1.6): use total_voxels")
     lesion_count: int
     connectivity: int
     min_lesion_mm3: float
-    voxel_volume_mm3: float
+    voxel_volume_mm3: float | None = Field(description="mm³ per voxel; None when the geometry is unknown")
+    total_voxels: int | None = Field(None, description="lesion voxels in all (schema 1.6)")
+    geometry_source: str | None = Field(None, description="Geometry.source of the case (schema 1.6): 'unknown' means sizes in voxels only")
     source_fingerprint: str = Field(description="lineage: the case's source fingerprint (see the catalog for its files)")
     config_hash: str
     scored_at: datetime = Field(default_factory=utcnow)

@@ -506,6 +506,8 @@ class TrainConfig(_Strict):
     batch_size: int | None = Field(None, ge=1, le=4096, description="patches per step; None = planned from the data and memory")
     iterations: int = Field(300, ge=1, description="optimiser steps")
     lesion_fraction: float = Field(0.5, ge=0.0, le=1.0, description="probability that a patch is centred on a lesion")
+    background_slices: Literal["any", "lesion_free"] = Field("any", description="2-D only: where the other samples come from; 'lesion_free': "
+                                                            "slices without lesion, so lesion_fraction is the share of lesion slices (0.5: 50/50)")
     flip_prob: float = Field(0.5, ge=0.0, le=1.0, description="probability of a flip along each spatial axis")
     seed: int = Field(0, ge=0, description="seeds torch, numpy, the patch sampler and the validation split")
     val_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="hold out this fraction of the usable cases when no validation cases are given")

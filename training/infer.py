@@ -93,6 +93,41 @@ def predict_array(
     return probs[0, 1].float().numpy()
 
 
+def predict_probability(
+    model: torch.nn.Module,
+    info: dict[str, Any],
+    store_root: str | Path,
+    case_id: str,
+    device: str | torch.device | None = None,
+    roi_zyx: Sequence[int] | None = None,
+    overlap: float = 0.25,
+    sw_batch_size: int | None = None,
+    restrict_to_foreground: bool = True,
+) -> np.ndarray:
+    """Lesion probability of a stored case: float32 ``(Z, Y, X)`` in [0, 1], 0 outside the foreground
+    when ``restrict_to_foreground``. Arguments as :func:`predict_case`."""
+    channels = list(info["channels"])
+    channel_index, reason = check_case(store_root, case_id, channels, require_label=False)
+    if channel_index is None:
+        raise _store.StoreError(f"case {case_id}: cannot score with {info.get('model_version')}: {reason}")
+    group = _store.open_case(store_root, case_id)
+    image_arr = group["image"]
+    shape = tuple(int(s) for s in image_arr.shape[1:])
+    fg_arr = _store.foreground_mask(group) if restrict_to_foreground else None
+    foreground = np.asarray(fg_arr[...]) != 0 if fg_arr is not None else None
+    box = foreground_box(foreground, MARGIN) if foreground is not None else tuple(slice(0, n) for n in shape)
+    image = np.stack([np.asarray(image_arr[(i, *box)], dtype=np.float32) for i in channel_index])
+    roi = tuple(int(r) for r in (roi_zyx or info.get("patch_zyx") or (48, 48, 48)))
+    if sw_batch_size is None:
+        sw_batch_size = 16 if roi[0] == 1 else 2
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    prob = np.zeros(shape, np.float32)
+    prob[box] = predict_array(model, image, roi, device=device, overlap=overlap, sw_batch_size=sw_batch_size)
+    if foreground is not None:
+        prob *= foreground
+    return prob
+
+
 def predict_case(
     model: torch.nn.Module,
     info: dict[str, Any],
@@ -119,27 +154,9 @@ def predict_case(
     Raises:
         pipeline.store.StoreError: the case is missing or lacks a channel the model needs.
     """
-    channels = list(info["channels"])
-    channel_index, reason = check_case(store_root, case_id, channels, require_label=False)
-    if channel_index is None:
-        raise _store.StoreError(f"case {case_id}: cannot score with {info.get('model_version')}: {reason}")
-    group = _store.open_case(store_root, case_id)
-    image_arr = group["image"]
-    shape = tuple(int(s) for s in image_arr.shape[1:])
-    fg_arr = _store.foreground_mask(group) if restrict_to_foreground else None
-    foreground = np.asarray(fg_arr[...]) != 0 if fg_arr is not None else None
-    box = foreground_box(foreground, MARGIN) if foreground is not None else tuple(slice(0, n) for n in shape)
-    image = np.stack([np.asarray(image_arr[(i, *box)], dtype=np.float32) for i in channel_index])
-    roi = tuple(int(r) for r in (roi_zyx or info.get("patch_zyx") or (48, 48, 48)))
-    if sw_batch_size is None:
-        sw_batch_size = 16 if roi[0] == 1 else 2
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    prob = predict_array(model, image, roi, device=device, overlap=overlap, sw_batch_size=sw_batch_size)
-    mask = np.zeros(shape, np.uint8)
-    mask[box] = prob > 0.5  # 2 classes: argmax == probability of lesion > 0.5
-    if foreground is not None:
-        mask &= foreground.astype(np.uint8)
-    return mask
+    prob = predict_probability(model, info, store_root, case_id, device=device, roi_zyx=roi_zyx, overlap=overlap,
+                               sw_batch_size=sw_batch_size, restrict_to_foreground=restrict_to_foreground)
+    return (prob > 0.5).astype(np.uint8)  # 2 classes: argmax == probability of lesion > 0.5
 
 
 MARGIN = 4

@@ -262,7 +262,8 @@ def _make_dataset(store_root: str | Path, cfg: TrainConfig, candidates: Sequence
                   flip_prob=cfg.flip_prob, seed=cfg.seed)
     assert cfg.patch_zyx is not None
     if cfg.spatial_dims == 2:
-        return SliceDataset(store_root, candidates, patch_yx=cfg.patch_zyx[1:], **common)  # type: ignore[arg-type]
+        return SliceDataset(store_root, candidates, patch_yx=cfg.patch_zyx[1:], background_slices=cfg.background_slices,  # type: ignore[arg-type]
+                            **common)
     cls = CachedPatchDataset if cfg.cache_cases else PatchDataset
     return cls(store_root, candidates, patch_zyx=cfg.patch_zyx, **common)  # type: ignore[arg-type]
 

@@ -12,7 +12,10 @@ configuration on the same store): a patch ``(1, y, x)`` centred on a lesion voxe
 probability ``lesion_fraction``) or a foreground voxel, from the same patch index; items are
 ``(C, 1, y, x)`` so the loop, the losses and sliding-window inference treat them like 3-D patches
 one slice thick (the network is wrapped in :class:`training.model.AxialSlices`). Flips act on y
-and x. "Axial" is the store's z axis, the slice axis of the reference grid.
+and x. "Axial" is the store's z axis, the slice axis of the reference grid. With
+``background_slices="lesion_free"`` the other samples come only from slices without lesion
+(when a case has any), so ``lesion_fraction`` is the share of lesion slices in training: 0.5
+balances tumour and non-tumour slices 50/50, as the brain-tumour write-up does.
 
 Every sample is still a pure function of ``(seed, index)``.
 
@@ -55,7 +58,10 @@ class SliceDataset(CachedPatchDataset):
     """
 
     def __init__(self, store_root: str | Path, case_ids: Sequence[str], channels: Sequence[str] | None = None,
-                 patch_yx: Sequence[int] = (160, 192), **kwargs: Any) -> None:
+                 patch_yx: Sequence[int] = (160, 192), background_slices: str = "any", **kwargs: Any) -> None:
+        if background_slices not in ("any", "lesion_free"):
+            raise ValueError(f"background_slices must be 'any' or 'lesion_free', got {background_slices!r}")
+        self.background_slices = background_slices
         patch = tuple(int(p) for p in patch_yx)
         if len(patch) == 3:
             if patch[0] != 1:
@@ -65,6 +71,17 @@ class SliceDataset(CachedPatchDataset):
             raise ValueError(f"patch_yx needs 2 sides (y, x), got {patch_yx}")
         kwargs.pop("patch_zyx", None)
         super().__init__(store_root, case_ids, channels=channels, patch_zyx=(1, *patch), **kwargs)
+
+    def _load_case(self, case_id: str, build_missing_index: bool) -> tuple[Any, str | None]:
+        source, reason = super()._load_case(case_id, build_missing_index)
+        if source is None or self.background_slices == "any" or not len(source.background):
+            return source, reason
+        label = np.asarray(_store.reference_label(_store.open_case(self.store_root, case_id))[...])
+        free = ~label.reshape(label.shape[0], -1).any(axis=1)  # per z: no lesion voxel on the slice
+        keep = free[source.background[:, 0]]
+        if keep.any():  # a case with lesion on every slice keeps its background centres
+            source.background = source.background[keep]
+        return source, reason
 
     def sample_spec(self, index: int) -> dict[str, Any]:
         spec = super().sample_spec(index)

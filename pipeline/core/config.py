@@ -74,6 +74,38 @@ DEFAULT_MODALITY_RULES: tuple[ModalityRule, ...] = (
 :meth:`PipelineConfig.processing_hash`, so a store converted with other rules is re-converted."""
 
 
+class SliceStackConfig(BaseModel):
+    """How a folder of numbered 2-D slices (``<stem>_<n>.tif`` + ``<stem>_<n>_mask.tif``) becomes a case.
+
+    ``planes`` names the modality of each colour plane (sample) of the image slices, in order
+    (the LGG set: pre-contrast T1, FLAIR, post-contrast T1). A plane whose voxels equal those of
+    the ``copies_of`` plane is the set's stand-in for a missing sequence and is marked absent
+    (catalog row ``unused``, ``substituted_channel``). The TIFF files hold no geometry: the
+    volume gets ``spacing_mm`` when given (x, y, z in mm; lesion volumes in mm³ then), else unit
+    spacing with the geometry recorded as unknown (lesion tables in voxels).
+
+    Example:
+        >>> SliceStackConfig().planes
+        ('T1', 'FLAIR', 'T1POST')
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    planes: tuple[str, ...] = Field(("T1", "FLAIR", "T1POST"), min_length=1, description="modality of each colour plane, in order")
+    copies_of: str | None = Field("FLAIR", description="a plane equal to this one is a stand-in for a missing sequence; None: no check")
+    mask_suffix: str = Field("_mask", min_length=1, description="file-name suffix (before .tif) of the mask slices")
+    spacing_mm: tuple[float, float, float] | None = Field(None, description="voxel size (x, y, z) in mm when known; None: geometry unknown")
+
+    @field_validator("spacing_mm")
+    @classmethod
+    def _positive(cls, v: tuple[float, float, float] | None) -> tuple[float, float, float] | None:
+        if v is not None and min(v) <= 0:
+            raise ValueError(f"slice_stack.spacing_mm must be positive mm, got {v}")
+        return v
+
+
+DEFAULT_SLICE_STACK = SliceStackConfig()
+
+
 class PipelineConfig(BaseModel):
     """Every decision that shapes stored data, plus runtime knobs.
 
@@ -89,6 +121,7 @@ class PipelineConfig(BaseModel):
     normalization: Literal["zscore", "none"] = "zscore"
     modality_rules: tuple[ModalityRule, ...] = DEFAULT_MODALITY_RULES
     chunk_zyx: tuple[int, int, int] = (64, 64, 64)
+    slice_stack: SliceStackConfig = Field(default_factory=SliceStackConfig, description="numbered 2-D slice folders (TIFF): planes, mask, spacing")
 
     # --- lesion tables (hashed into tables, not into images) -------------------------
     connectivity: Literal[6, 18, 26] = 26
@@ -127,6 +160,8 @@ class PipelineConfig(BaseModel):
             mode="json",
             include={"channels", "reference_modality", "target_spacing", "normalization", "modality_rules", "chunk_zyx"},
         )
+        if self.slice_stack != DEFAULT_SLICE_STACK:  # hashed only when changed: stores of before slice stacks keep their hash
+            payload["slice_stack"] = self.slice_stack.model_dump(mode="json")
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod

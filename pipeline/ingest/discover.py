@@ -10,6 +10,10 @@ Rules, in order:
   root folder of a DICOM study (e.g. a lesion mask next to the series folders) join that study.
   When one folder holds several files of the same modality (``study1_FLAIR``, ``study2_FLAIR``)
   it is split into sessions by the file-name prefix before the modality.
+* **Numbered 2-D slice stacks** (``<stem>_<n>.tif`` + ``<stem>_<n>_mask.tif``,
+  :mod:`pipeline.io.readers.slicestack`): one session per (folder, stem), the folder name as the
+  subject; one item per colour plane, its modality from ``config.slice_stack.planes``, and one
+  ``MASK`` item of the mask slices. A ``.tif`` that is not a numbered slice is rejected.
 * ITK transform files ``<image stem>_*to_<REF>*.txt|.tfm`` next to an image are attached to it
   (registration of that image onto the reference modality).
 * Everything found is accounted for: unmapped, 4-D, localizer and derived series become items
@@ -44,6 +48,7 @@ from pipeline.core.lineage import Lineage, lineage, scrub, stat_tag
 from pipeline.core.pseudonym import pseudonymise
 from pipeline.ingest.modality import Unusable, modality_of_filename, modality_of_series, strip_extension, unusable_series
 from pipeline.io.readers.dicom import scan_series_parallel
+from pipeline.io.readers.slicestack import is_slice_file, parse_slice_name, sort_slices
 from storage_schemas.models import ReasonCode
 
 log = logging.getLogger("lesionflow.ingest.discover")
@@ -61,7 +66,7 @@ class SourceItem:
     only. What is stored or shown: ``name``, ``sealed``, ``sealed_files``, ``series_description``.
     """
 
-    kind: str  # "dicom" | "nifti" | "metaimage"
+    kind: str  # "dicom" | "nifti" | "metaimage" | "slicestack"
     name: str  # display name, never PHI: the sealed path for files, "series <n> <clean description>" for DICOM
     relpaths: list[str]  # relative to the ingest root (memory only)
     paths: list[Path]
@@ -75,6 +80,8 @@ class SourceItem:
     sealed_files: list[str] = field(default_factory=list)  # sealed relpaths, parallel to relpaths
     sealed_transform: str | None = None
     aliases: dict[str, str] = field(default_factory=dict)  # other plain names of its files (a missing MetaImage data file) → sealed
+    plane: int | None = None  # slice stacks: the colour plane (0-based) this item reads
+    slice_stack: Any = None  # slice stacks: the SliceStackConfig (spacing, mask suffix)
 
     def __repr__(self) -> str:  # without paths or raw text: safe in logs and error reports
         return f"SourceItem({self.kind}, {self.name!r}, modality={self.modality}, files={len(self.paths)}, unused={self.unused_code})"
@@ -480,6 +487,7 @@ def discover(
     rejected: list[Rejected] = []
     volume_files: list[Path] = []
     dicom_files: list[Path] = []
+    slice_files: list[Path] = []
     all_files = walk_files(root)
     # files a committed case was converted from, with their size and mtime then: when unchanged,
     # they are DICOM without opening them again
@@ -498,6 +506,9 @@ def discover(
             continue
         if is_volume_file(path):
             volume_files.append(path)
+            continue
+        if is_slice_file(path):
+            slice_files.append(path)
             continue
         if suffix in IGNORED_SUFFIXES:
             continue
@@ -621,6 +632,8 @@ def discover(
                 if when is not None:
                     plan.visit_date, plan.visit_date_source = when, "scans_tsv"
 
+    _plan_slice_stacks(root, slice_files, config, key, sessions, rejected, source_root)
+
     ordered = sorted(sessions.values(), key=lambda s: (s.root_relpath, s.case_id))
     log.info("discovered %d sessions (%d unchanged) and %d rejected inputs in %s", len(ordered), len(fresh), len(rejected), source_root)
     for plan in ordered:
@@ -682,3 +695,44 @@ def _mhd_data_file(mhd: Path) -> Path | None:
     except OSError:
         return None
     return None
+
+
+def _plan_slice_stacks(root: Path, files: list[Path], config: PipelineConfig, key: bytes, sessions: dict[tuple[str, str], SessionPlan],
+                       rejected: list[Rejected], source_root: str | None) -> None:
+    """Sessions of the numbered TIFF slice stacks among ``files`` (added to ``sessions``); the rest rejected."""
+    if not files:
+        return
+    lin = lineage(key)
+    ss = config.slice_stack
+    stacks: dict[tuple[Path, str], dict[str, list[Path]]] = defaultdict(lambda: {"images": [], "masks": []})
+    for p in files:
+        parsed = parse_slice_name(p.name, ss.mask_suffix)
+        if parsed is None:
+            rejected.append(_rejected(lin, root, p, "a TIFF file that is not a numbered slice (<stem>_<n>.tif or <stem>_<n>"
+                                      f"{ss.mask_suffix}.tif)", ReasonCode.UNSUPPORTED_FORMAT, "slicestack"))
+            continue
+        stacks[(p.parent, parsed[0])]["masks" if parsed[2] else "images"].append(p)
+    for (folder, stem), group in sorted(stacks.items()):
+        folder_rel = _rel(folder, root)
+        prefix = "" if folder_rel == "." else folder_rel + "/"
+        images, masks = sort_slices(group["images"], ss.mask_suffix), sort_slices(group["masks"], ss.mask_suffix)
+        if not images:
+            pattern = f"{prefix}{stem}_*{ss.mask_suffix}.tif"
+            token = lin.seal(pattern)
+            rejected.append(Rejected(pattern, f"{len(masks)} mask slice(s) {token} without image slices", ReasonCode.LABEL_ONLY, "slicestack", token))
+            continue
+        subject_raw = folder.name if folder != root else stem
+        subject = pseudonymise(subject_raw, key, "sub-")
+        session = pseudonymise(f"{subject_raw}/{folder_rel}/{stem}", key, "ses-", 8)
+        plan = sessions.setdefault((subject, session), SessionPlan(subject, session, folder_rel, root_sealed=lin.seal(prefix or "./"),
+                                                                   source_root=source_root))
+        kinds = [(i, m, images) for i, m in enumerate(ss.planes)] + ([(None, "MASK", masks)] if masks else [])
+        for plane, modality, paths in kinds:
+            unused = _unmapped(modality, config, "")
+            item = SourceItem(kind="slicestack", name="", relpaths=[_rel(p, root) for p in paths], paths=list(paths), modality=modality,
+                              unused_reason=unused.reason if unused else None, unused_code=unused.code if unused else None,
+                              plane=plane, slice_stack=ss)
+            _seal_item(item, lin, root)
+            item.sealed = lin.seal(f"{prefix}{stem}_*{ss.mask_suffix if modality == 'MASK' else ''}.tif")
+            item.name = item.sealed if plane is None else f"{item.sealed} plane {plane}"
+            plan.items.append(item)

@@ -96,6 +96,8 @@ def cached_digests(plan: SessionPlan, existing: CaseMeta | None,
         if item.unused_reason:
             continue
         for rel, path, token in zip(item.relpaths, item.paths, item.sealed_files):
+            if rel in file_stats:  # a file read by several items (the planes of a slice stack)
+                continue
             st = file_stats[rel] = path.stat()
             cached = known.get(token)
             if cached is not None and _unchanged(cached, st, stat_key):

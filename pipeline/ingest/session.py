@@ -51,6 +51,7 @@ from pipeline.ingest.resample import grid_with_spacing, read_transform, resample
 from pipeline.io.readers import read_volume
 from pipeline.io.readers.dicom import read_series
 from pipeline.io.readers.errors import ReaderError
+from pipeline.io.readers.slicestack import equal_planes, read_mask_stack, read_slice_stack
 from pipeline.store import append_catalog, geometry_of, write_case
 from storage_schemas.models import CaseMeta, CatalogRow, ChannelInfo, ReasonCode, SourceFile
 
@@ -90,6 +91,11 @@ def read_item(item: SourceItem, limits: ReadLimits | None = None) -> Volume:
     readers' defaults when None); raises ReaderError."""
     if item.kind == "dicom":
         return read_series(item.series, limits=limits)
+    if item.kind == "slicestack":
+        ss = item.slice_stack
+        if item.modality == "MASK":
+            return read_mask_stack(item.paths, ss.spacing_mm, limits, ss.mask_suffix)
+        return read_slice_stack(item.paths, item.plane or 0, ss.spacing_mm, limits, ss.mask_suffix)
     return read_volume(item.paths[0], limits=limits)
 
 
@@ -112,6 +118,7 @@ def grid_fields(v: Volume) -> dict[str, Any]:
         "spacing_x_mm": float(sx), "spacing_y_mm": float(sy), "spacing_z_mm": float(sz),
         "shape_zyx": "x".join(map(str, v.shape_zyx)), "spacing_mm": "x".join(f"{s:.4g}" for s in v.spacing),
         "orientation": orientation_code(v.direction, "RAS"),
+        "geometry_source": v.meta.get("geometry_source", "header"),
     }
 
 
@@ -155,6 +162,8 @@ def _source_series(item: SourceItem) -> str:
     """``series-<n>`` for DICOM, ``file <cleaned name stem>`` for an image file (no file name verbatim)."""
     if item.series is not None:
         return f"series-{item.series.series_number}"
+    if item.kind == "slicestack":
+        return f"slice stack plane {item.plane}"
     return f"file {clean_descriptor(strip_extension(item.paths[0].name))}".strip()
 
 
@@ -219,7 +228,8 @@ class _SessionConversion:
             return self.nothing_usable()
         ref_mod = self.ctx.cfg.reference_modality if self.ctx.cfg.reference_modality in volumes else channels[0]
         ref_native = volumes[ref_mod][0]
-        spacing = self.ctx.cfg.target_spacing
+        # a grid without geometry (a slice stack) is kept as it is: resampling it to mm means nothing
+        spacing = self.ctx.cfg.target_spacing if ref_native.meta.get("geometry_source", "header") == "header" else None
         grid = ref_native if spacing is None else grid_with_spacing(ref_native, spacing)
         resampled = self.resample_images(volumes, channels, grid)
         if not channels:  # every image's registration was unreadable
@@ -287,7 +297,24 @@ class _SessionConversion:
                               reason_code=ReasonCode.DUPLICATE_MODALITY, **grid_fields(vol))
                 continue
             volumes[item.modality] = (vol, item)  # type: ignore[index]
+        self.drop_substituted(volumes)
         return volumes
+
+    def drop_substituted(self, volumes: dict[str, tuple[Volume, SourceItem]]) -> None:
+        """Slice-stack planes that are copies of the ``slice_stack.copies_of`` plane (the set's stand-in
+        for a missing sequence) are marked absent: an ``unused`` row (``substituted_channel``), removed."""
+        copies_of = self.ctx.cfg.slice_stack.copies_of
+        if copies_of is None or copies_of not in volumes or volumes[copies_of][1].kind != "slicestack":
+            return
+        original, original_item = volumes[copies_of]
+        for modality, (vol, item) in list(volumes.items()):
+            if modality in (copies_of, "MASK") or item.kind != "slicestack" or item.paths != original_item.paths:
+                continue
+            if equal_planes(vol.array, original.array):
+                self.item_row("unused", item, reason=f"plane {item.plane} ({modality}) is a copy of the {copies_of} plane "
+                              f"{original_item.plane}: the data set's stand-in for a missing sequence, marked absent",
+                              reason_code=ReasonCode.SUBSTITUTED_CHANNEL, **grid_fields(vol))
+                del volumes[modality]
 
     def nothing_usable(self) -> SessionResult:
         """The session row when no configured channel could be read, in words a study
@@ -373,5 +400,6 @@ class _SessionConversion:
             self.item_row("rejected", item, reason=reason, reason_code=ReasonCode.LABEL_NOT_BINARY, **fields)
             return None, None
         label = resample_to_grid(mask.with_array((mask.array > 0).astype(np.uint8)), grid, "label").array
-        self.item_row("converted", item, source_sha256=self.digests[item.relpaths[0]], **fields)
+        # a slice stack's mask is many files: its catalog row holds the digest of them all (label_source: its first slice, a file)
+        self.item_row("converted", item, source_sha256=_item_digest(item, self.digests), **fields)
         return label, _source(item, 0, self.digests, self.file_stats, self.ctx.stat_key)

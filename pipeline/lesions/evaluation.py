@@ -363,6 +363,63 @@ def roc_auc(labels: Sequence[bool], scores: Sequence[float]) -> float:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def tversky_index(ref: np.ndarray, pred: np.ndarray, fn_weight: float = 0.7, fp_weight: float = 0.3) -> float:
+    """Tversky index TI = TP / (TP + ``fn_weight`` FN + ``fp_weight`` FP) of two binary masks (Abraham &
+    Khan 2019: alpha 0.7 on false negatives, beta 0.3 on false positives); 0.5 / 0.5 is Dice. NaN
+    when both masks are empty.
+
+    Example:
+        >>> ref = np.array([1, 1, 1, 1, 0, 0], bool); pred = np.array([1, 1, 1, 0, 1, 0], bool)
+        >>> round(tversky_index(ref, pred), 4)  # 3 / (3 + 0.7 * 1 + 0.3 * 1)
+        0.75
+        >>> round(tversky_index(ref, pred, 0.5, 0.5), 4)  # Dice: 2 * 3 / (4 + 4)
+        0.75
+    """
+    r, p = np.asarray(ref) != 0, np.asarray(pred) != 0
+    tp = float(np.count_nonzero(r & p))
+    fn = float(np.count_nonzero(r & ~p))
+    fp = float(np.count_nonzero(~r & p))
+    den = tp + fn_weight * fn + fp_weight * fp
+    return float("nan") if den == 0 else tp / den
+
+
+def presence_metrics(labels: Sequence[bool], scores: Sequence[float], threshold: float = 0.5) -> dict[str, Any]:
+    """"Is there a lesion?" as a classification: ROC AUC of ``scores`` against ``labels`` and, at the
+    operating point ``score >= threshold``, sensitivity, specificity and counts (NaN where a class is absent).
+
+    Example:
+        >>> m = presence_metrics([1, 1, 0, 0, 0], [0.9, 0.4, 0.6, 0.1, 0.0])
+        >>> m["auc"], m["sensitivity"], round(m["specificity"], 4), m["tp"], m["fp"]
+        (0.8333333333333334, 0.5, 0.6667, 1, 1)
+    """
+    y = np.asarray(labels, bool)
+    s = np.asarray(scores, float)
+    hit = s >= threshold
+    tp, fn = int((y & hit).sum()), int((y & ~hit).sum())
+    tn, fp = int((~y & ~hit).sum()), int((~y & hit).sum())
+    return {"auc": roc_auc(y, s), "threshold": float(threshold), "sensitivity": _ratio(tp, tp + fn), "specificity": _ratio(tn, tn + fp),
+            "accuracy": _ratio(tp + tn, len(y)), "tp": tp, "fn": fn, "tn": tn, "fp": fp, "n_positive": int(y.sum()), "n_negative": int((~y).sum())}
+
+
+def slice_presence(ref: np.ndarray, prob: np.ndarray, threshold: float = 0.5, fn_weight: float = 0.7, fp_weight: float = 0.3) -> list[dict[str, Any]]:
+    """Per axial slice (array axis 0) of a reference mask and a lesion probability ``(Z, Y, X)``: whether
+    the reference has lesion, the slice score (its maximum probability), the predicted and reference
+    areas (voxels) at ``threshold``, and on slices with lesion the Dice and Tversky index of the slice."""
+    r = np.asarray(ref) != 0
+    p = np.asarray(prob, np.float32)
+    if r.shape != p.shape:
+        raise ValueError(f"reference {r.shape} and probability {p.shape} differ in shape")
+    rows = []
+    for z in range(r.shape[0]):
+        rz, pz = r[z], p[z] >= threshold
+        lesion = bool(rz.any())
+        rows.append({"z": z, "has_lesion": lesion, "score": float(p[z].max(initial=0.0)), "ref_voxels": int(rz.sum()),
+                     "pred_voxels": int(pz.sum()), "tp_voxels": int((rz & pz).sum()),
+                     "dice": tversky_index(rz, pz, 0.5, 0.5) if lesion else float("nan"),
+                     "tversky": tversky_index(rz, pz, fn_weight, fp_weight) if lesion else float("nan")})
+    return rows
+
+
 def _nan(values: Any, fn: Any) -> float:
     arr = np.asarray(values, float)
     arr = arr[np.isfinite(arr)]

@@ -3,9 +3,13 @@
 Two tables under ``<store>/tables/`` (:mod:`pipeline.store.tables`: a Parquet dataset of one
 part per scoring run, with ``.parquet`` and ``.csv`` exports of the current rows):
 
-* ``case_volumes``: one row per (case, model version): total lesion volume (mL), lesion count,
-  with the case's source fingerprint and configuration hash for lineage.
+* ``case_volumes``: one row per (case, model version): total lesion volume (mL) and voxels, lesion
+  count, with the case's source fingerprint and configuration hash for lineage.
 * ``lesions``: one row per lesion: voxels, volume (mm³), LPS centroid (mm), bounding box.
+
+A case whose geometry is unknown (a slice stack without ``slice_stack.spacing_mm``,
+``Geometry.source == "unknown"``) gets no mm³ or mL (None): its sizes are in voxels, its
+centroids in voxel indices; ``min_size_mm3`` then counts voxels.
 
 Both are keyed by ``(model_version, case_id)``: a scoring run adds one part to each table, which
 replaces the rows of the cases it scored with that model (a case re-scored with no lesion left
@@ -53,17 +57,20 @@ def case_lesion_rows(store_root: str | Path, case_id: str, model_version: str, c
         return None
     summary, lesions = lesion_table(volume_from_geometry(meta.geometry, mask), connectivity, min_size_mm3)
     ids = {"case_id": case_id, "subject": meta.subject, "session": meta.session, "model_version": model_version}
+    known = meta.geometry.source != "unknown"  # unit spacing assumed: a voxel is not a mm³
     case_row = CaseVolumeRow(
         **ids,
-        total_volume_ml=summary["total_volume_ml"],
+        total_volume_ml=summary["total_volume_ml"] if known else None,
         lesion_count=summary["lesion_count"],
         connectivity=connectivity,
         min_lesion_mm3=min_size_mm3,
-        voxel_volume_mm3=summary["voxel_volume_mm3"],
+        voxel_volume_mm3=summary["voxel_volume_mm3"] if known else None,
+        total_voxels=sum(r["voxels"] for r in lesions),
+        geometry_source=meta.geometry.source,
         source_fingerprint=meta.source_fingerprint,
         config_hash=meta.config_hash,
     ).model_dump()
-    rows = [LesionRow(**ids, **r).model_dump() for r in lesions]
+    rows = [LesionRow(**ids, **{**r, "volume_mm3": r["volume_mm3"] if known else None}).model_dump() for r in lesions]
     return case_row, rows
 
 

@@ -26,6 +26,7 @@ What the checks read (columns, never the prose of a reason):
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -52,7 +53,7 @@ MODALITY_COLUMNS = [
     "row_key", "case_id", "modality", "source_format",
     "spacing_x_mm", "spacing_y_mm", "spacing_z_mm", "spacing_min_mm", "spacing_max_mm", "anisotropy",
     "shape_z", "shape_y", "shape_x", "matrix_min", "matrix_max",
-    "fov_x_mm", "fov_y_mm", "fov_z_mm", "fov_max_mm", "orientation",
+    "fov_x_mm", "fov_y_mm", "fov_z_mm", "fov_max_mm", "orientation", "geometry_source",
     "intensity_mean", "intensity_std", "intensity_p01", "intensity_p99", "intensity_stats_finite",
     "median_spacing_max_mm", "median_spacing_min_mm",
     "slice_spacing_ratio", "inplane_spacing_ratio", "coverage_ratio_min", "coverage_ratio_max",
@@ -175,11 +176,17 @@ def build_tables(store_root: str | Path, channels: Sequence[str] | None = None, 
         row.update({f"has_{ch}": ch in present for ch in channels})
         case_rows.append(row)
         for ci in meta.channel_info:
+            if ci.source_format == "slicestack" and ci.sources:  # one source, the stack: single slices (an empty one) repeat across patients
+                digest = hashlib.sha256("".join(sorted(x.sha256 for x in ci.sources)).encode()).hexdigest()
+                src_rows.append({"case_id": case_id, "modality": ci.modality, "relpath": ci.sources[0].relpath, "sha256": digest})
+                continue
             for s in ci.sources:
                 src_rows.append({"case_id": case_id, "modality": ci.modality, "relpath": s.relpath, "sha256": s.sha256})
             if not ci.present:
                 continue
             sx, sy, sz = (float(v) for v in ci.native_spacing)
+            if meta.geometry.source == "unknown":  # unit spacing assumed, not measured: no spacing or field of view to check
+                sx = sy = sz = math.nan
             nz, ny, nx = (int(v) for v in ci.native_shape_zyx)
             stats = [ci.intensity_mean, ci.intensity_std, ci.intensity_p01, ci.intensity_p99]
             mod_rows.append({
@@ -189,12 +196,13 @@ def build_tables(store_root: str | Path, channels: Sequence[str] | None = None, 
                 "anisotropy": max(sx, sy, sz) / min(sx, sy, sz),
                 "shape_z": nz, "shape_y": ny, "shape_x": nx, "matrix_min": min(nz, ny, nx), "matrix_max": max(nz, ny, nx),
                 "fov_x_mm": nx * sx, "fov_y_mm": ny * sy, "fov_z_mm": nz * sz, "fov_max_mm": max(nx * sx, ny * sy, nz * sz),
-                "orientation": ci.native_orientation,
+                "orientation": ci.native_orientation, "geometry_source": meta.geometry.source,
                 "intensity_mean": ci.intensity_mean, "intensity_std": ci.intensity_std,
                 "intensity_p01": ci.intensity_p01, "intensity_p99": ci.intensity_p99,
                 "intensity_stats_finite": bool(all(math.isfinite(float(v)) for v in stats)),
             })
-        if meta.label_source is not None:
+        stack = any(ci.source_format == "slicestack" for ci in meta.channel_info)
+        if meta.label_source is not None and not stack:  # a stack's label_source is one mask slice (an empty one repeats across patients)
             src_rows.append({"case_id": case_id, "modality": "MASK", "relpath": meta.label_source.relpath, "sha256": meta.label_source.sha256})
 
     mods = pd.DataFrame(mod_rows, columns=[c for c in MODALITY_COLUMNS if c != "row_key"])
@@ -222,7 +230,7 @@ def _add_cohort_ratios(mods: Any) -> None:
         mods[col] = np.nan
     if mods.empty:
         return
-    for _, grp in mods.groupby("modality"):
+    for _, grp in mods[mods["spacing_max_mm"].notna()].groupby("modality"):  # series of unknown geometry: no spacing to compare
         if len(grp) < CONSISTENCY_MIN_SERIES:
             continue
         idx = grp.index

@@ -292,6 +292,7 @@ def report_markdown(summary: dict[str, Any], max_rows: int = 30) -> str:
         f"| series unused | {summary.get('n_unused', 0)} |",
         f"| expectations passed | {e.get('passed', 0)} / {e.get('evaluated', 0)} |",
         f"| findings flagged | {summary.get('n_flagged', 0)} ({summary.get('n_flagged_cases', 0)} cases) |",
+        *([f"| geometry unknown | {summary['n_geometry_unknown']} cases |"] if summary.get("n_geometry_unknown") else []),
         "",
     ]
     for key, title in (("rejected_by_code", "Rejected inputs by reason code"), ("unused_by_code", "Unused inputs by reason code")):
@@ -367,6 +368,7 @@ _TEMPLATE = """<!DOCTYPE html>
 <div class="card"><b>{{ s.n_unused }}</b>series unused</div>
 <div class="card{% if s.expectations.failed %} bad{% endif %}"><b>{{ s.expectations.passed }}/{{ s.expectations.evaluated }}</b>expectations passed</div>
 <div class="card{% if s.n_flagged %} bad{% endif %}"><b>{{ s.n_flagged }}</b>findings ({{ s.n_flagged_cases }} cases)</div>
+{% if s.n_geometry_unknown %}<div class="card bad"><b>{{ s.n_geometry_unknown }}</b>cases with geometry unknown</div>{% endif %}
 </div>
 <h3>Rejected inputs by reason</h3>
 {% if s.rejected %}<table><tr><th>reason code</th><th>count</th></tr>
@@ -508,6 +510,30 @@ def _fmt_cell(v: Any) -> str:
     return str(v)
 
 
+GEOMETRY_UNKNOWN = "geometry unknown"
+"""The finding of a case whose source holds no spacing or orientation (a slice stack)."""
+
+
+def geometry_flags(store_root: str | Path, cases: Sequence[str]) -> list[dict[str, Any]]:
+    """A "geometry unknown" finding per case whose :attr:`Geometry.source <storage_schemas.models.Geometry.source>`
+    is not the files' header: its spacing was assumed (unit) or configured, its orientation is unknown."""
+    from pipeline.store import StoreError, read_case_meta
+
+    out = []
+    for cid in cases:
+        try:
+            source = read_case_meta(store_root, cid).geometry.source
+        except (StoreError, KeyError, ValueError):
+            continue
+        if source == "unknown":
+            out.append({"case_id": cid, "what": GEOMETRY_UNKNOWN, "detail": "the source (a 2-D slice stack) holds no spacing or orientation: "
+                        "unit spacing assumed, lesion sizes in voxels (set slice_stack.spacing_mm for mm³)"})
+        elif source == "configured_spacing":
+            out.append({"case_id": cid, "what": GEOMETRY_UNKNOWN, "detail": "spacing from the configuration (slice_stack.spacing_mm), "
+                        "orientation unknown"})
+    return out
+
+
 def build_report(store_root: str | Path, out_html: str | Path | None = None, channels: Sequence[str] | None = None,
                  reference: str | None = None) -> ReportResult:
     """Run the expectations and metrics on a store and write the HTML report + metrics + summary.
@@ -552,9 +578,10 @@ def build_report(store_root: str | Path, out_html: str | Path | None = None, cha
     metrics_path = put_bytes(root, f"{QUALITY_DIR}/{METRICS_FILE}", buf.getvalue())
 
     outliers, methods = cohort_outliers(metrics)
-    flagged = exp.flagged + flags_from_outliers(outliers)
+    flagged = exp.flagged + flags_from_outliers(outliers) + geometry_flags(root, cases)
     flagged.sort(key=lambda f: (f["case_id"] is None, f["case_id"] or "", f["what"]))
     summary = _summary(root, catalog, cases, channels, exp.results, flagged, methods)
+    summary["n_geometry_unknown"] = sum(f["what"] == GEOMETRY_UNKNOWN for f in flagged)
     summary["report_html"] = str(html_path)
     summary["metrics"] = str(metrics_path)
     summary["expectations_json"] = str(exp.path) if exp.path else None

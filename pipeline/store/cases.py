@@ -58,7 +58,7 @@ from storage_schemas.models import CaseMeta, Geometry
 
 # ------------------------------------------------------------------------------- geometry
 def geometry_of(volume: Volume) -> Geometry:
-    """The stored-geometry record of a (3-D) volume."""
+    """The stored-geometry record of a (3-D) volume (``source`` from ``volume.meta["geometry_source"]``, default ``"header"``)."""
     return Geometry(
         shape_zyx=volume.shape_zyx,
         spacing=volume.spacing,
@@ -67,6 +67,7 @@ def geometry_of(volume: Volume) -> Geometry:
         affine_lps=tuple(float(v) for v in volume.affine_lps.reshape(-1)),
         affine_ras=tuple(float(v) for v in affine_ras(volume).reshape(-1)),
         orientation=orientation_code(volume.direction, "RAS"),
+        source=volume.meta.get("geometry_source", "header"),
     )
 
 

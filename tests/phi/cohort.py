@@ -11,6 +11,9 @@ identity is in:
   (SeriesDescription, StudyDescription, ProtocolName), a private tag, and UIDs (study, series,
   instance, frame of reference: each one searched);
 * the NIfTI header's ``descrip``;
+* a numbered TIFF slice stack (the LGG set's layout) whose folder and file names carry the MRN
+  and the birth date (``TCGA_ZY_88231977_19580314/TCGA_ZY_88231977_19580314_<n>.tif``), and a
+  stray TIFF named after the patient (rejected);
 * inputs that are rejected or unused (their reasons name them): a non-DICOM ``.dcm``, an empty
   file, an unsupported ``.mgz``, a MetaImage whose data file is missing, a localizer and an
   unmapped series with identifying descriptions.
@@ -141,6 +144,13 @@ def write_phi_tree(base: Path) -> PhiTree:
     (nifti / f"{SURNAME}_T2w.mhd").write_text(
         "ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nElementType = MET_SHORT\n"
         f"ElementSpacing = 1 1 1\nElementDataFile = {GIVEN}_{BIRTH}_T2.raw\n")
+
+    # a slice stack (LGG layout): the folder and every file name hold the MRN and the birth date
+    from tests.slicestack_factory import write_stack
+
+    stack = f"TCGA_ZY_{MRN[3:]}_{BIRTH}"
+    write_stack(root / stack, stack, 6, size=32, tumour_slices=(3, 4))
+    (root / stack / f"{SURNAME}_{GIVEN}_photo.tif").write_bytes(b"II*\x00 not a slice")
 
     # inputs rejected at discovery, named after the patient
     (root / f"notes_{SURNAME}_{BIRTH}.dcm").write_text(f"{GIVEN} {SURNAME} {MRN}: not DICOM")

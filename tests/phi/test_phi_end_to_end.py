@@ -129,8 +129,9 @@ def test_the_source_carries_the_identity(run):
 
 def test_the_chain_ran(run):
     out = run["outputs"]
-    assert out["ingest"]["converted"] == 2 and out["ingest"]["rejected_inputs"] and out["ingest"]["unused_inputs"]
-    assert out["cli_ingest"]["skipped"] == 2 and out["cli_ingest"]["converted"] == 0  # incremental, matched by sealed path
+    # the DICOM study, the NIfTI session and the TIFF slice stack (FLAIR and T1 planes: no T2, so neither trained on nor scored)
+    assert out["ingest"]["converted"] == 3 and out["ingest"]["rejected_inputs"] and out["ingest"]["unused_inputs"]
+    assert out["cli_ingest"]["skipped"] == 3 and out["cli_ingest"]["converted"] == 0  # incremental, matched by sealed path
     assert out["score"]["scored"] == 2 and out["train"]["model_version"]
     codes = {r["code"] for r in out["ingest"]["rejected_inputs"]}
     assert {"not_dicom", "empty_file", "unsupported_format", "missing_data_file"} <= codes

@@ -7,7 +7,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from pipeline.core.config import PipelineConfig, load_config
+from pipeline.core.config import PipelineConfig, SliceStackConfig, load_config
 
 
 def test_defaults_file_and_overrides(tmp_path):
@@ -32,7 +32,8 @@ def test_processing_hash_follows_the_fields_that_shape_stored_voxels_only():
     h = base.processing_hash()
     assert len(h) == 16 and int(h, 16) >= 0 and h == PipelineConfig().processing_hash()
     for change in (dict(channels=("FLAIR", "T1")), dict(reference_modality="T1"), dict(target_spacing=(1.0, 1.0, 1.0)),
-                   dict(normalization="none"), dict(modality_rules=()), dict(chunk_zyx=(32, 32, 32))):
+                   dict(normalization="none"), dict(modality_rules=()), dict(chunk_zyx=(32, 32, 32)),
+                   dict(slice_stack=SliceStackConfig(planes=("FLAIR", "T1", "T1POST"))), dict(slice_stack=SliceStackConfig(spacing_mm=(1, 1, 3)))):
         assert PipelineConfig(**change).processing_hash() != h, change
     for change in (dict(connectivity=6), dict(min_lesion_mm3=5.0), dict(dask_address="tcp://x:8786"), dict(n_workers=7)):
         assert PipelineConfig(**change).processing_hash() == h, change
@@ -42,6 +43,17 @@ def test_processing_hash_follows_the_fields_that_shape_stored_voxels_only():
     fields = {"channels", "reference_modality", "target_spacing", "normalization", "modality_rules", "chunk_zyx"}
     payload = json.dumps(base.model_dump(mode="json", include=fields), sort_keys=True).encode()
     assert h == hashlib.sha256(payload).hexdigest()[:16]
+    # the slice-stack settings join the hash only when changed: stores of before them keep their hash
+    assert PipelineConfig(slice_stack=SliceStackConfig()).processing_hash() == h
+
+
+def test_slice_stack_settings_validated():
+    with pytest.raises(ValidationError):
+        SliceStackConfig(spacing_mm=(1.0, 0.0, 1.0))
+    with pytest.raises(ValidationError):
+        SliceStackConfig(planes=())
+    cfg = PipelineConfig.model_validate_json('{"slice_stack": {"planes": ["T1", "FLAIR", "T1POST"], "spacing_mm": [0.9, 0.9, 3.3]}}')
+    assert cfg.slice_stack.spacing_mm == (0.9, 0.9, 3.3)
 
 
 def test_pseudonym_key_explicit_environment_or_a_message_saying_what_to_do(monkeypatch):

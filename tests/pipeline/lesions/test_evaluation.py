@@ -370,3 +370,47 @@ def test_real_masks_against_themselves_eroded_and_dilated(shared_data, patient="
             det = lesion_detection(ref, pred, voxel, rule)
             assert (det.ref_lesions, det.pred_lesions, det.tp_ref, det.tp_pred) == brute_force(
                 ref, pred, voxel, rule.connectivity, rule.min_lesion_mm3, rule.any_overlap)
+
+
+# ------------------------------------------------------------------------------ tumour present (issue 13)
+def test_tversky_index_by_hand():
+    from pipeline.lesions.evaluation import tversky_index
+
+    ref = np.zeros((4, 5), bool)
+    ref[0, :] = True  # 5 reference voxels
+    pred = np.zeros((4, 5), bool)
+    pred[0, :3] = True
+    pred[1, :2] = True  # TP 3, FN 2, FP 2
+    assert tversky_index(ref, pred) == pytest.approx(3 / (3 + 0.7 * 2 + 0.3 * 2))
+    assert tversky_index(ref, pred, 0.5, 0.5) == pytest.approx(2 * 3 / (5 + 5))  # Dice
+    assert tversky_index(ref, np.zeros_like(ref)) == 0.0
+    assert np.isnan(tversky_index(np.zeros_like(ref), np.zeros_like(ref)))
+
+
+def test_presence_metrics_against_pair_counting():
+    from pipeline.lesions.evaluation import presence_metrics
+
+    rng = np.random.default_rng(5)
+    labels = rng.random(60) < 0.35
+    scores = np.round(rng.random(60) * 0.5 + labels * 0.3, 1)  # ties on purpose
+    pos, neg = scores[labels], scores[~labels]
+    pairs = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    m = presence_metrics(labels, scores, threshold=0.5)
+    assert m["auc"] == pytest.approx(pairs / (len(pos) * len(neg)))
+    assert m["sensitivity"] == pytest.approx((pos >= 0.5).mean()) and m["specificity"] == pytest.approx((neg < 0.5).mean())
+    assert m["tp"] + m["fn"] == labels.sum() and m["tn"] + m["fp"] == (~labels).sum()
+
+
+def test_slice_presence_rows():
+    from pipeline.lesions.evaluation import slice_presence
+
+    ref = np.zeros((3, 4, 4), np.uint8)
+    ref[1, :2, :2] = 1
+    prob = np.zeros((3, 4, 4), np.float32)
+    prob[1, 0, :] = 0.9  # 2 of 4 reference voxels found, 2 false positives
+    prob[2, 3, 3] = 0.4  # under the threshold
+    rows = slice_presence(ref, prob)
+    assert [r["has_lesion"] for r in rows] == [False, True, False]
+    assert [r["score"] for r in rows] == pytest.approx([0.0, 0.9, 0.4])
+    assert rows[1]["dice"] == pytest.approx(0.5) and rows[1]["tversky"] == pytest.approx(2 / (2 + 0.7 * 2 + 0.3 * 2))
+    assert np.isnan(rows[0]["dice"]) and rows[2]["pred_voxels"] == 0

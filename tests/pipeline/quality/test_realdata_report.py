@@ -1,4 +1,4 @@
-"""Data-quality report on an ingest of all of ../shared/data (DICOM set and MS set together)."""
+"""Data-quality report on an ingest of all of ../shared/data (DICOM set, MS set and LGG slice stacks together)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,17 @@ def test_report_on_all_shared_data(shared_data, tmp_path):
     store = tmp_path / "store.zarr"
     summary = run_ingest(shared_data, store, PipelineConfig(), b"report-key")
     mni_patients = sorted(p.name for p in (shared_data / "open_ms" / "cross_sectional" / "MNI").iterdir() if p.is_dir())
-    assert summary.converted == len(mni_patients) + 2  # the MNI patients (07, 19) + the two longitudinal studies
+    lgg = shared_data / "lgg" / "kaggle_3m"
+    lgg_patients = sorted(p.name for p in lgg.iterdir() if p.is_dir()) if lgg.is_dir() else []
+    # the MNI patients (07, 19) + the two longitudinal studies + one case per LGG patient folder (slice stacks, 16 today)
+    assert summary.converted == len(mni_patients) + 2 + len(lgg_patients)
     result = build_report(store)
+    stacks = {c for c in list_cases(store) if read_case_meta(store, c).geometry.source == "unknown"}
+    assert len(stacks) == len(lgg_patients)
+    # a slice stack has no geometry: each is said so, once, and none is flagged for a spacing that was assumed
+    unknown = [f["case_id"] for f in result.flagged if f["what"] == "geometry unknown"]
+    assert sorted(unknown) == sorted(stacks) and result.summary["n_geometry_unknown"] == len(lgg_patients)
+    assert not {f["case_id"] for f in result.flagged if "spacing" in f["what"] or "slices" in f["what"] or "anisotrop" in f["what"]} & stacks
     html = result.html_path.read_text()
 
     # 4-D EPI and mosaic series: listed as not usable for lesion work, with that reason
@@ -38,7 +47,7 @@ def test_report_on_all_shared_data(shared_data, tmp_path):
     assert flagged_aniso == longitudinal and len(longitudinal) == 2
 
     # the real lesion overlays: each MNI case's thumbnail is drawn on its label's largest slice
-    mni = [c for c in list_cases(store) if read_case_meta(store, c).has_label]
+    mni = [c for c in list_cases(store) if read_case_meta(store, c).has_label and c not in stacks]
     assert len(mni) == len(mni_patients)
     for case_id in mni:
         thumb = case_thumbnail(store, case_id)

@@ -188,7 +188,7 @@ def test_upgrade_adds_the_pyramid_without_touching_level_zero(tmp_path, monkeypa
     out = store.upgrade_store(root)
     lines = out["actions"][case_id]
     assert "level labels/prediction-m1/2 from labels/prediction-m1/0 (block maximum)" in lines
-    assert out["schema_after"] == SCHEMA_VERSION == "1.5"
+    assert out["schema_after"] == SCHEMA_VERSION == "1.6"  # 1.6 (slice stacks) adds fields only: no upgrade step of its own
     after = _chunk_files(root / "cases" / case_id)
     assert {k: v for k, v in after.items() if k in before} == before  # level 0: same files (inodes), same bytes
     assert {k.split("|")[0] for k in after} - {k.split("|")[0] for k in before} == {

@@ -1,0 +1,67 @@
+"""The brain-tumour recipe end to end on 2 real LGG patients with a few iterations: ingest of the
+slice stacks, cross-validation by patient (2 folds), the final model exported, and
+`lesionflow segment` on one patient folder with it. Checks the plumbing, not the figures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+pytestmark = [pytest.mark.realdata, pytest.mark.slow, pytest.mark.integration]
+
+PATIENTS = ("TCGA_HT_7692_19960724", "TCGA_CS_4943_20000902")  # the two shortest stacks (20 slices each)
+
+
+def test_train_lgg_on_two_patients(prefect_harness, shared_data, tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.train_lgg import RECIPE_CONFIG, train_lgg
+    from lesionflow.cli import app
+
+    source = shared_data / "lgg" / "kaggle_3m"
+    if not all((source / p).is_dir() for p in PATIENTS):
+        pytest.skip(f"LGG patients {PATIENTS} not found under {source}")
+    data = tmp_path / "lgg"
+    for p in PATIENTS:
+        shutil.copytree(source / p, data / p)
+    cfg = {**RECIPE_CONFIG, "batch_size": 4, "patch_zyx": [1, 64, 64]}
+    out = train_lgg(str(tmp_path / "work"), config=cfg, iterations=4, data_dir=str(data), folds=2)
+
+    assert out["ingest"]["converted"] == 2 and out["ingest"]["rejected"] == 0
+    # every patient held out exactly once, never in its own fold's training
+    subjects = [c["subject"] for c in out["cases"]]
+    assert len(subjects) == 2 == len(set(subjects)) and [f["train_patients"] for f in out["folds"]] == [1, 1]
+    s = out["summary"]
+    assert s["n_patients"] == 2 and s["n_slices"] == 40
+    truth_slices = sum(int(np.asarray(Image.open(f)).any()) for p in PATIENTS for f in (data / p).glob("*_mask.tif"))
+    assert s["n_lesion_slices"] == truth_slices == 6 + 8
+    assert 0.0 <= s["slice"]["auc"] <= 1.0 and s["patients_correct"] <= 2
+    assert out["timings"]["total_s"] > 0 and "within_limit" in out
+
+    work = tmp_path / "work"
+    written = json.loads((work / "crossval.json").read_text())
+    assert written["summary"]["n_lesion_slices"] == 14
+    slices = pd.read_csv(work / "crossval_slices.csv")
+    assert len(slices) == 40 and set(slices["fold"]) == {0, 1}
+    for f in (work / "crossval.json", work / "crossval_slices.csv", work / "crossval_cases.csv"):  # no folder name, ID or date
+        text = f.read_text()
+        for p in PATIENTS:
+            assert p not in text and p.split("_")[2] not in text and p.split("_")[3] not in text
+
+    # the exported model segments one patient folder of the set
+    model = work / "model"
+    assert (model / "model.pt").is_file() and json.loads((model / "model.json").read_text())["spatial_dims"] == 2
+    mask_out = tmp_path / "seg" / "patient.nii.gz"
+    r = CliRunner().invoke(app, ["segment", str(source / PATIENTS[0]), "--model", str(model), "--out", str(mask_out), "--json"])
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.stdout)
+    assert got["geometry_source"] == "unknown" and got["total_volume_ml"] is None
+    img = nib.load(mask_out)
+    assert img.shape == (256, 256, 20)  # x, y, z: 20 slices of 256 x 256
+    assert int(np.asarray(img.dataobj).sum()) == got["total_voxels"]
