@@ -46,6 +46,22 @@ def progress_to(listener: Callable[[dict[str, Any]], None]) -> Iterator[None]:
         _LISTENERS.remove(listener)
 
 
+def recipe_progress(label: str, every: int = 100) -> Callable[[dict[str, Any]], None]:
+    """A ``progress`` callback for recipes that run the training loop in a task (``train_ms``,
+    ``train_lgg``): every event goes to the :func:`progress_to` listeners, and the run log keeps
+    each non-step event and one step in ``every``, prefixed with ``label``."""
+    logger = get_run_logger()
+    current = list(_LISTENERS)
+
+    def progress(event: dict[str, Any]) -> None:
+        for listener in current:
+            listener(event)
+        if event.get("event") != "train" or event.get("iteration", 0) % every == 0:
+            logger.info("%s %s", label, {k: v for k, v in event.items() if k not in ("plan", "skipped")})
+
+    return progress
+
+
 def train_config(config: dict[str, Any] | None = None, *, iterations: int | None = None, patch_size: int | None = None,
                  batch_size: int | None = None, seed: int | None = None, channels: list[str] | None = None,
                  val_fraction: float | None = None) -> TrainConfig:

@@ -75,19 +75,10 @@ def folds_task(store: str, k: int, seed: int) -> list[list[str]]:
 
 @task(name="train-lgg", cache_policy=NO_CACHE)
 def train_task(store: str, config: dict[str, Any], case_ids: list[str], label: str) -> dict[str, Any]:
-    from prefect import get_run_logger
-
-    from flows.train import listeners as current_listeners
+    from flows.train import recipe_progress
     from training.loop import train
 
-    logger = get_run_logger()
-    listeners = current_listeners()
-
-    def progress(event: dict[str, Any]) -> None:
-        for listener in listeners:
-            listener(event)
-        if event.get("event") != "train" or event.get("iteration", 0) % 100 == 0:
-            logger.info("%s %s", label, {k: v for k, v in event.items() if k not in ("plan", "skipped")})
+    progress = recipe_progress(label)
 
     result = train(store, config, case_ids=case_ids, val_case_ids=[], progress=progress)
     return {"model_version": result.model_version, "checkpoint": str(result.checkpoint_path), "train_seconds": result.metrics["train_seconds"],

@@ -76,19 +76,10 @@ def ingest_task(source: str, store: str) -> dict[str, Any]:
 
 @task(name="train-ms", cache_policy=NO_CACHE)
 def train_task(store: str, config: dict[str, Any], train_case: str) -> dict[str, Any]:
-    from prefect import get_run_logger
-
-    from flows.train import listeners as current_listeners
+    from flows.train import recipe_progress
     from training.loop import train
 
-    logger = get_run_logger()
-    listeners = current_listeners()
-
-    def progress(event: dict[str, Any]) -> None:
-        for listener in listeners:
-            listener(event)
-        if event.get("event") != "train" or event.get("iteration", 0) % 100 == 0:
-            logger.info("train %s", {k: v for k, v in event.items() if k not in ("plan", "skipped")})
+    progress = recipe_progress("train")
 
     result = train(store, config, case_ids=[train_case], val_case_ids=[], progress=progress)
     return {"model_version": result.model_version, "checkpoint": str(result.checkpoint_path), "run_id": result.run_id,

@@ -564,11 +564,12 @@ class _ThreadBatches:
                 yield [t.pin_memory() for t in batch] if self.pin else batch
 
 
-WORKER_KIND_NOTE = """Threads, by measurement (bench_loader, 2 cores, real MNI cases 4 x 112 x 160 x 128, batch 2,
-2026-11-29, a quiet spell of the shared machine): bank samples with mirroring and the intensity
-transforms applied in the workers, 2 threads 11.9 vs 2 worker processes 9-11 patches/s, peak
-memory 0.9 vs 2.2 GB. Zstandard decoding, numpy and torch release the GIL; processes pay for
-pickling and a shared-memory copy of every batch, and hold a copy of the interpreter each."""
+WORKER_KIND_NOTE = """Threads, by measurement (benchmarks/results/2026-11-29-bench_loader.json, 2 cores, batch 2):
+bank samples with mirroring and the intensity transforms applied in the workers, 2 threads vs 2
+worker processes 11.4 vs 12.0 patches/s at 1.2 vs 2.2 GB peak (real MNI cases 4 x 112 x 160 x 128),
+20.5 vs 19.9 at 1.1 vs 2.1 GB (20 phantom cases): the same speed within the shared machine's noise,
+half the memory. Zstandard decoding, numpy and torch release the GIL; processes pay for pickling
+and a shared-memory copy of every batch, and hold a copy of the interpreter each."""
 
 
 class BankLoader:

@@ -106,8 +106,8 @@ def _local_cluster_config() -> Iterator[None]:
             os.environ["MALLOC_TRIM_THRESHOLD_"] = inherited
 
 
-DASK_LOGGERS = ("distributed", "bokeh")
-"""Loggers of the in-process scheduler and nannies of the LocalCluster."""
+DASK_LOGGERS = ("distributed",)
+"""Loggers of the in-process scheduler and nannies of the LocalCluster (no dashboard, so no bokeh)."""
 
 
 @contextlib.contextmanager
