@@ -285,7 +285,7 @@ def _run_measure(python: str, args: list[str], env: dict[str, str] | None = None
 
 def ingest_source(source: Path, store: Path, channels: list[str] | None) -> list[str]:
     from pipeline.core.config import PipelineConfig, pseudonym_key
-    from pipeline.ingest.session import run_ingest
+    from pipeline.ingest import run_ingest
 
     cfg = PipelineConfig() if not channels else PipelineConfig(channels=tuple(channels))
     run_ingest(source, store, cfg, pseudonym_key())
@@ -348,7 +348,8 @@ def dtype_tolerance(store: str, model_version: str) -> dict[str, Any]:
     return {"store": str(store), "model": model_version, "cases": rows}
 
 
-def feed_check(store: str, seconds: float, device: str | None = None, batch: int = 2) -> dict[str, Any]:
+def feed_check(store: str, seconds: float, device: str | None = None, batch: int = 2, workers: int = 0,
+               patch_zyx: tuple[int, int, int] | None = None) -> dict[str, Any]:
     """Is the training step ever starved? Train the default network from the bank for ``seconds`` and
     measure the share of wall time spent waiting for the next batch (CUDA synchronised around it), and,
     where ``nvidia-smi`` exists, the GPU's utilisation sampled every 0.5 s. Target on a GPU: busy >= 90 %."""
@@ -361,9 +362,9 @@ def feed_check(store: str, seconds: float, device: str | None = None, batch: int
 
     dev = pick_device(device)
     cases = [c for c in st.list_cases(store) if read_bank(store, c) is not None]
-    patch = tuple(read_bank(store, cases[0]).patch_zyx)
+    patch = tuple(patch_zyx or read_bank(store, cases[0]).patch_zyx)
     cfg = TrainConfig(patch_zyx=tuple(p - p % 8 for p in patch), batch_size=batch, iterations=10**6, device=str(dev), threads=None,
-                      augmentation={"bank": "require"})
+                      num_workers=workers, augmentation={"bank": "require"})
     state = setup(store, cfg, case_ids=cases)
     util: list[float] = []
     stop = threading.Event()
@@ -394,7 +395,7 @@ def feed_check(store: str, seconds: float, device: str | None = None, batch: int
     sync()
     wall = time.perf_counter() - t0
     stop.set()
-    return {"device": str(dev), "patch_zyx": list(cfg.patch_zyx), "batch_size": batch, "steps": steps, "it_per_s": round(steps / wall, 3),
+    return {"device": str(dev), "patch_zyx": list(cfg.patch_zyx), "batch_size": batch, "loader_workers": workers or 2, "steps": steps, "it_per_s": round(steps / wall, 3),
             "loader_wait_fraction": round(waited / wall, 4), "gpu_utilization_mean_pct": round(statistics.mean(util), 1) if util else None,
             "gpu_utilization_samples": len(util)}
 

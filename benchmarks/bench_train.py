@@ -178,7 +178,7 @@ def main() -> None:
         label = f"{cfg.get('model', {}).get('kind', 'unet')} {cfg.get('spatial_dims', 3)}-D"
         label += (" channels_last" if cfg.get("channels_last") else "") + (" compile" if cfg.get("compile") else "")
         _log(f"bench_train: {label} ...")
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
         try:
             proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec), "--iterations", str(args.iterations)],
                                   capture_output=True, text=True, timeout=args.timeout, env=env, cwd=REPO)
@@ -190,6 +190,7 @@ def main() -> None:
             continue
         row = json.loads(proc.stdout.strip().splitlines()[-1])
         _log(f"  {row['it_per_s']} it/s, {row['patches_per_s']} patches/s, peak {row['peak_mb']} MB (estimate {row['planner_estimate_mb']} MB)")
+        _log("  row " + json.dumps(row))  # the rows so far survive a run stopped from outside
         out["rows"].append(row)
     out["machine"]["loadavg_after"] = os.getloadavg()
     print(json.dumps(out, indent=2))

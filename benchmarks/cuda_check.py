@@ -122,7 +122,7 @@ def main() -> None:
             cmd += ["--cuda-options", "--profile"]
         else:
             cmd += ["--networks", "unet", "--dims", "3", "--shape", "40", "--cases", "2"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}, cwd=REPO)
         out["bench"] = json.loads(proc.stdout) if proc.returncode == 0 else {"error": proc.stderr[-2000:]}
     out["total_s"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(out, indent=2, default=str))

@@ -54,12 +54,16 @@ def shared_data_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def case_of_patient(store: str, patient: str) -> str:
-    """The case ingested from ``<patient>/`` (cases are pseudonymised; the lineage keeps the folder)."""
-    from pipeline.store import list_cases, read_case_meta
+def case_of_patient(store: str, patient: str, key: bytes | None = None) -> str:
+    """The case ingested from ``<patient>/``: cases are pseudonymised and their source paths sealed,
+    so the paths are opened with the pseudonymisation ``key`` (default: the environment's)."""
+    from pipeline.core.config import pseudonym_key
+    from pipeline.ingest.lineage import case_lineage
+    from pipeline.store import list_cases
 
+    key = key or pseudonym_key()
     hits = [c for c in list_cases(store)
-            if any(s.relpath.split("/")[0] == patient for ch in read_case_meta(store, c).channel_info for s in ch.sources)]
+            if any(f["path"].split("/")[0] == patient for f in case_lineage(store, c, key)["files"])]
     if len(hits) != 1:
         raise ValueError(f"expected one case from {patient}/ in {store}, found {len(hits)}")
     return hits[0]
@@ -68,7 +72,7 @@ def case_of_patient(store: str, patient: str) -> str:
 @task(name="ingest-ms", cache_policy=NO_CACHE)
 def ingest_task(source: str, store: str) -> dict[str, Any]:
     from pipeline.core.config import PipelineConfig, pseudonym_key
-    from pipeline.ingest.session import run_ingest
+    from pipeline.ingest import run_ingest
 
     summary = run_ingest(source, store, PipelineConfig(), pseudonym_key()).as_dict()
     return {k: summary[k] for k in ("converted", "skipped", "rejected", "seconds")}
@@ -98,22 +102,10 @@ def score_task(store: str, model_version: str, case_ids: list[str]) -> list[dict
 
 
 def reference_truth(store: str, cases: dict[str, str], out_csv: Path) -> Path:
-    """A truth table (``session_dir``, ``total_volume_ml``, ``lesion_count``) of the consensus masks, as
-    :func:`pipeline.lesions.evaluation.evaluate` reads it, so that it reports the volume error."""
-    import pandas as pd
+    """The consensus masks' truth table (see :func:`pipeline.lesions.evaluation.write_truth_table`)."""
+    from pipeline.lesions.evaluation import write_truth_table
 
-    from pipeline.lesions.components import lesion_table
-    from pipeline.lesions.tables import mask_of
-    from pipeline.store import read_case_meta, volume_from_geometry
-
-    rows = []
-    for patient, case_id in cases.items():
-        label = mask_of(store, case_id, None)
-        summary, _ = lesion_table(volume_from_geometry(read_case_meta(store, case_id).geometry, label))
-        rows.append({"session_dir": patient, "total_volume_ml": summary["total_volume_ml"], "lesion_count": summary["lesion_count"]})
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_csv(out_csv, index=False)
-    return out_csv
+    return write_truth_table(store, cases, out_csv)
 
 
 @task(name="evaluate-ms", cache_policy=NO_CACHE)

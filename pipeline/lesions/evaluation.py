@@ -743,3 +743,25 @@ def evaluate(store_root: str | Path, model_version: str, truth_cases_csv: str | 
 def nan_to_none(value: Any) -> Any:
     """NaN → None, for JSON output."""
     return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def write_truth_table(store_root: str | Path, sessions: dict[str, str], out_csv: str | Path) -> Path:
+    """A truth table of the store's own labels, as :func:`evaluate` reads it: one row per
+    ``{session_dir: case_id}`` of ``sessions`` with ``total_volume_ml`` and ``lesion_count`` of the
+    case's stored label (the expert mask it was ingested with), so that :func:`evaluate` reports
+    the volume error against it. Returns ``out_csv``."""
+    import pandas as pd
+
+    from pipeline.lesions.components import lesion_table
+    from pipeline.lesions.tables import mask_of
+    from pipeline.store import volume_from_geometry
+
+    rows = []
+    for session_dir, case_id in sessions.items():
+        label = mask_of(store_root, case_id, None)
+        summary, _ = lesion_table(volume_from_geometry(read_case_meta(store_root, case_id).geometry, label))
+        rows.append({"session_dir": session_dir, "total_volume_ml": summary["total_volume_ml"], "lesion_count": summary["lesion_count"]})
+    out = Path(out_csv)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(out, index=False)
+    return out
