@@ -349,16 +349,19 @@ def dtype_tolerance(store: str, model_version: str) -> dict[str, Any]:
 
 
 def feed_check(store: str, seconds: float, device: str | None = None, batch: int = 2, workers: int = 0,
-               patch_zyx: tuple[int, int, int] | None = None) -> dict[str, Any]:
-    """Is the training step ever starved? Train the default network from the bank for ``seconds`` and
-    measure the share of wall time spent waiting for the next batch (CUDA synchronised around it), and,
-    where ``nvidia-smi`` exists, the GPU's utilisation sampled every 0.5 s. Target on a GPU: busy >= 90 %."""
+               patch_zyx: tuple[int, int, int] | None = None, fixed: bool = False) -> dict[str, Any]:
+    """Is the training step ever starved? Train the default network from the bank for ``seconds`` as
+    :func:`training.loop.fit` does (nothing read back from the GPU per step) and measure, where
+    ``nvidia-smi`` exists, the GPU's utilisation sampled every 0.5 s (target on a GPU: busy >= 90 %),
+    and the share of wall time the host spent getting the next batch (reading, copying and launching
+    the on-device augmentation; the GPU works through its queue meanwhile). ``fixed``: train on one
+    batch over and over, without the loader: the ceiling the loader is measured against."""
     import torch
 
     from pipeline import store as st
     from pipeline.prepare.bank import read_bank
     from training.config import TrainConfig
-    from training.loop import pick_device, setup, train_step
+    from training.loop import flush_losses, pick_device, setup, train_step
 
     dev = pick_device(device)
     cases = [c for c in st.list_cases(store) if read_bank(store, c) is not None]
@@ -380,6 +383,9 @@ def feed_check(store: str, seconds: float, device: str | None = None, batch: int
     batches = iter(state.loader)
     for _ in range(5):  # warm-up: first batches, cuDNN autotuning
         train_step(state, next(batches))
+    if fixed:
+        one = next(batches)
+        batches = iter(lambda: one, None)
     sampler = threading.Thread(target=sample_gpu, daemon=True) if dev.type == "cuda" and shutil.which("nvidia-smi") else None
     if sampler:
         sampler.start()
@@ -388,14 +394,16 @@ def feed_check(store: str, seconds: float, device: str | None = None, batch: int
     while time.perf_counter() - t0 < seconds:
         t_wait = time.perf_counter()
         batch_ = next(batches)
-        sync()
         waited += time.perf_counter() - t_wait
         train_step(state, batch_)
         steps += 1
+        if steps % 50 == 0:
+            flush_losses(state)  # as fit() does at its log lines
     sync()
     wall = time.perf_counter() - t0
     stop.set()
-    return {"device": str(dev), "patch_zyx": list(cfg.patch_zyx), "batch_size": batch, "loader_workers": workers or 2, "steps": steps, "it_per_s": round(steps / wall, 3),
+    return {"device": str(dev), "patch_zyx": list(cfg.patch_zyx), "batch_size": batch, "loader_workers": None if fixed else workers or 2,
+            "fixed_batch": fixed, "steps": steps, "it_per_s": round(steps / wall, 3),
             "loader_wait_fraction": round(waited / wall, 4), "gpu_utilization_mean_pct": round(statistics.mean(util), 1) if util else None,
             "gpu_utilization_samples": len(util)}
 

@@ -65,7 +65,7 @@ def one(args: argparse.Namespace) -> dict:
 
     from tests.store_factory import make_store
     from training.config import TrainConfig
-    from training.loop import setup, train_step
+    from training.loop import flush_losses, setup, train_step
     from training.plan import activation_bytes
 
     spec = json.loads(args.one)
@@ -75,7 +75,8 @@ def one(args: argparse.Namespace) -> dict:
     work = Path(tempfile.mkdtemp(prefix="lf-bench-train-"))
     store = work / "store.zarr"
     cases = make_store(store, n_cases=spec["cases"], shape_zyx=(spec["shape"],) * 3, seed=0)
-    cfg = TrainConfig.model_validate(spec["config"]).with_overrides(iterations=spec["warmup"] + spec["iterations"])
+    profiled = 3 if spec.get("profile") else 0  # the loader must last for the profiled steps too (it ran out on CUDA: StopIteration)
+    cfg = TrainConfig.model_validate(spec["config"]).with_overrides(iterations=spec["warmup"] + spec["iterations"] + profiled)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     state = setup(str(store), cfg, case_ids=cases[:-1], val_case_ids=[])
     dev = state.device
@@ -98,6 +99,7 @@ def one(args: argparse.Namespace) -> dict:
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     seconds = time.perf_counter() - t0
+    flush_losses(state)
     used = state.cfg
     row = {
         "network": used.model.kind, "spatial_dims": used.spatial_dims, "patch_zyx": list(used.patch_zyx or ()),

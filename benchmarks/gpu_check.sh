@@ -8,7 +8,11 @@
 #   gpu_ms.json      benchmarks/gpu_ms.py: banks, the feed check (issue #11: GPU busy share) and
 #                    configurations trained on MS patient07, evaluated on patient19 (issue #12)
 #   bench_train.json benchmarks/bench_train.py: it/s, peak memory, busy %, profile per network
+#   pytest.txt       tests/training on the GPU (CUDA is picked where tests leave the device open)
 #   logs.txt         every step's stderr
+#
+# STEPS picks and orders the steps (default: all four); GPU_MS_ARGS replaces gpu_ms.py's sizes, e.g.
+#   STEPS="pytest bench_train gpu_ms" GPU_MS_ARGS="--samples 16 --configs '' --feed loader:2,fixed:2" bash benchmarks/gpu_check.sh
 #
 # Inputs that do not live in git (carried to the GPU machine, see benchmarks/README.md, "GPU"):
 #   .whl/       wheels of the packages the GPU image lacks (pydantic, zarr, numcodecs, monai, ...)
@@ -53,13 +57,24 @@ step() {  # step NAME SECONDS command...: stdout -> $OUT/NAME.json, stderr appen
   echo "$name: exit $? after $((SECONDS - t0)) s"
 }
 
-step cuda_check "${CUDA_CHECK_S:-140}" python3 benchmarks/cuda_check.py --cases 4 --shape 96 --iterations 160 --no-bench
-if [ -d .gpu/ms.zarr ]; then
-  # gpu_ms rewrites its own JSON after every step (--out), so a stop at the limit keeps what it measured
-  timeout "${GPU_MS_S:-300}" python3 benchmarks/gpu_ms.py --store .gpu/ms.zarr --cases .gpu/cases.json --out "$OUT/gpu_ms.json" \
-    --samples 96 --feed-seconds 25 --seconds 60 >/dev/null 2>> "$LOG"
-  echo "gpu_ms: exit $?"
-fi
-step bench_train "${BENCH_TRAIN_S:-110}" python3 benchmarks/bench_train.py --networks unet,dynunet,vnet,segresnet --dims 3 \
-  --iterations 20 --profile --timeout 40
+for s in ${STEPS:-cuda_check gpu_ms bench_train pytest}; do
+  case $s in
+    cuda_check)
+      step cuda_check "${CUDA_CHECK_S:-140}" python3 benchmarks/cuda_check.py --cases 4 --shape 96 --iterations 160 --no-bench ;;
+    gpu_ms)
+      # gpu_ms rewrites its own JSON after every step (--out), so a stop at the limit keeps what it measured
+      [ -d .gpu/ms.zarr ] || { echo "gpu_ms: no .gpu/ms.zarr"; continue; }
+      echo "=== gpu_ms" >> "$LOG"
+      eval "timeout ${GPU_MS_S:-300} python3 benchmarks/gpu_ms.py --store .gpu/ms.zarr --cases .gpu/cases.json --out $OUT/gpu_ms.json \
+        ${GPU_MS_ARGS:---samples 96 --feed-seconds 25 --seconds 60}" >/dev/null 2>> "$LOG"
+      echo "gpu_ms: exit $?" ;;
+    bench_train)
+      step bench_train "${BENCH_TRAIN_S:-110}" python3 benchmarks/bench_train.py --networks unet,dynunet,vnet,segresnet --dims 3 \
+        --iterations 20 --profile --timeout 40 ;;
+    pytest)
+      # --confcutdir: not tests/conftest.py, which imports Prefect (not on the GPU image); tests/training needs none
+      timeout "${PYTEST_S:-120}" python3 -m pytest -q -p no:cacheprovider --confcutdir=tests/training tests/training > "$OUT/pytest.txt" 2>&1
+      echo "pytest: exit $? ($(tail -1 "$OUT/pytest.txt"))" ;;
+  esac
+done
 tail -c 3000 "$LOG"

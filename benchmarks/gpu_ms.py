@@ -9,7 +9,8 @@ it to ``--out`` after every step, so a run stopped from outside keeps what it me
 1. ``banks``: each case's augmentation bank (``--samples`` samples of ``--bank-patch``), both
    cases in parallel processes with ``--threads`` torch threads each;
 2. ``feed``: :func:`bench_loader.feed_check` (issue #11: is the GPU ever starved?) for the default
-   network with the bank loader's default 2 threads, then with ``--feed-workers``;
+   network, one run per ``--feed`` entry ``MODE:BATCH``: ``loader`` (the bank loader as training
+   uses it, its default 2 threads), ``fixed`` (one batch over and over: the ceiling without a loader);
 3. ``configs``: for each configuration, a 20-iteration probe (its it/s, cuDNN autotuning), then
    training for about ``--seconds`` (iterations = probe rate x seconds; ``select: last``, no
    validation: patient19 is never seen), scoring both patients and
@@ -100,7 +101,7 @@ def main() -> None:
     ap.add_argument("--bank-patch", default="128,128,128")
     ap.add_argument("--threads", type=int, default=8, help="torch threads per bank process")
     ap.add_argument("--feed-seconds", type=float, default=40)
-    ap.add_argument("--feed-workers", type=int, default=6)
+    ap.add_argument("--feed", default="loader:2,fixed:2", help="feed checks, MODE:BATCH (loader or fixed), comma-separated")
     ap.add_argument("--seconds", type=float, default=120, help="training time per configuration (about)")
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--device", default="cuda", help="cpu with a small --patch: a smoke test of the script")
@@ -131,16 +132,17 @@ def main() -> None:
     from bench_loader import feed_check
 
     out["feed"] = []
-    for workers in (0, args.feed_workers):
-        _log(f"gpu_ms: feed check, {workers or 2} loader threads")
+    for spec in filter(None, args.feed.split(",")):
+        mode, batch = spec.split(":")
+        _log(f"gpu_ms: feed check {mode}, batch {batch}")
         try:
-            out["feed"].append(feed_check(args.store, args.feed_seconds, args.device, batch=2, workers=workers))
+            out["feed"].append(feed_check(args.store, args.feed_seconds, args.device, batch=int(batch), fixed=mode == "fixed"))
         except Exception as exc:  # reported; the configurations still run
-            out["feed"].append({"workers": workers, "error": repr(exc)})
+            out["feed"].append({"spec": spec, "error": repr(exc)})
         save()
 
     out["configs"] = {}
-    for name in args.configs.split(","):
+    for name in filter(None, args.configs.split(",")):
         _log(f"gpu_ms: configuration {name}")
         try:
             cfg = {**CONFIGS[name], **({"patch_zyx": [int(x) for x in args.patch.split(",")]} if args.patch else {})}
@@ -150,6 +152,7 @@ def main() -> None:
 
             out["configs"][name] = {"error": repr(exc), "traceback": traceback.format_exc()[-3000:]}
         save()
+    save()
     print(json.dumps(out, indent=2, default=str))
 
 

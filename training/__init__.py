@@ -18,8 +18,8 @@ Device: CUDA when ``torch.cuda.is_available()``, else CPU, everywhere.
 from training.checkpoint import list_models, load_model, save_checkpoint
 from training.config import TrainConfig
 from training.infer import predict_case, score_cases
-from training.loop import TrainResult, TrainState, resume, save_model, setup, train, train_step, validate
+from training.loop import TrainResult, TrainState, flush_losses, resume, save_model, setup, train, train_step, validate
 from training.model import build_model, build_network, default_arch
 
 __all__ = ["TrainConfig", "TrainResult", "TrainState", "build_model", "build_network", "default_arch", "list_models", "load_model",
-           "predict_case", "resume", "save_checkpoint", "save_model", "score_cases", "setup", "train", "train_step", "validate"]
+           "flush_losses", "predict_case", "resume", "save_checkpoint", "save_model", "score_cases", "setup", "train", "train_step", "validate"]

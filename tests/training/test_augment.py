@@ -79,3 +79,60 @@ def test_config_defaults_and_refusals():
         AugmentationConfig(bank="sometimes")
     with pytest.raises(ValueError, match="gamma"):
         IntensityAugmentConfig(gamma=(1.5, 0.7))
+
+
+def _channel(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 11, 13, 9, generator=g) * 2.0 + 0.5
+    x[0, 3:6, 4:8, 2:5] += 4.0
+    return x
+
+
+def _plain(x):
+    return x.as_tensor() if hasattr(x, "as_tensor") else x
+
+
+@pytest.mark.parametrize("sigma", [(0.5, 0.5, 0.5), (1.0, 0.6, 0.8)])
+def test_blur_is_monai_gaussian_smooth(sigma):
+    from monai.transforms import GaussianSmooth
+
+    from training.augment import gaussian_blur
+
+    x = _channel()
+    assert torch.allclose(gaussian_blur(x, sigma), _plain(GaussianSmooth(sigma=sigma)(x)), atol=1e-6)
+
+
+@pytest.mark.parametrize("factor", [0.75, 1.2])
+def test_contrast_is_monai_scale_intensity_fixed_mean(factor):
+    from monai.transforms import ScaleIntensityFixedMean
+
+    from training.augment import contrast
+
+    x = _channel(1)
+    ref = _plain(ScaleIntensityFixedMean(factor=factor - 1.0, preserve_range=True, fixed_mean=True)(x))
+    assert torch.allclose(contrast(x, factor), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("gamma,invert", [(0.7, False), (1.5, False), (0.8, True), (1.3, True)])
+def test_gamma_is_monai_adjust_contrast(gamma, invert):
+    from monai.transforms import AdjustContrast
+
+    from training.augment import gamma_correct
+
+    x = _channel(2)
+    ref = _plain(AdjustContrast(gamma, invert_image=invert, retain_stats=True)(x))
+    assert torch.allclose(gamma_correct(x, gamma, invert=invert), ref, atol=1e-5)
+
+
+def test_the_transforms_never_read_a_value_back_from_the_device():
+    """A GPU idles while the host waits to read a device value (``float(t)``, ``t.item()``): with every
+    transform firing, BatchAugment must not read one. Tensors on the "meta" device hold no values, so
+    any such read raises; MONAI's AdjustContrast and GaussianSmooth do read (float(range), float(sigma)).
+    Noise is left out: torch has no random generator for the meta device (it reads nothing back either)."""
+    cfg = IntensityAugmentConfig(p_noise=0, p_blur=1, blur_p_per_channel=1, p_brightness=1, p_contrast=1, p_gamma=1, p_gamma_inverted=1)
+    image = torch.empty(2, 3, 12, 14, 10, device="meta")
+    label = torch.empty(2, 1, 12, 14, 10, device="meta", dtype=torch.long)
+    out, lab = BatchAugment(cfg, flip_prob=1.0)(image, label, seed=(0, 5))
+    assert out.shape == image.shape and lab.shape == label.shape
+    with pytest.raises(RuntimeError):  # the premise: a read on the meta device raises
+        float(out.mean())

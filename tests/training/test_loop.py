@@ -173,3 +173,18 @@ def test_patch_and_batch_are_planned_when_not_given(store, tmp_path):
     assert plan["planned"] == ["patch_zyx", "batch_size"] and plan["budget_mb"] == 64.0
     assert tuple(result.config.patch_zyx) == tuple(plan["patch_zyx"]) and result.config.batch_size == plan["batch_size"] >= 2
     assert all(p % 4 == 0 for p in result.config.patch_zyx)
+
+
+def test_flush_losses_reads_the_pending_losses_in_one_go_and_names_a_diverged_iteration():
+    """On CUDA train_step leaves the loss on the device (no per-step wait); flush_losses reads them back."""
+    from types import SimpleNamespace
+
+    from training.loop import flush_losses
+
+    state = SimpleNamespace(pending_losses=[(1, torch.tensor(0.5)), (2, torch.tensor(0.25, dtype=torch.bfloat16))], losses=[0.75])
+    assert flush_losses(state) == [0.5, 0.25]
+    assert state.losses == [0.75, 0.5, 0.25] and state.pending_losses == []
+    assert flush_losses(state) == []
+    state.pending_losses = [(3, torch.tensor(0.1)), (4, torch.tensor(float("nan"))), (5, torch.tensor(float("inf")))]
+    with pytest.raises(FloatingPointError, match="iteration 4"):
+        flush_losses(state)
