@@ -402,7 +402,7 @@ def feed_check(store: str, seconds: float, device: str | None = None, batch: int
     sync()
     wall = time.perf_counter() - t0
     stop.set()
-    return {"device": str(dev), "patch_zyx": list(cfg.patch_zyx), "batch_size": batch, "loader_workers": None if fixed else workers or 2,
+    return {"device": str(dev), "patch_zyx": list(cfg.patch_zyx), "batch_size": batch, "loader_workers": None if fixed else getattr(state.loader, "workers", None),
             "fixed_batch": fixed, "steps": steps, "it_per_s": round(steps / wall, 3),
             "loader_wait_fraction": round(waited / wall, 4), "gpu_utilization_mean_pct": round(statistics.mean(util), 1) if util else None,
             "gpu_utilization_samples": len(util)}

@@ -524,7 +524,8 @@ class TrainConfig(_Strict):
     log_every: int = Field(10, ge=1, description="iterations between progress events")
     checkpoint_every: int | None = Field(100, ge=1, description="iterations between resumable run checkpoints (also at each validation); "
                                                                   "None = never")
-    num_workers: int = Field(0, ge=0, le=256, description="DataLoader worker processes (0 = main process)")
+    num_workers: int = Field(0, ge=0, le=256, description="loader workers: DataLoader processes for raw volumes (0 = main process); "
+                             "threads of the bank loader (0 = 2 on the CPU, 4-8 on CUDA: training.data.loader_threads)")
     cache_cases: bool = Field(False, description="hold each training case's arrays in memory (per worker) instead of reading patches from Zarr")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; None = $LESIONFLOW_TORCH_THREADS or all cores")
     device: str | None = Field(None, pattern=r"^(cpu|cuda(:\d+)?|mps)$", description="None = CUDA when available, else CPU")

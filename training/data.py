@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -659,12 +660,33 @@ def _transforms_in_workers(aug: Any, device: torch.device) -> bool:
     return aug.where == "workers" or (aug.where == "auto" and device.type != "cuda")
 
 
+GPU_LOADER_NOTE = """Loader threads on CUDA, by measurement on one H200 (benchmarks/results/2026-11-29-gpu_check.json,
+the default 3-D U-Net, patch 128^3 x 3 channels, bank samples int16): with the loader's 2 threads the
+step got 79 samples/s at batch 2 and 78 at batch 4 (39.7 / 19.5 it/s, GPU busy 71 % / 57 %): the
+threads, not the GPU, set the pace; one batch trained over and over ran at 60.4 it/s (121 samples/s,
+GPU busy 98 %). So on CUDA the default is one thread per two cores, 4 to 8: enough for about 1.5x
+that ceiling if decoding scales with threads as it does on the CPU. That scaling was not measured
+on the GPU machine (its time ran out): pass ``num_workers`` to set it, and measure with
+``benchmarks/bench_loader.py --feed``."""
+
+
+def loader_threads(cfg: Any, device: torch.device) -> int:
+    """Bank-loader workers for a run: ``cfg.num_workers`` when set; else 2 on the CPU (:data:`WORKER_KIND_NOTE`)
+    and one per two cores, 4 to 8, on CUDA (:data:`GPU_LOADER_NOTE`)."""
+    if cfg.num_workers:
+        return int(cfg.num_workers)
+    if device.type != "cuda":
+        return 2
+    return max(4, min(8, (os.cpu_count() or 2) // 2))
+
+
 def bank_loader(dataset: BankDataset, cfg: Any, device: torch.device) -> BankLoader:
-    """The :class:`BankLoader` for a training run: ``cfg.num_workers`` workers (2 when 0; threads or processes, see
+    """The :class:`BankLoader` for a training run: :func:`loader_threads` workers (threads or processes, see
     :data:`WORKER_KIND_NOTE`), transforms where ``cfg.augmentation.where`` says."""
     augment = None
     if dataset.transform is None:
         from training.augment import BatchAugment
 
         augment = BatchAugment(cfg.augmentation.intensity, flip_prob=cfg.flip_prob)
-    return BankLoader(dataset, int(cfg.batch_size or 1), device=device, workers=cfg.num_workers or 2, kind="auto", augment=augment, seed=cfg.seed)
+    return BankLoader(dataset, int(cfg.batch_size or 1), device=device, workers=loader_threads(cfg, device), kind="auto", augment=augment,
+                      seed=cfg.seed)

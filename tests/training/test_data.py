@@ -211,10 +211,12 @@ def test_training_uses_the_bank_by_default_and_falls_back_with_a_reason(banked, 
     assert banked["bare"] in caplog.text and "no augmentation bank" in caplog.text
     too_big = cfg.with_overrides(patch_zyx=(40, 40, 40))
     assert bank_dataset(banked["root"], banked["banked"], too_big, cpu) is None  # samples smaller than the patch
-    from training.loop import setup, train_step
+    from training.loop import flush_losses, setup, train_step
 
     state = setup(banked["root"], cfg.with_overrides(threads=1), case_ids=banked["banked"])  # what train() does
     assert isinstance(state.dataset, BankDataset) and isinstance(state.loader, BankLoader)
-    assert train_step(state, next(iter(state.loader))) > 0
+    train_step(state, next(iter(state.loader)))  # returns None on CUDA: the loss stays there until flushed
+    flush_losses(state)
+    assert state.losses[-1] > 0
     fallback = setup(banked["root"], cfg, case_ids=banked["banked"] + [banked["bare"]])
     assert isinstance(fallback.dataset, PatchDataset)

@@ -82,7 +82,7 @@ def test_sigkill_mid_training_then_resume_gives_the_weights_of_an_uninterrupted_
               case_ids={cases!r}, val_case_ids={val!r}, runs_dir={str(tmp_path / "runs_b")!r}, models_dir={str(tmp_path / "models")!r}, progress=die)
         print("not killed")
     """)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert "not killed" not in proc.stdout

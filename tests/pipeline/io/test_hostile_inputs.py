@@ -69,7 +69,7 @@ _CHILD = textwrap.dedent(
 
 def read_capped(kind: str, path: Path, limits: ReadLimits = DEFAULT_READ_LIMITS) -> dict:
     """Read ``path`` in a subprocess with a 1.5 GiB address space; its outcome as a dict."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])), "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     code = _CHILD.format(limit=ADDRESS_SPACE)
     proc = subprocess.run([sys.executable, "-c", code, kind, str(path), limits.model_dump_json()],
                           capture_output=True, text=True, timeout=120, env=env)
