@@ -56,7 +56,10 @@ def shared_data_dir() -> Path:
 
 def case_of_patient(store: str, patient: str, key: bytes | None = None) -> str:
     """The case ingested from ``<patient>/``: cases are pseudonymised and their source paths sealed,
-    so the paths are opened with the pseudonymisation ``key`` (default: the environment's)."""
+    so the paths are opened with the pseudonymisation ``key`` (default: the environment's).
+
+    Raises :class:`~pipeline.core.lineage.LineageKeyError` when ``key`` did not seal the store's
+    paths (nothing is matched by guess), ``ValueError`` unless exactly one case came from ``<patient>/``."""
     from pipeline.core.config import pseudonym_key
     from pipeline.ingest.lineage import case_lineage
     from pipeline.store import list_cases
@@ -110,7 +113,10 @@ def reference_truth(store: str, cases: dict[str, str], out_csv: Path) -> Path:
 
 @task(name="evaluate-ms", cache_policy=NO_CACHE)
 def evaluate_task(store: str, model_version: str, truth_csv: str, cases: dict[str, str]) -> list[dict[str, Any]]:
-    """The project's evaluation (:func:`pipeline.lesions.evaluation.evaluate`) per patient; every column it gives is kept."""
+    """The project's evaluation (:func:`pipeline.lesions.evaluation.evaluate`) per patient; every column it gives is kept,
+    as plain JSON values (NaN → None, ``evaluated_at`` → ISO text: the rows become a Prefect table artifact), and
+    ``split`` is the recipe's (``train`` / ``test``) rather than the evaluation's (``train`` / ``unseen``, from model.json)."""
+    from pipeline.core.jsonable import to_jsonable
     from pipeline.lesions.evaluation import evaluate
 
     table = evaluate(store, model_version, truth_csv)
@@ -119,7 +125,7 @@ def evaluate_task(store: str, model_version: str, truth_csv: str, cases: dict[st
     rows = []
     for row in table.to_dict(orient="records"):
         if row["case_id"] in split:
-            rows.append({"patient": patient_of[row["case_id"]], "split": split[row["case_id"]], **row})
+            rows.append(to_jsonable({"patient": patient_of[row["case_id"]], **row, "split": split[row["case_id"]]}))
     return sorted(rows, key=lambda r: r["split"] != "test")
 
 
