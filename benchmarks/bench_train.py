@@ -8,7 +8,9 @@ Prints one JSON object (progress on stderr). For each network (``unet``, ``dynun
 * ``peak_mb``: CUDA ``max_memory_allocated`` on a GPU; on the CPU the process's peak resident
   set (``ru_maxrss``) minus the resident set before the network was built;
 * ``planner_estimate_mb``: :func:`training.plan.activation_bytes` for the same patch and batch,
-  to check the planner's memory model against the measurement;
+  to check the planner's memory model against the measurement; ``parameter_state_mb``: fp32
+  weights, gradients and Adam's two moments (16 bytes per parameter), which the peak includes and
+  the activation estimate does not (on CUDA the planner leaves 30 % of the memory for it);
 * on CUDA: ``gpu_busy_pct`` (``torch.cuda.utilization`` sampled during the timed steps, needs
   ``pynvml``), and with ``--profile`` the 10 most expensive operators of 3 profiled steps;
   with ``--cuda-options`` also each network's 3-D run with ``channels_last`` and with
@@ -111,6 +113,7 @@ def one(args: argparse.Namespace) -> dict:
         "final_loss": round(float(np.mean(state.losses[-5:])), 4),
         "planner_estimate_mb": round(
             activation_bytes(used, used.patch_zyx, int(used.batch_size or 1), 2 if state.amp_dtype is not None else 4) / 2**20, 1),
+        "parameter_state_mb": round(16 * sum(p.numel() for p in state.model.parameters()) / 2**20, 1),
         "threads": torch.get_num_threads() if dev.type == "cpu" else None,
     }
     if dev.type == "cuda":
