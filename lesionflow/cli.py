@@ -713,10 +713,13 @@ def evaluate(
         _print_json(_jsonable({k: out[k] for k in ("model_version", "cases", "scored", "cohort", "tables", "page", "case_rows")}))
         return
     rows = [r for r in out["case_rows"] if r.get("has_reference")]
-    _print_table(rows, ["case_id", "split", "has_lesion", "dice", "hd95_mm", "volume_ref_ml", "volume_pred_ml", "msseg_ref_lesions",
+    # a case of unknown geometry (slice stack without a configured spacing) has no mm or mL: its sizes in voxels
+    sizes = ["voxels_ref", "voxels_pred"] if any(r.get("geometry_source") == "unknown" for r in rows) else []
+    _print_table(rows, ["case_id", "split", "has_lesion", "dice", "hd95_mm", "volume_ref_ml", "volume_pred_ml", *sizes, "msseg_ref_lesions",
                         "msseg_tp_ref", "msseg_f1", "isles_f1", "case_score"],
                  f"evaluation of {out['model_version']}",
                  headers={"has_lesion": "lesion?", "hd95_mm": "HD95 mm", "volume_ref_ml": "ref mL", "volume_pred_ml": "pred mL",
+                          "voxels_ref": "ref vox", "voxels_pred": "pred vox",
                           "msseg_ref_lesions": "ref n", "msseg_tp_ref": "found", "msseg_f1": "F1 MSSEG", "isles_f1": "F1 ISLES"})
     c = out["cohort"]
     typer.echo(f"{c['n_cases']} cases ({c['n_with_lesions']} with lesions, {c['n_lesion_free']} lesion-free); "

@@ -335,7 +335,12 @@ class EvaluationCaseRow(_Versioned):
     rel_volume_error_pct: float = Field(description="100 x (pred - ref) / ref; NaN when the reference is empty")
     has_lesion: bool = Field(description="case-level truth: the reference has at least one lesion voxel")
     case_score: float = Field(description="case-level 'is there a lesion?' score (see case_score_kind)")
-    case_score_kind: Literal["predicted_volume_ml", "max_probability"]
+    case_score_kind: Literal["predicted_volume_ml", "max_probability", "predicted_voxels"] = Field(
+        description="predicted_voxels where the geometry is unknown (schema 1.6)")
+    voxels_ref: int | None = Field(None, description="reference lesion voxels (schema 1.6; None in tables written before it)")
+    voxels_pred: int | None = Field(None, description="predicted lesion voxels (schema 1.6; None in tables written before it)")
+    geometry_source: str | None = Field(None, description="Geometry.source of the case (schema 1.6): 'unknown' means the mm, mm³ "
+                                        "and mL figures are NaN, sizes in voxels only")
     msseg_ref_lesions: int
     msseg_pred_lesions: int
     msseg_tp_ref: int = Field(description="reference lesions detected")

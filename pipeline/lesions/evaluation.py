@@ -530,6 +530,14 @@ class Evaluation:
     paths: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
+UNIT_METRICS = ("voxel_volume_mm3", "hd95_mm", "volume_ref_ml", "volume_pred_ml", "volume_diff_ml", "abs_volume_error_ml",
+                "predicted_volume_ml")
+"""Figures in mm, mm³ or mL: NaN for a case whose geometry is unknown (``Geometry.source == "unknown"``:
+a slice stack without a configured spacing), whose sizes are in voxels only (``voxels_ref``,
+``voxels_pred``); the relative volume error, Dice and the lesion-wise figures need no unit (the
+size floor then counts unit voxels)."""
+
+
 def evaluate_case(
     store_root: str | Path,
     case_id: str,
@@ -566,8 +574,15 @@ def evaluate_case(
     else:
         metrics, lesions = compare_masks(label, pred, spacing, rules)
         slices = slice_rows(label, pred, spacing, probability["slice_max"] if probability is not None else None)
-    score = float(probability["max"]) if probability is not None else metrics["predicted_volume_ml"]
+    known = meta.geometry.source != "unknown"  # a slice stack without a configured spacing: no mm, mm³ or mL
+    n_ref, n_pred = (int(label.sum()) if label is not None else 0), int(pred.sum())
+    if not known:
+        metrics.update({k: float("nan") for k in UNIT_METRICS})
+        if probability is None:
+            kind = "predicted_voxels"
+    score = float(probability["max"]) if probability is not None else (metrics["predicted_volume_ml"] if known else float(n_pred))
     row = {**ids, "has_reference": label is not None, **{k: v for k, v in metrics.items() if k != "predicted_volume_ml"},
+           "voxels_ref": n_ref, "voxels_pred": n_pred, "geometry_source": meta.geometry.source,
            "case_score": score, "case_score_kind": kind}
     if label is None:
         row["has_lesion"] = False
@@ -682,7 +697,8 @@ def evaluate_model(
     for cid in cases["case_id"]:
         e: dict[str, Any] = {}
         if volumes is not None and cid in volumes.index:
-            e["pred_volume_ml"] = float(volumes.loc[cid, "total_volume_ml"])
+            ml = volumes.loc[cid, "total_volume_ml"]  # None for a case of unknown geometry (schema 1.6)
+            e["pred_volume_ml"] = float("nan") if ml is None or pd.isna(ml) else float(ml)
             e["pred_lesions"] = int(volumes.loc[cid, "lesion_count"])
         if truth is not None:
             e.update(_truth_columns(store_root, cid, truth, e.get("pred_volume_ml"), key))

@@ -43,7 +43,8 @@ MAX_THUMBNAILS = 60
 
 def volume_plot_png(ref_ml: Any, pred_ml: Any, bias: float, loa: tuple[float, float], r: float = float("nan")) -> bytes | None:
     """Two panels as PNG: predicted vs reference total lesion volume (mL, identity line) and
-    Bland-Altman (difference against mean, bias and 95 % limits). None without matplotlib."""
+    Bland-Altman (difference against mean, bias and 95 % limits). Cases without both volumes (a
+    geometry unknown: no mL) are left out; None without matplotlib or without any such pair."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -51,6 +52,10 @@ def volume_plot_png(ref_ml: Any, pred_ml: Any, bias: float, loa: tuple[float, fl
         return None
     ref = np.asarray(ref_ml, float)
     pred = np.asarray(pred_ml, float)
+    both = np.isfinite(ref) & np.isfinite(pred)
+    if not both.any():
+        return None
+    ref, pred = ref[both], pred[both]
     fig = Figure(figsize=(9.0, 3.8), dpi=100)
     FigureCanvasAgg(fig)
     ax1, ax2 = fig.subplots(1, 2)

@@ -65,3 +65,13 @@ def test_train_lgg_on_two_patients(prefect_harness, shared_data, tmp_path):
     img = nib.load(mask_out)
     assert img.shape == (256, 256, 20)  # x, y, z: 20 slices of 256 x 256
     assert int(np.asarray(img.dataobj).sum()) == got["total_voxels"]
+
+    # `evaluate` gives these cases (geometry unknown) no mm, mm³ or mL: voxels only
+    r = CliRunner().invoke(app, ["evaluate", "--store", str(work / "store.zarr"), "--model", str(model), "--json"])
+    assert r.exit_code == 0, r.output  # it raised TypeError on these cases before (float(None))
+    rows = [row for row in json.loads(r.stdout)["case_rows"] if row["has_reference"]]
+    assert len(rows) == 2
+    for row in rows:
+        assert row["geometry_source"] == "unknown" and row["voxels_ref"] > 0
+        assert all(row[k] is None for k in ("volume_ref_ml", "volume_pred_ml", "hd95_mm", "voxel_volume_mm3"))
+        assert row["case_score_kind"] == "predicted_voxels" and row["case_score"] == row["voxels_pred"]
