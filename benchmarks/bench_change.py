@@ -15,9 +15,20 @@ space, an expert change mask there) it measures:
   mask (voxel Dice, lesion-wise sensitivity and false positives per true change, MSSEG-1 rules),
   seconds; with ``--sweep`` also every configuration of a small grid (the defaults were chosen
   on this one patient: say so wherever its figures are quoted);
+* ``model`` (with ``--model DIR``, a model folder such as ``lesionflow train-ms``'s ``<workdir>/model``):
+  ``lesionflow change --method model`` with that model, the same evaluation, on each grid of
+  ``--model-grids``: ``native`` (the store above, each visit on its own FLAIR grid, as the
+  subtraction ran) and ``1mm`` (a second ingest of the patient at 1 mm isotropic, the voxel size of
+  the open_ms MNI images the recipe's model is trained on); per grid the scoring time, the lesion
+  volume each visit's prediction holds, and the figures for each of :data:`MODEL_RULES` (fixed before
+  any figure was seen: the flow's defaults, and the subtraction's 10 mm³ size floor), every one reported;
+* ``methods``: one row per method, grid and setting side by side (Dice, lesion-wise sensitivity,
+  false positives per true change, and whether the issue's target is met: sensitivity >= 0.6 with at
+  most one false positive per true change);
 * the machine and its load average before and after.
 
     python benchmarks/bench_change.py [--data ../shared/data] [--sweep] [--no-registration]
+                                      [--model DIR] [--model-grids native,1mm]
 """
 
 from __future__ import annotations
@@ -36,6 +47,46 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
+MODEL_RULES = ({"connectivity": 26, "min_size_mm3": 0.0}, {"connectivity": 26, "min_size_mm3": 10.0})
+"""The model method's settings, all reported: the flow's defaults, and the subtraction's 10 mm³ size floor."""
+TARGET = {"sensitivity": 0.6, "fp_per_true_change": 1.0}
+"""The issue's aim: lesion-wise sensitivity >= 0.6 with at most one false positive per true change."""
+FIGURES = ("dice", "change_sensitivity", "fp_per_true_change", "expert_changes", "detected_changes", "change_fp",
+           "n_new", "n_enlarging", "n_shrinking", "n_disappeared", "n_stable")
+
+
+def _meets(row: dict) -> bool:
+    return row["change_sensitivity"] >= TARGET["sensitivity"] and row["fp_per_true_change"] <= TARGET["fp_per_true_change"]
+
+
+def _model_change(store: str, model_dir: str) -> dict:
+    """Score both visits with the model, then the model method's change for every :data:`MODEL_RULES`."""
+    import numpy as np
+
+    from pipeline.lesions.change import ChangeRules
+    from pipeline.longitudinal import run_change, visit_pairs
+    from pipeline.store import open_case, prediction_mask, read_case_meta
+    from training.checkpoint import resolve_model_version
+    from training.infer import score_cases
+
+    (plan,), _ = visit_pairs(store)
+    version = resolve_model_version(model_dir)
+    t = time.perf_counter()
+    score_cases(store, model_dir, case_ids=[plan["baseline"], plan["followup"]], overwrite=True)
+    out: dict = {"score_s": round(time.perf_counter() - t, 1), "predicted_ml": {}}
+    for visit in ("baseline", "followup"):
+        meta = read_case_meta(store, plan[visit])
+        n = int((np.asarray(prediction_mask(open_case(store, plan[visit]), version)[...]) != 0).sum())
+        out["predicted_ml"][visit] = round(n * float(np.prod(meta.geometry.spacing)) / 1000.0, 2)
+        out.setdefault("grid_mm", {})[visit] = [round(float(v), 2) for v in meta.geometry.spacing]
+    out["settings"] = []
+    for rules in MODEL_RULES:
+        t = time.perf_counter()
+        (row,) = run_change(store, method="model", model_version=version, rules=ChangeRules(**rules))["pairs"]
+        out["settings"].append({"rules": rules, "seconds": round(time.perf_counter() - t, 1), **{k: row[k] for k in FIGURES}})
+    return out
+
+
 def _distances(tx, ref, points) -> dict[str, float]:
     import numpy as np
 
@@ -48,6 +99,8 @@ def main() -> None:
     ap.add_argument("--data", default=os.environ.get("LESIONFLOW_SHARED_DATA", str(REPO.parent / "shared" / "data")))
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--no-registration", action="store_true")
+    ap.add_argument("--model", help="a model folder (model.pt + model.json): also measure the model method")
+    ap.add_argument("--model-grids", default="native,1mm", help="grids to score on: native (the subtraction's store), 1mm")
     args = ap.parse_args()
     os.environ.setdefault("LESIONFLOW_PSEUDONYM_KEY", "bench-change-key")
 
@@ -107,6 +160,34 @@ def main() -> None:
                 rows.append({**cfg.as_dict(), "dice": round(ev["dice"], 3), "sensitivity": round(ev["change_sensitivity"], 3),
                              "fp_per_true_change": round(ev["fp_per_true_change"], 3)})
             out["sweep"] = rows
+        methods = [{"method": "subtraction", "grid": "native", "setting": out["subtraction"]["config"],
+                    **{k: out["subtraction"][k] for k in ("dice", "change_sensitivity", "fp_per_true_change")}}]
+        if args.model:
+            from training.checkpoint import read_model_info
+
+            info = read_model_info(args.model)
+            out["model"] = {"model_dir": Path(args.model).name, "model_version": info.get("model_version"),
+                            "channels": info.get("channels"), "train_cases": len(info.get("train_case_ids") or []), "iterations": info.get("iterations"),
+                            "grids": {}}
+            for grid_name in args.model_grids.split(","):
+                if grid_name == "native":
+                    grid_store = store
+                elif grid_name == "1mm":
+                    grid_store = str(Path(tmp) / "s1mm.zarr")
+                    t = time.perf_counter()
+                    run_ingest(src, grid_store, PipelineConfig(target_spacing=(1.0, 1.0, 1.0)), pseudonym_key())
+                    out["model"]["ingest_1mm_s"] = round(time.perf_counter() - t, 1)
+                else:
+                    raise SystemExit(f"--model-grids: unknown grid {grid_name!r} (native, 1mm)")
+                res = _model_change(grid_store, args.model)
+                out["model"]["grids"][grid_name] = res
+                print(f"model on {grid_name}: {res}", file=sys.stderr)
+                methods += [{"method": "model", "grid": grid_name, "setting": r["rules"],
+                             **{k: r[k] for k in ("dice", "change_sensitivity", "fp_per_true_change")}} for r in res["settings"]]
+        for m in methods:
+            m["meets_target"] = _meets(m)
+        out["methods"] = methods
+        out["target"] = TARGET
     out["machine"]["loadavg_after"] = os.getloadavg()
     print(json.dumps(out, indent=1))
 

@@ -76,7 +76,7 @@ PAIRS_TABLE = "change_pairs"
 LESIONS_TABLE = "change_lesions"
 METHODS = ("model", "subtraction")
 
-__all__ = ["LESIONS_TABLE", "METHODS", "PAIRS_TABLE", "PairPlan", "change_pair", "pair_grid", "run_change", "visit_pairs"]
+__all__ = ["LESIONS_TABLE", "METHODS", "PAIRS_TABLE", "PairPlan", "change_pair", "pair_grid", "pairs_scored_by", "run_change", "visit_pairs"]
 
 
 class PairPlan(dict):
@@ -117,6 +117,24 @@ def visit_pairs(store: str, subjects: Sequence[str] | None = None) -> tuple[list
                                   baseline_transform=None if _missing(b.get("common_transform")) else b["common_transform"],
                                   followup_transform=None if _missing(f.get("common_transform")) else f["common_transform"]))
     return plans, skipped
+
+
+def pairs_scored_by(store: str, plans: Sequence[PairPlan], model_version: str | None) -> tuple[list[str], list[str]]:
+    """The ids of the pairs whose two cases both hold a prediction of ``model_version`` and of
+    the others (all of them when ``model_version`` is None): how the chain's ``method="auto"``
+    splits pairs between the model and subtraction. Reads the cases' label listings only.
+
+    Example:
+        >>> pairs_scored_by("/nonexistent.zarr", [], "unet3d-x")
+        ([], [])
+    """
+    from pipeline.store import has_prediction
+
+    scored, other = [], []
+    for plan in plans:
+        ok = model_version is not None and all(has_prediction(store, plan[k], model_version) for k in ("baseline", "followup"))
+        (scored if ok else other).append(plan["pair_id"])
+    return scored, other
 
 
 def _missing(v: Any) -> bool:
@@ -280,8 +298,8 @@ def change_pair(store: str, plan: PairPlan, method: str = "subtraction", model_v
 
 def run_change(store: str, method: str = "subtraction", model_version: str | None = None, rules: ChangeRules | None = None,
                subtraction: SubtractionConfig | None = None, subjects: Sequence[str] | None = None, affine: bool = False,
-               force: bool = False) -> dict[str, Any]:
-    """Every visit pair of ``store`` (or of ``subjects``): :func:`change_pair`, then the
+               force: bool = False, pair_ids: Sequence[str] | None = None) -> dict[str, Any]:
+    """Every visit pair of ``store`` (or of ``subjects``, or the pairs ``pair_ids``): :func:`change_pair`, then the
     ``change_pairs`` and ``change_lesions`` tables (rows of the same pair, method and model replaced).
 
     Incremental: a pair whose stored change mask was computed from the same inputs
@@ -289,11 +307,15 @@ def run_change(store: str, method: str = "subtraction", model_version: str | Non
     recomputed) unless ``force``; a new visit, a re-ingested or re-scored case, other rules or
     another model compute anew.
 
-    Returns ``{"pairs": [row, ...], "computed": [pair_id, ...], "skipped": [{"subject", "reason"}], "tables": {...}}``.
+    Returns ``{"pairs": [row, ...], "computed": [pair_id, ...], "up_to_date": [pair_id, ...], "skipped": [{"subject", "reason"}],
+    "tables": {...}}``; a run with nothing new computes nothing and writes nothing (``computed`` empty).
     """
     import pandas as pd
 
     plans, skipped = visit_pairs(store, subjects)
+    if pair_ids is not None:
+        wanted = set(pair_ids)
+        plans = [p for p in plans if p["pair_id"] in wanted]
     rows, reused = [], []
     version = model_version if method == "model" else "subtraction"
     stored = read_table(store, PAIRS_TABLE) if not force else None
@@ -322,4 +344,5 @@ def run_change(store: str, method: str = "subtraction", model_version: str | Non
     for r in rows:
         log.info("change %s (%s): %s", r["pair_id"], r["method"], json.dumps({k: r[k] for k in ("n_new", "n_enlarging", "n_shrinking",
                                                                                                "n_disappeared", "n_stable")}))
-    return {"pairs": rows + reused, "computed": [r["pair_id"] for r in rows], "skipped": skipped, "tables": tables}
+    return {"pairs": rows + reused, "computed": [r["pair_id"] for r in rows], "up_to_date": [r["pair_id"] for r in reused],
+            "skipped": skipped, "tables": tables}

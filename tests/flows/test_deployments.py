@@ -8,10 +8,13 @@ every process it started (process groups, so flow runs and Dask workers go too),
 * ``test_train_promote_rescore``: on a tiny phantom cohort already ingested, the train and promote
   deployments run with ``-p`` parameters; the promotion triggers rescore-archive, which scores every
   case with the production model.
-* ``test_a_new_session_is_ingested_gated_prepared_and_scored``: a session dropped into the incoming
-  folder is ingested by the nightly-ingest deployment (the run its cron schedule makes; here
-  started by hand), and the chain does the rest with no manual step: quality-gate, prepare-new,
-  score-new (7 flow runs in all: each is a fresh Python process, about 10 s here before the flow begins).
+* ``test_a_new_session_is_ingested_gated_prepared_and_scored``: a new subject's session and a
+  second visit of a subject already in the store, dropped into the incoming folder, are ingested
+  by the nightly-ingest deployment (the run its cron schedule makes; here started by hand), and
+  the chain does the rest with no manual step: quality-gate, prepare-new, score-new, change-new
+  (the subject's new visit pair, by the production model); change-new run again by hand finds
+  nothing new and says so (9 flow runs in all: each is a fresh Python process, about 10 s here
+  before the flow begins).
 """
 
 from __future__ import annotations
@@ -112,6 +115,17 @@ class Installation:
         r.raise_for_status()
         return r.json() if r.content else None
 
+    def wait_log(self, run: dict, text: str, timeout: float = 30) -> None:
+        """Wait until a flow run's logs on the server hold ``text`` (a finished run's last logs may still be in flight)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            logs = self.request("POST", "/logs/filter", {"logs": {"flow_run_id": {"any_": [run["id"]]}}, "sort": "TIMESTAMP_ASC"})
+            messages = "\n".join(r["message"] for r in logs)
+            if text in messages:
+                return
+            assert time.monotonic() < deadline, f"run {run['name']}: no {text!r} in its logs after {timeout} s\n{messages[-3000:]}"
+            time.sleep(1)
+
     def wait_healthy(self, timeout: float = 120) -> None:
         import httpx
 
@@ -180,7 +194,7 @@ def test_train_promote_rescore(installation, phantom_cohort):
 
     inst = installation
     names = {d["name"] for d in inst.request("POST", "/deployments/filter", {})}
-    assert {"nightly-ingest", "train", "rescore-archive", "quality-gate", "prepare-new", "score-new", "promote"} <= names
+    assert {"nightly-ingest", "train", "rescore-archive", "quality-gate", "prepare-new", "score-new", "promote", "change", "change-new"} <= names
     nightly = inst.request("GET", "/deployments/name/ingest/nightly-ingest")
     assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 2 * * *"]
     assert nightly["parameters"]["store"] == str(inst.store)  # "{{ $LESIONFLOW_STORE }}" filled in at deploy time
@@ -204,12 +218,14 @@ def test_train_promote_rescore(installation, phantom_cohort):
 
 def test_a_new_session_is_ingested_gated_prepared_and_scored(installation, tmp_path):
     """Runs after the test above (same installation and store): a production model exists. The nightly-ingest
-    deployment (the run its cron schedule makes; here started by hand) finds one new session among the
-    unchanged ones; the chain does the rest with no manual step."""
+    deployment (the run its cron schedule makes; here started by hand) finds a new subject's session and a second
+    visit of a BIDS subject (ses-02 beside its ses-01) among the unchanged sessions; the chain does the rest with no
+    manual step, down to the change of the subject's new visit pair; change-new again: nothing new, and it says so."""
     import pandas as pd
 
     from pipeline import store
     from pipeline.lesions.archive import model_case_volumes
+    from pipeline.longitudinal import visit_pairs
     from pipeline.phantom import make_cohort
     from training.registry import aliases
 
@@ -218,22 +234,43 @@ def test_a_new_session_is_ingested_gated_prepared_and_scored(installation, tmp_p
     if production is None:
         pytest.skip("needs the production model of test_train_promote_rescore")
     before = set(store.list_cases(inst.store))
+    assert visit_pairs(str(inst.store))[0] == []  # one visit per subject so far
     bigger = make_cohort(tmp_path / "phantom4", n_subjects=4, seed=7, spacing_mm=3.0)
     new = pd.read_csv(bigger.truth_cases_csv).iloc[-1]
     shutil.copytree(bigger.cohort_dir / new["session_dir"], inst.incoming / new["session_dir"])
+    first = next((inst.incoming / "bids").glob("sub-*/ses-01/anat"))  # the BIDS subject's visit, already in the store
+    second = first.parent.parent / "ses-02" / "anat"
+    second.mkdir(parents=True)
+    for f in first.iterdir():  # a rescan: the same images under the next session label
+        shutil.copyfile(f, second / f.name.replace("_ses-01_", "_ses-02_"))
 
     inst.run("ingest/nightly-ingest", "n_workers=1")
     added = sorted(set(store.list_cases(inst.store)) - before)
-    assert len(added) == 1
+    assert len(added) == 2
     gate = inst.wait_runs("gate", "quality-gate", 1)[0]
     prepared = inst.wait_runs("prepare", "prepare-new", 1)[0]
     scored = inst.wait_runs("score", "score-new", 1)[0]
+    changed = inst.wait_runs("change", "change-new", 1)[0]  # triggered by score-new
     assert store.cases_of_run(inst.store, gate["parameters"]["ingest_run"]) == added  # the event named the ingest run
     assert prepared["parameters"]["ingest_run"] == gate["parameters"]["ingest_run"]
     assert prepared["parameters"]["samples_per_case"] == 4  # the trigger's parameters over the deployment's
     assert scored["parameters"]["store"] == str(inst.store)
-    assert store.has_node(inst.store, f"cases/{added[0]}/patch_index/lesion")
-    assert store.has_prediction(inst.store, added[0], production)
-    assert added[0] in set(model_case_volumes(inst.store, production)["case_id"])
+    for case in added:
+        assert store.has_node(inst.store, f"cases/{case}/patch_index/lesion")
+        assert store.has_prediction(inst.store, case, production)
+    assert set(added) <= set(model_case_volumes(inst.store, production)["case_id"])
     artefacts = inst.request("POST", "/artifacts/filter", {"artifacts": {"key": {"any_": ["quality-gate"]}}})
     assert [a["description"] for a in artefacts] == ["data-quality gate: passed"]
+
+    assert changed["parameters"]["store"] == str(inst.store) and changed["parameters"]["method"] == "auto"
+    (plan,), _ = visit_pairs(str(inst.store))
+    assert plan["followup"] in added and plan["baseline"] in before
+    pairs = store.read_table(inst.store, "change_pairs")
+    assert pairs[["pair_id", "method", "model_version"]].values.tolist() == [[plan["pair_id"], "model", production]]
+    assert store.read_pair_mask(inst.store, plan["pair_id"], store.change_mask_name("model", production)) is not None
+    inst.wait_log(changed, "change: 1 pairs computed")
+
+    inst.run("change/change-new")  # as the next ingest's chain would: no new visit
+    again = inst.wait_runs("change", "change-new", 2)[1]
+    inst.wait_log(again, "change: nothing new (1 pairs up to date")
+    assert len(store.read_table(inst.store, "change_pairs")) == 1

@@ -88,10 +88,24 @@ def test_a_second_run_reuses_what_has_not_changed(store):
     root, _ = store
     first = run_change(str(root), method="subtraction", subtraction=SMALL_HEAD, force=True)  # whatever ran before
     again = run_change(str(root), method="subtraction", subtraction=SMALL_HEAD)
-    assert again["computed"] == [] and [r["pair_id"] for r in again["pairs"]] == first["computed"]
+    assert again["computed"] == [] and [r["pair_id"] for r in again["pairs"]] == first["computed"] == again["up_to_date"]
     assert again["pairs"][0]["dice"] == pytest.approx(first["pairs"][0]["dice"])
     assert run_change(str(root), method="subtraction", subtraction=SubtractionConfig(erode_mm=5.0))["computed"] == first["computed"]
     assert run_change(str(root), method="subtraction", subtraction=SubtractionConfig(erode_mm=5.0), force=True)["computed"] == first["computed"]
+
+
+def test_pairs_split_by_the_models_predictions_and_chosen_by_id(store):
+    """How the chain's method 'auto' splits pairs: by the model where it scored both visits, else by subtraction."""
+    from pipeline.longitudinal.run import pairs_scored_by
+
+    root, _ = store
+    plans, _ = visit_pairs(str(root))
+    (pid,) = [p["pair_id"] for p in plans]
+    assert pairs_scored_by(str(root), plans, "truth") == ([pid], [])
+    assert pairs_scored_by(str(root), plans, "unet3d-never-scored") == ([], [pid])
+    assert pairs_scored_by(str(root), plans, None) == ([], [pid])
+    assert run_change(str(root), method="subtraction", subtraction=SMALL_HEAD, pair_ids=[])["pairs"] == []
+    assert [r["pair_id"] for r in run_change(str(root), method="subtraction", subtraction=SMALL_HEAD, pair_ids=[pid])["pairs"]] == [pid]
 
 
 def test_supplied_transforms_are_used_instead_of_registration(tmp_path):
