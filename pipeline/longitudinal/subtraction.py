@@ -56,17 +56,29 @@ class SubtractionConfig:
     erode_mm: float = 10.0
     min_size_mm3: float = 10.0
     negative: bool = True
+    min_diff_sd: float = 0.1
+    """The difference's robust standard deviation is taken as at least this many robust standard
+    deviations of the brain's intensities: two visits that agree more closely than scanner noise
+    allows (a copy, one acquisition resampled twice) would otherwise turn interpolation error into
+    change (a copied session gave 213 changes). Real rescans differ by more: the shared
+    longitudinal pair's difference has a robust SD of 0.45 (the floor does not act there)."""
 
     def as_dict(self) -> dict[str, float | bool | None]:
         return asdict(self)
 
 
-def robust_z(a: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """``(a - median) / (1.4826 x MAD)`` with the statistics of ``a`` inside ``mask`` (float32)."""
+def robust_sd(a: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """``(median, 1.4826 x MAD)`` of ``a`` inside ``mask``."""
     vals = np.asarray(a, np.float32)[mask]
     med = float(np.median(vals)) if vals.size else 0.0
-    mad = float(np.median(np.abs(vals - med))) * 1.4826 if vals.size else 1.0
-    return ((np.asarray(a, np.float32) - med) / (mad if mad > 0 else 1.0)).astype(np.float32)
+    return med, float(np.median(np.abs(vals - med))) * 1.4826 if vals.size else 1.0
+
+
+def robust_z(a: np.ndarray, mask: np.ndarray, min_scale: float = 0.0) -> np.ndarray:
+    """``(a - median) / max(1.4826 x MAD, min_scale)`` with the statistics of ``a`` inside ``mask`` (float32)."""
+    med, sd = robust_sd(a, mask)
+    scale = max(sd, min_scale)
+    return ((np.asarray(a, np.float32) - med) / (scale if scale > 0 else 1.0)).astype(np.float32)
 
 
 def erode_mm(mask: np.ndarray, spacing_xyz: tuple[float, float, float], mm: float) -> np.ndarray:
@@ -104,7 +116,7 @@ def subtraction_change(baseline: np.ndarray, followup: np.ndarray, brain: np.nda
     if inside.sum() < 100:
         return out
     zb, zf = robust_z(baseline, inside), robust_z(followup, inside)
-    zd = robust_z(zf - zb, inside)
+    zd = robust_z(zf - zb, inside, min_scale=cfg.min_diff_sd)
     voxel_mm3 = float(np.prod(spacing_xyz))
     floor = max(1, int(np.ceil(cfg.min_size_mm3 / voxel_mm3 - 1e-9)))
     hyper_b = inside & (zb > cfg.hyper_z) if cfg.hyper_z is not None else inside

@@ -43,3 +43,18 @@ def test_robust_z_and_erosion():
     m[1:8, 1:8, 1:8] = True
     assert erode_mm(m, (1.0, 1.0, 1.0), 2.0).sum() == 27  # 7³ eroded by 2 voxels each side → 3³
     assert erode_mm(m, (1.0, 1.0, 1.0), 0.0).sum() == 343
+
+
+def test_two_visits_that_agree_closer_than_noise_show_no_change():
+    """A follow-up that is the baseline but for a trace of interpolation (a thousandth of one
+    Gaussian smoothing: error along the edges, as a copy resampled twice has) is no change; without
+    the floor on the difference's scale (min_diff_sd) its near-zero spread made that trace change."""
+    from scipy import ndimage
+
+    v = lf.visits()
+    brain = (lf.anatomy() > 0).astype(np.uint8)
+    base = v["flair_b"].array.astype(np.float32)
+    again = (base + 1e-3 * (ndimage.gaussian_filter(base, 1.0) - base)).astype(np.float32)
+    assert not subtraction_change(base, again, brain, lf.SPACING, SubtractionConfig(erode_mm=6.0, min_size_mm3=10.0)).any()
+    unfloored = SubtractionConfig(erode_mm=6.0, min_size_mm3=10.0, min_diff_sd=0.0)
+    assert subtraction_change(base, again, brain, lf.SPACING, unfloored).sum() > 50  # what the floor prevents
