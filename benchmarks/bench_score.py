@@ -21,7 +21,7 @@ Prints one JSON object (progress on stderr):
   run of each. ``cases_per_hour`` per run and the median of each, ``speedup`` (prefetch over
   sequential), the process's CPU seconds per wall second, and ``stages_s``: the seconds each
   stage took in the sequential runs (read, infer, write; from the ``events`` hook), whose sum
-  over the largest is the most overlapping could give.
+  over the largest is the most overlapping could give. ``--prefetch-device cuda`` on a GPU machine.
 * ``find_missing``: a synthetic store of ``--archive-cases`` cases x 4 modalities in the catalog
   (one compacted part plus 20 recent ones) and a ``case_volumes`` table of ``--table-rows`` rows
   (4 model versions of ``--table-rows / 4`` cases each, 2 parts per version); the time of
@@ -187,7 +187,7 @@ def bench_prefetch(args: argparse.Namespace, root: Path, ids: list[str], model_d
     def one(prefetch: bool, timed: bool) -> dict:
         stages.clear()
         load0, cpu0, t0 = _load(), _cpu_s(), time.perf_counter()
-        rows = score_cases(root, model_dir, case_ids=ids, overwrite=True, device="cpu", cache_model=True, prefetch=prefetch,
+        rows = score_cases(root, model_dir, case_ids=ids, overwrite=True, device=args.prefetch_device, cache_model=True, prefetch=prefetch,
                            events=hook if not prefetch else None)
         seconds = time.perf_counter() - t0
         cpu = _cpu_s() - cpu0
@@ -208,7 +208,7 @@ def bench_prefetch(args: argparse.Namespace, root: Path, ids: list[str], model_d
     med = {p: round(statistics.median(r["cases_per_hour"] for r in runs if r["prefetch"] is p)) for p in (False, True)}
     seq_stages = [r["stages_s"] for r in runs if not r["prefetch"]]
     stage_med = {k: round(statistics.median(s[k] for s in seq_stages), 2) for k in seq_stages[0]}
-    return {"cases": len(ids), "torch_threads": torch.get_num_threads(), "runs": runs,
+    return {"cases": len(ids), "device": args.prefetch_device, "torch_threads": torch.get_num_threads(), "runs": runs,
             "cases_per_hour_median": {"sequential": med[False], "prefetch": med[True]},
             "speedup": round(med[True] / med[False], 2), "stages_s_sequential_median": stage_med,
             "overlap_ceiling": round(sum(stage_med.values()) / max(stage_med.values()), 2)}
@@ -306,6 +306,7 @@ def main() -> None:
     ap.add_argument("--prefetch", action="store_true", help="sequential vs prefetching scoring in one process")
     ap.add_argument("--prefetch-rounds", type=int, default=2, help="timed runs of each, taking turns")
     ap.add_argument("--prefetch-threads", type=int, default=0, help="torch threads for --prefetch (0: torch's default)")
+    ap.add_argument("--prefetch-device", default="cpu", help="device for --prefetch (cuda on a GPU machine)")
     ap.add_argument("--skip-queries", action="store_true")
     args = ap.parse_args()
 

@@ -68,8 +68,8 @@ def run_batches(store: str, model_dir: str, groups: list[list[str]], overwrite: 
     Where: on ``client`` (a connected Dask client) when given; else in this process for one batch
     or ``n_workers=0`` without ``dask_address``; else on a scheduler at ``dask_address`` or a
     LocalCluster of ``n_workers`` processes (one torch thread each). In this process (one device:
-    the GPU when there is one) each batch is scored with the prefetching reader
-    (:func:`training.infer.score_cases`; ``prefetch`` None: its default, False: off); on Dask
+    the GPU when there is one) the cases are scored ``flush_every`` at a time (not by batch) with the
+    prefetching reader (:func:`training.infer.score_cases`; ``prefetch`` None: its default, False: off); on Dask
     workers without it (a worker is one core). Returns the counts by status
     (``scored``, ``exists``, ``skipped``), ``parts`` added and ``skipped_cases`` with reasons.
     """
@@ -114,8 +114,10 @@ def run_batches(store: str, model_dir: str, groups: list[list[str]], overwrite: 
     if client is not None:
         on(client)
     elif len(groups) <= 1 or (n_workers == 0 and not dask_address):
-        for group in groups:
-            take(score_batch(store, model_dir, group, overwrite, connectivity, min_lesion_mm3, threads=None, prefetch=prefetch))
+        # one pipeline per flush_every cases rather than per batch: the prefetching reader keeps
+        # reading ahead across the batches (the rows still go out every flush_every cases)
+        for chunk in batches([c for g in groups for c in g], max(1, flush_every)):
+            take(score_batch(store, model_dir, chunk, overwrite, connectivity, min_lesion_mm3, threads=None, prefetch=prefetch))
     else:
         from pipeline.ingest.cluster import dask_client
 
@@ -154,9 +156,10 @@ def score(store: str, model: str | None = None, connectivity: int = 26, min_lesi
     ``min_lesion_mm3`` (mm³) shape the lesion tables. ``model_optional``: with no ``model`` and no
     ``production`` alias yet, score nothing instead of failing (the chain after an ingest, before any
     model was promoted). ``prefetch``: in this process (``n_workers=0``, or a single batch), overlap
-    reading, inference and writing (:func:`training.infer.score_cases`); None: on by default (see
-    :func:`training.infer.default_prefetch`; ``$LESIONFLOW_SCORE_PREFETCH=0`` on the worker turns it
-    off), False: off; on Dask CPU workers it stays off unless True.
+    reading, inference and writing (:func:`training.infer.score_cases`); None: on a GPU, and on the
+    CPU when torch leaves a core free (:func:`training.infer.default_prefetch`;
+    ``$LESIONFLOW_SCORE_PREFETCH=0`` on the worker turns it off), False: off; on Dask CPU workers it
+    stays off unless True.
 
     Returns ``model_version``, ``scored`` (cases newly scored), ``measured`` (cases whose rows were
     added: newly scored, or holding the mask from an interrupted run), ``skipped`` (with reasons in

@@ -219,23 +219,35 @@ def foreground_box(foreground: np.ndarray, margin: int = MARGIN) -> tuple[slice,
 
 PREFETCH_ENV = "LESIONFLOW_SCORE_PREFETCH"
 """Environment variable: ``0`` turns the prefetching reader off wherever :func:`score_cases` is not
-told (``prefetch=None``), ``1`` turns it on also on the CPU."""
+told (``prefetch=None``), ``1`` turns it on wherever (see :func:`default_prefetch`)."""
 
-CPU_PREFETCH = False
-"""Whether :func:`score_cases` prefetches on the CPU by default (on CUDA it always does): decided by
-``benchmarks/bench_score.py --prefetch`` (see ``benchmarks/README.md``)."""
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
 
 EVENTS = ("read_start", "read_end", "infer_start", "infer_end", "write_start", "write_end")
 """What the ``events`` hook of :func:`score_cases` is told, with the case id, by the thread doing it."""
 
 
 def default_prefetch(device: str | torch.device) -> bool:
-    """Whether :func:`score_cases` overlaps reading, inference and writing on ``device`` when not told:
-    ``$LESIONFLOW_SCORE_PREFETCH`` (``0``/``1``) when set, else always on CUDA and :data:`CPU_PREFETCH` on the CPU."""
+    """Whether :func:`score_cases` overlaps reading, inference and writing on ``device`` when not told.
+
+    ``$LESIONFLOW_SCORE_PREFETCH`` (``0``/``1``) when set; else always on CUDA (the GPU infers, the
+    cores read and write); on the CPU only when torch leaves a core free for the reader and the
+    writer (``torch.get_num_threads()`` below the cores this process may use). Measured on 2 cores
+    (``benchmarks/README.md``, ``bench_score.py --prefetch``): with 1 torch thread 1.26x the
+    sequential cases/hour; with torch on both cores inference is 95 % of the time (at most 1.06x
+    to win) and the extra threads only compete with it, so it stays off there.
+    """
     env = os.environ.get(PREFETCH_ENV, "").strip().lower()
     if env:
         return env not in ("0", "false", "no", "off")
-    return torch.device(device).type == "cuda" or CPU_PREFETCH
+    if torch.device(device).type == "cuda":
+        return True
+    return torch.get_num_threads() < _cores()
 
 
 @dataclass
@@ -282,7 +294,7 @@ def score_cases(
         cache_model: keep the loaded model in this process for the next call with the same
             model folder and device (a Dask worker scoring batch after batch).
         prefetch: overlap reading, inference and writing (above); None: :func:`default_prefetch`
-            (on CUDA, and on the CPU as measured; ``$LESIONFLOW_SCORE_PREFETCH=0`` turns it off).
+            (on CUDA; on the CPU when torch leaves a core free; ``$LESIONFLOW_SCORE_PREFETCH=0`` turns it off).
         events: called ``events(what, case_id)`` at each stage's start and end (:data:`EVENTS`), from
             the thread doing it: a hook for tests and profiling (it must not block for long).
 

@@ -11,7 +11,6 @@ import zarr
 from tests.training.conftest import PATCH, SHAPE
 from training.checkpoint import load_model
 from training.infer import (
-    CPU_PREFETCH,
     EVENTS,
     PREFETCH_ENV,
     default_prefetch,
@@ -210,8 +209,21 @@ def test_an_error_in_inference_stops_the_run_and_its_threads(trained, store, tmp
 
 
 def test_default_prefetch(monkeypatch):
+    import torch
+
+    import training.infer as infer
+
     monkeypatch.delenv(PREFETCH_ENV, raising=False)
-    assert default_prefetch("cuda") is True and default_prefetch("cpu") is CPU_PREFETCH
+    assert default_prefetch("cuda") is True
+    monkeypatch.setattr(infer, "_cores", lambda: 2)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert default_prefetch("cpu") is True  # a core left for the reader and the writer
+        torch.set_num_threads(2)
+        assert default_prefetch("cpu") is False  # torch on every core: they would only compete
+    finally:
+        torch.set_num_threads(threads)
     monkeypatch.setenv(PREFETCH_ENV, "0")
     assert default_prefetch("cuda") is False and default_prefetch("cpu") is False
     monkeypatch.setenv(PREFETCH_ENV, "1")
