@@ -6,6 +6,12 @@ the argmax mask. :func:`score_cases` does that for many cases with one model and
 mask as the case's NGFF label ``cases/<id>/labels/prediction-<model_version>/0`` (uint8 ``(Z, Y, X)``, 1 = lesion),
 atomically, skipping cases already scored by that model unless ``overwrite=True``.
 
+On one device (a GPU above all) :func:`score_cases` keeps it fed with a prefetching reader: the
+next case is read (:func:`load_case`) in a reader thread and the previous case's mask written in a
+writer thread while a case is inferred, at most 3 cases in flight (:func:`default_prefetch` says
+where it is on; ``prefetch=False`` or ``$LESIONFLOW_SCORE_PREFETCH=0`` turn it off). The outputs
+are those of the sequential path, byte for byte.
+
 Example:
     >>> results = score_cases("store", "latest")  # doctest: +SKIP
     >>> results[0]["mask_path"]  # doctest: +SKIP
@@ -237,10 +243,11 @@ def default_prefetch(device: str | torch.device) -> bool:
 
     ``$LESIONFLOW_SCORE_PREFETCH`` (``0``/``1``) when set; else always on CUDA (the GPU infers, the
     cores read and write); on the CPU only when torch leaves a core free for the reader and the
-    writer (``torch.get_num_threads()`` below the cores this process may use). Measured on 2 cores
-    (``benchmarks/README.md``, ``bench_score.py --prefetch``): with 1 torch thread 1.26x the
-    sequential cases/hour; with torch on both cores inference is 95 % of the time (at most 1.06x
-    to win) and the extra threads only compete with it, so it stays off there.
+    writer (``torch.get_num_threads()`` below the cores this process may use). Measured on 2 shared
+    cores (``benchmarks/README.md``, ``bench_score.py --prefetch``): with 1 torch thread 0.93-1.26x
+    the sequential cases/hour over three runs (7 of 9 pairs faster, median pair 1.11x); with torch
+    on both cores inference is 95 % of the time (at most 1.06x to win) and the extra threads only
+    compete with it, so it stays off there. Not measured on a GPU.
     """
     env = os.environ.get(PREFETCH_ENV, "").strip().lower()
     if env:
