@@ -13,6 +13,15 @@ Prints one JSON object (progress on stderr):
   workers have imported MONAI and loaded the model (once per run, not timed).
   ``workers_cpu_per_wall``: CPU seconds the workers used per second of the run; below the number of
   workers, they waited (for a core, on a shared machine, or for I/O).
+* ``prefetch`` (``--prefetch``): the same cases and model scored in this one process (torch's
+  default threads, or ``--prefetch-threads``) by :func:`training.infer.score_cases` (``overwrite``,
+  masks written; the lesion rows are not measured), sequentially (``prefetch=False``) and with the
+  prefetching reader (``prefetch=True``: case n+1 read and case n-1 written in their own threads
+  while case n is inferred), taking turns ``--prefetch-rounds`` times after one untimed warm-up
+  run of each. ``cases_per_hour`` per run and the median of each, ``speedup`` (prefetch over
+  sequential), the process's CPU seconds per wall second, and ``stages_s``: the seconds each
+  stage took in the sequential runs (read, infer, write; from the ``events`` hook), whose sum
+  over the largest is the most overlapping could give. ``--prefetch-device cuda`` on a GPU machine.
 * ``find_missing``: a synthetic store of ``--archive-cases`` cases x 4 modalities in the catalog
   (one compacted part plus 20 recent ones) and a ``case_volumes`` table of ``--table-rows`` rows
   (4 model versions of ``--table-rows / 4`` cases each, 2 parts per version); the time of
@@ -22,6 +31,7 @@ Prints one JSON object (progress on stderr):
 
     python benchmarks/bench_score.py                        # 48 cases, 1, 2, 1, 2 workers, queries over 10^5 cases
     python benchmarks/bench_score.py --cases 200 --skip-queries   # 4.3 min on 2 shared cores (2026-11-29)
+    python benchmarks/bench_score.py --cases 48 --skip-queries --skip-dask --prefetch   # sequential vs prefetching, one process
 """
 
 from __future__ import annotations
@@ -101,12 +111,10 @@ def _cpu_s() -> float:
     return u.ru_utime + u.ru_stime
 
 
-def bench_scoring(args: argparse.Namespace, work: Path) -> dict:
+def scoring_setup(args: argparse.Namespace, work: Path) -> tuple[Path, list[str], str]:
+    """The phantom store, its case ids and a model folder trained for 5 iterations."""
     import torch
 
-    from flows.common import batches
-    from flows.score import run_batches
-    from pipeline.ingest.cluster import dask_client
     from training.loop import train
 
     root, ids = make_scoring_store(work, args.subjects, args.cases, args.spacing)
@@ -114,7 +122,14 @@ def bench_scoring(args: argparse.Namespace, work: Path) -> dict:
     result = train(root, case_ids=ids[: args.subjects], val_case_ids=[], patch_zyx=(32, 32, 32), batch_size=2, iterations=5, seed=0,
                    num_threads=1)
     torch.set_num_threads(threads)
-    model_dir = str(result.checkpoint_path)
+    return root, ids, str(result.checkpoint_path)
+
+
+def bench_scoring(args: argparse.Namespace, root: Path, ids: list[str], model_dir: str) -> dict:
+    from flows.common import batches
+    from flows.score import run_batches
+    from pipeline.ingest.cluster import dask_client
+
     groups = batches(ids, args.batch)
     out = {"cases": len(ids), "subjects_ingested": args.subjects, "spacing_mm": args.spacing, "batch_cases": args.batch,
            "model": "unet (TrainConfig default), 5 iterations", "runs": []}
@@ -143,6 +158,60 @@ def bench_scoring(args: argparse.Namespace, work: Path) -> dict:
     if 1 in by and 2 in by:
         out["speedup_2_vs_1"] = round(statistics.median(by[2]) / statistics.median(by[1]), 2)
     return out
+
+
+def bench_prefetch(args: argparse.Namespace, root: Path, ids: list[str], model_dir: str) -> dict:
+    """Sequential vs prefetching :func:`training.infer.score_cases` in this process (see the module docstring)."""
+    import threading
+
+    import monai.inferers  # noqa: F401 - imported before timing
+    import torch
+
+    from training.infer import score_cases
+
+    if args.prefetch_threads:
+        torch.set_num_threads(args.prefetch_threads)
+    stages: dict[str, float] = {}
+    starts: dict[tuple[str, str], float] = {}
+    lock = threading.Lock()
+
+    def hook(what: str, case_id: str) -> None:
+        stage, edge = what.rsplit("_", 1)
+        now = time.perf_counter()
+        with lock:
+            if edge == "start":
+                starts[(stage, case_id)] = now
+            else:
+                stages[stage] = stages.get(stage, 0.0) + now - starts.pop((stage, case_id))
+
+    def one(prefetch: bool, timed: bool) -> dict:
+        stages.clear()
+        load0, cpu0, t0 = _load(), _cpu_s(), time.perf_counter()
+        rows = score_cases(root, model_dir, case_ids=ids, overwrite=True, device=args.prefetch_device, cache_model=True, prefetch=prefetch,
+                           events=hook if not prefetch else None)
+        seconds = time.perf_counter() - t0
+        cpu = _cpu_s() - cpu0
+        scored = sum(r["status"] == "scored" for r in rows)
+        run = {"prefetch": prefetch, "timed": timed, "seconds": round(seconds, 2), "scored": scored,
+               "cases_per_hour": round(scored / seconds * 3600), "cpu_per_wall": round(cpu / seconds, 2),
+               "load_avg_1m_at_start": load0, "load_avg_1m_at_end": _load()}
+        if not prefetch:
+            run["stages_s"] = {k: round(v, 2) for k, v in stages.items()}
+        _log(json.dumps(run))
+        return run
+
+    one(False, timed=False)
+    one(True, timed=False)
+    runs = []
+    for _ in range(args.prefetch_rounds):
+        runs += [one(False, timed=True), one(True, timed=True)]
+    med = {p: round(statistics.median(r["cases_per_hour"] for r in runs if r["prefetch"] is p)) for p in (False, True)}
+    seq_stages = [r["stages_s"] for r in runs if not r["prefetch"]]
+    stage_med = {k: round(statistics.median(s[k] for s in seq_stages), 2) for k in seq_stages[0]}
+    return {"cases": len(ids), "device": args.prefetch_device, "torch_threads": torch.get_num_threads(), "runs": runs,
+            "cases_per_hour_median": {"sequential": med[False], "prefetch": med[True]},
+            "speedup": round(med[True] / med[False], 2), "stages_s_sequential_median": stage_med,
+            "overlap_ceiling": round(sum(stage_med.values()) / max(stage_med.values()), 2)}
 
 
 def make_archive(root: Path, n_cases: int, table_rows: int, versions: int = 4) -> list[str]:
@@ -232,7 +301,12 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 1, 2], help="worker counts, run in this order (alternated: the load drifts)")
     ap.add_argument("--archive-cases", type=int, default=100_000)
     ap.add_argument("--table-rows", type=int, default=100_000)
-    ap.add_argument("--skip-scoring", action="store_true")
+    ap.add_argument("--skip-scoring", action="store_true", help="neither Dask nor prefetch scoring")
+    ap.add_argument("--skip-dask", action="store_true", help="no Dask worker scoring")
+    ap.add_argument("--prefetch", action="store_true", help="sequential vs prefetching scoring in one process")
+    ap.add_argument("--prefetch-rounds", type=int, default=2, help="timed runs of each, taking turns")
+    ap.add_argument("--prefetch-threads", type=int, default=0, help="torch threads for --prefetch (0: torch's default)")
+    ap.add_argument("--prefetch-device", default="cpu", help="device for --prefetch (cuda on a GPU machine)")
     ap.add_argument("--skip-queries", action="store_true")
     args = ap.parse_args()
 
@@ -247,8 +321,12 @@ def main() -> None:
         if not args.skip_queries:
             result.update(bench_queries(args, work))
             _log(json.dumps({k: result[k] for k in ("find_missing", "table_query")}))
-        if not args.skip_scoring:
-            result["scoring"] = bench_scoring(args, work)
+        if not args.skip_scoring and (not args.skip_dask or args.prefetch):
+            root, ids, model_dir = scoring_setup(args, work)
+            if not args.skip_dask:
+                result["scoring"] = bench_scoring(args, root, ids, model_dir)
+            if args.prefetch:
+                result["prefetch"] = bench_prefetch(args, root, ids, model_dir)
     result["machine"]["load_avg_1m_at_end"] = _load()
     print(json.dumps(result, indent=2))
 

@@ -7,7 +7,9 @@ Re-scoring an archive: the cases still to score are found by a query over the ca
 ``case_volumes`` table (:func:`pipeline.lesions.archive.unscored_cases`), not by opening every
 case. They are scored in batches (:func:`training.infer.score_batch`) on Dask worker processes
 (one torch and one SimpleITK thread each; a LocalCluster of ``n_workers``, or a scheduler at
-``dask_address``), or in this process when there is a single batch or ``n_workers=0``. Every
+``dask_address``), or in this process when there is a single batch or ``n_workers=0`` (one device,
+the GPU when there is one: there a reader thread reads the next case and a writer thread writes the
+previous one while a case is inferred, :func:`training.infer.score_cases`). Every
 ``flush_every`` cases the rows go to the lesion tables as new parts, reading nothing stored
 before, so an interrupted run keeps what it finished and the next run resumes from the query;
 the tables' exports (``tables/*.parquet``, ``.csv``) are rewritten once at the end
@@ -58,14 +60,17 @@ def unscored_task(store: str, model_version: str, channels: list[str], overwrite
 
 def run_batches(store: str, model_dir: str, groups: list[list[str]], overwrite: bool = False, connectivity: int = 26,
                 min_lesion_mm3: float = 0.0, n_workers: int = 2, dask_address: str | None = None, flush_every: int = 64,
-                client: Any = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                client: Any = None, log: Callable[[str], None] | None = None, prefetch: bool | None = None) -> dict[str, Any]:
     """Score the batches ``groups`` (lists of case ids) with the model folder ``model_dir`` and add
     the lesion rows as table parts every ``flush_every`` cases (and once at the end); the plain
     function behind the ``score-batches`` task.
 
     Where: on ``client`` (a connected Dask client) when given; else in this process for one batch
     or ``n_workers=0`` without ``dask_address``; else on a scheduler at ``dask_address`` or a
-    LocalCluster of ``n_workers`` processes (one torch thread each). Returns the counts by status
+    LocalCluster of ``n_workers`` processes (one torch thread each). In this process (one device:
+    the GPU when there is one) the cases are scored ``flush_every`` at a time (not by batch) with the
+    prefetching reader (:func:`training.infer.score_cases`; ``prefetch`` None: its default, False: off); on Dask
+    workers without it (a worker is one core). Returns the counts by status
     (``scored``, ``exists``, ``skipped``), ``parts`` added and ``skipped_cases`` with reasons.
     """
     from pipeline.lesions.tables import append_lesion_rows
@@ -100,7 +105,8 @@ def run_batches(store: str, model_dir: str, groups: list[list[str]], overwrite: 
     def on(c: Any) -> None:
         from dask.distributed import as_completed
 
-        futures = [c.submit(score_batch, store, model_dir, group, overwrite, connectivity, min_lesion_mm3, 1, "cpu", pure=False)
+        # a Dask worker is one core (one torch thread): no reader and writer threads beside it
+        futures = [c.submit(score_batch, store, model_dir, group, overwrite, connectivity, min_lesion_mm3, 1, "cpu", False if prefetch is None else prefetch, pure=False)
                    for group in groups]
         for fut in as_completed(futures):
             take(fut.result())
@@ -108,8 +114,10 @@ def run_batches(store: str, model_dir: str, groups: list[list[str]], overwrite: 
     if client is not None:
         on(client)
     elif len(groups) <= 1 or (n_workers == 0 and not dask_address):
-        for group in groups:
-            take(score_batch(store, model_dir, group, overwrite, connectivity, min_lesion_mm3, threads=None))
+        # one pipeline per flush_every cases rather than per batch: the prefetching reader keeps
+        # reading ahead across the batches (the rows still go out every flush_every cases)
+        for chunk in batches([c for g in groups for c in g], max(1, flush_every)):
+            take(score_batch(store, model_dir, chunk, overwrite, connectivity, min_lesion_mm3, threads=None, prefetch=prefetch))
     else:
         from pipeline.ingest.cluster import dask_client
 
@@ -121,11 +129,11 @@ def run_batches(store: str, model_dir: str, groups: list[list[str]], overwrite: 
 
 @task(name="score-batches", cache_policy=NO_CACHE)
 def score_batches(store: str, model_dir: str, groups: list[list[str]], overwrite: bool, connectivity: int, min_lesion_mm3: float,
-                  n_workers: int, dask_address: str | None, flush_every: int) -> dict[str, Any]:
+                  n_workers: int, dask_address: str | None, flush_every: int, prefetch: bool | None = None) -> dict[str, Any]:
     """:func:`run_batches` as a task, logging progress to the run."""
     logger = get_run_logger()
     return run_batches(store, model_dir, groups, overwrite, connectivity, min_lesion_mm3, n_workers, dask_address, flush_every,
-                       log=logger.info)
+                       log=logger.info, prefetch=prefetch)
 
 
 @task(name="export-tables", cache_policy=NO_CACHE)
@@ -138,7 +146,7 @@ def export_task(store: str) -> dict[str, Any]:
 @flow(name="score", log_prints=True)
 def score(store: str, model: str | None = None, connectivity: int = 26, min_lesion_mm3: float = 0.0, batch_size: int = 8,
           overwrite: bool = False, case_ids: list[str] | None = None, n_workers: int = 2, dask_address: str | None = None,
-          flush_every: int = 64, export: bool = True, model_optional: bool = False) -> dict[str, Any]:
+          flush_every: int = 64, export: bool = True, model_optional: bool = False, prefetch: bool | None = None) -> dict[str, Any]:
     """Score the cases of ``store`` that ``model`` has not scored yet (a version or alias in the store,
     ``latest``, or a model folder/file; default: the store's ``production`` alias).
 
@@ -147,7 +155,11 @@ def score(store: str, model: str | None = None, connectivity: int = 26, min_lesi
     every case; ``case_ids`` limits the run to those cases. ``connectivity`` (6/18/26) and
     ``min_lesion_mm3`` (mm³) shape the lesion tables. ``model_optional``: with no ``model`` and no
     ``production`` alias yet, score nothing instead of failing (the chain after an ingest, before any
-    model was promoted).
+    model was promoted). ``prefetch``: in this process (``n_workers=0``, or a single batch), overlap
+    reading, inference and writing (:func:`training.infer.score_cases`); None: on a GPU, and on the
+    CPU when torch leaves a core free (:func:`training.infer.default_prefetch`;
+    ``$LESIONFLOW_SCORE_PREFETCH=0`` on the worker turns it off), False: off; on Dask CPU workers it
+    stays off unless True.
 
     Returns ``model_version``, ``scored`` (cases newly scored), ``measured`` (cases whose rows were
     added: newly scored, or holding the mask from an interrupted run), ``skipped`` (with reasons in
@@ -176,7 +188,7 @@ def score(store: str, model: str | None = None, connectivity: int = 26, min_lesi
     todo = unscored_task(store, model_version, channels, overwrite, case_ids)
     print(f"score: {len(todo)} cases to score with {model_version}")
     counts = score_batches(store, model_dir, batches(todo, batch_size), overwrite, connectivity, min_lesion_mm3, n_workers,
-                           dask_address, max(1, flush_every))
+                           dask_address, max(1, flush_every), prefetch)
     measured = counts["scored"] + counts["exists"]
     if export and counts["parts"]:
         tables = export_task(store)
