@@ -593,7 +593,8 @@ def change(
     store: str = _store_option(),
     model: str | None = typer.Option(None, "--model", help="model version or alias in the store, 'latest', or a model folder "
                                                               "(method 'model'; default: the 'production' alias)"),
-    method: str = typer.Option("model", "--method", help="model: compare both visits' predictions; subtraction: FLAIR difference, no model"),
+    method: str = typer.Option("model", "--method", help="model: compare both visits' predictions; subtraction: FLAIR difference, "
+                               "no model; auto: the model for the pairs it has scored, subtraction for the others (as the chain)"),
     enlarge_fraction: float = typer.Option(0.5, "--enlarge-fraction", help="relative volume increase from which a lesion is enlarging"),
     connectivity: int = typer.Option(26),
     min_size_mm3: float = typer.Option(0.0, "--min-size-mm3"),
@@ -602,14 +603,14 @@ def change(
 ) -> None:
     """Lesion change between each subject's consecutive visits: new, enlarging, shrinking,
     disappeared and stable lesions, change masks in the store, tables change_pairs / change_lesions."""
-    if method not in ("model", "subtraction"):
-        _fail("--method must be 'model' or 'subtraction'")
+    if method not in ("model", "subtraction", "auto"):
+        _fail("--method must be 'model', 'subtraction' or 'auto'")
     if method == "subtraction" and model is not None:
-        _fail("--model goes with --method model")
+        _fail("--model goes with --method model or auto")
     from flows.change import change as change_flow
 
     errors: tuple[type[Exception], ...] = ()
-    if method == "model":  # torch only for the model method
+    if method != "subtraction":  # torch only where a model may be used
         from training.checkpoint import CheckpointError
 
         errors = (CheckpointError,)

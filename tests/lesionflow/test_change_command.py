@@ -29,6 +29,10 @@ def test_change_subtraction_json_and_export(prefect_harness, tmp_path):
             "change_sensitivity", "fp_per_true_change"} <= set(pair)
     assert 0.0 <= pair["change_sensitivity"] <= 1.0 and pair["registration_method"] == "supplied"
     assert [p.name for p in (tmp_path / "out").iterdir()] == [f"{pair['pair_id']}_change-subtraction.nii.gz"]
+    # auto without any model in the store: subtraction for every pair, nothing scored
+    res = CliRunner().invoke(app, ["change", "--store", str(store), "--method", "auto", "--json"])
+    assert res.exit_code == 0, res.output
+    assert [p["method"] for p in json.loads(res.stdout)] == ["subtraction"]
 
 
 def test_bad_options_fail_with_a_message(tmp_path):
@@ -36,6 +40,6 @@ def test_bad_options_fail_with_a_message(tmp_path):
 
     store = init_store(tmp_path / "s.zarr")
     res = CliRunner().invoke(app, ["change", "--store", str(store), "--method", "difference"])
-    assert res.exit_code == 2 and "--method must be 'model' or 'subtraction'" in res.output
+    assert res.exit_code == 2 and "--method must be 'model', 'subtraction' or 'auto'" in res.output
     res = CliRunner().invoke(app, ["change", "--store", str(store), "--method", "subtraction", "--model", "latest"])
     assert res.exit_code == 2 and "--model goes with --method model" in res.output
