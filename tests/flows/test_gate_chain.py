@@ -20,6 +20,7 @@ import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -55,18 +56,24 @@ def _render(parameters: dict, context: dict) -> dict:
     return {k: value(v) for k, v in parameters.items()}
 
 
-def _events(client, prefix: str, resource_id: str | None = None, until: str | None = None, timeout: float = 20.0) -> list[dict]:
-    """Events recorded by the server (``/events/filter``), waiting up to ``timeout`` s for ``until``
-    to be among them (events reach the server shortly after the state change)."""
+def _events(client, prefix: str, resource_id: str | None = None, until: str | None = None, timeout: float = 20.0,
+            since: datetime | None = None, match: Any = None) -> list[dict]:
+    """Events recorded by the server (``/events/filter``, those since ``since``), waiting up to
+    ``timeout`` s for one named ``until`` (and satisfying ``match``, when given) to be among them:
+    events reach the server shortly after the state change, and a server shared by the whole test
+    session holds other tests' events of the same name."""
     flt: dict = {"event": {"prefix": [prefix]}}
     if resource_id is not None:
         flt["resource"] = {"id": [resource_id]}
+    if since is not None:
+        flt["occurred"] = {"since": since.isoformat()}
     deadline = time.monotonic() + timeout
     while True:
         resp = client._client.post("/events/filter", json={"filter": flt, "limit": 50})
         resp.raise_for_status()
         events = resp.json()["events"]
-        if until is None or any(e["event"] == until for e in events) or time.monotonic() > deadline:
+        wanted = [e for e in events if e["event"] == until and (match is None or match(e))]
+        if until is None or wanted or time.monotonic() > deadline:
             return events
         time.sleep(0.25)
 
@@ -92,7 +99,10 @@ def test_a_failing_gate_stops_the_chain(prefect_harness, tmp_path):
     assert _trigger_after("prepare-new")[0] == "score-new"  # score-new waits on prepare-new in turn
 
     with get_client(sync_client=True) as client:
-        announced = [e for e in _events(client, NEW_CASES_EVENT, until=NEW_CASES_EVENT) if e["payload"]["run_id"] == summary["run_id"]]
+        def ours(e: dict) -> bool:
+            return e["payload"].get("run_id") == summary["run_id"]
+
+        announced = [e for e in _events(client, NEW_CASES_EVENT, until=NEW_CASES_EVENT, since=started, match=ours) if ours(e)]
         assert len(announced) == 1
         params = _render(gate_trigger["parameters"], {"event": announced[0]})
         assert params == {"store": root, "ingest_run": summary["run_id"]}
