@@ -6,6 +6,12 @@ slices and "tumour present?" per slice and per patient (ROC AUC, sensitivity, sp
 probability 0.5), train a final model on every patient and export it to ``<workdir>/model/``
 (usable by ``lesionflow segment PATIENT_DIR --model <workdir>/model --out MASK.nii.gz``).
 
+Before the folds it prepares every patient's 2-D augmentation bank (:data:`BANK_CONFIG`: axial
+slices transformed in-plane, half on tumour slices and half on tumour-free ones; banks are per
+patient, so one build serves every fold and the final model), and each training reads it
+(``augmentation.bank`` auto: only when every training patient has one; each fold reports
+``samples_from``). A rerun on the same store rebuilds nothing.
+
 Held-out patients are never seen in training: no validation, early stopping or weight selection
 on them; the last weights are used (``select="last"``). ``make train-lgg`` runs it; it is meant
 to finish within :data:`TIME_LIMIT_S` (45 min) on 2 CPU cores and reports whether it did.
@@ -56,6 +62,11 @@ RECIPE_CONFIG: dict[str, Any] = {
 }
 """The configuration each fold and the final model train with (see README "Brain tumours (LGG)")."""
 
+BANK_CONFIG: dict[str, Any] = {"spatial_dims": 2, "samples_per_case": 256, "lesion_share": 0.5, "background_slices": "lesion_free"}
+"""The recipe's 2-D augmentation bank (:class:`pipeline.prepare.augment.BankConfig`); its patch is the training patch and its seed
+the flow's. K = 256 slices per patient: a fold of 1400 iterations x 8 draws 11 200 samples from 12 patients' 3 072, so each is seen
+about 4 times, with fresh mirroring and intensity transforms each time."""
+
 
 @task(name="ingest-lgg", cache_policy=NO_CACHE)
 def ingest_task(source: str, store: str) -> dict[str, Any]:
@@ -64,6 +75,20 @@ def ingest_task(source: str, store: str) -> dict[str, Any]:
 
     summary = run_ingest(source, store, PipelineConfig(**INGEST_CONFIG), pseudonym_key()).as_dict()
     return {k: summary[k] for k in ("converted", "skipped", "rejected", "seconds")}
+
+
+def recipe_bank_config(train_config: dict[str, Any], seed: int) -> dict[str, Any] | None:
+    """The BankConfig (JSON) the recipe prepares for ``train_config``: :data:`BANK_CONFIG` with the training patch,
+    its ``background_slices`` and ``seed``; None when the run will not read a 2-D bank (3-D, no patch given, bank off)."""
+    from pipeline.prepare.augment import BankConfig
+
+    aug = train_config.get("augmentation") or {}
+    patch = train_config.get("patch_zyx")
+    if int(train_config.get("spatial_dims", 3)) != 2 or patch is None or aug.get("bank", "auto") == "off":
+        return None
+    cfg = {**BANK_CONFIG, "patch_zyx": [int(v) for v in patch], "seed": int(seed),
+           "background_slices": train_config.get("background_slices", BANK_CONFIG["background_slices"])}
+    return BankConfig.model_validate(cfg).model_dump(mode="json")
 
 
 @task(name="folds-lgg", cache_policy=NO_CACHE)
@@ -82,7 +107,7 @@ def train_task(store: str, config: dict[str, Any], case_ids: list[str], label: s
 
     result = train(store, config, case_ids=case_ids, val_case_ids=[], progress=progress)
     return {"model_version": result.model_version, "checkpoint": str(result.checkpoint_path), "train_seconds": result.metrics["train_seconds"],
-            "it_per_s": result.metrics["it_per_s"], "cases": len(case_ids)}
+            "it_per_s": result.metrics["it_per_s"], "cases": len(case_ids), "samples_from": result.metrics["samples_from"]}
 
 
 @task(name="evaluate-lgg-fold", cache_policy=NO_CACHE)
@@ -123,6 +148,14 @@ def train_lgg(workdir: str = "work/train-lgg", config: dict[str, Any] | None = N
     timings["ingest_s"] = round(time.perf_counter() - t0, 1)
     fold_cases = folds_task(store, folds, seed)
     all_cases = sorted(c for f in fold_cases for c in f)
+    bank_rows: list[dict[str, Any]] = []
+    bank_cfg = recipe_bank_config(cfg, seed)
+    if bank_cfg is not None:  # every patient's bank once (per patient: each fold and the final model read the same)
+        from flows.prepare import bank_task
+
+        t = time.perf_counter()
+        bank_rows = bank_task(store, all_cases, bank_cfg, None, 0, False)
+        timings["bank_s"] = round(time.perf_counter() - t, 1)
     slice_rows: list[dict[str, Any]] = []
     case_rows: list[dict[str, Any]] = []
     per_fold: list[dict[str, Any]] = []
@@ -137,9 +170,10 @@ def train_lgg(workdir: str = "work/train-lgg", config: dict[str, Any] | None = N
         fold_summary = summarise(evaluated["slices"], evaluated["cases"])
         per_fold.append({"fold": i, "train_patients": len(train_ids), "test_patients": len(held_out), "model_version": trained["model_version"],
                          "train_s": trained["train_seconds"], "it_per_s": trained["it_per_s"], "seconds": round(time.perf_counter() - t, 1),
+                         "samples_from": trained["samples_from"],
                          **{k: fold_summary[k] for k in ("dice_slices", "tversky_slices", "dice_patients", "tversky_patients", "patients_correct")},
                          "slice_auc": fold_summary["slice"]["auc"]})
-    timings["crossval_s"] = round(time.perf_counter() - t0 - timings["ingest_s"], 1)
+    timings["crossval_s"] = round(time.perf_counter() - t0 - timings["ingest_s"] - timings.get("bank_s", 0.0), 1)
     summary = summarise(slice_rows, case_rows)
     exported = None
     final_model = None
@@ -154,10 +188,24 @@ def train_lgg(workdir: str = "work/train-lgg", config: dict[str, Any] | None = N
     pd.DataFrame(case_rows).to_csv(work / "crossval_cases.csv", index=False)
     threads = int(cfg.get("threads") or os.environ.get("LESIONFLOW_TORCH_THREADS") or os.cpu_count() or 1)
     out = {"workdir": str(work), "store": store, "model_dir": exported, "final_model_version": final_model["model_version"] if final_model else None,
-           "train_config": cfg, "ingest": ingested, "folds": per_fold, "summary": summary, "cases": case_rows, "timings": timings,
+           "train_config": cfg, "ingest": ingested, "bank": _bank_summary(bank_cfg, bank_rows), "folds": per_fold, "summary": summary, "cases": case_rows, "timings": timings,
            "within_limit": within, "time_limit_s": TIME_LIMIT_S, "threads": threads, "load_average": list(os.getloadavg())}
     (work / "crossval.json").write_text(json.dumps(out, indent=1, default=float))
     create_table_artifact(per_fold, key="train-lgg-crossval", description=f"{len(fold_cases)}-fold cross-validation by patient")
+    if final_model:
+        out["final_samples_from"] = final_model["samples_from"]
     print(f"train_lgg: {len(fold_cases)} folds over {len(all_cases)} patients in {timings['total_s'] / 60:.1f} min "
           f"({'within' if within else 'OVER'} the {TIME_LIMIT_S // 60} min limit); slice AUC {summary['slice']['auc']:.3f}; model → {exported}")
     return out
+
+
+def _bank_summary(bank_cfg: dict[str, Any] | None, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """What the recipe's bank step did: config hash, cases built / up to date, samples, MB, build seconds (total and per patient)."""
+    if bank_cfg is None:
+        return None
+    built = [r for r in rows if r["status"] == "built"]
+    seconds = [float(r["seconds"]) for r in built]
+    return {"config": bank_cfg, "bank_config_hash": rows[0]["bank_config_hash"] if rows else None, "cases": len(rows), "built": len(built),
+            "up_to_date": len(rows) - len(built), "samples": sum(int(r["n_samples"]) for r in rows),
+            "mb": round(sum(r["image_bytes"] + r["label_bytes"] for r in rows) / 1e6, 2), "build_s": round(sum(seconds), 1),
+            "build_s_per_patient": round(sum(seconds) / len(seconds), 2) if seconds else None}

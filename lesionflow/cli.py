@@ -986,7 +986,8 @@ def train_lgg(
     _console().print(f"tumour present per slice: AUC {sl['auc']:.3f}, sensitivity {sl['sensitivity']:.3f}, specificity {sl['specificity']:.3f} "
                      f"at probability {sl['threshold']:g} ({sl['n_positive']} tumour / {sl['n_negative']} other slices)\n"
                      f"per patient: {s['patients_correct']}/{s['n_patients']} correct (AUC {pt['auc']:.3f}; NaN: every patient has tumour)\n"
-                     f"time: ingest {t['ingest_s']:.0f} s, cross-validation {t['crossval_s']:.0f} s, final model {t.get('final_s', 0):.0f} s; "
+                     f"time: ingest {t['ingest_s']:.0f} s, augmentation banks {t.get('bank_s', 0):.0f} s, cross-validation {t['crossval_s']:.0f} s, "
+                     f"final model {t.get('final_s', 0):.0f} s; "
                      f"total {t['total_s'] / 60:.1f} min, {verdict} the {TIME_LIMIT_S // 60} min limit ({out['threads']} torch thread(s))\n"
                      f"model → {out['model_dir']}", soft_wrap=True)
 

@@ -17,6 +17,11 @@ kernels are made on the CPU (MONAI's ``gaussian_1d``, filtered by its ``separabl
 Noise is drawn with torch on the device (MONAI's ``RandGaussianNoise`` draws with numpy on the
 CPU, which would cost a host-to-device copy per noisy sample) and mirroring is ``torch.flip``.
 
+Single slices (2-D training: batches ``(B, C, 1, Y, X)``): an axis one voxel long is neither
+mirrored nor blurred (a Gaussian along it would see only zero padding and darken the slice by its
+kernel's centre weight); noise, brightness, contrast and gamma use the statistics of the slice.
+The draws are the same whatever the shape, so nothing else shifts.
+
 Parameters are drawn on the CPU from a seeded ``torch.Generator`` (one per batch: ``(seed,
 batch number)``; one per sample when the transforms run in loader workers: ``(seed, sample
 index)``), noise on the device from a generator seeded the same way, so a run is reproducible
@@ -91,11 +96,20 @@ class AugmentationConfig(_Strict):
 
 def gaussian_blur(x: torch.Tensor, sigma_zyx: Sequence[float], truncated: float = 4.0) -> torch.Tensor:
     """MONAI's ``GaussianSmooth(sigma=sigma_zyx)`` of one channel ``(1, Z, Y, X)`` ("erf" kernels cut at
-    ``truncated`` sigma, zero padding), with the kernels made on the CPU: no wait for the device."""
+    ``truncated`` sigma, zero padding), with the kernels made on the CPU: no wait for the device.
+
+    An axis one voxel long (the z of a single slice) is not blurred: its kernel is ``[1]``, where
+    MONAI's would meet zero padding on both sides and scale the slice by the kernel's centre weight.
+
+    >>> x = torch.ones(1, 1, 8, 8)
+    >>> bool(torch.allclose(gaussian_blur(x, (1.0, 0.7, 0.7))[0, 0, 3:5, 3:5], torch.ones(2, 2)))
+    True
+    """
     from monai.networks.layers.convutils import gaussian_1d
     from monai.networks.layers.simplelayers import separable_filtering
 
-    kernels = [gaussian_1d(torch.tensor(float(s)), truncated=truncated, approx="erf") for s in sigma_zyx]
+    kernels = [torch.ones(1) if n == 1 else gaussian_1d(torch.tensor(float(s)), truncated=truncated, approx="erf")
+               for s, n in zip(sigma_zyx, x.shape[1:])]
     return separable_filtering(x.unsqueeze(0), kernels).squeeze(0)
 
 
@@ -128,7 +142,8 @@ def seed_of(*parts: int | str) -> int:
 
 
 class BatchAugment:
-    """Mirroring and intensity transforms on a batch ``(B, C, Z, Y, X)`` float32 tensor, on its device.
+    """Mirroring and intensity transforms on a batch ``(B, C, Z, Y, X)`` float32 tensor, on its device
+    (``Z = 1`` for single slices: no mirroring or blur along z).
 
     Args:
         cfg: probabilities and ranges (:class:`IntensityAugmentConfig`).
@@ -139,9 +154,11 @@ class BatchAugment:
         self.cfg = cfg
         self.flip_prob = float(flip_prob)
 
-    def draw(self, n_batch: int, n_channels: int, seed: Sequence[int | str]) -> list[dict[str, Any]]:
+    def draw(self, n_batch: int, n_channels: int, seed: Sequence[int | str],
+             spatial_shape: Sequence[int] | None = None) -> list[dict[str, Any]]:
         """The parameters of every sample of a batch, drawn on the CPU with a generator seeded by ``seed``.
 
+        ``spatial_shape`` ``(Z, Y, X)``: no flip is kept along an axis one voxel long (a single slice's z).
         Each sample's dict: ``flips`` (tensor dims 1-3 of the sample), ``noise_std`` (or None) and,
         per channel, ``blur`` sigmas ``(z, y, x)``, ``brightness``, ``contrast``, ``gamma_inverted``,
         ``gamma`` (None where the transform does not fire). Every draw is made whether or not it fires,
@@ -164,7 +181,7 @@ class BatchAugment:
             blur_ch, sigma = u(n_channels), uniform(cfg.blur_sigma, 3 * n_channels)
             bright, contrast = uniform(cfg.brightness, n_channels), uniform(cfg.contrast, n_channels)
             gamma_inv, gamma = uniform(cfg.gamma, n_channels), uniform(cfg.gamma, n_channels)
-            flips = [ax + 1 for ax, v in enumerate(u(3)) if v < self.flip_prob]
+            flips = [ax + 1 for ax, v in enumerate(u(3)) if v < self.flip_prob and (spatial_shape is None or spatial_shape[ax] > 1)]
             out.append({
                 "flips": flips,
                 "noise_std": math.sqrt(noise_var) if fire[0] < cfg.p_noise and noise_var > 0 else None,
@@ -192,7 +209,7 @@ class BatchAugment:
             inplace: ``image`` and ``label`` may be modified (the caller owns them).
         """
         n_batch, n_chan = image.shape[:2]
-        params = params if params is not None else self.draw(n_batch, n_chan, seed)
+        params = params if params is not None else self.draw(n_batch, n_chan, seed, spatial_shape=image.shape[2:])
         noise_gen = None
         if not inplace:
             image = image.clone()

@@ -215,6 +215,19 @@ class PatchDataset(Dataset):
         return image_t, label_t
 
 
+def keep_lesion_free_background(store_root: str | Path, source: CaseSource) -> CaseSource:
+    """Keep only ``source``'s background centres on slices (z) without lesion, when it has any there
+    (a case with lesion on every slice keeps them all); in place, and returned."""
+    if not len(source.background):
+        return source
+    label = np.asarray(_store.reference_label(_store.open_case(store_root, source.case_id))[...])
+    free = ~label.reshape(label.shape[0], -1).any(axis=1)  # per z: no lesion voxel on the slice
+    keep = free[source.background[:, 0]]
+    if keep.any():
+        source.background = source.background[keep]
+    return source
+
+
 def usable_cases(store_root: str | Path, case_ids: Sequence[str] | None, channels: Sequence[str], require_label: bool = True) -> tuple[list[str], list[dict[str, str]]]:
     """Split ``case_ids`` (default: every case in the store) into usable ids and skipped ``{case_id, reason}``."""
     ids = list(case_ids) if case_ids is not None else _store.list_cases(store_root)
@@ -246,11 +259,14 @@ class BankCase:
         return len(self.lesion) + len(self.background) > 0
 
 
-def bank_usable(store_root: str | Path, case_id: str, channels: Sequence[str], patch_zyx: Sequence[int]) -> tuple[Any, str | None]:
+def bank_usable(store_root: str | Path, case_id: str, channels: Sequence[str], patch_zyx: Sequence[int], spatial_dims: int = 3,
+                background_slices: str = "any") -> tuple[Any, str | None]:
     """``(AugmentBank, None)`` when the case's bank can feed a training run, else ``(None, reason)``.
 
     Usable: present and readable, built from the case as it is now (source fingerprint and pipeline
-    config hash), a sample patch at least ``patch_zyx``, and holding every channel in ``channels``.
+    config hash), a sample patch at least ``patch_zyx``, holding every channel in ``channels``, and
+    of the run's ``spatial_dims`` (a 3-D bank's samples are rotated out of the slice plane; a 2-D
+    bank's are single slices); for 2-D, with the run's ``background_slices`` (what "background" means).
     """
     from pipeline.prepare.bank import read_bank
 
@@ -268,6 +284,12 @@ def bank_usable(store_root: str | Path, case_id: str, channels: Sequence[str], p
     missing = [c for c in channels if c not in bank.channels]
     if missing:
         return None, f"augmentation bank lacks channel(s) {missing}"
+    bank_dims = int(bank.bank_config.get("spatial_dims", 3))
+    if bank_dims != int(spatial_dims):
+        return None, f"augmentation bank is {bank_dims}-D, training is {int(spatial_dims)}-D (prepare a bank with spatial_dims={int(spatial_dims)})"
+    if bank_dims == 2 and bank.bank_config.get("background_slices") != background_slices:
+        return None, (f"augmentation bank's background samples are from {bank.bank_config.get('background_slices')} slices, "
+                      f"training asks for {background_slices}")
     return bank, None
 
 
@@ -289,6 +311,9 @@ class BankDataset(Dataset):
         transform: a :class:`training.augment.BatchAugment` to apply here (in the loader's workers)
             instead of on the training device; items are then float32.
         require_bank: skip cases without a usable bank instead of cutting their samples fresh.
+        spatial_dims: 2 for axial slices (``patch_zyx`` ``(1, y, x)``): only 2-D banks are used, fresh
+            samples are drawn in-plane, centred as :class:`training.slices.SliceDataset` centres them.
+        background_slices: 2-D: the banks' and the fresh samples' background (``any`` or ``lesion_free`` slices).
 
     Items are ``(image, label uint8 (1, p...), scale float32)``: ``image`` is the stored type
     (int16 or float16) and ``image * scale`` the z-scored intensities; with ``transform`` it is
@@ -308,7 +333,15 @@ class BankDataset(Dataset):
         fresh_fraction: float = 0.0,
         transform: Any = None,
         require_bank: bool = False,
+        spatial_dims: int = 3,
+        background_slices: str = "any",
     ) -> None:
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        if spatial_dims == 2 and int(patch_zyx[0]) != 1:
+            raise ValueError(f"2-D samples are axial slices: patch_zyx must be (1, y, x), got {tuple(patch_zyx)}")
+        self.spatial_dims = int(spatial_dims)
+        self.background_slices = background_slices
         if not 0.0 <= lesion_fraction <= 1.0 or not 0.0 <= fresh_fraction <= 1.0:
             raise ValueError(f"lesion_fraction and fresh_fraction must be in [0, 1], got {lesion_fraction}, {fresh_fraction}")
         self.store_root = _store.location(store_root)
@@ -331,7 +364,7 @@ class BankDataset(Dataset):
             if channel_index is None:
                 self.skipped.append({"case_id": case_id, "reason": str(reason)})
                 continue
-            bank, reason = bank_usable(self.store_root, case_id, self.channels, self.patch_zyx)
+            bank, reason = bank_usable(self.store_root, case_id, self.channels, self.patch_zyx, self.spatial_dims, background_slices)
             if bank is None:
                 if require_bank:
                     self.skipped.append({"case_id": case_id, "reason": str(reason)})
@@ -363,6 +396,9 @@ class BankDataset(Dataset):
             # the raw-volume side: PatchDataset's case checks and patch indices (built in memory where missing)
             self._fresh_source = PatchDataset(self.store_root, needs_fresh, channels=self.channels, patch_zyx=self.patch_zyx,
                                               lesion_fraction=self.lesion_fraction, samples_per_epoch=1, flip_prob=0.0, seed=self.seed)
+            if self.spatial_dims == 2 and background_slices == "lesion_free":  # as SliceDataset samples them
+                for source in self._fresh_source.cases:
+                    keep_lesion_free_background(self.store_root, source)
             by_id = {c.case_id: c for c in self._fresh_source.cases}
             for case in self.cases:
                 case.fresh = by_id.get(case.case_id)
@@ -442,7 +478,7 @@ class BankDataset(Dataset):
 
         source, reader = case.fresh, self._fresh_source
         assert source is not None and reader is not None
-        params = draw_params(np.random.default_rng(seed), self.spatial, len(self.channels))
+        params = draw_params(np.random.default_rng(seed), self.spatial, len(self.channels), spatial_dims=self.spatial_dims)
         block = source_block(self.patch_zyx, params)  # every source voxel the transformed patch reads
         image_arr, label_arr = reader._open(case.case_id)
         slices, pad = patch_bounds(centre, source.shape_zyx, block)
@@ -481,7 +517,7 @@ class BankDataset(Dataset):
             return 1.0
         # the per-batch transforms, here in the loader's worker
         seed = (self.seed, int(index))
-        params = self.transform.draw(1, image.shape[0], seed)
+        params = self.transform.draw(1, image.shape[0], seed, spatial_shape=self.patch_zyx)
         flips = tuple(params[0]["flips"])
         if flips:  # mirrored in the stored type, folded into the float conversion (no extra pass)
             image, label = np.flip(image, flips), np.flip(label, tuple(f - 1 for f in flips))
@@ -640,7 +676,8 @@ def bank_dataset(store_root: str | Path, case_ids: Sequence[str], cfg: Any, devi
         return None
     if aug.bank == "auto":
         ok, _ = usable_cases(store_root, case_ids, cfg.channels, require_label=True)
-        missing = {c: r for c in ok for _, r in [bank_usable(store_root, c, cfg.channels, cfg.patch_zyx)] if r is not None}
+        missing = {c: r for c in ok for _, r in [bank_usable(store_root, c, cfg.channels, cfg.patch_zyx, cfg.spatial_dims, cfg.background_slices)]
+                   if r is not None}
         if not ok or missing:
             if missing:
                 log.warning("training: no usable augmentation bank for %s; training from the raw volumes with flips only "
@@ -653,7 +690,8 @@ def bank_dataset(store_root: str | Path, case_ids: Sequence[str], cfg: Any, devi
         transform = BatchAugment(aug.intensity, flip_prob=cfg.flip_prob)
     return BankDataset(store_root, case_ids, channels=cfg.channels, patch_zyx=cfg.patch_zyx, lesion_fraction=cfg.lesion_fraction,
                        samples_per_epoch=cfg.iterations * int(cfg.batch_size or 1), seed=cfg.seed, fresh_fraction=aug.fresh_fraction,
-                       transform=transform, require_bank=aug.bank == "require")
+                       transform=transform, require_bank=aug.bank == "require", spatial_dims=cfg.spatial_dims,
+                       background_slices=cfg.background_slices)
 
 
 def _transforms_in_workers(aug: Any, device: torch.device) -> bool:

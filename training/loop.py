@@ -271,6 +271,11 @@ def _make_dataset(store_root: str | Path, cfg: TrainConfig, candidates: Sequence
     return cls(store_root, candidates, patch_zyx=cfg.patch_zyx, **common)  # type: ignore[arg-type]
 
 
+def samples_from(dataset: PatchDataset | BankDataset) -> str:
+    """``"bank"`` when a run trains from augmentation banks (:class:`BankDataset`), ``"volumes"`` from the raw volumes (flips only)."""
+    return "bank" if isinstance(dataset, BankDataset) else "volumes"
+
+
 def make_loader(dataset: PatchDataset | BankDataset, cfg: TrainConfig, device: torch.device, start_iteration: int = 0) -> DataLoader | BankLoader:
     """Batches of ``cfg.batch_size`` samples in index order, starting after ``start_iteration`` batches.
 
@@ -336,8 +341,9 @@ def setup(
         reasons = "; ".join(f"{s['case_id']}: {s['reason']}" for s in skipped) or "no cases in the store"
         raise ValueError(f"no usable training cases ({reasons})")
     cfg, plan = plan_training(store_root, cfg, usable, dev)
-    # the store's augmentation bank when it has one for these cases (cfg.augmentation), else samples from the raw volumes
-    bank = bank_dataset(store_root, candidates, cfg, dev) if cfg.spatial_dims == 3 else None
+    # the store's augmentation bank (3-D, or 2-D for axial slices) when it has one for these cases (cfg.augmentation),
+    # else samples from the raw volumes
+    bank = bank_dataset(store_root, candidates, cfg, dev)
     dataset = bank if bank is not None else _make_dataset(store_root, cfg, candidates)
     if not dataset.cases:
         reasons = "; ".join(f"{s['case_id']}: {s['reason']}" for s in dataset.skipped) or "no cases in the store"
@@ -831,7 +837,8 @@ def train(
         state.emit({"event": "start", "device": str(dev), "iterations": cfg_used.iterations, "train_cases": state.train_case_ids,
                     "skipped": state.dataset.skipped, "patch_zyx": list(cfg_used.patch_zyx or ()), "batch_size": cfg_used.batch_size,
                     "channels": list(cfg_used.channels or ()), "network": cfg_used.model.kind, "spatial_dims": cfg_used.spatial_dims,
-                    "loss_kind": cfg_used.loss.kind, "run_id": state.run_id, "resumed_from": state.resumed_from, "plan": state.plan})
+                    "loss_kind": cfg_used.loss.kind, "run_id": state.run_id, "resumed_from": state.resumed_from, "plan": state.plan,
+                    "samples_from": samples_from(state.dataset)})
         fit(state)
         scores = _finish(state)
         metrics: dict[str, Any] = {
@@ -853,6 +860,7 @@ def train(
             "train_case_ids": state.train_case_ids,
             "val_case_ids": state.val_case_ids,
             "skipped": state.dataset.skipped,
+            "samples_from": samples_from(state.dataset),
             "train_config_hash": cfg_used.config_hash(),
             "plan": state.plan,
             "resumed_from": state.resumed_from,

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import store as _store
-from training.data import PatchDataset
+from training.data import PatchDataset, keep_lesion_free_background
 
 
 class CachedPatchDataset(PatchDataset):
@@ -74,14 +74,9 @@ class SliceDataset(CachedPatchDataset):
 
     def _load_case(self, case_id: str, build_missing_index: bool) -> tuple[Any, str | None]:
         source, reason = super()._load_case(case_id, build_missing_index)
-        if source is None or self.background_slices == "any" or not len(source.background):
+        if source is None or self.background_slices == "any":
             return source, reason
-        label = np.asarray(_store.reference_label(_store.open_case(self.store_root, case_id))[...])
-        free = ~label.reshape(label.shape[0], -1).any(axis=1)  # per z: no lesion voxel on the slice
-        keep = free[source.background[:, 0]]
-        if keep.any():  # a case with lesion on every slice keeps its background centres
-            source.background = source.background[keep]
-        return source, reason
+        return keep_lesion_free_background(self.store_root, source), reason
 
     def sample_spec(self, index: int) -> dict[str, Any]:
         spec = super().sample_spec(index)

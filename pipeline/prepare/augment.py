@@ -40,6 +40,20 @@ a scale ``s > 1`` samples ``s`` times wider, so the anatomy looks smaller. The 4
 sample maps a patch voxel ``(z, y, x, 1)`` to the source voxel it was sampled from (elastic
 displacement, when drawn, comes on top of it).
 
+**2-D banks** (``BankConfig.spatial_dims = 2``, for networks on axial slices: ``TrainConfig.spatial_dims = 2``)
+hold samples one slice thick, ``patch_zyx = (1, py, px)``, and every spatial step stays in the slice
+plane, as nnU-Net v2's "2d" configuration (``nnUNetTrainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size``
+and ``get_training_transforms``, which see 2-D images): the rotation is about the slice normal (array axis 0)
+only, recorded as ``rotation_rad = (a, 0, 0)``, with nnU-Net's 2-D range (uniform(-180°, 180°) when the
+patch's longer side is at most 1.5 times its shorter one, else uniform(-15°, 15°); the 3-D default is 30°),
+set in the config when it does not give ``max_rotation_deg``; scaling acts on y and x only
+(``scale = (1, s, s)``); the low-resolution simulation is in-plane (elastic deformation, off by
+default as in nnU-Net, is not implemented in 2-D: such a config is refused); the sample is resampled from its own slice with MONAI's 2-D
+``Affine`` (bilinear), never reading a neighbouring slice. The probabilities and the other ranges are
+the 3-D ones (nnU-Net uses the same in 2-D). Background samples come from slices without lesion
+(``background_slices="lesion_free"``, the default; when the case has any), so ``lesion_share`` is the
+share of lesion slices, as :class:`training.slices.SliceDataset` balances them.
+
 Parameters are drawn with numpy from one seed per sample (:func:`draw_params`) and applied by
 :func:`augment_patch`, which is deterministic: the same volume, centre, parameters and patch give
 the same bytes (CPU, float32; MONAI's resampling is per output voxel).
@@ -118,6 +132,10 @@ class BankConfig(_Strict):
         "int16", description="stored image type: int16 times a per-case power-of-two scale (exact to scale/2), or float16")
     seed: int = Field(0, ge=0, description="with the case's source fingerprint, seeds every draw of the bank")
     spatial: SpatialAugmentConfig = Field(default_factory=SpatialAugmentConfig)
+    spatial_dims: Literal[2, 3] = Field(
+        3, description="3: patches and 3-D transforms; 2: axial slices (patch_zyx (1, py, px)), transforms in the slice plane only")
+    background_slices: Literal["any", "lesion_free"] | None = Field(
+        None, description="2-D only: background samples from any slice or only from slices without lesion (default lesion_free)")
 
     @field_validator("patch_zyx")
     @classmethod
@@ -126,11 +144,60 @@ class BankConfig(_Strict):
             raise ValueError(f"patch_zyx must be positive voxel counts, got {v}")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_2d(cls, data: Any) -> Any:
+        """2-D: nnU-Net v2's 2-D rotation range unless the config gives one, and lesion-free background slices."""
+        if not isinstance(data, dict) or int(data.get("spatial_dims", 3)) != 2:
+            return data
+        data = dict(data)
+        spatial = data.get("spatial")
+        given = spatial.model_fields_set if isinstance(spatial, SpatialAugmentConfig) else set(spatial or {})
+        patch = data.get("patch_zyx")
+        if "max_rotation_deg" not in given and patch is not None and len(patch) == 3 and min(int(v) for v in patch[1:]) > 0:
+            in_plane = [int(v) for v in patch[1:]]
+            degrees = nnunet_2d_rotation_deg(in_plane)
+            if isinstance(spatial, SpatialAugmentConfig):
+                data["spatial"] = spatial.model_copy(update={"max_rotation_deg": degrees})
+            else:
+                data["spatial"] = {**(spatial or {}), "max_rotation_deg": degrees}
+        if data.get("background_slices") is None:
+            data["background_slices"] = "lesion_free"
+        return data
+
+    @model_validator(mode="after")
+    def _dims(self) -> BankConfig:
+        if self.spatial_dims == 2 and self.patch_zyx[0] != 1:
+            raise ValueError(f"a 2-D bank holds axial slices: patch_zyx must be (1, py, px), got {self.patch_zyx}")
+        if self.spatial_dims == 2 and self.spatial.p_elastic > 0:
+            raise ValueError("elastic deformation is not implemented for 2-D banks (spatial.p_elastic must be 0)")
+        if self.spatial_dims == 3 and self.background_slices is not None:
+            raise ValueError("background_slices applies to 2-D banks only (spatial_dims=2)")
+        return self
+
     def config_hash(self) -> str:
         """SHA-256 (hex) of the canonical JSON of the whole config (every field shapes the samples) and
-        :data:`TRANSFORMS_VERSION`, so banks built by an older implementation are rebuilt."""
-        payload = {"config": self.model_dump(mode="json"), "transforms_version": TRANSFORMS_VERSION}
+        :data:`TRANSFORMS_VERSION`, so banks built by an older implementation are rebuilt.
+
+        ``spatial_dims`` and ``background_slices`` enter the hash of 2-D configs only, so a 3-D
+        config hashes as before they existed (its banks stay up to date).
+        """
+        config = self.model_dump(mode="json")
+        if self.spatial_dims == 3:
+            config.pop("spatial_dims")
+            config.pop("background_slices")
+        payload = {"config": config, "transforms_version": TRANSFORMS_VERSION}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def nnunet_2d_rotation_deg(patch_yx: Sequence[int]) -> float:
+    """nnU-Net v2's 2-D rotation range (degrees, each way) for an in-plane patch: 180 unless the patch's
+    longer side exceeds 1.5 times its shorter one, then 15.
+
+    >>> nnunet_2d_rotation_deg((128, 128)), nnunet_2d_rotation_deg((64, 160))
+    (180.0, 15.0)
+    """
+    return 15.0 if max(patch_yx) / min(patch_yx) > 1.5 else 180.0
 
 
 class SampleParams(BaseModel):
@@ -141,12 +208,17 @@ class SampleParams(BaseModel):
     scale: tuple[float, float, float] | None = None
     elastic: dict[str, float | int] | None = Field(None, description="{'sigma', 'magnitude', 'seed'} of MONAI's Rand3DElasticd")
     lowres_zoom: tuple[float | None, ...] = Field((), description="per channel: the zoom of the simulated low resolution, or None")
+    in_plane: bool = Field(False, description="2-D: every step in the (y, x) plane of a 1-slice patch; "
+                           "rotation (a, 0, 0), scale (1, s, s), low resolution in-plane; no elastic deformation")
 
     @model_validator(mode="after")
     def _finite(self) -> SampleParams:
         for v in (*(self.rotation_rad or ()), *(self.scale or ())):
             if not math.isfinite(v):
                 raise ValueError("non-finite transform parameter")
+        if self.in_plane and ((self.rotation_rad is not None and any(self.rotation_rad[1:]))
+                              or (self.scale is not None and self.scale[0] != 1.0)):
+            raise ValueError("in-plane parameters rotate about axis 0 only and keep z's scale at 1")
         return self
 
     @property
@@ -155,8 +227,12 @@ class SampleParams(BaseModel):
         return self.rotation_rad is not None or self.scale is not None or self.elastic is not None
 
 
-def draw_params(rng: np.random.Generator, cfg: SpatialAugmentConfig, n_channels: int) -> SampleParams:
-    """Draw one sample's parameters with ``rng`` (always the same number of draws, whatever fires)."""
+def draw_params(rng: np.random.Generator, cfg: SpatialAugmentConfig, n_channels: int, spatial_dims: int = 3) -> SampleParams:
+    """Draw one sample's parameters with ``rng`` (always the same number of draws, whatever fires).
+
+    ``spatial_dims=2``: in-plane parameters (the first angle about axis 0; the scale on y and x);
+    the same draws are made, so a 2-D sample's angle is the 3-D draw's first one.
+    """
     u = rng.random(4)
     angles = rng.uniform(-1.0, 1.0, size=3) * math.radians(cfg.max_rotation_deg)
     scale = float(rng.uniform(*cfg.scaling))
@@ -164,13 +240,19 @@ def draw_params(rng: np.random.Generator, cfg: SpatialAugmentConfig, n_channels:
     elastic_seed = int(rng.integers(0, 2**31 - 1))
     per_channel = rng.random(n_channels)
     zooms = rng.uniform(*cfg.lowres_zoom, size=n_channels)
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+    in_plane = spatial_dims == 2
+    if in_plane:
+        angles[1:] = 0.0
     rotation = tuple(float(a) for a in angles) if u[0] < cfg.p_rotation and cfg.max_rotation_deg > 0 else None
     return SampleParams(
         rotation_rad=rotation,  # type: ignore[arg-type]
-        scale=(scale, scale, scale) if u[1] < cfg.p_scaling else None,
+        scale=((1.0 if in_plane else scale), scale, scale) if u[1] < cfg.p_scaling else None,
         elastic={"sigma": sigma, "magnitude": magnitude, "seed": elastic_seed} if u[2] < cfg.p_elastic else None,
         lowres_zoom=tuple(float(z) if (u[3] < cfg.p_lowres and per_channel[c] < cfg.lowres_p_per_channel) else None
                           for c, z in enumerate(zooms)),
+        in_plane=in_plane,
     )
 
 
@@ -206,17 +288,21 @@ def source_block(patch_zyx: Sequence[int], params: SampleParams) -> tuple[int, i
     if not params.spatial:
         return patch  # type: ignore[return-value]
     margin = 2 if params.elastic is None else 2 + int(math.ceil(4 * float(params.elastic["sigma"])))
-    return _region(patch, _linear_part(params), margin)
+    return _region(patch, _linear_part(params), margin, in_plane=params.in_plane)
 
 
-def _region(patch: Sequence[int], linear: np.ndarray, margin: int) -> tuple[int, int, int]:
+def _region(patch: Sequence[int], linear: np.ndarray, margin: int, in_plane: bool = False) -> tuple[int, int, int]:
     """Size of the block around the centre that holds every source voxel the transformed patch reads.
 
     Same parity as the patch on each axis, so the block's centre voxel and the patch's fall on the same source voxel.
+    ``in_plane``: z is not resampled, the block is the patch's slice(s) along z.
     """
     half = np.abs(linear) @ (np.asarray(patch, float) / 2.0)
     out = []
-    for h, p in zip(half, patch):
+    for ax, (h, p) in enumerate(zip(half, patch)):
+        if in_plane and ax == 0:
+            out.append(p)
+            continue
         m = 2 * int(math.ceil(h)) + 2 * margin + (p % 2)
         out.append(max(m, p))
     return tuple(out)  # type: ignore[return-value]
@@ -244,15 +330,19 @@ def augment_patch(
     """
     patch = tuple(int(p) for p in patch_zyx)
     centre = tuple(int(c) for c in centre)
+    if params.in_plane and patch[0] != 1:
+        raise ValueError(f"in-plane (2-D) parameters need a 1-slice patch (1, py, px), got {patch}")
     if not params.spatial:
         out = crop(image, centre, patch).astype(np.float32, copy=False)
         lab = None if label is None else crop(label, centre, patch).astype(np.uint8, copy=False)
         matrix = np.eye(4)
         matrix[:3, 3] = [c - p // 2 for c, p in zip(centre, patch)]
+    elif params.in_plane:
+        out, lab, matrix = _resample_in_plane(image, label, centre, patch, params)
     else:
         out, lab, matrix = _resample(image, label, centre, patch, params)
     if params.lowres_zoom and any(z is not None for z in params.lowres_zoom):
-        out = _low_resolution(out, params.lowres_zoom)
+        out = _low_resolution(out, params.lowres_zoom, in_plane=params.in_plane)
     return np.ascontiguousarray(out, dtype=np.float32), lab, matrix
 
 
@@ -303,23 +393,62 @@ def _resample(image: np.ndarray, label: np.ndarray | None, centre: tuple[int, ..
     return out_np, lab_np, matrix
 
 
-def _low_resolution(image: np.ndarray, zooms: Sequence[float | None]) -> np.ndarray:
-    """Per channel with a zoom: nearest-neighbour down to ``round(p * zoom)`` voxels, trilinear back up (MONAI ``Resize``)."""
+def _resample_in_plane(image: np.ndarray, label: np.ndarray | None, centre: tuple[int, ...], patch: tuple[int, ...],
+                       params: SampleParams) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """The 2-D path: the source slice's block ``(C, 1, my, mx)`` resampled in its plane with MONAI's 2-D
+    ``Affine``; the label as in 3-D (indicator bilinear, thresholded at 0.5)."""
+    import torch
+    from monai.transforms import Affine
+
+    region = source_block(patch, params)
+    img_region = torch.from_numpy(crop(image, centre, region)[:, 0].astype(np.float32, copy=False))  # (C, my, mx)
+    lab_region = None if label is None else torch.from_numpy((crop(label, centre, region)[0][None] != 0).astype(np.float32))
+    offset = np.eye(4)
+    offset[:3, 3] = [c - m // 2 for c, m in zip(centre, region)]
+    size_yx = patch[1:]
+    angle = params.rotation_rad[0] if params.rotation_rad is not None else None
+    scale_yx = params.scale[1:] if params.scale is not None else None
+    if params.elastic is not None:
+        raise ValueError("elastic deformation is not implemented for 2-D (in-plane) samples")
+    kwargs = {"rotate_params": angle, "scale_params": scale_yx, "spatial_size": size_yx, "padding_mode": "zeros", "image_only": False}
+    out, mat = Affine(mode="bilinear", **kwargs)(img_region)
+    lab = None if lab_region is None else Affine(mode="bilinear", **kwargs)(lab_region)[0]
+    in_plane = np.asarray(mat, dtype=np.float64)  # 3x3: patch (y, x, 1) -> block (y, x, 1)
+    matrix = np.eye(4)
+    matrix[1:3, 1:3], matrix[1:3, 3] = in_plane[:2, :2], in_plane[:2, 2]
+    matrix = offset @ matrix
+    out_np = np.asarray(out.detach().cpu() if hasattr(out, "detach") else out, dtype=np.float32)[:, None]
+    lab_np = None
+    if lab is not None:
+        lab_t = lab[0] if lab.ndim == 3 else lab
+        lab_np = (np.asarray(lab_t.detach().cpu() if hasattr(lab_t, "detach") else lab_t) >= 0.5).astype(np.uint8)[None]
+    return out_np, lab_np, matrix
+
+
+def _low_resolution(image: np.ndarray, zooms: Sequence[float | None], in_plane: bool = False) -> np.ndarray:
+    """Per channel with a zoom: nearest-neighbour down to ``round(p * zoom)`` voxels, trilinear back up (MONAI ``Resize``).
+
+    ``in_plane``: y and x only, bilinear back up (each slice of the patch on its own).
+    """
     import torch
     from monai.transforms import Resize
 
     out = image.copy()
     spatial = image.shape[1:]
+    if in_plane:
+        spatial = spatial[1:]
     for c, zoom in enumerate(zooms):
         if zoom is None:
             continue
         small = tuple(max(1, int(round(s * zoom))) for s in spatial)
         if small == tuple(spatial):
             continue
-        x = torch.from_numpy(np.ascontiguousarray(image[c : c + 1]))
+        # 2-D: the patch's slices stand on the channel axis, so Resize sees (slices, y, x)
+        x = torch.from_numpy(np.ascontiguousarray(image[c] if in_plane else image[c : c + 1]))
         down = Resize(small, mode="nearest-exact")(x)
-        up = Resize(spatial, mode="trilinear", align_corners=False)(down)
-        out[c] = np.asarray(up.detach().cpu() if hasattr(up, "detach") else up, dtype=np.float32)[0]
+        up = Resize(spatial, mode="bilinear" if in_plane else "trilinear", align_corners=False)(down)
+        up_np = np.asarray(up.detach().cpu() if hasattr(up, "detach") else up, dtype=np.float32)
+        out[c] = up_np if in_plane else up_np[0]
     return out
 
 

@@ -11,7 +11,9 @@ A sample is a patch-sized crop around a class-balanced centre after the costly t
 :mod:`pipeline.prepare.augment` (rotation, scaling, optional elastic deformation, low-resolution
 simulation), so reading one sample is reading one chunk. ``lesion_share`` of the K samples are
 centred on a lesion voxel (drawn per connected component, :func:`~pipeline.prepare.patches.build_patch_index`),
-the rest on foreground background. The group is written whole through
+the rest on foreground background. A 2-D bank (``BankConfig.spatial_dims = 2``) holds axial slices,
+``pz = 1``, transformed in their plane, its background samples on slices without lesion (see
+:mod:`pipeline.prepare.augment`); same layout, record and contract. The group is written whole through
 :func:`pipeline.store.write_case_group` (staging and rename; on an object store, marker last),
 so a reader sees the old bank or the new one.
 
@@ -123,21 +125,40 @@ def plan_samples(label: np.ndarray | None, foreground: np.ndarray, cfg: BankConf
     """Seeds, kinds, centres and parameters of every sample of a case (no voxels touched but the masks).
 
     ``round(K * lesion_share)`` samples are centred on lesion voxels when the case has lesions,
-    the rest on foreground background voxels (see :func:`~pipeline.prepare.patches.build_patch_index`).
+    the rest on foreground background voxels (see :func:`~pipeline.prepare.patches.build_patch_index`);
+    in a 2-D bank with ``background_slices="lesion_free"`` only on slices without lesion (when the case has
+    any; on foreground voxels of them when they hold any), so the samples are lesion and lesion-free slices.
     """
     k_total = cfg.samples_per_case
     has_lesion = label is not None and bool(np.any(label))
     k_lesion = int(round(k_total * cfg.lesion_share)) if has_lesion else 0
     config_hash = cfg.config_hash()
+    if cfg.spatial_dims == 2 and cfg.background_slices == "lesion_free" and has_lesion:
+        foreground = background_slice_mask(label, foreground)  # type: ignore[arg-type]
     index = build_patch_index(label, foreground, cfg.patch_zyx, n_lesion=k_lesion, n_background=k_total - k_lesion,
                               seed=sample_seed(source_fingerprint, config_hash, -1))
     centres = [("lesion", c) for c in index["lesion"]] + [("background", c) for c in index["background"]]
     plans = []
     for k, (kind, centre) in enumerate(centres):
         seed = sample_seed(source_fingerprint, config_hash, k)
-        params = draw_params(np.random.default_rng(seed), cfg.spatial, n_channels)
+        params = draw_params(np.random.default_rng(seed), cfg.spatial, n_channels, spatial_dims=cfg.spatial_dims)
         plans.append({"index": k, "seed": seed, "kind": kind, "centre_zyx": tuple(int(c) for c in centre), "params": params})
     return plans
+
+
+def background_slice_mask(label: np.ndarray, foreground: np.ndarray) -> np.ndarray:
+    """Where a 2-D bank's background samples are centred: ``foreground`` on the slices (z) without lesion;
+    every voxel of those slices when they hold no foreground; ``foreground`` when every slice has lesion.
+
+    >>> label = np.zeros((3, 4, 4), np.uint8); label[1, 2, 2] = 1
+    >>> background_slice_mask(label, np.ones_like(label)).any(axis=(1, 2)).tolist()
+    [True, False, True]
+    """
+    free = ~(np.asarray(label) != 0).reshape(label.shape[0], -1).any(axis=1)
+    if not free.any():
+        return foreground
+    mask = (np.asarray(foreground) != 0) & free[:, None, None]
+    return mask if mask.any() else np.broadcast_to(free[:, None, None], label.shape).copy()
 
 
 def render_sample(image: np.ndarray, label: np.ndarray | None, plan: dict[str, Any], cfg: BankConfig,

@@ -5,6 +5,7 @@ slice stacks, cross-validation by patient (2 folds), the final model exported, a
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import nibabel as nib
@@ -43,6 +44,19 @@ def test_train_lgg_on_two_patients(prefect_harness, shared_data, tmp_path):
     assert s["n_lesion_slices"] == truth_slices == 6 + 8
     assert 0.0 <= s["slice"]["auc"] <= 1.0 and s["patients_correct"] <= 2
     assert out["timings"]["total_s"] > 0 and "within_limit" in out
+    # the 2-D augmentation bank: prepared once for both patients before the folds, read by every training
+    bank = out["bank"]
+    assert bank["built"] == 2 and bank["config"]["spatial_dims"] == 2 and bank["config"]["patch_zyx"] == [1, 64, 64]
+    assert out["timings"]["bank_s"] > 0 and bank["build_s_per_patient"] > 0
+    assert [f["samples_from"] for f in out["folds"]] == ["bank", "bank"] and out["final_samples_from"] == "bank"
+    from pipeline.prepare.augment import BankConfig
+    from pipeline.prepare.bank import bank_status, read_bank
+    from pipeline.store import list_cases
+
+    store_root = tmp_path / "work" / "store.zarr"
+    for case in list_cases(store_root):
+        assert bank_status(store_root, case, BankConfig.model_validate(bank["config"])) == "up-to-date"
+        assert read_bank(store_root, case).n_lesion == BankConfig.model_validate(bank["config"]).samples_per_case // 2
 
     work = tmp_path / "work"
     written = json.loads((work / "crossval.json").read_text())
@@ -51,8 +65,10 @@ def test_train_lgg_on_two_patients(prefect_harness, shared_data, tmp_path):
     assert len(slices) == 40 and set(slices["fold"]) == {0, 1}
     for f in (work / "crossval.json", work / "crossval_slices.csv", work / "crossval_cases.csv"):  # no folder name, ID or date
         text = f.read_text()
-        for p in PATIENTS:
-            assert p not in text and p.split("_")[2] not in text and p.split("_")[3] not in text
+        for p in PATIENTS:  # the ID and date parts as whole numbers: not the digits inside a float such as 0.0079741788[4943]991
+            assert p not in text
+            for part in p.split("_")[2:]:
+                assert not re.search(rf"(?<![0-9.]){part}(?![0-9])", text), (f.name, part)
 
     # the exported model segments one patient folder of the set
     model = work / "model"

@@ -136,3 +136,34 @@ def test_the_transforms_never_read_a_value_back_from_the_device():
     assert out.shape == image.shape and lab.shape == label.shape
     with pytest.raises(RuntimeError):  # the premise: a read on the meta device raises
         float(out.mean())
+
+
+def test_single_slice_batches_no_z_blur_darkening_and_no_z_flip():
+    """Batches of axial slices (B, C, 1, Y, X): a Gaussian along z would meet zero padding on both sides and
+    scale the slice by its kernel's centre weight; a constant image must stay constant under blur."""
+    aug = BatchAugment(IntensityAugmentConfig(**{**OFF, "p_blur": 1.0, "blur_p_per_channel": 1.0}), flip_prob=0.0)
+    image = torch.full((3, 2, 1, 20, 20), 2.5)
+    out, _ = aug(image, None, seed=(0, 0))
+    inner = out[..., 6:-6, 6:-6]  # away from the in-plane border (zero padding there, as in 3-D)
+    assert torch.allclose(inner, torch.full_like(inner, 2.5), rtol=1e-4), float(inner.min())  # the erf kernels' truncated tails: < 1e-4
+    from monai.transforms import GaussianSmooth  # what a z kernel does to one slice: the bug this guards against
+
+    darkened = GaussianSmooth(sigma=(0.75, 0.75, 0.75))(image[0, :1])[..., 6:-6, 6:-6]
+    assert float(darkened.max()) < 2.5 * 0.7
+    assert aug.draw(3, 2, (0, 0))[0]["blur"][0][0] >= 0.5  # a z sigma was drawn; it is not applied to one slice
+    # in-plane blur still acts
+    ramp = torch.arange(20.0).repeat(20, 1)[None, None, None].repeat(1, 1, 1, 1, 1)
+    ramp[..., 10, 10] = 100.0
+    assert not torch.equal(aug(ramp, None, seed=(0, 1))[0], ramp)
+    # mirroring: never along z for a single slice, the same draws otherwise
+    flipper = BatchAugment(IntensityAugmentConfig(**OFF), flip_prob=1.0)
+    assert flipper.draw(1, 2, (0, 0), spatial_shape=(1, 20, 20))[0]["flips"] == [2, 3]
+    assert flipper.draw(1, 2, (0, 0))[0]["flips"] == [1, 2, 3]
+    image, label = _batch()
+    image, label = image[:, :, :1], label[:, :, :1]
+    out, lab = flipper(image, label, seed=(0, 0))
+    assert torch.equal(out, torch.flip(image, (3, 4))) and torch.equal(lab, torch.flip(label, (3, 4)))
+    # every transform at once on single slices: finite, same shape
+    everything = BatchAugment(IntensityAugmentConfig(**{k: 1.0 for k in OFF}), flip_prob=0.5)
+    out, _ = everything(torch.randn(4, 2, 1, 16, 16), None, seed=(1, 2))
+    assert out.shape == (4, 2, 1, 16, 16) and torch.isfinite(out).all()

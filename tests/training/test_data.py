@@ -220,3 +220,93 @@ def test_training_uses_the_bank_by_default_and_falls_back_with_a_reason(banked, 
     assert state.losses[-1] > 0
     fallback = setup(banked["root"], cfg, case_ids=banked["banked"] + [banked["bare"]])
     assert isinstance(fallback.dataset, PatchDataset)
+
+
+# ----------------------------------------------------------------------------- 2-D banks (axial slices)
+SLICE_PATCH = (1, 24, 24)
+
+
+@pytest.fixture(scope="module")
+def banked_2d(tmp_path_factory):
+    """3 labelled cases with 2-D banks (slices 1 x 32 x 32, K=12, lesion-free background slices), one with a 3-D bank, one bare."""
+    from pipeline.prepare.augment import BankConfig
+    from pipeline.prepare.bank import build_bank
+    from tests.store_factory import make_store
+
+    root = tmp_path_factory.mktemp("banked2d") / "store"
+    cases = make_store(root, n_cases=5, shape_zyx=(12, 40, 36), seed=7, n_lesions=2)
+    cfg = BankConfig(spatial_dims=2, samples_per_case=12, patch_zyx=(1, 32, 32), seed=1)
+    for case_id in cases[:3]:
+        build_bank(root, case_id, cfg)
+    build_bank(root, cases[3], BankConfig(samples_per_case=4, patch_zyx=(8, 32, 32), seed=1))
+    return {"root": root, "banked": cases[:3], "three_d": cases[3], "bare": cases[4]}
+
+
+def _slice_cfg(**overrides):
+    from training.config import TrainConfig
+
+    base = dict(spatial_dims=2, patch_zyx=SLICE_PATCH, iterations=2, batch_size=4, channels=("FLAIR", "T1", "T2"),
+                background_slices="lesion_free", model={"kind": "unet", "features": [4, 8], "strides": [2], "num_res_units": 0}, threads=1)
+    return TrainConfig(**{**base, **overrides})
+
+
+def test_2d_bank_items_are_slices_in_the_configured_balance(banked_2d):
+    from pipeline import store
+    from training.data import BankDataset, BankLoader
+
+    root = banked_2d["root"]
+    ds = BankDataset(root, banked_2d["banked"], patch_zyx=SLICE_PATCH, lesion_fraction=0.5, seed=2, samples_per_epoch=2000,
+                     spatial_dims=2, background_slices="lesion_free")
+    assert ds.case_ids == banked_2d["banked"] and not ds.fresh_only
+    kinds = [ds.sample_spec(i)["kind"] for i in range(len(ds))]
+    assert abs(np.mean([k == "lesion" for k in kinds]) - 0.5) < 0.04
+    for i in range(16):
+        image, label, _ = ds[i]
+        assert image.shape == (3, *SLICE_PATCH) and label.shape == (1, *SLICE_PATCH)
+        spec = ds.sample_spec(i)
+        assert spec["offset"][0] == 0
+        if spec["kind"] == "background":  # from a slice without lesion
+            assert not label.any()
+    # fresh samples are in-plane too, from lesion-free slices for background
+    fresh = BankDataset(root, banked_2d["banked"], patch_zyx=SLICE_PATCH, lesion_fraction=0.0, seed=3, samples_per_epoch=12,
+                        fresh_fraction=1.0, spatial_dims=2, background_slices="lesion_free")
+    for i in range(6):
+        spec = fresh.sample_spec(i)
+        truth = np.asarray(store.reference_label(store.open_case(root, spec["case_id"]))[spec["centre"][0]])
+        assert spec["fresh"] and not truth.any()
+        image, label, _ = fresh[i]
+        assert image.shape == (3, *SLICE_PATCH) and not label.any()
+    batch = next(iter(BankLoader(ds, batch_size=4, workers=1, kind="threads")))
+    assert batch[0].shape == (4, 3, *SLICE_PATCH) and batch[0].dtype == torch.float32
+
+
+def test_2d_training_uses_the_2d_bank_and_refuses_others_by_the_auto_rules(banked_2d, caplog):
+    from training.data import BankDataset, bank_dataset
+    from training.loop import flush_losses, samples_from, setup, train_step
+    from training.slices import SliceDataset
+
+    root, cpu = banked_2d["root"], torch.device("cpu")
+    cfg = _slice_cfg()
+    ds = bank_dataset(root, banked_2d["banked"], cfg, cpu)
+    assert isinstance(ds, BankDataset) and ds.spatial_dims == 2 and ds.transform is not None
+    # a 3-D bank does not feed 2-D training, nor a 2-D bank 3-D training, nor one of another background rule
+    with caplog.at_level("WARNING", logger="lesionflow.training"):
+        assert bank_dataset(root, banked_2d["banked"] + [banked_2d["three_d"]], cfg, cpu) is None
+        assert bank_dataset(root, banked_2d["banked"] + [banked_2d["bare"]], cfg, cpu) is None
+        assert bank_dataset(root, banked_2d["banked"], cfg.with_overrides(background_slices="any"), cpu) is None
+    assert "is 3-D, training is 2-D" in caplog.text and "no augmentation bank" in caplog.text and "background samples" in caplog.text
+    three_d = _slice_cfg(spatial_dims=3, patch_zyx=(8, 24, 24), model={"kind": "unet", "features": [4, 8], "strides": [2], "num_res_units": 0})
+    assert bank_dataset(root, banked_2d["banked"], three_d, cpu) is None
+    assert isinstance(bank_dataset(root, [banked_2d["three_d"]], three_d, cpu), BankDataset)
+    assert bank_dataset(root, banked_2d["banked"], cfg.with_overrides(augmentation={"bank": "off"}), cpu) is None
+    required = bank_dataset(root, banked_2d["banked"] + [banked_2d["three_d"]], cfg.with_overrides(augmentation={"bank": "require"}), cpu)
+    assert required.case_ids == banked_2d["banked"] and required.skipped[0]["case_id"] == banked_2d["three_d"]
+    # setup() (what train() does) trains 2-D from the bank; without one, from SliceDataset as before
+    state = setup(root, cfg, case_ids=banked_2d["banked"])
+    assert isinstance(state.dataset, BankDataset) and samples_from(state.dataset) == "bank"
+    image, label = next(iter(state.loader))
+    assert image.shape == (4, 3, *SLICE_PATCH) and label.shape == (4, 1, *SLICE_PATCH)
+    train_step(state, (image, label))
+    assert np.isfinite(flush_losses(state) or state.losses[-1])
+    fallback = setup(root, cfg, case_ids=banked_2d["banked"] + [banked_2d["bare"]])
+    assert isinstance(fallback.dataset, SliceDataset) and samples_from(fallback.dataset) == "volumes"
