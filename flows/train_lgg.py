@@ -93,9 +93,9 @@ def recipe_bank_config(train_config: dict[str, Any], seed: int) -> dict[str, Any
 
 @task(name="folds-lgg", cache_policy=NO_CACHE)
 def folds_task(store: str, k: int, seed: int) -> list[list[str]]:
-    from training.crossval import patient_folds, subjects_of
+    from training.crossval import content_keys, patient_folds, subjects_of
 
-    return patient_folds(subjects_of(store), k, seed)
+    return patient_folds(subjects_of(store), k, seed, order=content_keys(store))  # the same folds whatever the pseudonym key
 
 
 @task(name="train-lgg", cache_policy=NO_CACHE)
