@@ -79,7 +79,7 @@ def run_config(store: str, name: str, cfg: dict[str, Any], cases: dict[str, str]
     result = train(store, {**base, "iterations": iterations}, case_ids=[cases["patient07"]], val_case_ids=[])
     out["train"] = {"iterations": iterations, "seconds": round(time.perf_counter() - t, 1), "it_per_s": result.metrics["it_per_s"],
                     "peak_mb": round(torch.cuda.max_memory_allocated() / 2**20) if cuda else None, "model_version": result.model_version,
-                    "final_losses": [round(float(x), 4) for x in (result.metrics.get("losses") or [])[-5:]]}
+                    "final_loss": result.metrics.get("final_loss")}  # mean of the last 10 iterations (metrics has no "losses")
     t = time.perf_counter()
     order = [cases["patient19"], cases["patient07"]]
     score_cases(store, result.model_version, case_ids=order, overwrite=True, device=device)

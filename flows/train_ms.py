@@ -61,12 +61,11 @@ def case_of_patient(store: str, patient: str, key: bytes | None = None) -> str:
     Raises :class:`~pipeline.core.lineage.LineageKeyError` when ``key`` did not seal the store's
     paths (nothing is matched by guess), ``ValueError`` unless exactly one case came from ``<patient>/``."""
     from pipeline.core.config import pseudonym_key
-    from pipeline.ingest.lineage import case_lineage
-    from pipeline.store import list_cases
+    from pipeline.core.lineage import source_relpaths
+    from pipeline.store import list_cases, read_case_meta
 
     key = key or pseudonym_key()
-    hits = [c for c in list_cases(store)
-            if any(f["path"].split("/")[0] == patient for f in case_lineage(store, c, key)["files"])]
+    hits = [c for c in list_cases(store) if any(p.split("/")[0] == patient for p in source_relpaths(read_case_meta(store, c), key))]
     if len(hits) != 1:
         raise ValueError(f"expected one case from {patient}/ in {store}, found {len(hits)}")
     return hits[0]

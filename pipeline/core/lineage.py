@@ -46,6 +46,7 @@ import hashlib
 import hmac
 import re
 from collections.abc import Mapping
+from typing import Any
 
 __all__ = ["ROOT", "SRC", "WITHHELD", "Lineage", "LineageKeyError", "is_sealed", "lineage", "scrub", "stat_tag"]
 
@@ -132,6 +133,19 @@ class Lineage:
     def reveal(self, value: str) -> str:
         """``value`` opened when it is a token, else as it is (paths stored before schema 1.4)."""
         return self.open(value) if is_sealed(value) else value
+
+
+def source_relpaths(meta: Any, key: bytes | None = None) -> list[str]:
+    """A case's source paths (``meta``: its CaseMeta, every channel's files) relative to the ingested
+    folder: stored sealed (schema 1.4), opened with ``key`` (default: the environment's
+    pseudonymisation key); plain paths of older stores as they are. Reads nothing but ``meta``."""
+    rels = [s.relpath for ch in meta.channel_info for s in ch.sources]
+    if any(is_sealed(r) for r in rels):
+        from pipeline.core.config import pseudonym_key
+
+        lin = lineage(key or pseudonym_key())
+        rels = [lin.reveal(r) for r in rels]
+    return rels
 
 
 def stat_tag(stat_key: bytes, size: int, mtime_ns: int) -> str:

@@ -591,25 +591,13 @@ def evaluate_case(
     return row, lesion_rows, slice_out
 
 
-def _source_paths(meta: Any, key: bytes | None) -> list[str]:
-    """The case's source paths relative to the ingested folder: stored sealed (schema 1.4), opened
-    with ``key`` (default: the environment's pseudonymisation key)."""
-    from pipeline.core.lineage import is_sealed, lineage
-
-    rels = [s.relpath for ch in meta.channel_info for s in ch.sources]
-    if any(is_sealed(r) for r in rels):
-        from pipeline.core.config import pseudonym_key
-
-        lin = lineage(key or pseudonym_key())
-        rels = [lin.reveal(r) for r in rels]
-    return rels
-
-
 def _truth_columns(store_root: str | Path, case_id: str, truth: Any, pred_volume_ml: float | None, key: bytes | None = None) -> dict[str, Any]:
     """Truth-table columns of a case: its row is the one whose ``session_dir`` (relative to the
     ingested folder) holds the case's source files (lineage; the sealed paths opened with ``key``)."""
     meta = read_case_meta(store_root, case_id)
-    sources = _source_paths(meta, key)
+    from pipeline.core.lineage import source_relpaths
+
+    sources = source_relpaths(meta, key)
     match = truth[[any(s.startswith(str(d).rstrip("/") + "/") for s in sources) for d in truth["session_dir"]]]
     if len(match) != 1:
         return {}
