@@ -57,7 +57,9 @@ def convert_or_poison(plan, ctx, victims: dict[str, str]):
     """``convert_session``, except for the sessions whose folder names are keys of ``victims``:
     they kill the Dask worker converting them, ``"oom"`` by allocating (and touching) memory until
     the worker's nanny kills it for passing its memory limit, ``"crash"`` by exiting the process
-    at once as a segfault in a native library would. For tests of poisoned sessions::
+    at once as a segfault in a native library would; ``"slow"`` sessions are converted after a
+    3 s pause (a good session still running when a neighbour kills the worker). For tests of
+    poisoned sessions::
 
         monkeypatch.setattr(cluster, "convert_session", functools.partial(convert_or_poison, victims={"p2": "oom"}))
     """
@@ -67,7 +69,9 @@ def convert_or_poison(plan, ctx, victims: dict[str, str]):
     from pipeline.ingest.session import convert_session
 
     how = victims.get(Path(plan.root_relpath).name)
-    if how is None:
+    if how == "slow":
+        time.sleep(3)
+    if how in (None, "slow"):
         return convert_session(plan, ctx)
     if how == "crash":
         os._exit(139)

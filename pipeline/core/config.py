@@ -140,7 +140,7 @@ class PipelineConfig(BaseModel):
     read_limits: ReadLimits = Field(default_factory=ReadLimits, description="ceilings every reader checks before allocating (pipeline.core.limits)")
     worker_memory_limit: str | None = Field(
         None, description="memory per Dask worker of the LocalCluster, e.g. '4GiB'; a worker that exceeds it is restarted and "
-        "its session retried once, then rejected (worker_died). None: Dask's default, the machine's memory shared among the workers")
+        "its session retried once, then once more alone, then rejected (worker_died). None: Dask's default, the machine's memory shared among the workers")
 
     @field_validator("visit_days", mode="before")
     @classmethod

@@ -21,10 +21,13 @@ A poisoned session (one whose conversion kills its worker: memory past the worke
 crash in a native library) is isolated. The LocalCluster's workers have a memory limit
 (``PipelineConfig.worker_memory_limit``; Dask's default shares the machine's memory among them),
 past which the nanny restarts the worker; the scheduler retries the session once on another
-worker (:data:`SESSION_SETTINGS`, ``allowed-failures: 1``), then gives up on it, and
-:func:`map_sessions` records it as rejected (``worker_died``) while the other sessions are
-converted as usual. An existing scheduler retries as its own configuration says
-(``deploy/dask.yaml`` sets the same).
+worker (:data:`SESSION_SETTINGS`, ``allowed-failures: 1``), then gives up on it. Dask charges a
+worker's death to every task the worker held, so a good session that shared a worker with a
+poisoned one (a task queued behind it after a restart) can be given up on too: :func:`map_sessions`
+therefore converts every session the scheduler gave up on once more *alone*, nothing else in
+flight on the cluster, and only a session whose workers die while it runs alone is recorded as
+rejected (``worker_died``); the other sessions are converted as usual. An existing scheduler
+retries as its own configuration says (``deploy/dask.yaml`` sets the same).
 """
 
 from __future__ import annotations
@@ -178,8 +181,10 @@ def map_sessions(
     With ``client`` the sessions run on the Dask cluster (one task per session, the largest
     first, at most one per worker thread at a time); without, in this process one after another.
     A session whose workers died while converting it (the scheduler gave up on it:
-    ``KilledWorker``) is recorded as rejected with
-    :attr:`~storage_schemas.models.ReasonCode.WORKER_DIED`; the others are converted as usual.
+    ``KilledWorker``) is converted once more alone on the cluster after the others
+    (:func:`_convert_alone`), since Dask also charges a death to the sessions queued on the dying
+    worker; dying alone too, it is recorded as rejected with
+    :attr:`~storage_schemas.models.ReasonCode.WORKER_DIED`.
     """
     total = len(plans)
     results: list[Any] = [None] * total
@@ -209,12 +214,13 @@ def map_sessions(
     def submit_more() -> None:
         slots = max(1, sum(client.nthreads().values()))
         with _SLOTS:
-            while pending and _IN_FLIGHT[scheduler] < slots:
+            while pending and not _ALONE[scheduler] and _IN_FLIGHT[scheduler] < slots:
                 i = pending.popleft()
                 in_flight[client.submit(convert_session, plans[i], ctx, pure=False, priority=len(pending))] = i
                 _IN_FLIGHT[scheduler] += 1
 
     done = 0
+    suspects: list[int] = []  # given up on by the scheduler while sharing the cluster
     try:
         while pending or in_flight:
             submit_more()
@@ -233,8 +239,10 @@ def map_sessions(
                     _SLOTS.notify_all()
                 try:
                     results[i] = _converted_earlier_in_this_run(fut.result(), ctx)
-                except KilledWorker as exc:
-                    results[i] = worker_died(plans[i], ctx, exc)
+                except KilledWorker:
+                    log.warning("session %s: its workers died twice while sharing the cluster; converting it again alone", plans[i].case_id)
+                    suspects.append(i)
+                    continue
                 done += 1
                 if progress:
                     progress("convert", done, total)
@@ -242,12 +250,45 @@ def map_sessions(
         with _SLOTS:
             _IN_FLIGHT[scheduler] -= len(in_flight)
             _SLOTS.notify_all()
+    for i in suspects:
+        results[i] = _convert_alone(client, plans[i], ctx)
+        done += 1
+        if progress:
+            progress("convert", done, total)
     return results
+
+
+def _convert_alone(client: Any, plan: SessionPlan, ctx: IngestContext) -> SessionResult:
+    """:func:`convert_session` of ``plan`` with nothing else in flight on the cluster (over every
+    :func:`map_sessions` of this process: they submit nothing new meanwhile), so that a worker
+    dying now died of this session; given up on again (``KilledWorker``) it is rejected
+    (:func:`worker_died`)."""
+    from distributed.scheduler import KilledWorker
+
+    scheduler = client.scheduler.address
+    with _SLOTS:
+        _ALONE[scheduler] += 1
+        while _IN_FLIGHT[scheduler] > 0:  # other batches' sessions finish first
+            _SLOTS.wait(timeout=0.5)
+        _IN_FLIGHT[scheduler] += 1
+    try:
+        try:
+            return _converted_earlier_in_this_run(client.submit(convert_session, plan, ctx, pure=False).result(), ctx)
+        except KilledWorker as exc:
+            return worker_died(plan, ctx, exc)
+    finally:
+        with _SLOTS:
+            _IN_FLIGHT[scheduler] -= 1
+            _ALONE[scheduler] -= 1
+            _SLOTS.notify_all()
 
 
 _SLOTS = threading.Condition()
 _IN_FLIGHT: Counter[str] = Counter()
 """Sessions in flight per scheduler address, over every :func:`map_sessions` of this process."""
+_ALONE: Counter[str] = Counter()
+"""Sessions waiting to be converted alone (:func:`_convert_alone`) per scheduler address: while
+any waits, no other session is submitted to that scheduler."""
 
 
 def _converted_earlier_in_this_run(result: SessionResult, ctx: IngestContext) -> SessionResult:
@@ -270,7 +311,7 @@ def worker_died(plan: SessionPlan, ctx: IngestContext, exc: BaseException) -> Se
     attempts = getattr(exc, "allowed_failures", None)
     tried = f"{attempts + 1} workers" if isinstance(attempts, int) else "its workers"
     limit = ctx.cfg.worker_memory_limit or "Dask's default"
-    reason = (f"worker died while converting: {tried} running this session died (out of memory past the worker memory "
+    reason = (f"worker died while converting: {tried} running this session alone died (out of memory past the worker memory "
               f"limit, {limit}, or a crash in a native library); the rest of the cohort was converted")
     log.error("session %s: %s", plan.case_id, reason)
     # the session folder by its sealed path: a folder name can be a patient's (DOE^JANE_MRN123/...)

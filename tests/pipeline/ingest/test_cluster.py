@@ -142,7 +142,7 @@ def test_worker_with_dask_malloc_setting_is_warned_about(monkeypatch, caplog):
 def test_ingest_flow_completes_when_sessions_kill_their_workers(prefect_harness, tmp_path, monkeypatch):
     """Two poisoned sessions among three good ones: one allocates past the configured worker
     memory limit, one exits its worker as a crash in a C library would. Each is retried once on
-    another worker, then rejected (worker_died); the good ones are converted (none charged with a
+    another worker and once more alone, then rejected (worker_died); the good ones are converted (none charged with a
     neighbour's death, also when several batches convert at once), the summary lists the two, and
     the flow run ends Completed."""
     import functools
@@ -175,6 +175,40 @@ def test_ingest_flow_completes_when_sessions_kill_their_workers(prefect_harness,
     cat = read_catalog(store)
     rows = cat[cat["reason_code"] == "worker_died"]
     assert sorted(reveal(p) for p in rows["source_relpath"]) == ["crash/", "oom/"] and set(rows["status"]) == {"rejected"}
+
+
+@pytest.mark.timeout(300)
+def test_a_good_session_sharing_a_worker_with_a_poisoned_one_is_converted(tmp_path, monkeypatch):
+    """Dask charges a worker's death to every session the worker held. On one worker with two
+    threads a good session runs beside one that crashes its worker at once: the scheduler gives
+    up on both after the second death (``allowed-failures: 1``), then ingest converts each again
+    alone, so the good session is converted and only the poisoned one is rejected (the CI run of
+    the hostile cohort once rejected a good session this way)."""
+    import functools
+
+    import dask
+    from dask.distributed import LocalCluster
+
+    from pipeline.ingest import cluster
+    from pipeline.store import read_catalog
+    from tests.session_factory import convert_or_poison
+
+    src = tmp_path / "c"
+    for name in ("good", "crash"):
+        write_session(src / name, f"{name}_", seed=len(name), label=False)
+    victims = {"good": "slow", "crash": "crash"}
+    monkeypatch.setattr(cluster, "convert_session", functools.partial(convert_or_poison, victims=victims))
+    with dask.config.set({**cluster.QUIET_CLUSTER, **cluster.SESSION_SETTINGS}):
+        local = LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None,
+                             scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
+    with local, dask_client(local.scheduler_address) as client:
+        summary = run_ingest(src, tmp_path / "s.zarr", PipelineConfig(), b"k", client=client)
+    assert (summary.converted, summary.rejected_sessions) == (1, 1), summary
+    died = [r for r in summary.rejected_inputs if r["code"] == "worker_died"]
+    assert [reveal(r["path"], "k") for r in died] == ["crash/"]
+    assert died[0]["reason"].startswith("worker died while converting: 2 workers running this session alone died")
+    cat = read_catalog(tmp_path / "s.zarr")
+    assert sorted(reveal(p, "k") for p in cat.loc[cat["status"] == "rejected", "source_relpath"]) == ["crash/"]
 
 
 def test_local_cluster_keeps_dask_info_records_out_of_the_log():

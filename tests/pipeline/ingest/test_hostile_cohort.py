@@ -59,7 +59,7 @@ def test_a_cohort_of_every_hostile_input_is_ingested_within_bounded_memory(tmp_p
         assert fragment.lower() in reason.lower(), (relpath, reason)
         assert row["path"].startswith("src:"), row  # the file, named by its sealed path
 
-    # the poisoned sessions: retried once, then rejected as worker_died, named by sealed path
+    # the poisoned sessions: retried once, then once more alone, then rejected as worker_died, named by sealed path
     for relpath in cohort.poisoned:
         row = rejected[relpath + "/"]
         assert row["code"] == "worker_died" and row["path"].startswith("src:"), row
