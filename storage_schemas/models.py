@@ -442,7 +442,7 @@ class BankSample(BaseModel):
     centre_zyx: tuple[int, int, int] = Field(description="source voxel (z, y, x) the sample is centred on")
     rotation_rad: tuple[float, float, float] | None = Field(None, description="angles about array axes 0, 1, 2 (MONAI rotate_params); None: no rotation")
     scale: tuple[float, float, float] | None = Field(None, description="per-axis scale (> 1: anatomy smaller); None: no scaling")
-    elastic: dict[str, float | int] | None = Field(None, description="MONAI Rand3DElasticd sigma, magnitude and seed; None: no elastic deformation")
+    elastic: dict[str, float | int] | None = Field(None, description="MONAI Rand3DElasticd sigma, magnitude and seed (2-D banks: its algorithm in the slice plane); None: no elastic deformation")
     lowres_zoom: list[float | None] = Field(default_factory=list, description="per stored channel: zoom of the simulated low resolution, or None")
     matrix_zyx: tuple[float, ...] = Field(description="row-major 4x4: sample voxel (z, y, x, 1) -> source voxel (elastic displacement on top)")
     lesion_voxels: int = Field(description="label voxels in the sample")

@@ -14,7 +14,7 @@ transform              p          parameters                                  wh
 =====================  =========  ==========================================  ================
 rotation               0.2        each axis uniform(-30°, 30°)                bank
 scaling                0.2        uniform(0.7, 1.4), the same on every axis   bank
-elastic deformation    0 (off)    MONAI ``Rand3DElastic`` sigma, magnitude    bank
+elastic deformation    0 (off)    sigma, magnitude (MONAI ``Rand3DElastic``)  bank
 low resolution         0.25       zoom uniform(0.5, 1), each channel p 0.5    bank
 Gaussian noise         0.1        variance uniform(0, 0.1)                    on the fly
 Gaussian blur          0.2        sigma uniform(0.5, 1), each channel p 0.5   on the fly
@@ -47,9 +47,15 @@ and ``get_training_transforms``, which see 2-D images): the rotation is about th
 only, recorded as ``rotation_rad = (a, 0, 0)``, with nnU-Net's 2-D range (uniform(-180°, 180°) when the
 patch's longer side is at most 1.5 times its shorter one, else uniform(-15°, 15°); the 3-D default is 30°),
 set in the config when it does not give ``max_rotation_deg``; scaling acts on y and x only
-(``scale = (1, s, s)``); the low-resolution simulation is in-plane (elastic deformation, off by
-default as in nnU-Net, is not implemented in 2-D: such a config is refused); the sample is resampled from its own slice with MONAI's 2-D
-``Affine`` (bilinear), never reading a neighbouring slice. The probabilities and the other ranges are
+(``scale = (1, s, s)``); the low-resolution simulation is in-plane; the elastic deformation (off by
+default, as in nnU-Net) is :class:`monai.transforms.Rand3DElastic`'s algorithm in the slice plane
+(:func:`_elastic_in_plane`: a uniform(-1, 1) offset per output pixel and axis, Gaussian-smoothed with
+``sigma``, times ``magnitude``, the rotation and scaling on top; MONAI's ``Rand2DElastic`` is another
+algorithm, a coarse grid of control points, so its parameters would not mean what the 3-D ones do).
+Like nnU-Net's, the same sigma and magnitude displace pixels further in 2-D than voxels in 3-D (the
+smoothing averages over fewer neighbours: about 16 pixels' standard deviation at sigma 9 and magnitude
+900, against 3 voxels in 3-D). The sample is resampled from its own slice with MONAI's 2-D ``Affine``
+or ``Resample`` (bilinear), never reading a neighbouring slice. The probabilities and the other ranges are
 the 3-D ones (nnU-Net uses the same in 2-D). Background samples come from slices without lesion
 (``background_slices="lesion_free"``, the default; when the case has any), so ``lesion_share`` is the
 share of lesion slices, as :class:`training.slices.SliceDataset` balances them.
@@ -169,8 +175,6 @@ class BankConfig(_Strict):
     def _dims(self) -> BankConfig:
         if self.spatial_dims == 2 and self.patch_zyx[0] != 1:
             raise ValueError(f"a 2-D bank holds axial slices: patch_zyx must be (1, py, px), got {self.patch_zyx}")
-        if self.spatial_dims == 2 and self.spatial.p_elastic > 0:
-            raise ValueError("elastic deformation is not implemented for 2-D banks (spatial.p_elastic must be 0)")
         if self.spatial_dims == 3 and self.background_slices is not None:
             raise ValueError("background_slices applies to 2-D banks only (spatial_dims=2)")
         return self
@@ -209,7 +213,7 @@ class SampleParams(BaseModel):
     elastic: dict[str, float | int] | None = Field(None, description="{'sigma', 'magnitude', 'seed'} of MONAI's Rand3DElasticd")
     lowres_zoom: tuple[float | None, ...] = Field((), description="per channel: the zoom of the simulated low resolution, or None")
     in_plane: bool = Field(False, description="2-D: every step in the (y, x) plane of a 1-slice patch; "
-                           "rotation (a, 0, 0), scale (1, s, s), low resolution in-plane; no elastic deformation")
+                           "rotation (a, 0, 0), scale (1, s, s), low resolution and elastic deformation in-plane")
 
     @model_validator(mode="after")
     def _finite(self) -> SampleParams:
@@ -287,8 +291,27 @@ def source_block(patch_zyx: Sequence[int], params: SampleParams) -> tuple[int, i
     patch = tuple(int(p) for p in patch_zyx)
     if not params.spatial:
         return patch  # type: ignore[return-value]
-    margin = 2 if params.elastic is None else 2 + int(math.ceil(4 * float(params.elastic["sigma"])))
+    margin = 2
+    if params.elastic is not None:
+        margin += int(math.ceil(4 * float(params.elastic["sigma"])))
+        if params.in_plane:  # 2-D displacements are larger (see the module docstring): six of their standard deviations too
+            margin += int(math.ceil(6 * elastic_displacement_sd(float(params.elastic["sigma"]), float(params.elastic["magnitude"]), 2)))
     return _region(patch, _linear_part(params), margin, in_plane=params.in_plane)
+
+
+def elastic_displacement_sd(sigma: float, magnitude: float, spatial_dims: int) -> float:
+    """Standard deviation (voxels) of the elastic displacement along one axis: a uniform(-1, 1) field
+    (sd 1/sqrt(3)) smoothed by MONAI's Gaussian kernel (``GaussianFilter(dims, sigma, truncated=3)``), times
+    ``magnitude``.
+
+    >>> round(elastic_displacement_sd(9.0, 900.0, 2), 1), round(elastic_displacement_sd(9.0, 900.0, 3), 1)
+    (16.3, 2.9)
+    """
+    import torch
+    from monai.networks.layers.convutils import gaussian_1d
+
+    w = gaussian_1d(torch.tensor(float(sigma)), truncated=3.0).double()
+    return float(magnitude * float((w**2).sum()) ** (spatial_dims / 2) / math.sqrt(3.0))
 
 
 def _region(patch: Sequence[int], linear: np.ndarray, margin: int, in_plane: bool = False) -> tuple[int, int, int]:
@@ -409,20 +432,49 @@ def _resample_in_plane(image: np.ndarray, label: np.ndarray | None, centre: tupl
     angle = params.rotation_rad[0] if params.rotation_rad is not None else None
     scale_yx = params.scale[1:] if params.scale is not None else None
     if params.elastic is not None:
-        raise ValueError("elastic deformation is not implemented for 2-D (in-plane) samples")
-    kwargs = {"rotate_params": angle, "scale_params": scale_yx, "spatial_size": size_yx, "padding_mode": "zeros", "image_only": False}
-    out, mat = Affine(mode="bilinear", **kwargs)(img_region)
-    lab = None if lab_region is None else Affine(mode="bilinear", **kwargs)(lab_region)[0]
-    in_plane = np.asarray(mat, dtype=np.float64)  # 3x3: patch (y, x, 1) -> block (y, x, 1)
-    matrix = np.eye(4)
-    matrix[1:3, 1:3], matrix[1:3, 3] = in_plane[:2, :2], in_plane[:2, 2]
-    matrix = offset @ matrix
+        out, lab = _elastic_in_plane(img_region, lab_region, size_yx, angle, scale_yx, params.elastic)
+        # the affine part about the centre of the block, as in 3-D (the elastic field comes on top)
+        centred, to_centre, from_patch = np.eye(4), np.eye(4), np.eye(4)
+        centred[:3, :3] = _linear_part(params)
+        to_centre[:3, 3] = [(m - 1) / 2 for m in region]
+        from_patch[:3, 3] = [-(p - 1) / 2 for p in patch]
+        matrix = offset @ to_centre @ centred @ from_patch
+    else:
+        kwargs = {"rotate_params": angle, "scale_params": scale_yx, "spatial_size": size_yx, "padding_mode": "zeros", "image_only": False}
+        out, mat = Affine(mode="bilinear", **kwargs)(img_region)
+        lab = None if lab_region is None else Affine(mode="bilinear", **kwargs)(lab_region)[0]
+        in_plane = np.asarray(mat, dtype=np.float64)  # 3x3: patch (y, x, 1) -> block (y, x, 1)
+        matrix = np.eye(4)
+        matrix[1:3, 1:3], matrix[1:3, 3] = in_plane[:2, :2], in_plane[:2, 2]
+        matrix = offset @ matrix
     out_np = np.asarray(out.detach().cpu() if hasattr(out, "detach") else out, dtype=np.float32)[:, None]
     lab_np = None
     if lab is not None:
         lab_t = lab[0] if lab.ndim == 3 else lab
         lab_np = (np.asarray(lab_t.detach().cpu() if hasattr(lab_t, "detach") else lab_t) >= 0.5).astype(np.uint8)[None]
     return out_np, lab_np, matrix
+
+
+def _elastic_in_plane(image: Any, label: Any, size_yx: Sequence[int], angle: float | None, scale_yx: Sequence[float] | None,
+                      elastic: dict[str, float | int]) -> tuple[Any, Any]:
+    """:class:`monai.transforms.Rand3DElastic`'s steps in two dimensions, with its seeding: the offsets
+    ``RandomState(seed).uniform(-1, 1, (2, py, px))`` smoothed by ``GaussianFilter(2, sigma, 3.0)`` and
+    times ``magnitude`` are added to the output grid, MONAI's ``AffineGrid`` rotates and scales it, and
+    ``Resample`` (bilinear, zero padding) samples the block ``(C, my, mx)`` (and the label indicator) there."""
+    import torch
+    from monai.networks.layers import GaussianFilter
+    from monai.transforms import AffineGrid, Resample
+    from monai.transforms.utils import create_grid
+
+    size = tuple(int(v) for v in size_yx)
+    offsets = np.random.RandomState(int(elastic["seed"])).uniform(-1.0, 1.0, [2, *size]).astype(np.float32, copy=False)
+    grid = create_grid(spatial_size=size, backend="torch")
+    grid[:2] += GaussianFilter(2, float(elastic["sigma"]), 3.0)(torch.as_tensor(offsets)[None])[0] * float(elastic["magnitude"])
+    grid, _ = AffineGrid(rotate_params=angle, scale_params=None if scale_yx is None else tuple(scale_yx))(grid=grid)
+    resample = Resample(mode="bilinear", padding_mode="zeros")
+    out = resample(image, grid)
+    lab = None if label is None else resample(label, grid)[0]
+    return out, lab
 
 
 def _low_resolution(image: np.ndarray, zooms: Sequence[float | None], in_plane: bool = False) -> np.ndarray:

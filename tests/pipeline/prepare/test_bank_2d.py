@@ -49,8 +49,7 @@ def test_config_2d_fields_defaults_and_hash():
         BankConfig(spatial_dims=2, patch_zyx=(4, 64, 64))
     with pytest.raises(ValueError, match="2-D banks only"):
         BankConfig(background_slices="any")
-    with pytest.raises(ValueError, match="elastic"):
-        BankConfig(spatial_dims=2, patch_zyx=(1, 64, 64), spatial={"p_elastic": 0.1})
+    assert BankConfig(spatial_dims=2, patch_zyx=(1, 64, 64), spatial={"p_elastic": 0.1}).spatial.p_elastic == 0.1  # in-plane elastic
 
 
 def test_draws_are_in_plane():
@@ -88,6 +87,59 @@ def test_label_and_image_move_as_the_recorded_transform_says(degrees, scale):
     assert float(np.abs(out).max()) < 10.0
     with pytest.raises(ValueError, match="1-slice patch"):
         augment_patch(image, label, (2, 40, 40), (3, 48, 48), params)
+
+
+def _lesion_slice():
+    rng = np.random.default_rng(0)
+    image = rng.normal(0, 0.1, size=(2, 5, 80, 80)).astype(np.float32)
+    label = np.zeros((5, 80, 80), np.uint8)
+    label[2, 42:52, 28:38] = 1  # centroid (46.5, 32.5); the samples are centred at (40, 40)
+    image[0][label != 0] += 4.0
+    image[:, 1] += 50.0  # a neighbouring slice: must not leak into the sample
+    return image, label
+
+
+def test_in_plane_elastic_without_displacement_is_the_affine_sample():
+    """The elastic path (offsets on the output grid, then MONAI's AffineGrid and Resample) with magnitude 0
+    gives the rotated and scaled sample of MONAI's ``Affine``, and the same recorded matrix."""
+    image, label = _lesion_slice()
+    affine = SampleParams(rotation_rad=(0.7, 0.0, 0.0), scale=(1.0, 1.2, 1.2), in_plane=True)
+    still = affine.model_copy(update={"elastic": {"sigma": 9.0, "magnitude": 0.0, "seed": 4}})
+    a, b = augment_patch(image, label, (2, 40, 40), (1, 48, 48), affine), augment_patch(image, label, (2, 40, 40), (1, 48, 48), still)
+    np.testing.assert_allclose(b[0], a[0], atol=1e-4)
+    np.testing.assert_array_equal(b[1], a[1])
+    np.testing.assert_allclose(b[2], a[2], atol=1e-5)
+
+
+def test_in_plane_elastic_is_seeded_and_moves_label_and_image_together():
+    image, label = _lesion_slice()
+    params = SampleParams(rotation_rad=(0.5, 0.0, 0.0), elastic={"sigma": 9.0, "magnitude": 60.0, "seed": 3}, in_plane=True)
+    out, lab, matrix = augment_patch(image, label, (2, 40, 40), (1, 48, 48), params)
+    again = augment_patch(image, label, (2, 40, 40), (1, 48, 48), params)
+    assert out.tobytes() == again[0].tobytes() and lab.tobytes() == again[1].tobytes()
+    other = augment_patch(image, label, (2, 40, 40), (1, 48, 48), params.model_copy(update={"elastic": {"sigma": 9.0, "magnitude": 60.0, "seed": 4}}))
+    assert not np.array_equal(other[0], out)
+    plain = augment_patch(image, label, (2, 40, 40), (1, 48, 48), params.model_copy(update={"elastic": None}))
+    assert not np.array_equal(plain[0], out)  # displaced
+    # the bright pixels follow the label; the lesion's centroid lands, through the recorded (affine) matrix, within
+    # the displacement's spread (sd 1.1 pixels here) of its source centroid; nothing of slice 1 came in
+    assert out[0, 0][lab[0] != 0].mean() > 3.0 and out[0, 0][lab[0] == 0].mean() < 0.5
+    zz, yy, xx = np.nonzero(lab)
+    mapped = matrix @ np.array([zz.mean(), yy.mean(), xx.mean(), 1.0])
+    np.testing.assert_allclose(mapped[:3], [2.0, 46.5, 32.5], atol=4.0)
+    assert float(np.abs(out).max()) < 10.0
+
+
+def test_a_2d_bank_with_elastic_samples_regenerates_bit_identically(tmp_path):
+    cfg = CFG.model_copy(update={"samples_per_case": 4, "spatial": CFG.spatial.model_copy(update={"p_elastic": 1.0, "elastic_magnitude": (100.0, 300.0)})})
+    root = tmp_path / "s.zarr"
+    case = make_store(root, n_cases=1, shape_zyx=SHAPE, seed=7, n_lesions=2)[0]
+    build_bank(root, case, cfg)
+    image, label, bank = open_bank(root, case)
+    assert all(s.elastic for s in bank.samples)
+    for s in bank.samples:
+        q, lab, _ = regenerate_sample(root, case, s.index)
+        assert q.tobytes() == np.asarray(image[s.index]).tobytes() and lab.tobytes() == np.asarray(label[s.index]).tobytes()
 
 
 def test_in_plane_low_resolution_keeps_each_slice_its_own():
