@@ -48,14 +48,15 @@ def progress_to(listener: Callable[[dict[str, Any]], None]) -> Iterator[None]:
 
 def recipe_progress(label: str, every: int = 100) -> Callable[[dict[str, Any]], None]:
     """A ``progress`` callback for recipes that run the training loop in a task (``train_ms``,
-    ``train_lgg``): every event goes to the :func:`progress_to` listeners, and the run log keeps
+    ``train_lgg``): every event goes to the :func:`progress_to` listeners with ``label`` added, and the run log keeps
     each non-step event and one step in ``every``, prefixed with ``label``."""
     logger = get_run_logger()
     current = list(_LISTENERS)
 
     def progress(event: dict[str, Any]) -> None:
+        labelled = {**event, "label": label}  # trainings running at once (train_lgg's folds) keep their own bars
         for listener in current:
-            listener(event)
+            listener(labelled)
         if event.get("event") != "train" or event.get("iteration", 0) % every == 0:
             logger.info("%s %s", label, {k: v for k, v in event.items() if k not in ("plan", "skipped")})
 

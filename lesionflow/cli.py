@@ -397,21 +397,23 @@ class _TrainBar:
         self._p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                            TextColumn("{task.fields[speed]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=self._console, transient=False)
         self._p.start()
-        self._task = None
+        self._tasks: dict[str, Any] = {}
         return self
 
     def __call__(self, event: dict[str, Any]) -> None:
         kind = event.get("event")
+        label = event.get("label") or "train"  # one bar per training (a recipe's folds can train at once)
+        prefix = f"{label}: " if event.get("label") else ""
         if kind == "start":
             done = event.get("resumed_from") or 0
             what = f"{event.get('network', 'unet')} {event.get('spatial_dims', 3)}-D, {event.get('loss_kind', 'dice_ce')}"
-            self._p.console.print(f"training {what} on {len(event.get('train_cases') or [])} case(s), patch {event.get('patch_zyx')}, "
+            self._p.console.print(f"{prefix}training {what} on {len(event.get('train_cases') or [])} case(s), patch {event.get('patch_zyx')}, "
                                   f"batch {event.get('batch_size')}, {event.get('device')}; run {event.get('run_id')}"
                                   + (f" (resumed at iteration {done})" if event.get("resumed_from") is not None else ""), soft_wrap=True)
-            self._task = self._p.add_task("train", total=event.get("iterations"), completed=done, loss="-", speed="")
-        elif kind == "train" and self._task is not None:
+            self._tasks[label] = self._p.add_task(label, total=event.get("iterations"), completed=done, loss="-", speed="")
+        elif kind == "train" and label in self._tasks:
             speed = f"{event['it_per_s']:.2f} it/s" if event.get("it_per_s") else ""
-            self._p.update(self._task, completed=event["iteration"], loss=f"{event['loss']:.4f}", speed=speed)
+            self._p.update(self._tasks[label], completed=event["iteration"], loss=f"{event['loss']:.4f}", speed=speed)
         elif kind == "val":
             self._p.console.print(f"  validation at {event.get('iteration')}: {event.get('case_id')} Dice {event.get('dice', 0):.3f}")
         elif kind == "early_stop":
@@ -951,6 +953,8 @@ def train_lgg(
     iterations: int | None = typer.Option(None, help="override the recipe's iterations (e.g. 10 for a quick check)"),
     data: Path | None = typer.Option(None, "--data", help="folder of LGG patient folders (default: ../shared/data/lgg/kaggle_3m)"),
     folds: int = typer.Option(4, min=2, help="cross-validation folds, by patient"),
+    fold_workers: int | None = typer.Option(None, "--fold-workers", min=1,
+                                            help="trainings (folds and the final model) at once, one process each (default: one per core on the CPU, 1 on a GPU)"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """The brain-tumour recipe: ingest the LGG slice stacks of ../shared/data, cross-validate a 2-D U-Net (focal Tversky)
@@ -964,7 +968,8 @@ def train_lgg(
     cfg = json.loads(config.read_text()) if config is not None else None
     try:
         with _TrainBar() as bar, progress_to(bar):
-            out = train_lgg_flow(str(workdir), config=cfg, iterations=iterations, data_dir=str(data) if data else None, folds=folds)
+            out = train_lgg_flow(str(workdir), config=cfg, iterations=iterations, data_dir=str(data) if data else None, folds=folds,
+                                 fold_workers=fold_workers)
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     if as_json:
@@ -986,8 +991,8 @@ def train_lgg(
     _console().print(f"tumour present per slice: AUC {sl['auc']:.3f}, sensitivity {sl['sensitivity']:.3f}, specificity {sl['specificity']:.3f} "
                      f"at probability {sl['threshold']:g} ({sl['n_positive']} tumour / {sl['n_negative']} other slices)\n"
                      f"per patient: {s['patients_correct']}/{s['n_patients']} correct (AUC {pt['auc']:.3f}; NaN: every patient has tumour)\n"
-                     f"time: ingest {t['ingest_s']:.0f} s, augmentation banks {t.get('bank_s', 0):.0f} s, cross-validation {t['crossval_s']:.0f} s, "
-                     f"final model {t.get('final_s', 0):.0f} s; "
+                     f"time: ingest {t['ingest_s']:.0f} s, augmentation banks {t.get('bank_s', 0):.0f} s, "
+                     f"{len(out['folds'])} folds and the final model {t['training_s']:.0f} s ({out['fold_workers']} at a time); "
                      f"total {t['total_s'] / 60:.1f} min, {verdict} the {TIME_LIMIT_S // 60} min limit ({out['threads']} torch thread(s))\n"
                      f"model → {out['model_dir']}", soft_wrap=True)
 

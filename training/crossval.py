@@ -32,7 +32,7 @@ import numpy as np
 from pipeline import store as _store
 from pipeline.lesions.evaluation import presence_metrics, slice_presence, tversky_index
 
-__all__ = ["content_keys", "patient_folds", "subjects_of", "evaluate_cases", "summarise"]
+__all__ = ["content_keys", "patient_folds", "subjects_of", "evaluate_cases", "run_fold", "summarise"]
 
 
 def subjects_of(store_root: str | Path, case_ids: Sequence[str] | None = None) -> dict[str, str]:
@@ -109,6 +109,30 @@ def evaluate_cases(store_root: str | Path, model: str | Path, case_ids: Sequence
             "dice": tversky_index(ref, pred, 0.5, 0.5),
         })
     return slice_rows, case_rows
+
+
+def run_fold(store_root: str | Path, config: Mapping[str, Any], train_ids: Sequence[str], test_ids: Sequence[str], fold: int,
+             progress: Any = None) -> dict[str, Any]:
+    """One fold of a cross-validation: train on ``train_ids`` (no validation cases: nothing of the
+    held-out patients steers training), then :func:`evaluate_cases` on ``test_ids`` with the last weights.
+
+    Returns ``fold``, ``model_version``, ``checkpoint``, ``train_seconds``, ``it_per_s``,
+    ``samples_from``, ``seconds`` (training and evaluation) and the evaluation's ``slices`` and
+    ``cases`` rows. A plain function, so it runs the same in this process or on a Dask worker.
+    """
+    import time
+
+    from training.loop import train
+
+    if set(train_ids) & set(test_ids):
+        raise ValueError(f"fold {fold}: cases on both sides: {sorted(set(train_ids) & set(test_ids))}")
+    t0 = time.perf_counter()
+    result = train(store_root, dict(config), case_ids=list(train_ids), val_case_ids=[], progress=progress)
+    slices, cases = evaluate_cases(store_root, result.checkpoint_path, list(test_ids), fold=fold)
+    return {"fold": fold, "model_version": result.model_version, "checkpoint": str(result.checkpoint_path),
+            "train_seconds": result.metrics["train_seconds"], "it_per_s": result.metrics["it_per_s"],
+            "samples_from": result.metrics["samples_from"], "seconds": round(time.perf_counter() - t0, 1),
+            "slices": slices, "cases": cases}
 
 
 def _mean(values: Sequence[float]) -> float:
