@@ -266,8 +266,11 @@ def crop(volume: np.ndarray, centre: Sequence[int], size: Sequence[int]) -> np.n
     slices, pad = patch_bounds(centre, spatial, size)
     lead = (slice(None),) * (volume.ndim - 3)
     part = volume[(*lead, *slices)]
-    if any(p != (0, 0) for p in pad):
-        part = np.pad(part, ((0, 0),) * (volume.ndim - 3) + tuple(pad))
+    if any(p != (0, 0) for p in pad):  # zeros, the part copied in (np.pad's generic path took 4x as long)
+        block = np.zeros(volume.shape[:-3] + tuple(int(v) for v in size), dtype=volume.dtype)
+        inner = tuple(slice(lo, lo + n) for (lo, _), n in zip(pad, part.shape[-3:]))
+        block[(*lead, *inner)] = part
+        return block
     return np.ascontiguousarray(part)
 
 
@@ -383,10 +386,12 @@ def _resample(image: np.ndarray, label: np.ndarray | None, centre: tuple[int, ..
     if params.elastic is None:
         kwargs = {"rotate_params": params.rotation_rad, "scale_params": params.scale, "spatial_size": patch,
                   "padding_mode": "zeros", "image_only": False}
-        out, mat = Affine(mode="bilinear", **kwargs)(img_region)
+        # the label indicator as one more channel: one grid for both (each channel is sampled on its own, so the bytes are those of two calls)
+        both = img_region if lab_region is None else torch.cat([img_region, lab_region])
+        out, mat = Affine(mode="bilinear", **kwargs)(both)
         lab = None
         if lab_region is not None:
-            lab = Affine(mode="bilinear", **kwargs)(lab_region)[0]
+            out, lab = out[:-1], out[-1]
         matrix = offset @ np.asarray(mat, dtype=np.float64)
     else:
         e = params.elastic
@@ -441,8 +446,11 @@ def _resample_in_plane(image: np.ndarray, label: np.ndarray | None, centre: tupl
         matrix = offset @ to_centre @ centred @ from_patch
     else:
         kwargs = {"rotate_params": angle, "scale_params": scale_yx, "spatial_size": size_yx, "padding_mode": "zeros", "image_only": False}
-        out, mat = Affine(mode="bilinear", **kwargs)(img_region)
-        lab = None if lab_region is None else Affine(mode="bilinear", **kwargs)(lab_region)[0]
+        both = img_region if lab_region is None else torch.cat([img_region, lab_region])  # as in 3-D: one grid for both
+        out, mat = Affine(mode="bilinear", **kwargs)(both)
+        lab = None
+        if lab_region is not None:
+            out, lab = out[:-1], out[-1]
         in_plane = np.asarray(mat, dtype=np.float64)  # 3x3: patch (y, x, 1) -> block (y, x, 1)
         matrix = np.eye(4)
         matrix[1:3, 1:3], matrix[1:3, 3] = in_plane[:2, :2], in_plane[:2, 2]
@@ -471,10 +479,9 @@ def _elastic_in_plane(image: Any, label: Any, size_yx: Sequence[int], angle: flo
     grid = create_grid(spatial_size=size, backend="torch")
     grid[:2] += GaussianFilter(2, float(elastic["sigma"]), 3.0)(torch.as_tensor(offsets)[None])[0] * float(elastic["magnitude"])
     grid, _ = AffineGrid(rotate_params=angle, scale_params=None if scale_yx is None else tuple(scale_yx))(grid=grid)
-    resample = Resample(mode="bilinear", padding_mode="zeros")
-    out = resample(image, grid)
-    lab = None if label is None else resample(label, grid)[0]
-    return out, lab
+    both = image if label is None else torch.cat([image, label])  # one call, the label indicator as the last channel
+    out = Resample(mode="bilinear", padding_mode="zeros")(both, grid)
+    return (out, None) if label is None else (out[:-1], out[-1])
 
 
 def _low_resolution(image: np.ndarray, zooms: Sequence[float | None], in_plane: bool = False) -> np.ndarray:
