@@ -129,8 +129,9 @@ def evaluate_task(store: str, model_version: str, truth_csv: str, cases: dict[st
 
 
 @task(name="export-model", cache_policy=NO_CACHE)
-def export_task(checkpoint: str, out_dir: str) -> str:
-    """Copy ``model.pt`` and ``model.json`` into ``out_dir`` (replaced whole)."""
+def export_task(checkpoint: str, out_dir: str, extra_dirs: dict[str, str] | None = None) -> str:
+    """Copy ``model.pt`` and ``model.json`` into ``out_dir`` (replaced whole), and each folder of
+    ``extra_dirs`` (sub-folder name -> local folder, e.g. a slice classifier) beside them."""
     from pipeline.store import read_bytes
 
     out = Path(out_dir)
@@ -142,6 +143,8 @@ def export_task(checkpoint: str, out_dir: str) -> str:
         if blob is None:
             raise FileNotFoundError(f"{checkpoint}/{name} missing")
         (staging / name).write_bytes(blob)
+    for name, folder in (extra_dirs or {}).items():
+        shutil.copytree(folder, staging / name)
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
     return str(out)

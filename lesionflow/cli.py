@@ -979,18 +979,26 @@ def train_lgg(
     rows = [{**f, "fold": f["fold"] + 1} for f in out["folds"]]
     rows.append({"fold": "all", "test_patients": s["n_patients"], "dice_slices": s["dice_slices"], "tversky_slices": s["tversky_slices"],
                  "dice_patients": s["dice_patients"], "tversky_patients": s["tversky_patients"], "slice_auc": s["slice"]["auc"],
-                 "patients_correct": s["patients_correct"]})
-    _print_table(rows, ["fold", "test_patients", "dice_slices", "tversky_slices", "dice_patients", "tversky_patients", "slice_auc", "patients_correct"],
+                 "patients_correct": s["patients_correct"],
+                 **({"classifier_slice_auc": s["slice_classifier"]["auc"]} if "slice_classifier" in s else {})})
+    columns = ["fold", "test_patients", "dice_slices", "tversky_slices", "dice_patients", "tversky_patients", "slice_auc"]
+    columns += ["classifier_slice_auc"] if "slice_classifier" in s else []
+    _print_table(rows, [*columns, "patients_correct"],
                  "cross-validation by patient (held-out patients; Dice / Tversky on tumour slices)",
                  headers={"test_patients": "patients", "dice_slices": "Dice (slices)", "tversky_slices": "TI (slices)",
                           "dice_patients": "Dice (patients)", "tversky_patients": "TI (patients)", "slice_auc": "slice AUC",
+                          "classifier_slice_auc": "slice AUC (classifier)",
                           "patients_correct": "present correct"})
     sl, pt = s["slice"], s["patient"]
     t = out["timings"]
     verdict = "within" if out["within_limit"] else "OVER"
-    _console().print(f"tumour present per slice: AUC {sl['auc']:.3f}, sensitivity {sl['sensitivity']:.3f}, specificity {sl['specificity']:.3f} "
+    _console().print(f"tumour present per slice, from the segmentation (maximum probability): AUC {sl['auc']:.3f}, sensitivity {sl['sensitivity']:.3f}, specificity {sl['specificity']:.3f} "
                      f"at probability {sl['threshold']:g} ({sl['n_positive']} tumour / {sl['n_negative']} other slices)\n"
-                     f"per patient: {s['patients_correct']}/{s['n_patients']} correct (AUC {pt['auc']:.3f}; NaN: every patient has tumour)\n"
+                     + (f"tumour present per slice, from the slice classifier: AUC {s['slice_classifier']['auc']:.3f}, "
+                        f"sensitivity {s['slice_classifier']['sensitivity']:.3f}, specificity {s['slice_classifier']['specificity']:.3f} "
+                        f"at probability {s['slice_classifier']['threshold']:g}; patients correct {s['patients_correct_classifier']}/{s['n_patients']}\n"
+                        if "slice_classifier" in s else "")
+                     + f"per patient: {s['patients_correct']}/{s['n_patients']} correct (AUC {pt['auc']:.3f}; NaN: every patient has tumour)\n"
                      f"time: ingest {t['ingest_s']:.0f} s, augmentation banks {t.get('bank_s', 0):.0f} s, "
                      f"{len(out['folds'])} folds and the final model {t['training_s']:.0f} s ({out['fold_workers']} at a time); "
                      f"total {t['total_s'] / 60:.1f} min, {verdict} the {TIME_LIMIT_S // 60} min limit ({out['threads']} torch thread(s))\n"

@@ -112,13 +112,19 @@ def evaluate_cases(store_root: str | Path, model: str | Path, case_ids: Sequence
 
 
 def run_fold(store_root: str | Path, config: Mapping[str, Any], train_ids: Sequence[str], test_ids: Sequence[str], fold: int,
-             progress: Any = None) -> dict[str, Any]:
+             progress: Any = None, classifier: Mapping[str, Any] | None = None, classifier_dir: str | Path | None = None) -> dict[str, Any]:
     """One fold of a cross-validation: train on ``train_ids`` (no validation cases: nothing of the
     held-out patients steers training), then :func:`evaluate_cases` on ``test_ids`` with the last weights.
 
+    With ``classifier`` (a :class:`training.classify.SliceClassifierConfig` dict) a slice classifier
+    is trained on the same cases too, and each held-out slice and case row gets its
+    ``classifier_score`` (the case's: the maximum over its slices); ``classifier_dir`` keeps it
+    (:func:`training.classify.save_classifier`; the final model's, trained with no case held out).
+
     Returns ``fold``, ``model_version``, ``checkpoint``, ``train_seconds``, ``it_per_s``,
-    ``samples_from``, ``seconds`` (training and evaluation) and the evaluation's ``slices`` and
-    ``cases`` rows. A plain function, so it runs the same in this process or on a Dask worker.
+    ``samples_from``, ``seconds`` (training and evaluation), the evaluation's ``slices`` and
+    ``cases`` rows, and ``classifier`` (its info, or None). A plain function, so it runs the same in
+    this process or on a Dask worker.
     """
     import time
 
@@ -129,10 +135,25 @@ def run_fold(store_root: str | Path, config: Mapping[str, Any], train_ids: Seque
     t0 = time.perf_counter()
     result = train(store_root, dict(config), case_ids=list(train_ids), val_case_ids=[], progress=progress)
     slices, cases = evaluate_cases(store_root, result.checkpoint_path, list(test_ids), fold=fold)
+    classifier_info = None
+    if classifier is not None:
+        from training.classify import SliceClassifierConfig, classify_slices, save_classifier, train_slice_classifier
+
+        channels = list(dict(config).get("channels") or []) or None
+        net, classifier_info = train_slice_classifier(store_root, list(train_ids), SliceClassifierConfig.model_validate(dict(classifier)),
+                                                      channels=channels, progress=progress)
+        if classifier_dir is not None:
+            save_classifier(net, classifier_info, classifier_dir)
+        for case in cases:
+            scores = classify_slices(net, classifier_info, store_root, case["case_id"])
+            case["classifier_score"] = float(scores.max(initial=0.0))
+            for row in slices:
+                if row["case_id"] == case["case_id"]:
+                    row["classifier_score"] = float(scores[row["z"]])
     return {"fold": fold, "model_version": result.model_version, "checkpoint": str(result.checkpoint_path),
             "train_seconds": result.metrics["train_seconds"], "it_per_s": result.metrics["it_per_s"],
             "samples_from": result.metrics["samples_from"], "seconds": round(time.perf_counter() - t0, 1),
-            "slices": slices, "cases": cases}
+            "slices": slices, "cases": cases, "classifier": classifier_info}
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -147,7 +168,9 @@ def summarise(slice_rows: Sequence[Mapping[str, Any]], case_rows: Sequence[Mappi
     ``tversky_patients`` (means over cases of the figure pooled over each case's lesion slices),
     ``slice`` and ``patient`` (:func:`~pipeline.lesions.evaluation.presence_metrics` of the maximum
     probability), ``slice_area`` (the same with the predicted area in voxels as the slice's score),
-    ``patients_correct`` (cases whose presence call matches the reference) and the counts.
+    ``patients_correct`` (cases whose presence call matches the reference) and the counts; when the
+    rows carry a slice classifier's ``classifier_score`` (:func:`run_fold`), also ``slice_classifier``,
+    ``patient_classifier`` and ``patients_correct_classifier``, the same figures for its probability.
     """
     lesion_slices = [r for r in slice_rows if r["has_lesion"]]
     patient = presence_metrics([r["has_lesion"] for r in case_rows], [r["score"] for r in case_rows], threshold)
@@ -162,4 +185,16 @@ def summarise(slice_rows: Sequence[Mapping[str, Any]], case_rows: Sequence[Mappi
         "patient": patient,
         "patients_correct": sum(bool(r["predicted_present"]) == bool(r["has_lesion"]) for r in case_rows),
         "n_patients": len(case_rows), "n_slices": len(slice_rows), "n_lesion_slices": len(lesion_slices),
+        **_classifier_figures(slice_rows, case_rows, threshold),
+    }
+
+
+def _classifier_figures(slice_rows: Sequence[Mapping[str, Any]], case_rows: Sequence[Mapping[str, Any]], threshold: float) -> dict[str, Any]:
+    """:func:`summarise`'s figures of the slice classifier, when every row has its score."""
+    if not slice_rows or not all("classifier_score" in r for r in (*slice_rows, *case_rows)):
+        return {}
+    return {
+        "slice_classifier": presence_metrics([r["has_lesion"] for r in slice_rows], [r["classifier_score"] for r in slice_rows], threshold),
+        "patient_classifier": presence_metrics([r["has_lesion"] for r in case_rows], [r["classifier_score"] for r in case_rows], threshold),
+        "patients_correct_classifier": sum((r["classifier_score"] >= threshold) == bool(r["has_lesion"]) for r in case_rows),
     }

@@ -33,8 +33,13 @@ def test_train_lgg_on_two_patients(prefect_harness, shared_data, tmp_path):
         shutil.copytree(source / p, data / p)
     cfg = {**RECIPE_CONFIG, "batch_size": 4, "patch_zyx": [1, 64, 64]}
     # the two folds and the final model on a Dask LocalCluster of 2 processes
-    out = train_lgg(str(tmp_path / "work"), config=cfg, iterations=4, data_dir=str(data), folds=2, fold_workers=2)
+    small_classifier = {"size": 32, "iterations": 4, "batch_size": 4, "widths": [8, 8, 16, 16]}
+    out = train_lgg(str(tmp_path / "work"), config=cfg, iterations=4, data_dir=str(data), folds=2, fold_workers=2, classifier=small_classifier)
     assert out["fold_workers"] == 2 and out["timings"]["training_s"] > 0
+    # the slice classifier beside the segmentation: its own presence figures, exported with the final model
+    assert 0.0 <= out["summary"]["slice_classifier"]["auc"] <= 1.0 and "classifier_slice_auc" in out["folds"][0]
+    assert json.loads((tmp_path / "work" / "model" / "classifier" / "classifier.json").read_text())["train_cases"] == 2
+    assert not (tmp_path / "work" / "classifier.partial").exists()
 
     assert out["ingest"]["converted"] == 2 and out["ingest"]["rejected"] == 0
     # every patient held out exactly once, never in its own fold's training
@@ -74,13 +79,15 @@ def test_train_lgg_on_two_patients(prefect_harness, shared_data, tmp_path):
 
     # the same folds one after another in this process (the store is reused: nothing is ingested or
     # banked again): the same models, so the same figures, whatever runs them
-    again = train_lgg(str(tmp_path / "work"), config=cfg, iterations=4, data_dir=str(data), folds=2, fold_workers=1, final=False)
+    again = train_lgg(str(tmp_path / "work"), config=cfg, iterations=4, data_dir=str(data), folds=2, fold_workers=1, final=False,
+                      classifier=small_classifier)
     assert again["fold_workers"] == 1 and again["ingest"]["converted"] == 0 and again["bank"]["built"] == 0
     for a, b in zip(out["folds"], again["folds"]):
         assert a["model_version"] != b["model_version"]
         for k in ("dice_slices", "tversky_slices", "slice_auc", "patients_correct"):
             assert a[k] == b[k] or (np.isnan(a[k]) and np.isnan(b[k])), (k, a, b)
     assert [c["score"] for c in again["cases"]] == [c["score"] for c in out["cases"]]
+    assert [c["classifier_score"] for c in again["cases"]] == [c["classifier_score"] for c in out["cases"]]
 
     # the exported model segments one patient folder of the set
     model = work / "model"
