@@ -821,6 +821,10 @@ def segment(
         typer.echo(f"warning: {w}", err=True)
     size = f"{result['total_volume_ml']:.3f} mL" if result["total_volume_ml"] is not None else f"{result['total_voxels']} voxels (geometry unknown)"
     typer.echo(f"{result['lesion_count']} lesions, {size} (max probability {result['max_probability']:.3f}) by {result['model_version']}")
+    if result.get("slice_lesion_probability") is not None:
+        probs = result["slice_lesion_probability"]
+        typer.echo(f"slice classifier: lesion {'present' if result['lesion_present'] else 'absent'} "
+                   f"({sum(p >= 0.5 for p in probs)} of {len(probs)} slices at probability >= 0.5, highest {max(probs, default=0.0):.3f})")
     typer.echo(f"mask    → {result['mask']}\nlesions → {result['lesions_csv']}")
 
 

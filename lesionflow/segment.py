@@ -168,6 +168,7 @@ def segment_session(
         prob = prob * (np.asarray(foreground_mask(group)[...]) != 0)
         grid = volume_from_geometry(meta.geometry, prob.astype(np.float32))
         ref_mod = cfg.reference_modality if cfg.reference_modality in meta.channels else meta.channels[0]
+        slice_probability = _classify_slices(model, store, case_id, warnings)
     if cfg.target_spacing is not None:  # the stored grid is resampled: back onto the reference image's own grid
         native = _reference_volume(found[0], cfg)
         grid = resample_to_grid(grid, native, "linear")
@@ -195,4 +196,22 @@ def segment_session(
         "connectivity": connectivity, "min_lesion_mm3": min_size_mm3,
         "max_probability": round(float(prob_vol.array.max(initial=0.0)), 6),
         "shape_xyz": list(mask_vol.shape_xyz), "spacing_mm": [round(s, 6) for s in mask_vol.spacing], "warnings": warnings,
+        # the model folder's slice classifier (training.classify), when it has one: P(lesion) per stored axial slice, in z order
+        "slice_lesion_probability": slice_probability,
+        "lesion_present": None if slice_probability is None else bool(max(slice_probability, default=0.0) >= 0.5),
     }
+
+
+def _classify_slices(model: str | Path, store: str, case_id: str, warnings: list[str]) -> list[float] | None:
+    """The slice classifier's probability per axial slice when the model folder holds one (``classifier/``), else None."""
+    from training.classify import CLASSIFIER_DIR, classify_slices, load_classifier
+
+    folder = Path(model) if Path(model).is_dir() else Path(model).parent
+    if not (folder / CLASSIFIER_DIR / "classifier.json").is_file():
+        return None
+    net, info = load_classifier(folder / CLASSIFIER_DIR)
+    try:
+        return [round(float(p), 6) for p in classify_slices(net, info, store, case_id)]
+    except ValueError as exc:
+        warnings.append(f"the slice classifier was not run: {exc}")
+        return None

@@ -97,6 +97,8 @@ def test_train_lgg_on_two_patients(prefect_harness, shared_data, tmp_path):
     assert r.exit_code == 0, r.output
     got = json.loads(r.stdout)
     assert got["geometry_source"] == "unknown" and got["total_volume_ml"] is None
+    # the exported slice classifier says, per slice of the stack, whether it holds tumour
+    assert len(got["slice_lesion_probability"]) == 20 and isinstance(got["lesion_present"], bool)
     img = nib.load(mask_out)
     assert img.shape == (256, 256, 20)  # x, y, z: 20 slices of 256 x 256
     assert int(np.asarray(img.dataobj).sum()) == got["total_voxels"]
