@@ -63,17 +63,22 @@ def test_draws_are_in_plane():
     assert max(angles) > math.radians(150)  # the 2-D range, not 3-D's 30 degrees
 
 
+def _lesion_slice():
+    rng = np.random.default_rng(0)
+    image = rng.normal(0, 0.1, size=(2, 5, 80, 80)).astype(np.float32)
+    label = np.zeros((5, 80, 80), np.uint8)
+    label[2, 42:52, 28:38] = 1  # centroid (46.5, 32.5); the samples are centred at (40, 40)
+    image[0][label != 0] += 4.0
+    image[:, 1] += 50.0  # a neighbouring slice: must not leak into the sample
+    return image, label
+
+
 @pytest.mark.parametrize("degrees,scale", [(90.0, None), (-37.0, 1.25), (150.0, 0.8)])
 def test_label_and_image_move_as_the_recorded_transform_says(degrees, scale):
     """A synthetic lesion off the patch centre: after an in-plane rotation (and scaling) its centroid in
     the sample maps, through the recorded matrix, onto its centroid in the source slice; the image's
     bright spot moves with it; neighbouring slices are never read."""
-    rng = np.random.default_rng(0)
-    image = rng.normal(0, 0.1, size=(2, 5, 80, 80)).astype(np.float32)
-    label = np.zeros((5, 80, 80), np.uint8)
-    label[2, 44:50, 30:36] = 1  # centroid (46.5, 32.5); the sample is centred at (40, 40)
-    image[0][label != 0] += 4.0
-    image[:, 1] += 50.0  # a neighbouring slice: must not leak into the sample
+    image, label = _lesion_slice()
     params = SampleParams(rotation_rad=(math.radians(degrees), 0.0, 0.0), scale=None if scale is None else (1.0, scale, scale), in_plane=True)
     out, lab, matrix = augment_patch(image, label, (2, 40, 40), (1, 48, 48), params)
     assert out.shape == (2, 1, 48, 48) and lab.shape == (1, 48, 48) and lab.any()
@@ -87,16 +92,6 @@ def test_label_and_image_move_as_the_recorded_transform_says(degrees, scale):
     assert float(np.abs(out).max()) < 10.0
     with pytest.raises(ValueError, match="1-slice patch"):
         augment_patch(image, label, (2, 40, 40), (3, 48, 48), params)
-
-
-def _lesion_slice():
-    rng = np.random.default_rng(0)
-    image = rng.normal(0, 0.1, size=(2, 5, 80, 80)).astype(np.float32)
-    label = np.zeros((5, 80, 80), np.uint8)
-    label[2, 42:52, 28:38] = 1  # centroid (46.5, 32.5); the samples are centred at (40, 40)
-    image[0][label != 0] += 4.0
-    image[:, 1] += 50.0  # a neighbouring slice: must not leak into the sample
-    return image, label
 
 
 def test_in_plane_elastic_without_displacement_is_the_affine_sample():
