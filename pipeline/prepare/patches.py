@@ -86,7 +86,11 @@ def patch_bounds(centre: Sequence[int], shape_zyx: Sequence[int], patch_zyx: Seq
     for c, s, p in zip(centre, shape_zyx, _as_patch(patch_zyx)):
         start = int(c) - p // 2
         stop = start + p
-        lo, hi = max(start, 0), min(stop, int(s))
+        lo, hi = min(max(start, 0), int(s)), max(min(stop, int(s)), 0)
+        if hi <= lo:  # the patch lies wholly outside the volume along this axis: nothing read, all padding
+            slices.append(slice(0, 0))
+            pad.append((p, 0))
+            continue
         slices.append(slice(lo, hi))
         pad.append((lo - start, stop - hi))
     return tuple(slices), tuple(pad)

@@ -187,3 +187,23 @@ def test_indexable_cases_hold_the_requested_channels(tmp_path):
     assert indexable_cases(root, ["T1"]) == labelled
     with pytest.raises(StoreError, match=r"requested \['PD'\], the store has \['FLAIR', 'T1', 'T2'\]"):
         indexable_cases(root, ["PD"])
+
+
+def test_patch_bounds_and_crop_agree_with_voxel_by_voxel_indexing_also_outside_the_volume():
+    """Every patch, centred inside, on the edge or wholly outside the volume (a patch of zeros), read
+    through ``patch_bounds`` + ``np.pad`` and through ``augment.crop`` equals indexing voxel by voxel;
+    a patch wholly outside once read wrapped-around voxels (a negative stop index)."""
+    from pipeline.prepare.augment import crop
+
+    rng = np.random.default_rng(0)
+    volume = rng.normal(size=(2, 12, 15, 9)).astype(np.float32)
+    for _ in range(400):
+        centre = rng.integers(-25, 40, 3)
+        size = tuple(int(s) for s in rng.integers(1, 30, 3))
+        axes = [np.arange(p) + c - p // 2 for c, p in zip(centre, size)]
+        inside = [(a >= 0) & (a < n) for a, n in zip(axes, volume.shape[1:])]
+        expected = np.zeros((2, *size), np.float32)
+        expected[np.ix_(range(2), *[np.nonzero(m)[0] for m in inside])] = volume[np.ix_(range(2), *[a[m] for a, m in zip(axes, inside)])]
+        slices, pad = patch_bounds(centre, volume.shape[1:], size)
+        np.testing.assert_array_equal(np.pad(volume[(slice(None), *slices)], ((0, 0), *pad)), expected)
+        np.testing.assert_array_equal(crop(volume, centre, size), expected)
