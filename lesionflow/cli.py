@@ -960,7 +960,7 @@ def train_lgg(
     fold_workers: int | None = typer.Option(None, "--fold-workers", min=1,
                                             help="trainings (folds and the final model) at once, one process each (default: one per core on the CPU, 1 on a GPU)"),
     classifier: bool = typer.Option(True, "--classifier/--no-classifier",
-                                    help="also train the slice classifier for 'tumour present?' with each segmentation (about 1.5 min each on a CPU core)"),
+                                    help="also train the slice classifier for 'tumour present?' with each segmentation (under 2 min each on a CPU core)"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """The brain-tumour recipe: ingest the LGG slice stacks of ../shared/data, cross-validate a 2-D U-Net (focal Tversky)

@@ -144,12 +144,11 @@ def run_fold(store_root: str | Path, config: Mapping[str, Any], train_ids: Seque
                                                       channels=channels, progress=progress)
         if classifier_dir is not None:
             save_classifier(net, classifier_info, classifier_dir)
+        scores = {case["case_id"]: classify_slices(net, classifier_info, store_root, case["case_id"]) for case in cases}
         for case in cases:
-            scores = classify_slices(net, classifier_info, store_root, case["case_id"])
-            case["classifier_score"] = float(scores.max(initial=0.0))
-            for row in slices:
-                if row["case_id"] == case["case_id"]:
-                    row["classifier_score"] = float(scores[row["z"]])
+            case["classifier_score"] = float(scores[case["case_id"]].max(initial=0.0))
+        for row in slices:
+            row["classifier_score"] = float(scores[row["case_id"]][row["z"]])
     return {"fold": fold, "model_version": result.model_version, "checkpoint": str(result.checkpoint_path),
             "train_seconds": result.metrics["train_seconds"], "it_per_s": result.metrics["it_per_s"],
             "samples_from": result.metrics["samples_from"], "seconds": round(time.perf_counter() - t0, 1),
