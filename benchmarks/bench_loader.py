@@ -4,7 +4,9 @@ Prints one JSON object. For each source (a folder of cases with labels, ingested
 store; and a phantom cohort of ``--phantom`` cases):
 
 * ``prepare``: the augmentation bank built per case in a warm process on one core (seconds and
-  compressed bytes per case), next to nnU-Net's preprocessing of the same cases: its per-case
+  compressed bytes per case), then all of them again as the ``prepare`` flow builds them, one task
+  per case on a fresh 2-worker Dask LocalCluster (``dask_2_workers_s``, cluster startup included),
+  next to nnU-Net's preprocessing of the same cases: its per-case
   ``DefaultPreprocessor.run_case_save`` in a warm process on one core, and the whole
   ``nnUNetv2_plan_and_preprocess -np 2`` command per case (fingerprint and planning included).
 * loaders, each in a fresh process, measured the same way: a warm-up of ``--warmup`` seconds,
@@ -308,9 +310,58 @@ def prepare_banks(store: Path, cases: list[str], patch: list[int], k: int) -> di
         rows.append(build_bank(store, c, cfg, threads=1))
     seconds = [r["seconds"] for r in rows]
     nbytes = [r["image_bytes"] + r["label_bytes"] for r in rows]
+    # as the prepare flow builds them: every bank again on a fresh 2-worker Dask LocalCluster (startup included)
+    from dask.distributed import wait
+
+    from pipeline.ingest.cluster import dask_client
+    from pipeline.prepare.bank import ensure_bank
+
+    t0 = time.perf_counter()
+    with dask_client(None, 2) as client:
+        wait([client.submit(ensure_bank, str(store), c, cfg, True, pure=False) for c in cases])
+    dask_s = time.perf_counter() - t0
     return {"samples_per_case": k, "dtype": cfg.dtype, "seconds_per_case": seconds, "median_s_per_case": statistics.median(seconds),
+            "dask_2_workers_s": round(dask_s, 2), "dask_2_workers_s_per_case": round(dask_s / max(len(cases), 1), 2),
             "bytes_per_case": nbytes, "mb_per_case": round(statistics.mean(nbytes) / 1e6, 2),
             "bytes_per_sample": round(statistics.mean(nbytes) / k), "config_hash": cfg.config_hash()}
+
+
+def bank_codecs(store: str | Path, n: int = 8) -> dict[str, Any]:
+    """The bank image codec, chosen by measurement: ``n`` stored samples of the first banked case
+    re-encoded with each candidate on one core; median compressed MB, encode and decode ms per sample."""
+    import numcodecs
+    import numpy as np
+    from numcodecs import LZ4, Blosc, Zstd
+
+    from pipeline import store as st
+    from pipeline.prepare.bank import has_bank, open_bank
+
+    numcodecs.blosc.set_nthreads(1)
+    case = next(c for c in st.list_cases(store) if has_bank(store, c))
+    image, _, bank = open_bank(store, case)
+    samples = [np.asarray(image[i]) for i in range(min(n, bank.n_samples))]
+    candidates = {
+        "zstd-1": Zstd(level=1), "zstd-3": Zstd(level=3), "zstd--1 (fast)": Zstd(level=-1), "lz4": LZ4(),
+        "blosc-lz4-5": Blosc(cname="lz4", clevel=5, shuffle=Blosc.NOSHUFFLE),
+        "blosc-lz4-5-shuffle": Blosc(cname="lz4", clevel=5, shuffle=Blosc.SHUFFLE),
+        "blosc-lz4-5-bitshuffle": Blosc(cname="lz4", clevel=5, shuffle=Blosc.BITSHUFFLE),
+        "blosc-zstd-1-shuffle": Blosc(cname="zstd", clevel=1, shuffle=Blosc.SHUFFLE),
+    }
+    rows: dict[str, Any] = {}
+    for name, codec in candidates.items():
+        enc_s, dec_s, sizes = [], [], []
+        for x in samples:
+            t = time.perf_counter()
+            data = codec.encode(x)
+            enc_s.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            codec.decode(data)
+            dec_s.append(time.perf_counter() - t)
+            sizes.append(len(data))
+        rows[name] = {"mb": round(statistics.median(sizes) / 1e6, 2), "encode_ms": round(1000 * statistics.median(enc_s), 1),
+                      "decode_ms": round(1000 * statistics.median(dec_s), 1)}
+    return {"samples": len(samples), "shape": list(samples[0].shape), "dtype": str(samples[0].dtype),
+            "raw_mb": round(samples[0].nbytes / 1e6, 2), "stored_with": bank.compressor, "codecs": rows}
 
 
 def dtype_tolerance(store: str, model_version: str) -> dict[str, Any]:
@@ -421,6 +472,7 @@ def run_source(name: str, source: Path, work: Path, args: argparse.Namespace, ch
                            "patch_zyx": patch, "batch_size": args.batch}
     print(f"{name}: banks for {len(cases)} cases (K={args.samples_per_case}, patch {patch})", file=sys.stderr, flush=True)
     out["prepare"] = {"lesionflow_bank": prepare_banks(store, cases, patch, args.samples_per_case)}
+    out["bank_codecs"] = bank_codecs(store)
     common = ["--patch", ",".join(map(str, patch)), "--batch", str(args.batch), "--seconds", str(args.seconds),
               "--window", str(args.window), "--warmup", str(args.warmup)]
     loaders: dict[str, Any] = {}
@@ -500,6 +552,7 @@ def main() -> None:
     ap.add_argument("--note", default="", help="free text recorded in the JSON (e.g. what else ran on the machine)")
     ap.add_argument("--feed", metavar="STORE", help="only check that training from STORE's bank is never starved (GPU: busy share) and exit")
     ap.add_argument("--device", default=None, help="--feed: cuda or cpu (default: CUDA when available)")
+    ap.add_argument("--codecs", metavar="STORE", help="only measure candidate bank image codecs on STORE's stored samples and exit")
     ap.add_argument("--tolerance", nargs=2, metavar=("STORE", "MODEL"),
                     help="only measure what a trained model tolerates of the stored types (float16, int16 x scale) and exit")
     # internal: one measurement in this process
@@ -533,6 +586,10 @@ def main() -> None:
     if args.feed:
         print(json.dumps({"benchmark": "bench_loader --feed", "date": time.strftime("%Y-%m-%d"), "machine": machine(),
                           **feed_check(args.feed, args.seconds, args.device, args.batch)}, indent=2))
+        return
+    if args.codecs:
+        print(json.dumps({"benchmark": "bench_loader --codecs", "date": time.strftime("%Y-%m-%d"), "machine": machine(),
+                          "note": args.note, **bank_codecs(args.codecs)}, indent=2))
         return
     if args.tolerance:
         print(json.dumps({"benchmark": "bench_loader --tolerance", "date": time.strftime("%Y-%m-%d"), "machine": machine(),

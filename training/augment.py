@@ -13,7 +13,10 @@ to the drawn (sample, channel) slices, written so that nothing waits for the GPU
 (``float(range)``, ``float(sigma)``), which stops the host until the GPU has finished all the
 work queued before it, once per augmented channel (on an H200, 2026-11-29, the training step then
 kept the GPU busy 65 % of the time). Here the statistics stay on the device and the Gaussian
-kernels are made on the CPU (MONAI's ``gaussian_1d``, filtered by its ``separable_filtering``).
+kernels are made on the CPU (MONAI's ``gaussian_1d``, filtered by its ``separable_filtering`` on a GPU
+and by SciPy's ``correlate1d``, 4x faster, on the CPU). On the CPU, where the transforms run in the
+loader's threads, every step works in place on the batch: a fresh buffer of a channel costs about as
+much as the arithmetic on it.
 Noise is drawn with torch on the device (MONAI's ``RandGaussianNoise`` draws with numpy on the
 CPU, which would cost a host-to-device copy per noisy sample) and mirroring is ``torch.flip``.
 
@@ -45,6 +48,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -98,6 +102,11 @@ def gaussian_blur(x: torch.Tensor, sigma_zyx: Sequence[float], truncated: float 
     """MONAI's ``GaussianSmooth(sigma=sigma_zyx)`` of one channel ``(1, Z, Y, X)`` ("erf" kernels cut at
     ``truncated`` sigma, zero padding), with the kernels made on the CPU: no wait for the device.
 
+    On the CPU the three passes are SciPy's ``ndimage.correlate1d`` with MONAI's kernels (equal to
+    MONAI's result within 1e-6; one channel of 112 x 160 x 128 in 33 ms on one core, against 128 ms
+    for MONAI's convolutions, 2026-11-30; it releases the GIL, so loader threads blur side by side);
+    on a GPU, MONAI's ``separable_filtering``.
+
     An axis one voxel long (the z of a single slice) is not blurred: its kernel is ``[1]``, where
     MONAI's would meet zero padding on both sides and scale the slice by the kernel's centre weight.
 
@@ -106,34 +115,49 @@ def gaussian_blur(x: torch.Tensor, sigma_zyx: Sequence[float], truncated: float 
     True
     """
     from monai.networks.layers.convutils import gaussian_1d
-    from monai.networks.layers.simplelayers import separable_filtering
 
     kernels = [torch.ones(1) if n == 1 else gaussian_1d(torch.tensor(float(s)), truncated=truncated, approx="erf")
                for s, n in zip(sigma_zyx, x.shape[1:])]
+    if x.device.type == "cpu" and x.dtype == torch.float32:
+        from scipy.ndimage import correlate1d
+
+        out = x.detach().numpy()
+        blurred = False
+        for axis, k in enumerate(kernels, start=1):
+            if len(k) > 1:
+                out, blurred = correlate1d(out, k.numpy(), axis=axis, mode="constant", cval=0.0, output=np.float32), True
+        return torch.from_numpy(out) if blurred else x.clone()
+    from monai.networks.layers.simplelayers import separable_filtering
+
     return separable_filtering(x.unsqueeze(0), kernels).squeeze(0)
 
 
-def contrast(x: torch.Tensor, factor: float) -> torch.Tensor:
+def contrast(x: torch.Tensor, factor: float, inplace: bool = False) -> torch.Tensor:
     """MONAI's ``ScaleIntensityFixedMean(factor=factor - 1, preserve_range=True, fixed_mean=True)``:
-    scaled by ``factor`` about the mean, clipped to the input's range (kept on the device)."""
+    scaled by ``factor`` about the mean, clipped to the input's range (kept on the device).
+    ``inplace``: ``x`` is overwritten (no temporaries: a fresh 9 MB buffer costs as much as the arithmetic)."""
     lo, hi = torch.aminmax(x)
     mean = x.mean()
-    return torch.clamp((x - mean) * factor + mean, lo, hi)
+    out = x if inplace else x.clone()
+    return out.sub_(mean).mul_(factor).add_(mean).clamp_(lo, hi)
 
 
-def gamma_correct(x: torch.Tensor, gamma: float, invert: bool = False, eps: float = 1e-7) -> torch.Tensor:
+def gamma_correct(x: torch.Tensor, gamma: float, invert: bool = False, eps: float = 1e-7, inplace: bool = False) -> torch.Tensor:
     """MONAI's ``AdjustContrast(gamma, invert_image=invert, retain_stats=True)`` (nnU-Net's gamma
     transform): the range mapped to [0, 1], raised to ``gamma``, mapped back, then the input's mean
-    and standard deviation restored; on the inverted image when ``invert``. Statistics stay on the device."""
+    and standard deviation restored; on the inverted image when ``invert``. Statistics stay on the device.
+    ``inplace``: ``x`` is overwritten (no temporaries)."""
+    out = x if inplace else x.clone()
     if invert:
-        x = -x
-    mean, std = x.mean(), x.std()
-    lo, hi = torch.aminmax(x)
+        out.neg_()
+    mean, std = out.mean(), out.std()
+    lo, hi = torch.aminmax(out)
     rng = hi - lo
-    out = ((x - lo) / (rng + eps)) ** gamma * rng + lo
-    out = out - out.mean()
-    out = out / (out.std() + 1e-8) * std + mean
-    return -out if invert else out
+    # x ** gamma on [0, 1] as exp(gamma log x): within 6e-8 of torch.pow, 4x faster on the CPU (log 0 = -inf gives 0)
+    out.sub_(lo).div_(rng + eps).log_().mul_(gamma).exp_().mul_(rng).add_(lo)
+    out.sub_(out.mean())
+    out.div_(out.std() + 1e-8).mul_(std).add_(mean)
+    return out.neg_() if invert else out
 
 
 def seed_of(*parts: int | str) -> int:
@@ -220,20 +244,18 @@ class BatchAugment:
                 if noise_gen is None:
                     noise_gen = torch.Generator(device=image.device).manual_seed(seed_of(*seed, "noise"))
                 x.add_(torch.randn(x.shape, generator=noise_gen, device=x.device, dtype=x.dtype), alpha=p["noise_std"])
-            for c in range(n_chan):
+            for c in range(n_chan):  # in place on the channel's view of the (owned) batch
                 xc = x[c : c + 1]
                 if p["blur"][c] is not None:
-                    xc = gaussian_blur(xc, p["blur"][c])
+                    xc.copy_(gaussian_blur(xc, p["blur"][c]))
                 if p["brightness"][c] is not None:
-                    xc = xc * p["brightness"][c]
+                    xc.mul_(p["brightness"][c])
                 if p["contrast"][c] is not None:
-                    xc = contrast(xc, p["contrast"][c])
+                    contrast(xc, p["contrast"][c], inplace=True)
                 if p["gamma_inverted"][c] is not None:
-                    xc = gamma_correct(xc, p["gamma_inverted"][c], invert=True)
+                    gamma_correct(xc, p["gamma_inverted"][c], invert=True, inplace=True)
                 if p["gamma"][c] is not None:
-                    xc = gamma_correct(xc, p["gamma"][c])
-                if xc.data_ptr() != x[c : c + 1].data_ptr():
-                    x[c : c + 1] = xc.to(x.dtype)
+                    gamma_correct(xc, p["gamma"][c], inplace=True)
             if p["flips"] and not mirrored:
                 image[b] = torch.flip(x, p["flips"])
                 if label is not None:

@@ -260,18 +260,26 @@ def draw_params(rng: np.random.Generator, cfg: SpatialAugmentConfig, n_channels:
     )
 
 
-def crop(volume: np.ndarray, centre: Sequence[int], size: Sequence[int]) -> np.ndarray:
-    """The block ``[c - s // 2, c - s // 2 + s)`` of the last three axes of ``volume``, zero outside it."""
+def crop(volume: np.ndarray, centre: Sequence[int], size: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
+    """The block ``[c - s // 2, c - s // 2 + s)`` of the last three axes of ``volume``, zero outside it.
+
+    ``out``: written into this array (leading axes as ``volume``'s, the last three ``size``; values cast
+    to its type) and returned, so a caller can stack blocks without another copy.
+    """
     spatial = volume.shape[-3:]
     slices, pad = patch_bounds(centre, spatial, size)
     lead = (slice(None),) * (volume.ndim - 3)
     part = volume[(*lead, *slices)]
-    if any(p != (0, 0) for p in pad):  # zeros, the part copied in (np.pad's generic path took 4x as long)
-        block = np.zeros(volume.shape[:-3] + tuple(int(v) for v in size), dtype=volume.dtype)
-        inner = tuple(slice(lo, lo + n) for (lo, _), n in zip(pad, part.shape[-3:]))
-        block[(*lead, *inner)] = part
-        return block
-    return np.ascontiguousarray(part)
+    padded = any(p != (0, 0) for p in pad)
+    if out is None and not padded:
+        return np.ascontiguousarray(part)
+    if out is None:  # zeros, the part copied in (np.pad's generic path took 4x as long)
+        out = np.zeros(volume.shape[:-3] + tuple(int(v) for v in size), dtype=volume.dtype)
+    elif padded:
+        out[...] = 0
+    inner = tuple(slice(lo, lo + n) for (lo, _), n in zip(pad, part.shape[-3:]))
+    out[(*lead, *inner)] = part
+    return out
 
 
 def _linear_part(params: SampleParams) -> np.ndarray:
@@ -379,21 +387,26 @@ def _resample(image: np.ndarray, label: np.ndarray | None, centre: tuple[int, ..
 
     linear = _linear_part(params)
     region = source_block(patch, params)
-    img_region = torch.from_numpy(crop(image, centre, region).astype(np.float32, copy=False))
-    lab_region = None if label is None else torch.from_numpy((crop(label, centre, region)[None] != 0).astype(np.float32))
     offset = np.eye(4)
     offset[:3, 3] = [c - m // 2 for c, m in zip(centre, region)]
     if params.elastic is None:
         kwargs = {"rotate_params": params.rotation_rad, "scale_params": params.scale, "spatial_size": patch,
                   "padding_mode": "zeros", "image_only": False}
-        # the label indicator as one more channel: one grid for both (each channel is sampled on its own, so the bytes are those of two calls)
-        both = img_region if lab_region is None else torch.cat([img_region, lab_region])
-        out, mat = Affine(mode="bilinear", **kwargs)(both)
+        # the label indicator as one more channel: one grid for both (each channel is sampled on its own, so the
+        # bytes are those of two calls); both blocks cropped straight into one array
+        n_img = image.shape[0]
+        both_np = np.empty((n_img + (label is not None), *region), np.float32)
+        crop(image, centre, region, out=both_np[:n_img])
+        if label is not None:
+            both_np[n_img] = crop(label, centre, region) != 0
+        out, mat = Affine(mode="bilinear", **kwargs)(torch.from_numpy(both_np))
         lab = None
-        if lab_region is not None:
+        if label is not None:
             out, lab = out[:-1], out[-1]
         matrix = offset @ np.asarray(mat, dtype=np.float64)
     else:
+        img_region = torch.from_numpy(crop(image, centre, region).astype(np.float32, copy=False))
+        lab_region = None if label is None else torch.from_numpy((crop(label, centre, region)[None] != 0).astype(np.float32))
         e = params.elastic
         rot = params.rotation_rad or (0.0, 0.0, 0.0)
         scl = params.scale or (1.0, 1.0, 1.0)
@@ -538,6 +551,6 @@ def quantize(image: np.ndarray, dtype: str, scale: float) -> np.ndarray:
     """float32 → the stored type: ``round(x / scale)`` as int16, or float16 (``scale`` 1)."""
     if dtype == "float16":
         return image.astype(np.float16)
-    q = np.rint(image / np.float32(scale))
-    np.clip(q, -32768, 32767, out=q)
-    return q.astype(np.int16)
+    x = np.divide(image, np.float32(scale), dtype=np.float32)  # one temporary, then in place
+    np.clip(x, -32768, 32767, out=x)
+    return np.rint(x, out=np.empty(x.shape, np.int16), casting="unsafe")
