@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -419,7 +420,21 @@ class BankDataset(Dataset):
     def __getstate__(self) -> dict[str, Any]:  # zarr handles are reopened in each worker
         state = dict(self.__dict__)
         state["_arrays"] = {}
+        state.pop("_buffers", None)
         return state
+
+    def _scratch(self, arr: Any) -> np.ndarray:
+        """This thread's reusable buffer for one sample of ``arr`` (a fresh 18 MB array per read costs its page faults)."""
+        local = self.__dict__.get("_buffers")
+        if local is None:
+            local = self.__dict__.setdefault("_buffers", threading.local())
+        key = (tuple(arr.shape[1:]), np.dtype(arr.dtype).str)
+        cache = getattr(local, "cache", None)
+        if cache is None:
+            cache = local.cache = {}
+        if key not in cache:
+            cache[key] = np.empty(key[0], np.dtype(arr.dtype))
+        return cache[key]
 
     def _open(self, case_id: str) -> tuple[Any, Any]:
         arrays = self._arrays.get(case_id)
@@ -463,6 +478,12 @@ class BankDataset(Dataset):
 
     def _bank_item(self, case: BankCase, sample: int, offset: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         image_arr, label_arr = self._open(case.case_id)
+        if case.bank_patch == self.patch_zyx:  # the whole sample: decoded into this thread's buffers, used before its next read
+            image, label = self._scratch(image_arr), self._scratch(label_arr)
+            if read_into(image_arr, sample, image) and read_into(label_arr, sample, label):
+                if tuple(case.bank_channels) != tuple(range(image.shape[0])):
+                    image = image[list(case.bank_channels)]
+                return image, label
         image = np.asarray(image_arr[sample])
         label = np.asarray(label_arr[sample])
         if tuple(case.bank_channels) != tuple(range(image.shape[0])):
@@ -503,6 +524,11 @@ class BankDataset(Dataset):
         ``(p...)`` uint8 (e.g. slots of a batch buffer, so no copy is made to collate); returns its scale."""
         spec = self.sample_spec(index)
         case: BankCase = spec["_case"]
+        if self.transform is None and not spec["fresh"] and case.bank_patch == self.patch_zyx:
+            image_arr, label_arr = self._open(case.case_id)  # the stored sample as it is: decoded straight into the slots
+            if (tuple(case.bank_channels) == tuple(range(image_arr.shape[1])) and label_out.shape == tuple(label_arr.shape[1:])
+                    and read_into(image_arr, spec["sample"], image_out) and read_into(label_arr, spec["sample"], label_out)):
+                return float(case.scale)
         if spec["fresh"]:
             image, label, scale = self._fresh_item(case, spec["centre"], spec["seed"])
         else:
@@ -533,6 +559,18 @@ class BankDataset(Dataset):
         return torch.from_numpy(image), torch.from_numpy(label[None]), torch.tensor(scale, dtype=torch.float32)
 
 
+def read_into(arr: Any, index: int, out: np.ndarray) -> bool:
+    """Decode ``arr[index]`` (one chunk of a bank array) straight into ``out`` with Zarr's ``out=``, without
+    an intermediate array (a real MNI sample: 6.5 against 8.6-11.6 ms, 2026-11-30); False, nothing read,
+    when ``out`` does not match the sample's shape and type."""
+    if out.dtype != arr.dtype or out.shape != tuple(arr.shape[1:]) or not out.flags.c_contiguous:
+        return False
+    from zarr.core.buffer.cpu import NDBuffer
+
+    arr.get_basic_selection((int(index),), out=NDBuffer.from_numpy_array(out))
+    return True
+
+
 def dequantize_batch(image: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Stored batch ``(B, C, ...)`` (int16/float16/float32, any device) times per-sample ``scale`` ``(B,)``
     (on the CPU) → float32 on the image's device."""
@@ -549,7 +587,7 @@ _TORCH_DTYPES = {np.dtype(np.int16): torch.int16, np.dtype(np.float16): torch.fl
 class _ThreadBatches:
     """Batches of ``dataset[i]`` read by a pool of threads, in order, ``prefetch`` batches ahead.
 
-    Zarr's chunk decoding (Zstandard) and torch's copies release the GIL, so threads read
+    Zarr's chunk decoding (Blosc-LZ4; Zstandard in older banks) and torch's copies release the GIL, so threads read
     samples in parallel without the worker processes' pickling and shared-memory copies.
     """
 

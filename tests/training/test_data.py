@@ -142,6 +142,26 @@ def test_bank_dataset_items_are_one_bank_sample_each_and_deterministic(banked):
     assert all(torch.equal(ds[i][0], again[i][0]) for i in range(4))
 
 
+@pytest.mark.parametrize("channels", [None, ["T2", "FLAIR"]])
+def test_whole_bank_samples_are_decoded_into_the_batch_unchanged(banked, channels):
+    """Training patch = bank patch: the sample is decoded straight into the batch slot (all channels) or
+    through the thread's buffer (a subset); either way the stored bytes, also through the thread loader."""
+    from pipeline.prepare.bank import open_bank
+    from training.data import BankDataset, _ThreadBatches
+
+    ds = BankDataset(banked["root"], banked["banked"], channels=channels, patch_zyx=(32, 32, 32), seed=6, samples_per_epoch=8)
+    batches = list(_ThreadBatches(ds, batch_size=4, threads=2, prefetch=2, pin=False))
+    items = [ds[i] for i in range(8)]
+    for i in range(8):
+        spec = ds.sample_spec(i)
+        stored, stored_label, bank = open_bank(banked["root"], spec["case_id"])
+        want = np.asarray(stored[spec["sample"]])[[bank.channels.index(c) for c in ds.channels]]
+        for image, label in ((items[i][0], items[i][1][0]), (batches[i // 4][0][i % 4], batches[i // 4][1][i % 4, 0])):
+            np.testing.assert_array_equal(image.numpy(), want)
+            np.testing.assert_array_equal(label.numpy(), np.asarray(stored_label[spec["sample"]]))
+    assert ds.channels == (("FLAIR", "T1", "T2") if channels is None else ("T2", "FLAIR"))
+
+
 def test_drawn_batches_keep_the_configured_class_balance(banked):
     from training.data import BankDataset, BankLoader
 
