@@ -255,7 +255,7 @@ def lesionflow_loader(store: str, mode: str, patch: list[int], batch: int, seed:
         vols = []
         for c in cases:
             g = st.open_case(store, c)
-            vols.append((np.asarray(g["image"][...], np.float32), np.asarray(g["label"][...]), read_patch_index(store, c)))
+            vols.append((np.asarray(g["image"][...], np.float32), np.asarray(st.reference_label(g)[...]), read_patch_index(store, c)))
 
         def crops() -> Iterator[Any]:
             rng = np.random.default_rng(seed)
