@@ -639,12 +639,13 @@ class _ThreadBatches:
                 yield [t.pin_memory() for t in batch] if self.pin else batch
 
 
-WORKER_KIND_NOTE = """Threads, by measurement (benchmarks/results/2026-11-29-bench_loader.json, 2 cores, batch 2):
-bank samples with mirroring and the intensity transforms applied in the workers, 2 threads vs 2
-worker processes 11.4 vs 12.0 patches/s at 1.2 vs 2.2 GB peak (real MNI cases 4 x 112 x 160 x 128),
-20.5 vs 19.9 at 1.1 vs 2.1 GB (20 phantom cases): the same speed within the shared machine's noise,
-half the memory. Zstandard decoding, numpy and torch release the GIL; processes pay for pickling
-and a shared-memory copy of every batch, and hold a copy of the interpreter each."""
+WORKER_KIND_NOTE = """Threads, by measurement (benchmarks/results/2026-11-30-bench_loader.json, quiet 2-core machine,
+batch 2): bank samples with mirroring and the intensity transforms applied in the workers, 2 threads
+vs 2 worker processes 23.9 vs 20.4 patches/s at 0.9 vs 1.6 GB peak (real MNI cases 4 x 112 x 160 x
+128), 56.7 vs 47.2 at 0.9 vs 1.4 GB (20 phantom cases). Before the in-place transforms (2026-11-29,
+shared machine) 11.4 vs 12.0 and 20.5 vs 19.9: the same speed. Blosc-LZ4 decoding, SciPy's blur,
+numpy and torch release the GIL; processes pay for pickling and a shared-memory copy of every batch,
+and hold a copy of the interpreter each."""
 
 
 class BankLoader:
