@@ -9,8 +9,9 @@ it to ``--out`` after every step, so a run stopped from outside keeps what it me
 1. ``banks``: each case's augmentation bank (``--samples`` samples of ``--bank-patch``), both
    cases in parallel processes with ``--threads`` torch threads each;
 2. ``feed``: :func:`bench_loader.feed_check` (issue #11: is the GPU ever starved?) for the default
-   network, one run per ``--feed`` entry ``MODE:BATCH``: ``loader`` (the bank loader as training
-   uses it, its default 2 threads), ``fixed`` (one batch over and over: the ceiling without a loader);
+   network, one run per ``--feed`` entry ``MODE:BATCH[:THREADS]``: ``loader`` (the bank loader as
+   training uses it, with its default threads on CUDA, 4 to 8, or ``THREADS``), ``fixed`` (one batch
+   over and over: the ceiling without a loader); e.g. ``loader:2,loader:2:2,fixed:2``;
 3. ``configs``: for each configuration, a 20-iteration probe (its it/s, cuDNN autotuning), then
    training for about ``--seconds`` (iterations = probe rate x seconds; ``select: last``, no
    validation: patient19 is never seen), scoring both patients and
@@ -101,7 +102,7 @@ def main() -> None:
     ap.add_argument("--bank-patch", default="128,128,128")
     ap.add_argument("--threads", type=int, default=8, help="torch threads per bank process")
     ap.add_argument("--feed-seconds", type=float, default=40)
-    ap.add_argument("--feed", default="loader:2,fixed:2", help="feed checks, MODE:BATCH (loader or fixed), comma-separated")
+    ap.add_argument("--feed", default="loader:2,fixed:2", help="feed checks, MODE:BATCH[:THREADS] (loader or fixed; THREADS: loader threads, default the loader's own), comma-separated")
     ap.add_argument("--seconds", type=float, default=120, help="training time per configuration (about)")
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--device", default="cuda", help="cpu with a small --patch: a smoke test of the script")
@@ -133,10 +134,11 @@ def main() -> None:
 
     out["feed"] = []
     for spec in filter(None, args.feed.split(",")):
-        mode, batch = spec.split(":")
-        _log(f"gpu_ms: feed check {mode}, batch {batch}")
+        mode, batch, *threads = spec.split(":")
+        _log(f"gpu_ms: feed check {mode}, batch {batch}" + (f", {threads[0]} loader threads" if threads else ""))
         try:
-            out["feed"].append(feed_check(args.store, args.feed_seconds, args.device, batch=int(batch), fixed=mode == "fixed"))
+            out["feed"].append(feed_check(args.store, args.feed_seconds, args.device, batch=int(batch), fixed=mode == "fixed",
+                                          workers=int(threads[0]) if threads else 0))
         except Exception as exc:  # reported; the configurations still run
             out["feed"].append({"spec": spec, "error": repr(exc)})
         save()
