@@ -79,6 +79,29 @@ def test_rebuilding_writes_the_same_bytes(banked, tmp_path):
     assert read_bank(other, cases[0]).samples == read_bank(root, cases[0]).samples
 
 
+def test_a_bank_from_before_the_lz4_codec_is_up_to_date_and_reads_the_same(banked, tmp_path, monkeypatch):
+    """Banks written with Zstandard (before 2026-11-30) are not rebuilt: the same status, the same values, the same loader items."""
+    from zarr.codecs import ZstdCodec
+
+    import pipeline.prepare.bank as bank_module
+    from training.data import BankDataset
+
+    root, cases, _ = banked
+    old = tmp_path / "old.zarr"
+    make_store(old, n_cases=2, shape_zyx=SHAPE, seed=3)
+    monkeypatch.setattr(bank_module, "_image_codecs", lambda: [ZstdCodec(level=1)])
+    build_bank(old, cases[0], CFG)
+    monkeypatch.undo()
+    old_image, _, _ = open_bank(old, cases[0])
+    new_image, _, _ = open_bank(root, cases[0])
+    assert "zstd" in repr(old_image.compressors).lower() and "blosc" in repr(new_image.compressors).lower()
+    assert bank_status(old, cases[0], CFG) == "up-to-date"
+    np.testing.assert_array_equal(np.asarray(old_image[...]), np.asarray(new_image[...]))
+    items = [BankDataset(r, [cases[0]], patch_zyx=CFG.patch_zyx, seed=2, samples_per_epoch=6) for r in (old, root)]
+    for i in range(6):
+        assert all(a.equal(b) for a, b in zip(items[0][i], items[1][i]))
+
+
 def test_incremental_new_case_only_then_config_change_rebuilds_all(tmp_path):
     root = tmp_path / "s.zarr"
     cases = make_store(root, n_cases=2, shape_zyx=SHAPE, seed=1)
