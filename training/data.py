@@ -477,8 +477,10 @@ class BankDataset(Dataset):
         return spec
 
     def _bank_item(self, case: BankCase, sample: int, offset: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Bank sample ``sample`` of ``case`` (its training channels, cut at ``offset`` to the training patch).
+        A whole sample comes back in this thread's buffers (:meth:`_scratch`): valid until the thread's next read."""
         image_arr, label_arr = self._open(case.case_id)
-        if case.bank_patch == self.patch_zyx:  # the whole sample: decoded into this thread's buffers, used before its next read
+        if case.bank_patch == self.patch_zyx:
             image, label = self._scratch(image_arr), self._scratch(label_arr)
             if read_into(image_arr, sample, image) and read_into(label_arr, sample, label):
                 if tuple(case.bank_channels) != tuple(range(image.shape[0])):
