@@ -746,7 +746,8 @@ threads, not the GPU, set the pace; one batch trained over and over ran at 60.4 
 GPU busy 98 %). So on CUDA the default is one thread per two cores, 4 to 8: enough for about 1.5x
 that ceiling if decoding scales with threads as it does on the CPU. That scaling was not measured
 on the GPU machine (its time ran out): pass ``num_workers`` to set it, and measure with
-``benchmarks/bench_loader.py --feed``."""
+``benchmarks/bench_loader.py --feed``. Those banks were Zstandard-coded; since 2026-11-30 they are
+Blosc-LZ4, decoded 4x faster on the CPU, also not yet measured on a GPU."""
 
 
 def loader_threads(cfg: Any, device: torch.device) -> int:
