@@ -53,7 +53,18 @@ import numpy as np
 
 from pipeline import __version__
 from pipeline import store as _store
-from pipeline.prepare.augment import BankConfig, SampleParams, augment_patch, draw_params, int16_scale, quantize, sample_seed
+from pipeline.prepare.augment import (
+    BankConfig,
+    SampleParams,
+    augment_patch,
+    crop,
+    crop_matrix,
+    draw_params,
+    int16_scale,
+    is_plain,
+    quantize,
+    sample_seed,
+)
 from pipeline.prepare.patches import build_patch_index
 from storage_schemas.models import AugmentBank, BankSample, CaseMeta
 
@@ -168,19 +179,32 @@ def background_slice_mask(label: np.ndarray, foreground: np.ndarray) -> np.ndarr
 
 
 def render_sample(image: np.ndarray, label: np.ndarray | None, plan: dict[str, Any], cfg: BankConfig,
-                  scale: float) -> tuple[np.ndarray, np.ndarray, BankSample]:
-    """One planned sample: ``(stored image (C, p...), label uint8 (p...), its record)``."""
+                  scale: float, stored_image: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, BankSample]:
+    """One planned sample: ``(stored image (C, p...), label uint8 (p...), its record)``.
+
+    ``stored_image``: ``image`` already in the stored type (:func:`quantize` is elementwise and maps 0 to 0),
+    from which a sample that is only cropped (:func:`~pipeline.prepare.augment.is_plain`, about half of
+    them with nnU-Net's probabilities) is cut: the same bytes without a float copy and its quantisation.
+    """
     params: SampleParams = plan["params"]
+    if stored_image is not None and is_plain(params):
+        centre = plan["centre_zyx"]
+        stored = crop(stored_image, centre, cfg.patch_zyx)
+        lab = np.zeros(cfg.patch_zyx, np.uint8) if label is None else crop(label, centre, cfg.patch_zyx).astype(np.uint8, copy=False)
+        return stored, lab, _record(plan, params, crop_matrix(centre, cfg.patch_zyx), lab)
     out, lab, matrix = augment_patch(image, label, plan["centre_zyx"], cfg.patch_zyx, params)
     if lab is None:
         lab = np.zeros(cfg.patch_zyx, np.uint8)
-    record = BankSample(
+    return quantize(out, cfg.dtype, scale), lab, _record(plan, params, matrix, lab)
+
+
+def _record(plan: dict[str, Any], params: SampleParams, matrix: np.ndarray, lab: np.ndarray) -> BankSample:
+    return BankSample(
         index=plan["index"], seed=plan["seed"], kind=plan["kind"], centre_zyx=plan["centre_zyx"],
         rotation_rad=params.rotation_rad, scale=params.scale, elastic=params.elastic,
         lowres_zoom=list(params.lowres_zoom), matrix_zyx=tuple(float(v) for v in matrix.reshape(-1)),
         lesion_voxels=int(np.count_nonzero(lab)),
     )
-    return quantize(out, cfg.dtype, scale), lab, record
 
 
 @contextlib.contextmanager
@@ -240,9 +264,11 @@ def build_bank(root: str | Path, case_id: str, cfg: BankConfig, threads: int | N
         lab_arr = group.create_array("label", shape=(k_total, *patch), chunks=(1, *patch), dtype=np.uint8,
                                      compressors=_label_codecs(), fill_value=0, config={"write_empty_chunks": False})
         records = []
+        # the plain crops are cut from the volume quantised once
+        stored_image = quantize(image, cfg.dtype, scale) if any(is_plain(p["params"]) for p in plans) else None
         with _torch_threads(threads):
             for plan in plans:
-                q, lab, record = render_sample(image, label, plan, cfg, scale)
+                q, lab, record = render_sample(image, label, plan, cfg, scale, stored_image)
                 img_arr[plan["index"]] = q
                 lab_arr[plan["index"]] = lab
                 records.append(record)

@@ -65,6 +65,22 @@ def test_cropping_the_source_block_first_gives_the_same_sample():
     np.testing.assert_array_equal(whole[1], part[1])
 
 
+def test_a_block_without_lesion_resamples_the_image_alone_to_the_same_bytes():
+    """Far from the lesion the label channel is left out of the resampling: the image is the same bytes
+    as when it is resampled with a lesion-bearing label, and the label is empty."""
+    image, label = _ellipsoid_case()
+    params = SampleParams(rotation_rad=(0.3, -0.2, 0.4), scale=(1.1, 1.1, 1.1))
+    far = np.zeros_like(label)
+    far[40:44, 48:52, 50:54] = 1  # outside the block read around (12, 14, 13) for a 12-voxel patch
+    near = far.copy()
+    near[10:14, 12:16, 11:15] = 1  # inside it
+    out_far, lab_far, m_far = augment_patch(image, far, (12, 14, 13), (12, 12, 12), params)
+    out_near, lab_near, m_near = augment_patch(image, near, (12, 14, 13), (12, 12, 12), params)
+    out_none, lab_none, _ = augment_patch(image, None, (12, 14, 13), (12, 12, 12), params)
+    assert out_far.tobytes() == out_near.tobytes() == out_none.tobytes() and np.array_equal(m_far, m_near)
+    assert lab_far.dtype == np.uint8 and lab_far.shape == (12, 12, 12) and not lab_far.any() and lab_near.any() and lab_none is None
+
+
 def test_low_resolution_touches_only_its_channels_and_keeps_the_range():
     image, label = _ellipsoid_case()
     out, _, _ = augment_patch(image, label, (24, 30, 27), (20, 20, 20), SampleParams(lowres_zoom=(None, 0.5)))

@@ -66,6 +66,24 @@ def test_samples_regenerate_bit_identically_from_the_case_and_the_record(banked)
         assert record == s
 
 
+def test_plain_crops_cut_from_the_quantised_volume_are_the_same_samples(banked):
+    """build_bank cuts the samples that are only cropped from the volume quantised once: the same bytes and records."""
+    from pipeline.prepare.augment import is_plain, quantize
+    from pipeline.prepare.bank import _case_arrays, _scale_for, plan_samples, render_sample
+
+    root, cases, _ = banked
+    for dtype in ("int16", "float16"):
+        cfg = CFG.model_copy(update={"dtype": dtype, "samples_per_case": 16})
+        image, label, foreground, _ = _case_arrays(root, cases[0])
+        scale = _scale_for(image, cfg)
+        plans = plan_samples(label, foreground, cfg, store.read_case_meta(root, cases[0]).source_fingerprint, image.shape[0])
+        assert any(is_plain(p["params"]) for p in plans) and not all(is_plain(p["params"]) for p in plans)
+        stored = quantize(image, dtype, scale)
+        for plan in plans:
+            a, b = render_sample(image, label, plan, cfg, scale), render_sample(image, label, plan, cfg, scale, stored)
+            assert a[0].dtype == b[0].dtype and a[0].tobytes() == b[0].tobytes() and a[1].tobytes() == b[1].tobytes() and a[2] == b[2]
+
+
 def test_rebuilding_writes_the_same_bytes(banked, tmp_path):
     root, cases, _ = banked
     before = _stored_files(root, cases[0])
