@@ -364,6 +364,45 @@ def bank_codecs(store: str | Path, n: int = 8) -> dict[str, Any]:
             "raw_mb": round(samples[0].nbytes / 1e6, 2), "stored_with": bank.compressor, "codecs": rows}
 
 
+def resamplers(repeats: int = 5) -> dict[str, Any]:
+    """The bank's spatial step by three libraries on one core: 4 channels of a 130 x 150 x 126 block
+    resampled to a 104 x 128 x 104 sample, linear interpolation, zero padding; median ms."""
+    import numpy as np
+    import SimpleITK as sitk
+    import torch
+    from monai.transforms import Affine
+    from scipy import ndimage
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    torch.set_num_threads(1)
+    block = np.random.default_rng(0).normal(size=(4, 130, 150, 126)).astype(np.float32)
+    patch = (104, 128, 104)
+    linear = np.eye(3) * 0.9 + 0.05
+    image = sitk.GetImageFromArray(np.moveaxis(block, 0, -1), isVector=True)
+    transform = sitk.AffineTransform(3)
+    transform.SetMatrix(list(linear.ravel()))
+    transform.SetCenter((63.0, 75.0, 65.0))
+    reference = sitk.Image(list(patch[::-1]), sitk.sitkVectorFloat32, 4)
+    monai_affine = Affine(rotate_params=(0.2, 0.1, 0.3), scale_params=(1.1, 1.1, 1.1), spatial_size=patch, padding_mode="zeros",
+                          image_only=True, mode="bilinear")
+    x = torch.from_numpy(block)
+    runs = {
+        "monai_affine": lambda: monai_affine(x),
+        "simpleitk_resample": lambda: sitk.Resample(image, reference, transform, sitk.sitkLinear, 0.0),
+        "scipy_affine_transform_order1": lambda: [ndimage.affine_transform(block[c], linear, output_shape=patch, order=1) for c in range(4)],
+    }
+    out: dict[str, Any] = {"block": list(block.shape), "patch": list(patch), "threads": 1}
+    for name, run in runs.items():
+        run()
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t)
+        out[f"{name}_ms"] = round(1000 * statistics.median(times), 1)
+    return out
+
+
 def dtype_tolerance(store: str, model_version: str) -> dict[str, Any]:
     """What the network tolerates: a trained model's lesion probabilities on float32 input vs the same
     input stored as float16 or as int16 x a power-of-two scale (the bank's types), per labelled case."""
@@ -552,6 +591,7 @@ def main() -> None:
     ap.add_argument("--note", default="", help="free text recorded in the JSON (e.g. what else ran on the machine)")
     ap.add_argument("--feed", metavar="STORE", help="only check that training from STORE's bank is never starved (GPU: busy share) and exit")
     ap.add_argument("--device", default=None, help="--feed: cuda or cpu (default: CUDA when available)")
+    ap.add_argument("--resamplers", action="store_true", help="only compare the resamplers of the bank's spatial step and exit")
     ap.add_argument("--codecs", metavar="STORE", help="only measure candidate bank image codecs on STORE's stored samples and exit")
     ap.add_argument("--tolerance", nargs=2, metavar=("STORE", "MODEL"),
                     help="only measure what a trained model tolerates of the stored types (float16, int16 x scale) and exit")
@@ -586,6 +626,10 @@ def main() -> None:
     if args.feed:
         print(json.dumps({"benchmark": "bench_loader --feed", "date": time.strftime("%Y-%m-%d"), "machine": machine(),
                           **feed_check(args.feed, args.seconds, args.device, args.batch)}, indent=2))
+        return
+    if args.resamplers:
+        print(json.dumps({"benchmark": "bench_loader --resamplers", "date": time.strftime("%Y-%m-%d"), "machine": machine(),
+                          "note": args.note, **resamplers()}, indent=2))
         return
     if args.codecs:
         print(json.dumps({"benchmark": "bench_loader --codecs", "date": time.strftime("%Y-%m-%d"), "machine": machine(),
