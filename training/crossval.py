@@ -134,7 +134,8 @@ def run_fold(store_root: str | Path, config: Mapping[str, Any], train_ids: Seque
         raise ValueError(f"fold {fold}: cases on both sides: {sorted(set(train_ids) & set(test_ids))}")
     t0 = time.perf_counter()
     result = train(store_root, dict(config), case_ids=list(train_ids), val_case_ids=[], progress=progress)
-    slices, cases = evaluate_cases(store_root, result.checkpoint_path, list(test_ids), fold=fold)
+    # the final model holds nothing out: no model load for an empty evaluation
+    slices, cases = evaluate_cases(store_root, result.checkpoint_path, list(test_ids), fold=fold) if test_ids else ([], [])
     classifier_info = None
     if classifier is not None:
         from training.classify import SliceClassifierConfig, classify_slices, save_classifier, train_slice_classifier

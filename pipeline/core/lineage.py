@@ -48,7 +48,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["ROOT", "SRC", "WITHHELD", "Lineage", "LineageKeyError", "is_sealed", "lineage", "scrub", "stat_tag"]
+__all__ = ["ROOT", "SRC", "WITHHELD", "Lineage", "LineageKeyError", "is_sealed", "lineage", "scrub", "source_relpaths", "stat_tag"]
 
 SRC = "src:"
 """Prefix of a sealed path relative to the ingest folder."""

@@ -68,6 +68,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.core.lineage import source_relpaths
 from pipeline.lesions.components import connected_lesions, dice, hausdorff95_mm, min_lesion_voxels, union_box
 from pipeline.store import MODELS, list_cases, location, read_bytes, read_case_meta, read_table, write_table
 
@@ -594,10 +595,7 @@ def evaluate_case(
 def _truth_columns(store_root: str | Path, case_id: str, truth: Any, pred_volume_ml: float | None, key: bytes | None = None) -> dict[str, Any]:
     """Truth-table columns of a case: its row is the one whose ``session_dir`` (relative to the
     ingested folder) holds the case's source files (lineage; the sealed paths opened with ``key``)."""
-    meta = read_case_meta(store_root, case_id)
-    from pipeline.core.lineage import source_relpaths
-
-    sources = source_relpaths(meta, key)
+    sources = source_relpaths(read_case_meta(store_root, case_id), key)
     match = truth[[any(s.startswith(str(d).rstrip("/") + "/") for s in sources) for d in truth["session_dir"]]]
     if len(match) != 1:
         return {}
